@@ -1,0 +1,89 @@
+"""Typed generation settings, validated once at the edge and passed down."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lorastudio.core.errors import InvalidParameter
+
+MAX_SIDE = 4096
+MAX_BATCH_SIZE = 64
+MAX_BATCH_COUNT = 1000
+MAX_STEPS = 1000
+SEED_MAX = 2**32 - 1
+
+
+class GenerationParams(BaseModel):
+    """What A1111 calls a processing request, minus the UI state."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = Field(20, ge=1, le=MAX_STEPS)
+    cfg_scale: float = Field(7.0, ge=0.0, le=100.0)
+    sampler: str = "DPM++ 2M"
+    scheduler: str = "Automatic"
+    seed: int = Field(-1, ge=-1, le=SEED_MAX, description="-1 draws a random seed; the seed used is reported")
+    width: int = Field(512, ge=8, le=MAX_SIDE)
+    height: int = Field(512, ge=8, le=MAX_SIDE)
+    batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)
+    batch_count: int = Field(1, ge=1, le=MAX_BATCH_COUNT)
+    clip_skip: int = Field(1, ge=1, le=12)
+    # FLUX-dev's distilled guidance (Forge: "Distilled CFG Scale"); ignored by families without it.
+    guidance: float = Field(3.5, ge=0.0, le=100.0)
+    model: str | None = None
+    vae: str | None = None
+    # img2img / inpaint
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
+    # hires fix
+    enable_hr: bool = False
+    hr_scale: float = Field(2.0, ge=1.0, le=8.0)
+    hr_second_pass_steps: int = Field(0, ge=0, le=MAX_STEPS)
+    hr_upscaler: str = "Latent"
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, v: int) -> int:
+        if v % 8:
+            raise ValueError(f"must be a multiple of 8 (nearest: {round(v / 8) * 8})")
+        return v
+
+    @field_validator("cfg_scale", "guidance", "denoising_strength", "hr_scale")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    @model_validator(mode="after")
+    def _pixels_bound(self) -> "GenerationParams":
+        # A batch of 8 at 4096² already needs tens of GB; refuse before allocating.
+        if self.width * self.height * self.batch_size > 64 * 1024 * 1024:
+            raise ValueError(f"width×height×batch_size = {self.width}×{self.height}×{self.batch_size} is too large")
+        return self
+
+
+def validate_params(data: dict[str, Any] | GenerationParams) -> GenerationParams:
+    """Build GenerationParams, turning pydantic's error into one that names field and value."""
+    if isinstance(data, GenerationParams):
+        return data
+    try:
+        return GenerationParams(**data)
+    except ValidationError as exc:
+        raise invalid_from_validation(exc) from None
+
+
+def invalid_from_validation(exc: ValidationError) -> InvalidParameter:
+    errors = exc.errors()
+    first = errors[0]
+    field = ".".join(str(p) for p in first["loc"]) or "request"
+    why = first["msg"]
+    if len(errors) > 1:
+        why += f" (and {len(errors) - 1} more problem(s): " + "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[1:4]
+        ) + ")"
+    return InvalidParameter(field, first.get("input"), why)

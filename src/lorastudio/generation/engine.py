@@ -1,0 +1,122 @@
+"""The generation engine: one loaded model, its LoRA state, and the calls everything uses.
+
+The CLI, the HTTP API and the job queue all go through this class, so they behave the same.
+It is not a global: the entry point builds one from StudioSettings and passes it along.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from lorastudio.core.errors import NotFound
+from lorastudio.core.hashes import lora_hash_for_infotext
+from lorastudio.core.params import GenerationParams, validate_params
+from lorastudio.core.paths import ModelsRoot
+from lorastudio.core.settings import StudioSettings
+from lorastudio.generation.outputs import dated_folder
+from lorastudio.generation.txt2img import GenerationResult, ProgressFn, run_txt2img
+from lorastudio.lora.activation import LoraState, activate, tags_to_active
+from lorastudio.models.catalog import Catalog, ModelEntry
+from lorastudio.models.families.base import LoadOptions
+from lorastudio.models.loaded import LoadedModel
+from lorastudio.models.loader import load_model
+
+
+def pick_device(setting: str) -> str:
+    import torch
+
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class GenerationEngine:
+    def __init__(self, settings: StudioSettings):
+        self.settings = settings
+        self.root = ModelsRoot.at(settings.models_dir)
+        self.catalog = Catalog(self.root, include_bundled=settings.include_bundled)
+        self.device = pick_device(settings.device)
+        self._model: LoadedModel | None = None
+        self._entry: ModelEntry | None = None
+        self._lora = LoraState()
+        self._lock = threading.RLock()
+        self.interrupt_flag = threading.Event()
+
+    # --- models -------------------------------------------------------------------------
+    def options(self, family_gpu_dtype: str = "float16") -> LoadOptions:
+        dtype = self.settings.dtype
+        if dtype == "auto":
+            dtype = "float32" if self.device == "cpu" else family_gpu_dtype
+        return LoadOptions(device=self.device, dtype=dtype, cache_dir=self.root.root / ".lorastudio-cache",
+                           allow_pickle=self.settings.allow_pickle, text_encoder_dir=self.root.text_encoders,
+                           vae_dir=self.root.vae)
+
+    def default_checkpoint(self) -> ModelEntry:
+        entries = self.catalog.checkpoints()
+        if not entries:
+            raise NotFound("model", "(default)", [])
+        return entries[0]
+
+    @property
+    def model(self) -> LoadedModel | None:
+        return self._model
+
+    def load(self, ref: str | None = None, vae: str | None = None) -> LoadedModel:
+        with self._lock:
+            entry = self.catalog.find_checkpoint(ref) if ref else (self._entry or self.default_checkpoint())
+            if self._model is None or self._entry is None or entry.path != self._entry.path:
+                sha = self.catalog.sha256(entry.path) if entry.kind == "file" else None
+                self._model = None  # free the old one before loading the next
+                self._lora = LoraState()
+                opts = self.options()
+                model = load_model(entry.path, opts, name=entry.name, sha256=sha)
+                if opts.dtype == "float32" or model.family.gpu_dtype == opts.dtype:
+                    self._model = model
+                else:  # reload in the family's preferred precision (e.g. bf16 for FLUX)
+                    self._model = load_model(entry.path, self.options(model.family.gpu_dtype), name=entry.name,
+                                             sha256=sha)
+                self._entry = entry
+            self._set_vae(vae)
+            return self._model
+
+    def _set_vae(self, vae: str | None) -> None:
+        model = self._model
+        want = None if vae in (None, "", "Automatic", "None") else vae
+        if want == model.vae_name:
+            return
+        if want is None:
+            # Back to the checkpoint's own VAE: reload (cheap next to correctness).
+            entry, self._model, self._entry = self._entry, None, None
+            self.load(str(entry.path))
+            return
+        ventry = self.catalog.find_vae(want)
+        model.family.replace_vae(model.pipe, ventry.path, self.options(model.family.gpu_dtype))
+        model.vae_name = ventry.name
+        model.vae_sha256 = self.catalog.sha256(ventry.path)
+
+    # --- generation ---------------------------------------------------------------------
+    def txt2img(self, params: GenerationParams | dict, *, save: bool = True, on_progress: ProgressFn | None = None,
+                outdir: Path | None = None) -> GenerationResult:
+        params = validate_params(params)
+        with self._lock:
+            self.interrupt_flag.clear()
+            model = self.load(params.model, params.vae)
+            folder = dated_folder(outdir or self.settings.outdir, "txt2img") if save else None
+            short = self.catalog.short_hash(self._entry) if self._entry else None
+            return run_txt2img(model, params, activate_loras=self._activate_loras, model_hash=short,
+                               save_to=folder, on_progress=on_progress, should_stop=self.interrupt_flag.is_set)
+
+    def _activate_loras(self, tags):
+        model = self._model
+        active = tags_to_active(tags, self.catalog.find_lora,
+                                lambda p: lora_hash_for_infotext(p, self.catalog.hashes))
+        activate(model.pipe, model.family, active, self._lora, fuse=self.settings.lora_mode == "fused")
+        return active
+
+    def interrupt(self) -> None:
+        self.interrupt_flag.set()

@@ -1,0 +1,152 @@
+"""txt2img: a loaded model + GenerationParams -> images with their A1111 infotext.
+
+Reads as numbered steps, diffusers-style: check inputs, apply LoRAs, encode prompts, prepare
+noise, denoise (the diffusers pipeline), write outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorastudio import __version__
+from lorastudio.core.errors import InvalidParameter
+from lorastudio.core.infotext import format_infotext
+from lorastudio.core.params import GenerationParams
+from lorastudio.core.prompt_syntax import extract_lora_tags
+from lorastudio.core.samplers import resolve_sampler
+from lorastudio.generation.noise import all_seeds, initial_noise, resolve_seed
+from lorastudio.lora.activation import ActiveLora
+from lorastudio.models.loaded import LoadedModel
+
+ProgressFn = Callable[[int, int, int], None]  # (batch index, step, steps per batch)
+
+
+@dataclass
+class GeneratedImage:
+    image: Any  # PIL.Image
+    seed: int
+    infotext: str
+    path: Path | None = None
+
+
+@dataclass
+class GenerationResult:
+    images: list[GeneratedImage] = field(default_factory=list)
+    seed: int = 0
+    all_seeds: list[int] = field(default_factory=list)
+    params: GenerationParams | None = None
+    interrupted: bool = False
+
+    @property
+    def infotexts(self) -> list[str]:
+        return [im.infotext for im in self.images]
+
+
+def sampler_label(choice) -> str:
+    # Forge writes FLUX's flow-matching Euler simply as "Euler".
+    return "Euler" if choice.sampler.name == "Euler (flow)" else choice.sampler.name
+
+
+def build_infotext(model: LoadedModel, params: GenerationParams, seed: int, choice, loras: list[ActiveLora],
+                   model_hash: str | None, extra: dict[str, Any] | None = None) -> str:
+    fields: dict[str, Any] = {
+        "Steps": params.steps,
+        "Sampler": sampler_label(choice),
+        "Schedule type": choice.schedule,
+        "CFG scale": _num(params.cfg_scale),
+        "Seed": seed,
+        "Size": f"{params.width}x{params.height}",
+        "Model hash": model_hash,
+        "Model": Path(model.name).stem,
+        "VAE hash": model.vae_sha256[:10] if model.vae_sha256 else None,
+        "VAE": model.vae_name,
+    }
+    fields.update(model.family.infotext_fields(params))
+    fields.update(extra or {})
+    if loras:
+        fields["Lora hashes"] = ", ".join(f"{lo.name}: {lo.short_hash}" for lo in loras)
+    fields["Version"] = f"lorastudio {__version__}"
+    return format_infotext(params.prompt, params.negative_prompt, fields)
+
+
+def _num(x: float):
+    return int(x) if float(x).is_integer() else x
+
+
+def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras: Callable[[list], list[ActiveLora]],
+                model_hash: str | None, save_to: Path | None, on_progress: ProgressFn | None = None,
+                should_stop: Callable[[], bool] | None = None, pipeline_override=None) -> GenerationResult:
+    family, pipe = model.family, pipeline_override or model.pipe
+    # 1. check inputs
+    choice = resolve_sampler(params.sampler, params.scheduler)
+    if not family.supports_sampler(choice):
+        raise InvalidParameter("sampler", params.sampler, f"not available for {family.title} models")
+    prompt_text, tags = extract_lora_tags(params.prompt)
+    # 2. LoRAs from the prompt
+    loras = activate_loras(tags)
+    pipe.scheduler = family.make_scheduler(model.pipe, choice)
+    # 3. prompts
+    with torch.no_grad():
+        cond = family.encode_prompts(pipe, prompt_text, params.negative_prompt, clip_skip=params.clip_skip,
+                                     cfg_scale=params.cfg_scale, guidance=params.guidance)
+    seed = resolve_seed(params.seed)
+    seeds = all_seeds(seed, params.batch_size * params.batch_count)
+    result = GenerationResult(seed=seed, all_seeds=seeds, params=params)
+    shape = family.latent_shape(pipe, params.width, params.height)
+    for b in range(params.batch_count):
+        batch_seeds = seeds[b * params.batch_size:(b + 1) * params.batch_size]
+        # 4. noise from each image's own seed, on the CPU
+        latents, gens = initial_noise(batch_seeds, shape)
+        latents = family.pack_latents(pipe, latents)
+        # 5. denoise
+        images = _denoise(pipe, cond.kwargs, params, latents, gens, b, on_progress, should_stop)
+        # 6. outputs
+        for img, s in zip(images, batch_seeds):
+            info = build_infotext(model, params, s, choice, loras, model_hash)
+            gi = GeneratedImage(img, s, info)
+            if save_to is not None:
+                from lorastudio.generation.outputs import save_image
+
+                gi.path = save_image(img, save_to, s, info)
+            result.images.append(gi)
+        if should_stop and should_stop():
+            # As A1111: what was made so far is kept, the remaining batches are not started.
+            result.interrupted = True
+            break
+    return result
+
+
+def _denoise(pipe, cond_kwargs, params, latents, gens, batch_index, on_progress, should_stop):
+    def on_step_end(p, step, timestep, kwargs):
+        if on_progress:
+            on_progress(batch_index, step + 1, params.steps)
+        if should_stop and should_stop():
+            p._interrupt = True
+        return kwargs
+
+    with torch.inference_mode():
+        out = pipe(
+            **cond_kwargs,
+            num_inference_steps=params.steps,
+            width=params.width,
+            height=params.height,
+            num_images_per_prompt=len(gens),
+            latents=latents.to(pipe.device, dtype=_latent_dtype(pipe)),
+            generator=gens,
+            callback_on_step_end=on_step_end,
+            output_type="pil",
+        )
+    return out.images
+
+
+def _latent_dtype(pipe):
+    for comp in ("unet", "transformer"):
+        m = getattr(pipe, comp, None)
+        if m is not None:
+            return m.dtype
+    return torch.float32

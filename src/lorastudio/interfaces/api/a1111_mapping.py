@@ -1,0 +1,302 @@
+"""From an A1111 request to GenerationParams, and from our result to A1111's `info` JSON.
+
+The rule: a field at its A1111 default, or at a value that has no effect in A1111 either (hires
+settings while enable_hr is false, s_churn with a sampler that has no churn), is accepted; any
+other value the engine cannot honour is a 422 naming the field. A request is never quietly
+turned into a different image than the one asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lorastudio.core.errors import InvalidParameter
+from lorastudio.core.infotext import parse_infotext
+from lorastudio.core.params import SEED_MAX, GenerationParams, validate_params
+from lorastudio.core.prompt_syntax import extract_lora_tags
+from lorastudio.core.samplers import SCHEDULE_TYPES, resolve_sampler
+from lorastudio.interfaces.api.a1111_models import Txt2ImgRequest, _ProcessingRequest
+
+# GenerationParams field -> the A1111 request field a client should fix.
+_A1111_FIELD = {
+    "sampler": "sampler_name",
+    "batch_count": "n_iter",
+    "guidance": "distilled_cfg_scale",
+    "model": "override_settings.sd_model_checkpoint",
+    "vae": "override_settings.sd_vae",
+    "clip_skip": "override_settings.CLIP_stop_at_last_layers",
+}
+
+# infotext key (as params_from_infotext returns it) -> request field or override option
+_FROM_INFOTEXT = {
+    "prompt": "prompt", "negative_prompt": "negative_prompt", "steps": "steps", "sampler": "sampler_name",
+    "scheduler": "scheduler", "cfg_scale": "cfg_scale", "seed": "seed", "width": "width", "height": "height",
+    "guidance": "distilled_cfg_scale", "denoising_strength": "denoising_strength",
+}
+_INFOTEXT_OPTIONS = {"clip_skip": "CLIP_stop_at_last_layers", "model": "sd_model_checkpoint", "vae": "sd_vae"}
+
+# A1111 passes these to the k-diffusion samplers whose signature has them; elsewhere they do nothing.
+_CHURN_SAMPLERS = {"Euler", "Heun", "DPM2"}
+_NOT_YET = "is not supported by lorastudio yet"
+
+
+@dataclass
+class GenerationPlan:
+    kind: str
+    params: GenerationParams
+    subseed: int
+    checkpoint_title: str
+    samples_dir: Path
+    grids_dir: Path
+    save_samples: bool
+    make_grid: bool
+    return_grid: bool
+    save_grid: bool
+    send_images: bool
+    persist_options: dict[str, Any] = field(default_factory=dict)
+    comments: dict[str, Any] = field(default_factory=dict)
+    task_id: str | None = None
+
+
+def schedulers() -> list[dict[str, Any]]:
+    out = []
+    for label in SCHEDULE_TYPES:
+        name = label.lower().replace(" ", "_")
+        out.append({"name": name, "label": label, "aliases": None,
+                    "default_rho": 7.0 if label == "Karras" else -1.0, "need_inner_model": False})
+    return out
+
+
+def scheduler_label(value: str | None) -> str:
+    if not value:
+        return "Automatic"
+    key = value.strip().lower().replace("_", " ")
+    for label in SCHEDULE_TYPES:
+        if label.lower() == key:
+            return label
+    raise InvalidParameter("scheduler", value, f"unknown schedule type; known: "
+                           f"{', '.join(s['name'] for s in schedulers())}")
+
+
+def _refuse(field_name: str, value: Any, why: str = _NOT_YET) -> None:
+    raise InvalidParameter(field_name, value, why + "; leave it at its A1111 default")
+
+
+def _zero(v: Any) -> bool:
+    return v is None or v == 0
+
+
+def apply_infotext(req: _ProcessingRequest) -> _ProcessingRequest:
+    """A1111 1.8+: values from `infotext` fill in every field the request did not set itself."""
+    if not req.infotext:
+        return req
+    from lorastudio.core.infotext_params import params_from_infotext
+
+    given = req.model_fields_set
+    found = params_from_infotext(req.infotext)
+    update: dict[str, Any] = {}
+    for key, target in _FROM_INFOTEXT.items():
+        if key in found and target not in given and target in type(req).model_fields:
+            update[target] = found[key]
+    overrides = dict(req.override_settings or {})
+    for key, option in _INFOTEXT_OPTIONS.items():
+        if key in found and option not in overrides:
+            overrides[option] = found[key]
+    if overrides:
+        update["override_settings"] = overrides
+    try:
+        return type(req).model_validate({**req.model_dump(exclude_unset=True), **update})
+    except Exception as exc:  # pydantic ValidationError: the infotext held an out-of-range value
+        raise InvalidParameter("infotext", req.infotext[:80], f"holds a value this API refuses ({exc})") from None
+
+
+def check_common(req: _ProcessingRequest, sampler_name: str, stochastic: bool) -> None:
+    """Refuse what we cannot honour in the fields txt2img and img2img share."""
+    if req.styles:
+        _refuse("styles", req.styles, "prompt styles are not supported; put the text in the prompt")
+    if not _zero(req.subseed_strength):
+        _refuse("subseed_strength", req.subseed_strength, "variation seeds are " + _NOT_YET)
+    h, w = req.seed_resize_from_h or 0, req.seed_resize_from_w or 0
+    if h > 0 and w > 0 and (h, w) != (req.height, req.width):
+        _refuse("seed_resize_from_h", h, "resizing the seed is " + _NOT_YET)
+    if req.restore_faces:
+        _refuse("restore_faces", True, "face restoration is " + _NOT_YET)
+    if req.tiling:
+        _refuse("tiling", True, "tiling is " + _NOT_YET)
+    if not _zero(req.s_min_uncond):
+        _refuse("s_min_uncond", req.s_min_uncond)
+    uses_churn = sampler_name in _CHURN_SAMPLERS
+    for name, default in (("s_churn", 0), ("s_tmin", 0), ("s_tmax", 0)):
+        value = getattr(req, name)
+        if uses_churn and value not in (None, default):
+            _refuse(name, value, f"{name} with sampler {sampler_name} is " + _NOT_YET)
+    if (uses_churn or stochastic) and req.s_noise not in (None, 1):
+        _refuse("s_noise", req.s_noise, f"s_noise with sampler {sampler_name} is " + _NOT_YET)
+    if req.eta is not None:
+        # Ancestral/SDE samplers in diffusers run at eta 1, DDIM at 0; the rest do not use eta.
+        if stochastic and req.eta != 1:
+            _refuse("eta", req.eta, f"{sampler_name} runs with eta 1 only")
+        if sampler_name == "DDIM" and req.eta != 0:
+            _refuse("eta", req.eta, "DDIM runs with eta 0 only")
+    if req.refiner_checkpoint not in (None, "", "None"):
+        _refuse("refiner_checkpoint", req.refiner_checkpoint, "the refiner is " + _NOT_YET)
+    if req.firstpass_image:
+        _refuse("firstpass_image", "<image>", "a given first-pass image is " + _NOT_YET)
+    if req.script_name not in (None, "", "None"):
+        _refuse("script_name", req.script_name, "no scripts are installed")
+    if req.alwayson_scripts:
+        name = next(iter(req.alwayson_scripts))
+        _refuse(f"alwayson_scripts.{name}", "...", "no always-on scripts are installed")
+    if req.disable_extra_networks and extract_lora_tags(req.prompt or "")[1]:
+        _refuse("disable_extra_networks", True, "generating with <lora:...> tags left inactive is " + _NOT_YET)
+
+
+def check_txt2img(req: Txt2ImgRequest, hires_supported: bool) -> None:
+    if req.enable_hr and not hires_supported:
+        _refuse("enable_hr", True, "hires fix is " + _NOT_YET)
+    if req.firstphase_width or req.firstphase_height:
+        _refuse("firstphase_width", req.firstphase_width, "the old hires first-pass size is " + _NOT_YET)
+
+
+def plan_generation(req: _ProcessingRequest, state, kind: str, *, hires_supported: bool = False) -> GenerationPlan:
+    req = apply_infotext(req)
+    sampler_in = req.sampler_name or req.sampler_index or "Euler"
+    try:
+        choice = resolve_sampler(sampler_in, scheduler_label(req.scheduler))
+    except InvalidParameter as exc:
+        raise _renamed(exc) from None
+    check_common(req, choice.sampler.name, choice.sampler.stochastic)
+    if isinstance(req, Txt2ImgRequest):
+        check_txt2img(req, hires_supported)
+
+    overrides = state.options.validate(req.override_settings or {}, prefix="override_settings.")
+    effective = {**state.options.snapshot(), **overrides}
+    model_ref = effective.get("sd_model_checkpoint") or state.current_checkpoint_title()
+    if not model_ref:
+        raise InvalidParameter("override_settings.sd_model_checkpoint", None,
+                               f"no checkpoint found in {state.catalog.root.checkpoints}")
+    entry = state.checkpoint_entry(model_ref, "override_settings.sd_model_checkpoint")
+    vae = state.vae_name(effective.get("sd_vae"), "override_settings.sd_vae")
+
+    seed = req.seed if req.seed is not None and req.seed != -1 else secrets.randbelow(SEED_MAX + 1)
+    subseed = req.subseed if req.subseed is not None and req.subseed != -1 else secrets.randbelow(SEED_MAX + 1)
+    values: dict[str, Any] = {
+        "prompt": req.prompt or "",
+        "negative_prompt": req.negative_prompt or "",
+        "steps": _or(req.steps, 50),
+        "cfg_scale": _or(req.cfg_scale, 7.0),
+        "sampler": sampler_in,
+        "scheduler": choice.schedule,
+        "seed": seed,
+        "width": _or(req.width, 512),
+        "height": _or(req.height, 512),
+        "batch_size": _or(req.batch_size, 1),
+        "batch_count": _or(req.n_iter, 1),
+        "clip_skip": effective.get("CLIP_stop_at_last_layers", 1),
+        "model": str(entry.path),
+        "vae": vae,
+    }
+    distilled = getattr(req, "distilled_cfg_scale", None)
+    if distilled is not None:
+        values["guidance"] = distilled
+    try:
+        params = validate_params(values)
+    except InvalidParameter as exc:
+        raise _renamed(exc) from None
+    n_images = params.batch_size * params.batch_count
+    state.check_generation_work(params.steps, params.width, params.height, n_images)
+
+    save_images = bool(req.save_images)
+    persist = overrides if req.override_settings_restore_afterwards is False else {}
+    return GenerationPlan(
+        kind=kind,
+        params=params,
+        subseed=subseed,
+        checkpoint_title=state.checkpoint_title(entry),
+        samples_dir=state.options.folder(kind, "samples", effective),
+        grids_dir=state.options.folder(kind, "grids", effective),
+        save_samples=save_images and not req.do_not_save_samples and bool(effective.get("samples_save", True)),
+        make_grid=save_images and not req.do_not_save_grid and n_images >= 2,
+        return_grid=bool(effective.get("return_grid", True)),
+        save_grid=bool(effective.get("grid_save", True)),
+        send_images=req.send_images is not False,
+        persist_options=persist,
+        comments=dict(req.comments or {}),
+        task_id=req.force_task_id,
+    )
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _renamed(exc: InvalidParameter) -> InvalidParameter:
+    name = _A1111_FIELD.get(exc.field, exc.field)
+    return InvalidParameter(name, exc.value, exc.why) if name != exc.field else exc
+
+
+def renamed_error(exc: InvalidParameter) -> InvalidParameter:
+    """An engine error, with the field named as an A1111 client knows it."""
+    return _renamed(exc)
+
+
+def info_json(plan: GenerationPlan, infotexts: list[str], seeds: list[int], index_of_first_image: int,
+              interrupted: bool, job_timestamp: str) -> str:
+    """The `info` string of A1111's response (Processed.js())."""
+    p = plan.params
+    first = infotexts[index_of_first_image] if len(infotexts) > index_of_first_image else ""
+    parsed = parse_infotext(first) if first else {}
+    standard = {"Prompt", "Negative prompt", "Steps", "Sampler", "CFG scale", "Seed", "Size-1", "Size-2",
+                "Model hash", "Model", "VAE hash", "VAE", "Clip skip", "Version"}
+    n = len(seeds)
+    info = {
+        "prompt": p.prompt,
+        "all_prompts": [p.prompt] * n,
+        "negative_prompt": p.negative_prompt,
+        "all_negative_prompts": [p.negative_prompt] * n,
+        "seed": seeds[0] if seeds else p.seed,
+        "all_seeds": seeds,
+        "subseed": plan.subseed,
+        "all_subseeds": [(plan.subseed + i) % (SEED_MAX + 1) for i in range(n)],
+        "subseed_strength": 0,
+        "width": p.width,
+        "height": p.height,
+        "sampler_name": _sampler_label(p.sampler),
+        "scheduler": p.scheduler,
+        "cfg_scale": p.cfg_scale,
+        "steps": p.steps,
+        "batch_size": p.batch_size,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": parsed.get("Model"),
+        "sd_model_hash": parsed.get("Model hash"),
+        "sd_vae_name": parsed.get("VAE"),
+        "sd_vae_hash": parsed.get("VAE hash"),
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": p.denoising_strength if plan.kind == "img2img" else None,
+        "extra_generation_params": {k: v for k, v in parsed.items()
+                                    if k not in standard and not k.startswith(("Hires", "Size"))},
+        "index_of_first_image": index_of_first_image,
+        "infotexts": infotexts,
+        "styles": [],
+        "job_timestamp": job_timestamp,
+        "clip_skip": p.clip_skip,
+        "is_using_inpainting_conditioning": False,
+        "version": parsed.get("Version"),
+        "comments": "".join(f"{c}\n" for c in plan.comments),
+        "interrupted": interrupted,
+        "sd_model_checkpoint": plan.checkpoint_title,
+    }
+    return json.dumps(info, ensure_ascii=False, default=str)
+
+
+def _sampler_label(name: str) -> str:
+    try:
+        return resolve_sampler(name).sampler.name
+    except InvalidParameter:
+        return name

@@ -1,0 +1,385 @@
+"""The A1111-compatible `/sdapi/v1` routes."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Body, Request
+from fastapi.concurrency import run_in_threadpool
+
+from lorastudio.core.errors import InvalidParameter
+from lorastudio.core.params import SEED_MAX
+from lorastudio.core.samplers import SAMPLERS
+from lorastudio.interfaces.api import a1111_models as m
+from lorastudio.interfaces.api.a1111_mapping import (
+    GenerationPlan,
+    info_json,
+    plan_generation,
+    renamed_error,
+    schedulers,
+)
+from lorastudio.interfaces.api.images import decode_base64, decode_image, encode_png, image_grid, open_image, text_info
+
+LATENT_UPSCALE_MODES = ["Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
+                        "Latent (nearest)", "Latent (nearest-exact)"]
+MAX_INIT_IMAGES = 16
+
+router = APIRouter(prefix="/sdapi/v1", tags=["A1111"])
+
+
+def _state(request: Request):
+    return request.app.state.api
+
+
+# --- generation ------------------------------------------------------------------------------------
+@router.post("/txt2img", response_model=m.GenerationResponse)
+async def txt2img(request: Request, body: m.Txt2ImgRequest) -> dict:
+    state = _state(request)
+    hires = bool(getattr(state.engine, "supports_hires", False))
+    plan = await run_in_threadpool(plan_generation, body, state, "txt2img", hires_supported=hires)
+    return await _generate(state, plan, parameters=body.model_dump())
+
+
+@router.post("/img2img", response_model=m.GenerationResponse)
+async def img2img(request: Request, body: m.Img2ImgRequest) -> dict:
+    state = _state(request)
+    limits = state.limits
+    if not body.init_images:
+        raise InvalidParameter("init_images", body.init_images, "img2img needs at least one init image")
+    if len(body.init_images) > MAX_INIT_IMAGES:
+        raise InvalidParameter("init_images", f"<{len(body.init_images)} images>", f"at most {MAX_INIT_IMAGES}")
+
+    def check_images() -> None:
+        # Decoded even though the answer is a refusal below: a bad or hostile image must be
+        # reported as such, and this is the code img2img will use.
+        for i, data in enumerate(body.init_images):
+            decode_image(data, f"init_images.{i}", max_bytes=limits.max_image_bytes,
+                         max_pixels=limits.max_image_pixels)
+        if body.mask:
+            decode_image(body.mask, "mask", max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels)
+
+    await run_in_threadpool(check_images)
+    raise InvalidParameter("init_images", "<image>", "img2img is not supported by lorastudio's engine yet; "
+                           "use /sdapi/v1/txt2img")
+
+
+async def _generate(state, plan: GenerationPlan, parameters: dict[str, Any]) -> dict:
+    out = await state.on_device(lambda: _run(state, plan))
+    images, infotexts, seeds, interrupted, stamp = out
+    index_of_first = 0
+    if plan.make_grid and len(images) >= 2 and plan.return_grid:
+        index_of_first = 1
+
+    def finish() -> list[str]:
+        pics = list(images)
+        texts = list(infotexts)
+        day = _dt.date.today().isoformat()
+        if plan.save_samples:
+            from lorastudio.generation.outputs import save_image
+
+            for im, text, seed in zip(pics, texts, seeds):
+                save_image(im, plan.samples_dir / day, seed, text)
+        if plan.make_grid and len(pics) >= 2:
+            grid = image_grid(pics)
+            if plan.save_grid:
+                from lorastudio.generation.outputs import save_image
+
+                save_image(grid, plan.grids_dir / day, seeds[0], texts[0])
+            if plan.return_grid:
+                pics.insert(0, grid)
+                texts.insert(0, texts[0])
+        infotexts[:] = texts
+        return [encode_png(im, t) for im, t in zip(pics, texts)] if plan.send_images else []
+
+    encoded = await run_in_threadpool(finish)
+    if plan.persist_options:
+        state.options.apply(plan.persist_options)
+    return {"images": encoded, "parameters": parameters,
+            "info": info_json(plan, infotexts, seeds, index_of_first, interrupted, stamp)}
+
+
+def _run(state, plan: GenerationPlan):
+    """On the worker thread: one engine call per batch, so /skip and /interrupt act per batch as
+    in A1111, and /progress can show the last finished image."""
+    engine, progress, p = state.engine, state.progress, plan.params
+    seeds = [(p.seed + i) % (SEED_MAX + 1) for i in range(p.batch_size * p.batch_count)]
+    progress.begin(p.batch_count, p.steps, plan.task_id)
+    stamp = progress.job_timestamp
+    images, infotexts, done_seeds = [], [], []
+    interrupted = False
+    try:
+        for b in range(p.batch_count):
+            if progress.was_interrupted:
+                interrupted = True
+                break
+            batch = p.model_copy(update={"batch_count": 1, "seed": seeds[b * p.batch_size]})
+            try:
+                result = engine.txt2img(batch, save=False,
+                                        on_progress=lambda _i, step, steps, b=b: progress.on_step(b, step, steps))
+            except InvalidParameter as exc:
+                raise renamed_error(exc) from None
+            for gi in result.images:
+                images.append(gi.image)
+                infotexts.append(gi.infotext)
+                done_seeds.append(gi.seed)
+            if not progress.batch_done(b, images[-1] if images else None):
+                interrupted = True
+                break
+    finally:
+        progress.end()
+    return images, infotexts, done_seeds, interrupted, stamp
+
+
+# --- png-info, progress, interrupt, skip -------------------------------------------------------------
+@router.post("/png-info", response_model=m.PNGInfoResponse)
+async def png_info(request: Request, body: m.PNGInfoRequest) -> dict:
+    limits = _state(request).limits
+    if not body.image.strip():
+        return {"info": "", "items": {}, "parameters": {}}
+
+    def read() -> dict:
+        from lorastudio.core.infotext import parse_infotext
+
+        raw = decode_base64(body.image, "image", max_bytes=limits.max_image_bytes)
+        geninfo, items = text_info(open_image(raw, "image", max_pixels=limits.max_image_pixels))
+        return {"info": geninfo or "", "items": items, "parameters": parse_infotext(geninfo) if geninfo else {}}
+
+    return await run_in_threadpool(read)
+
+
+@router.get("/progress", response_model=m.ProgressResponse)
+async def progress(request: Request, skip_current_image: bool = False) -> dict:
+    snap = _state(request).progress.snapshot()
+    image = snap.pop("image")
+    snap["current_image"] = None
+    if image is not None and not skip_current_image:
+        snap["current_image"] = await run_in_threadpool(encode_png, image, None)
+    snap["textinfo"] = None
+    return snap
+
+
+@router.post("/interrupt")
+async def interrupt(request: Request) -> dict:
+    _state(request).progress.interrupt()
+    return {}
+
+
+@router.post("/skip")
+async def skip(request: Request) -> dict:
+    _state(request).progress.skip()
+    return {}
+
+
+# --- options -----------------------------------------------------------------------------------------
+@router.get("/options")
+async def get_options(request: Request) -> dict[str, Any]:
+    state = _state(request)
+
+    def read() -> dict[str, Any]:
+        values = state.options.snapshot()
+        values["sd_model_checkpoint"] = state.current_checkpoint_title()
+        if values.get("sd_checkpoint_hash") is None and values["sd_model_checkpoint"]:
+            try:
+                entry = state.checkpoint_entry(values["sd_model_checkpoint"], "sd_model_checkpoint")
+                values["sd_checkpoint_hash"] = state.catalog.sha256(entry.path, compute=False)
+            except Exception:  # listing options must work even with a vanished model
+                values["sd_checkpoint_hash"] = None
+        return values
+
+    return await run_in_threadpool(read)
+
+
+@router.post("/options")
+async def set_options(request: Request, body: dict[str, Any] = Body(...)) -> None:
+    state = _state(request)
+    validated = await run_in_threadpool(state.options.validate, body)
+    if "sd_vae" in validated:
+        await run_in_threadpool(state.vae_name, validated["sd_vae"], "sd_vae")
+    if "sd_model_checkpoint" in validated:
+        entry = await run_in_threadpool(state.checkpoint_entry, validated["sd_model_checkpoint"],
+                                        "sd_model_checkpoint")
+        vae = await run_in_threadpool(state.vae_name, validated.get("sd_vae", state.options.get("sd_vae")),
+                                      "sd_vae")
+        await state.on_device(lambda: state.engine.load(str(entry.path), vae))
+        validated["sd_model_checkpoint"] = state.checkpoint_title(entry)  # the hash is known once loaded
+        validated["sd_checkpoint_hash"] = state.catalog.sha256(entry.path, compute=False)
+    state.options.apply(validated)
+    return None
+
+
+# --- listings ----------------------------------------------------------------------------------------
+@router.get("/sd-models", response_model=list[m.SDModelItem])
+async def sd_models(request: Request) -> list[dict]:
+    state = _state(request)
+
+    def listing() -> list[dict]:
+        out = []
+        for e in state.catalog.checkpoints():
+            sha = state.catalog.sha256(e.path, compute=False) if e.kind == "file" else None
+            out.append({"title": state.checkpoint_title(e), "model_name": _model_name(e.name),
+                        "hash": sha[:10] if sha else None, "sha256": sha, "filename": str(e.path), "config": None})
+        return out
+
+    return await run_in_threadpool(listing)
+
+
+def _model_name(name: str) -> str:
+    return os.path.splitext(name.replace("/", "_").replace("\\", "_"))[0]
+
+
+@router.get("/sd-vae", response_model=list[m.SDVaeItem])
+async def sd_vae(request: Request) -> list[dict]:
+    state = _state(request)
+    entries = await run_in_threadpool(state.catalog.vaes)
+    return [{"model_name": e.name, "filename": str(e.path)} for e in entries]
+
+
+@router.get("/samplers", response_model=list[m.SamplerItem])
+async def samplers() -> list[dict]:
+    return [{"name": s.name, "aliases": list(s.aliases),
+             "options": {"diffusers_scheduler": s.scheduler_class, **({"uses_ensd": True} if s.stochastic else {})}}
+            for s in SAMPLERS]
+
+
+@router.get("/schedulers", response_model=list[m.SchedulerItem])
+async def get_schedulers() -> list[dict]:
+    return schedulers()
+
+
+@router.get("/loras", response_model=list[m.LoraItem])
+async def loras(request: Request) -> list[dict]:
+    state = _state(request)
+
+    def listing() -> list[dict]:
+        out = []
+        for e in state.catalog.loras():
+            meta = state.lora_metadata(e.path)
+            alias = meta.get("ss_output_name") if isinstance(meta.get("ss_output_name"), str) else None
+            out.append({"name": e.path.stem, "alias": alias or e.path.stem, "path": str(e.path), "metadata": meta})
+        return out
+
+    return await run_in_threadpool(listing)
+
+
+@router.post("/refresh-loras")
+async def refresh_loras(request: Request) -> None:
+    # Listings are read from disk on every call; only the metadata cache can be stale.
+    _state(request).forget_lora_metadata()
+
+
+@router.post("/refresh-checkpoints")
+async def refresh_checkpoints() -> None:
+    return None
+
+
+@router.post("/refresh-vae")
+async def refresh_vae() -> None:
+    return None
+
+
+@router.get("/embeddings", response_model=m.EmbeddingsResponse)
+async def embeddings(request: Request) -> dict:
+    from lorastudio.interfaces.api.state import safetensors_header
+
+    state = _state(request)
+
+    def listing() -> dict:
+        skipped = {}
+        for e in state.catalog.embeddings():
+            shape, vectors = 0, 0
+            if e.path.suffix == ".safetensors":
+                tensors = [v for k, v in safetensors_header(e.path).items() if k != "__metadata__"]
+                dims = tensors[0].get("shape") if tensors and isinstance(tensors[0], dict) else None
+                if isinstance(dims, list) and dims:
+                    vectors, shape = (dims[0], dims[-1]) if len(dims) > 1 else (1, dims[0])
+            # Textual inversion is not implemented: embeddings are listed, none is loaded.
+            skipped[Path(e.name).stem] = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                                         "shape": int(shape), "vectors": int(vectors)}
+        return {"loaded": {}, "skipped": skipped}
+
+    return await run_in_threadpool(listing)
+
+
+@router.get("/upscalers", response_model=list[m.UpscalerItem])
+async def upscalers() -> list[dict]:
+    return [{"name": n, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+            for n in ("None", "Lanczos", "Nearest")]
+
+
+@router.get("/latent-upscale-modes", response_model=list[m.LatentUpscalerModeItem])
+async def latent_upscale_modes() -> list[dict]:
+    return [{"name": n} for n in LATENT_UPSCALE_MODES]
+
+
+@router.get("/memory", response_model=m.MemoryResponse)
+async def memory() -> dict:
+    return await run_in_threadpool(_memory)
+
+
+def _memory() -> dict:
+    ram: dict[str, Any]
+    try:
+        info = {}
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                info[key] = int(rest.split()[0]) * 1024
+        total, free = info["MemTotal"], info.get("MemAvailable", info.get("MemFree", 0))
+        ram = {"free": free, "used": total - free, "total": total}
+    except (OSError, KeyError, ValueError, IndexError):
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+            ram = {"free": free, "used": total - free, "total": total}
+        except (ValueError, OSError, AttributeError):
+            ram = {"error": "unavailable"}
+    cuda: dict[str, Any] = {"error": "unavailable"}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            s = torch.cuda.memory_stats()
+            cuda = {
+                "system": {"free": free, "used": total - free, "total": total},
+                "active": {"current": s.get("active_bytes.all.current", 0), "peak": s.get("active_bytes.all.peak", 0)},
+                "allocated": {"current": s.get("allocated_bytes.all.current", 0),
+                              "peak": s.get("allocated_bytes.all.peak", 0)},
+                "reserved": {"current": s.get("reserved_bytes.all.current", 0),
+                             "peak": s.get("reserved_bytes.all.peak", 0)},
+                "inactive": {"current": s.get("inactive_split_bytes.all.current", 0),
+                             "peak": s.get("inactive_split_bytes.all.peak", 0)},
+                "events": {"retries": s.get("num_alloc_retries", 0), "oom": s.get("num_ooms", 0)},
+            }
+    except Exception as exc:  # a broken driver must not break a status route
+        cuda = {"error": str(exc)}
+    return {"ram": ram, "cuda": cuda}
+
+
+# Routes clients probe at start-up (webuiapi asks for /scripts); we have none of these things.
+@router.get("/scripts", response_model=m.ScriptsList)
+async def scripts() -> dict:
+    return {"txt2img": [], "img2img": []}
+
+
+@router.get("/script-info")
+async def script_info() -> list:
+    return []
+
+
+@router.get("/face-restorers")
+async def face_restorers() -> list:
+    return []
+
+
+@router.get("/hypernetworks")
+async def hypernetworks() -> list:
+    return []
+
+
+@router.get("/prompt-styles")
+async def prompt_styles() -> list:
+    return []

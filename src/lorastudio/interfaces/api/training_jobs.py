@@ -1,0 +1,170 @@
+"""The `training` job kind: what the worker runs for POST /v1/trainings, and webhooks after it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from lorastudio.core.settings import StudioSettings
+
+log = logging.getLogger(__name__)
+
+
+def make_training_handler(settings: StudioSettings, *, train_fn: Callable | None = None):
+    projects_root = Path(settings.projects_dir).resolve()
+
+    def handle(job, ctx) -> dict[str, Any]:
+        from lorastudio.services.jobs import JobCancelled
+        from lorastudio.training.config import training_config
+        from lorastudio.training.events import TrainingStopped
+        from lorastudio.training.project import project_name, version_dir
+
+        train = train_fn
+        if train is None:
+            from lorastudio.training.api import train
+
+        data = dict(job.payload["config"])
+        project = project_name(data.get("project"), data["trigger"])
+        # The version is fixed on the first run and kept in the job's progress (which survives a
+        # restart), so a resumed run continues the same folder instead of starting "the next free".
+        version = data.get("version") or job.progress.get("version")
+        if version is None:
+            version = version_dir(projects_root, project, None, resume=False).root.name
+        ctx.progress(project=project, version=version)
+        vdir = version_dir(projects_root, project, version, resume=True)
+        interrupted_before = job.attempts > 0 and vdir.checkpoints.is_dir() and any(vdir.checkpoints.iterdir())
+        data.update(project=project, version=version, resume=bool(data.get("resume")) or interrupted_before)
+        config = training_config(data)
+        if interrupted_before:
+            ctx.log(f"resuming {project}/{version} from its last checkpoint (run {job.attempts + 1})")
+
+        def on_event(ev) -> None:
+            kind = getattr(ev, "kind", "")
+            if kind == "progress":
+                fields = {"step": ev.step, "total_steps": ev.total_steps}
+                if ev.loss is not None:
+                    fields["loss"] = float(ev.loss)
+                if getattr(ev, "eta_s", None) is not None:
+                    fields["eta_s"] = float(ev.eta_s)
+                ctx.progress(**fields)
+            elif kind == "log":
+                ctx.log(ev.message)
+            elif kind in ("sample", "checkpoint"):
+                ctx.log(f"{kind} at step {ev.step}: {ev.path}" if ev.path else f"{kind} at step {ev.step}")
+                if ev.path:
+                    ctx.progress(**{f"last_{kind}": str(ev.path)})
+            elif kind == "done":
+                ctx.log(ev.message or "training done")
+
+        try:
+            result = train(config, on_event, should_stop=ctx.cancelled, yield_point=ctx.yield_point)
+        except TrainingStopped:
+            raise JobCancelled(job.id) from None
+        return result_payload(result, projects_root)
+
+    return handle
+
+
+def result_payload(result, projects_root: Path) -> dict[str, Any]:
+    """What GET /result serves: files by a public name -> their path (only these can be downloaded)."""
+    files: dict[str, str] = {}
+
+    def add(path: Path | None, name: str | None = None) -> str | None:
+        if path is None:
+            return None
+        path = Path(path).resolve()
+        if not path.is_file() or not path.is_relative_to(projects_root):
+            return None
+        name = name or path.name
+        while name in files:
+            name = f"{path.stem}-{len(files)}{path.suffix}"
+        files[name] = str(path)
+        return name
+
+    lora = add(result.lora_path)
+    config = add(result.config_path, "config.json")
+    diffusers_dir = getattr(result, "diffusers_lora_dir", None)
+    diffusers = add(Path(diffusers_dir) / "pytorch_lora_weights.safetensors", "diffusers_lora_weights.safetensors") \
+        if diffusers_dir else None
+    samples = [n for n in (add(p) for p in (result.samples or [])) if n]
+    return {
+        "lora": lora,
+        "config": config,
+        "diffusers_lora": diffusers,
+        "samples": samples,
+        "files": files,
+        "version_dir": str(result.version_dir),
+        "steps": getattr(result, "steps", None),
+        "final_loss": getattr(result, "final_loss", None),
+    }
+
+
+class WebhookNotifier:
+    """POSTs a finished training's status to its webhook_url, once, even across restarts.
+
+    It watches the store instead of hooking into the worker, because the job is only COMPLETED
+    once the worker has stored the result, after the handler returned. A marker file per job
+    records that the call was made.
+    """
+
+    def __init__(self, store, marker_dir: Path, allowed_hosts: Sequence[str], *, interval_s: float = 1.0,
+                 timeout_s: float = 10.0):
+        self.store = store
+        self.marker_dir = Path(marker_dir)
+        self.allowed_hosts = tuple(allowed_hosts)
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="training-webhooks", daemon=True)
+
+    def start(self) -> None:
+        self.marker_dir.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(self.timeout_s + 1)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.poll_once()
+            except Exception:
+                log.warning("webhook poll failed", exc_info=True)
+
+    def poll_once(self) -> int:
+        sent = 0
+        for job in self.store.list(kind="training"):
+            url = job.payload.get("webhook_url")
+            marker = self.marker_dir / f"{job.id}.sent"
+            if not url or not job.status.is_terminal or marker.exists():
+                continue
+            try:
+                self._post(job, url)
+            except ValueError as exc:  # InvalidParameter: the host is no longer allowed
+                self.store.append_log(job.id, "WARNING", f"webhook not sent: {exc}")
+            marker.write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+            sent += 1
+        return sent
+
+    def _post(self, job, url: str) -> None:
+        import httpx
+
+        from lorastudio.interfaces.api.security import check_webhook_url
+
+        check_webhook_url(url, self.allowed_hosts)  # the allowlist may have shrunk since submission
+        body = {"request_id": job.id, "status": job.status.value, "error": job.error,
+                "result": job.result if job.status.value == "COMPLETED" else None}
+        try:
+            # No redirects: a redirect would lead the server to a host nobody allowed.
+            httpx.post(url, content=json.dumps(body, default=str), timeout=self.timeout_s, follow_redirects=False,
+                       headers={"content-type": "application/json"})
+        except httpx.HTTPError as exc:
+            self.store.append_log(job.id, "WARNING", f"webhook {url} failed: {exc}")
+        else:
+            self.store.append_log(job.id, "INFO", f"webhook {url} notified")

@@ -1,0 +1,292 @@
+"""`/v1/trainings`: a fal-style queue of LoRA trainings, kept in SQLite so it survives restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Request
+from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel
+
+from lorastudio.core.errors import DatasetError, InvalidParameter
+from lorastudio.interfaces.api.a1111_models import reject_non_finite
+from lorastudio.interfaces.api.security import check_webhook_url, resolve_inside
+
+router = APIRouter(prefix="/v1/trainings", tags=["training"])
+
+_UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+_SERVER_FIELDS = ("projects_dir", "models_dir")
+SSE_POLL_S = 0.5
+SSE_KEEPALIVE_S = 15.0
+
+_CONFIG_DOC = {"type": "object", "description": "TrainingConfig fields (trigger, base, steps, rank, ...)",
+               "properties": {"images": {"type": "string"}, "trigger": {"type": "string"},
+                              "base": {"type": "string"}, "webhook_url": {"type": "string"}},
+               "required": ["images", "trigger", "base"]}
+_SUBMIT_DOC = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": _CONFIG_DOC},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["images", "config"], "properties": {
+        "images": {"type": "string", "format": "binary", "description": ".zip of pictures (+ .txt captions)"},
+        "config": {"type": "string", "description": "JSON object of TrainingConfig fields, without images"},
+        "webhook_url": {"type": "string"}}}},
+}}}
+
+
+class SubmitResponse(BaseModel):
+    request_id: str
+    status: str
+    status_url: str
+    result_url: str
+    cancel_url: str
+    events_url: str
+
+
+def _state(request: Request):
+    return request.app.state.api
+
+
+def _urls(request: Request, job_id: str) -> dict[str, str]:
+    return {name: str(request.url_for(route, request_id=job_id)) for name, route in (
+        ("status_url", "training_status"), ("result_url", "training_result"),
+        ("cancel_url", "training_cancel"), ("events_url", "training_events"))}
+
+
+# --- submit ---------------------------------------------------------------------------------------
+@router.post("", status_code=202, response_model=SubmitResponse, openapi_extra=_SUBMIT_DOC)
+async def submit_training(request: Request) -> dict:
+    state = _state(request)
+    ctype = request.headers.get("content-type", "").lower()
+    upload_dir: Path | None = None
+    if ctype.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=16)
+        try:
+            fields = _json_object(form.get("config") or "{}", "config")
+            if "webhook_url" in form:
+                fields["webhook_url"] = form.get("webhook_url")
+            upload = form.get("images")
+            if upload is None or isinstance(upload, str):
+                raise InvalidParameter("images", None, "attach the dataset as a .zip file part named 'images'")
+            if "images" in fields:
+                raise InvalidParameter("config.images", fields["images"], "the images come from the uploaded zip")
+            upload_dir = state.uploads_root / uuid.uuid4().hex
+            images = await run_in_threadpool(_store_zip, upload.file, upload_dir, state.limits.max_unzipped_bytes)
+        finally:
+            await form.close()
+    elif ctype.startswith("application/json"):
+        try:
+            fields = _json_object((await request.body()).decode("utf-8", "replace"), "body")
+        except UnicodeDecodeError:
+            raise InvalidParameter("body", "...", "not UTF-8 JSON") from None
+        if not isinstance(fields.get("images"), str):
+            raise InvalidParameter("images", fields.get("images"), "a folder or .zip path on the server is required")
+        images = resolve_inside(fields.pop("images"), state.dataset_roots, field="images", base=state.projects_root)
+        if not images.exists():
+            raise InvalidParameter("images", str(images), "no such folder or .zip on the server")
+    else:
+        return JSONResponse({"detail": "send application/json or multipart/form-data"}, status_code=415)
+    try:
+        payload = await run_in_threadpool(_payload, state, fields, images, upload_dir)
+    except BaseException:
+        if upload_dir is not None:
+            shutil.rmtree(upload_dir, ignore_errors=True)
+        raise
+    job = await run_in_threadpool(state.store.submit, "training", payload)
+    state.worker.wake()
+    return {"request_id": job.id, "status": job.status.value, **_urls(request, job.id)}
+
+
+def _json_object(text: Any, field: str) -> dict[str, Any]:
+    if not isinstance(text, str):
+        raise InvalidParameter(field, type(text).__name__, "must be a JSON object")
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InvalidParameter(field, text[:80], f"not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise InvalidParameter(field, text[:80], "must be a JSON object")
+    try:
+        reject_non_finite(value, field)
+    except ValueError as exc:
+        raise InvalidParameter(field, "...", str(exc)) from None
+    return value
+
+
+def _store_zip(fileobj, upload_dir: Path, max_unzipped: int) -> Path:
+    from lorastudio.training.dataset.ingest import extract_zip
+
+    upload_dir.mkdir(parents=True, exist_ok=False)
+    archive = upload_dir / "dataset.zip"
+    try:
+        with open(archive, "wb") as out:
+            shutil.copyfileobj(fileobj, out, 1024 * 1024)
+        # Extracted now, with ingest's zip-slip and zip-bomb checks, so a bad archive is a 422
+        # to the uploader rather than a FAILED job later.
+        return extract_zip(archive, upload_dir / "images", max_unzipped_bytes=max_unzipped)
+    except DatasetError as exc:
+        shutil.rmtree(upload_dir, ignore_errors=True)
+        raise InvalidParameter("images", "<upload>", str(exc)) from None
+    finally:
+        archive.unlink(missing_ok=True)
+
+
+def _payload(state, fields: dict[str, Any], images: Path, upload_dir: Path | None) -> dict[str, Any]:
+    from lorastudio.training.config import training_config
+
+    for key in _SERVER_FIELDS:
+        if key in fields:
+            raise InvalidParameter(key, fields[key], "is set by the server, not by the request")
+    webhook = fields.pop("webhook_url", None)
+    if webhook is not None:
+        if not isinstance(webhook, str):
+            raise InvalidParameter("webhook_url", webhook, "must be a URL")
+        check_webhook_url(webhook, state.webhook_hosts)
+    if isinstance(fields.get("base"), str):
+        fields["base"] = str(state.checkpoint_entry(fields["base"], "base").path)
+    config = training_config({**fields, "images": str(images), "projects_dir": str(state.projects_root),
+                              "models_dir": str(state.catalog.root.root)})
+    return {"config": config.model_dump(mode="json"), "webhook_url": webhook,
+            "upload_dir": str(upload_dir) if upload_dir else None}
+
+
+# --- status, events, result, files, cancel ----------------------------------------------------------
+def _status(job, request: Request, *, logs=None) -> dict[str, Any]:
+    out: dict[str, Any] = {"request_id": job.id, "status": job.status.value, **_urls(request, job.id),
+                           "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
+                           "finished_at": _iso(job.finished_at), "attempts": job.attempts,
+                           "progress": job.progress}
+    value = job.status.value
+    if value == "IN_QUEUE":
+        out["queue_position"] = job.position
+    elif value == "IN_PROGRESS":
+        for key in ("step", "total_steps", "loss", "eta_s"):
+            out[key] = job.progress.get(key)
+        out["cancel_requested"] = job.cancel_requested
+    elif value == "COMPLETED":
+        out["response_url"] = out["result_url"]
+    elif value in ("FAILED", "CANCELLED"):
+        out["reason"] = job.error
+    if logs is not None:
+        out["logs"] = [_log_line(line) for line in logs]
+    return out
+
+
+def _log_line(line) -> dict[str, Any]:
+    return {"seq": line.seq, "timestamp": _iso(line.ts), "level": line.level, "message": line.message}
+
+
+def _iso(ts) -> str | None:
+    return ts.isoformat() if ts is not None else None
+
+
+RequestId = Annotated[str, PathParam(pattern=_UUID, description="request_id returned by POST /v1/trainings")]
+
+
+@router.get("")
+async def list_trainings(request: Request) -> list[dict[str, Any]]:
+    jobs = await run_in_threadpool(_state(request).store.list, None, "training")
+    return [{"request_id": j.id, "status": j.status.value, "created_at": _iso(j.created_at),
+             "status_url": str(request.url_for("training_status", request_id=j.id))} for j in jobs]
+
+
+@router.get("/{request_id}/status", name="training_status")
+async def training_status(request: Request, request_id: RequestId, logs: bool = False) -> dict:
+    store = _state(request).store
+    job = await run_in_threadpool(store.get, request_id)
+    lines = await run_in_threadpool(store.logs, request_id) if logs else None
+    return _status(job, request, logs=lines)
+
+
+@router.get("/{request_id}/events", name="training_events")
+async def training_events(request: Request, request_id: RequestId) -> StreamingResponse:
+    """Server-sent events: `log` per log line, `status` on every change, `done` at the end."""
+    store = _state(request).store
+    await run_in_threadpool(store.get, request_id)  # 404 before the stream starts
+    last = request.headers.get("last-event-id", "")
+    since = int(last) if last.isdigit() else None
+
+    async def stream():
+        nonlocal since
+        previous = None
+        quiet_since = time.monotonic()
+        while not await request.is_disconnected():
+            job = await run_in_threadpool(store.get, request_id)
+            for line in await run_in_threadpool(store.logs, request_id, since):
+                since = line.seq
+                quiet_since = time.monotonic()
+                yield _sse("log", _log_line(line), event_id=line.seq)
+            snapshot = _status(job, request)
+            if snapshot != previous:
+                previous = snapshot
+                quiet_since = time.monotonic()
+                yield _sse("status", snapshot)
+            if job.status.is_terminal:
+                yield _sse("done", snapshot)
+                return
+            if time.monotonic() - quiet_since > SSE_KEEPALIVE_S:
+                quiet_since = time.monotonic()
+                yield ": keep-alive\n\n"
+            await asyncio.sleep(SSE_POLL_S)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _sse(event: str, data: dict, event_id: int | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+@router.get("/{request_id}/result", name="training_result")
+async def training_result(request: Request, request_id: RequestId):
+    job = await run_in_threadpool(_state(request).store.get, request_id)
+    if job.status.value != "COMPLETED":
+        return JSONResponse(status_code=409, content={
+            "detail": f"training {request_id} is {job.status.value}, not COMPLETED",
+            "status": job.status.value, "reason": job.error, "status_url": _urls(request, job.id)["status_url"]})
+    res = job.result or {}
+    files = res.get("files") or {}
+
+    def link(name: str | None) -> dict | None:
+        if not name or name not in files:
+            return None
+        path = Path(files[name])
+        return {"name": name, "url": str(request.url_for("training_file", request_id=job.id, name=name)),
+                "size": path.stat().st_size if path.is_file() else None}
+
+    return {"request_id": job.id, "status": job.status.value, "lora": link(res.get("lora")),
+            "diffusers_lora": link(res.get("diffusers_lora")), "config": link(res.get("config")),
+            "samples": [link(n) for n in res.get("samples", []) if n in files],
+            "files": [link(n) for n in files], "steps": res.get("steps"), "final_loss": res.get("final_loss")}
+
+
+@router.get("/{request_id}/files/{name}", name="training_file")
+async def training_file(request: Request, request_id: RequestId, name: str = PathParam(max_length=255)):
+    state = _state(request)
+    job = await run_in_threadpool(state.store.get, request_id)
+    files = (job.result or {}).get("files") or {} if job.status.value == "COMPLETED" else {}
+    # Only names the result lists are served; the name is never turned into a path.
+    if name not in files:
+        return JSONResponse(status_code=404, content={"detail": f"no file {name!r} in training {request_id}"})
+    path = resolve_inside(files[name], [state.projects_root], field="name")
+    if not path.is_file():
+        return JSONResponse(status_code=404, content={"detail": f"{name!r} no longer exists"})
+    return FileResponse(path, filename=name)
+
+
+@router.put("/{request_id}/cancel", name="training_cancel", status_code=202)
+async def training_cancel(request: Request, request_id: RequestId):
+    store = _state(request).store
+    before = await run_in_threadpool(store.get, request_id)
+    if before.status.is_terminal:
+        return JSONResponse(status_code=400, content={"status": "ALREADY_COMPLETED",
+                                                      "job_status": before.status.value})
+    after = await run_in_threadpool(store.request_cancel, request_id)
+    return {"status": "CANCELLATION_REQUESTED", "job_status": after.status.value}

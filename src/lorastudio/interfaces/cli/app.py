@@ -1,0 +1,149 @@
+"""`lorastudio` command line. Importing this module must not import torch: heavy engines are
+imported inside the commands that need them, so `lorastudio --help` stays instant."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from lorastudio.core.errors import LorastudioError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train LoRA adapters and generate images, locally (SD 1.x, SDXL, FLUX.1).")
+
+ModelsDir = typer.Option(None, "--models-dir", help="A1111/Forge `models` folder (default: ./models or $LORASTUDIO_MODELS_DIR)")
+
+
+def _settings(models_dir: Optional[Path] = None, outdir: Optional[Path] = None, **extra):
+    from lorastudio.core.settings import StudioSettings
+
+    values = {"models_dir": models_dir or Path(os.environ.get("LORASTUDIO_MODELS_DIR", "models"))}
+    if outdir is not None:
+        values["outdir"] = outdir
+    values.update({k: v for k, v in extra.items() if v is not None})
+    return StudioSettings(**values)
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument("", help="Prompt, with A1111 syntax: (word:1.2), [word], BREAK, <lora:name:0.8>"),
+    negative: str = typer.Option("", "--negative", "-n", help="Negative prompt"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Checkpoint name, title, short hash or path"),
+    models_dir: Optional[Path] = ModelsDir,
+    steps: Optional[int] = typer.Option(None, help="Sampling steps [20]"),
+    cfg: Optional[float] = typer.Option(None, "--cfg", help="CFG scale [7]"),
+    sampler: Optional[str] = typer.Option(None, help="A1111 sampler name, e.g. 'DPM++ 2M' or 'DPM++ 2M Karras'"),
+    scheduler: Optional[str] = typer.Option(None, help="Schedule type: Automatic, Karras, Exponential, SGM Uniform"),
+    seed: Optional[int] = typer.Option(None, help="Seed; -1 draws a random one [-1]"),
+    width: Optional[int] = typer.Option(None, help="Width, a multiple of 8"),
+    height: Optional[int] = typer.Option(None, help="Height, a multiple of 8"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch"),
+    batch_count: Optional[int] = typer.Option(None, "--batch-count", help="Number of batches"),
+    clip_skip: Optional[int] = typer.Option(None, "--clip-skip", help="CLIP skip (A1111 numbering: 1 = none)"),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="FLUX distilled guidance [3.5]"),
+    vae: Optional[str] = typer.Option(None, "--vae", help="VAE from models/VAE"),
+    outdir: Optional[Path] = typer.Option(None, "--outdir", help="Output root [outputs]"),
+    from_png: Optional[Path] = typer.Option(None, "--from-png", help="Reproduce the image whose infotext this PNG holds"),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | mps"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .ckpt/.pt (loaded with weights_only=True)"),
+):
+    """txt2img with the A1111 conventions; every PNG carries its `parameters` text."""
+    try:
+        from lorastudio.core.params import validate_params
+
+        values: dict = {}
+        if from_png is not None:
+            values.update(_params_from_png(from_png))
+        if prompt:
+            values["prompt"] = prompt
+        given = {"negative_prompt": negative or None, "model": model, "steps": steps, "cfg_scale": cfg,
+                 "sampler": sampler, "scheduler": scheduler, "seed": seed, "width": width, "height": height,
+                 "batch_size": batch_size, "batch_count": batch_count, "clip_skip": clip_skip,
+                 "guidance": guidance, "vae": vae}
+        values.update({k: v for k, v in given.items() if v is not None})
+        params = validate_params(values)
+        settings = _settings(models_dir, outdir, device=device, allow_pickle=allow_pickle or None)
+
+        from lorastudio.generation.engine import GenerationEngine
+        from lorastudio.interfaces.cli.progress import step_progress
+
+        engine = GenerationEngine(settings)
+        with step_progress(params.steps * params.batch_count) as advance:
+            result = engine.txt2img(params, on_progress=advance)
+    except LorastudioError as exc:
+        _fail(exc)
+    for im in result.images:
+        typer.echo(f"{im.path}  seed={im.seed}")
+    if result.interrupted:
+        typer.echo("interrupted")
+
+
+def _params_from_png(path: Path) -> dict:
+    from lorastudio.core.errors import InvalidParameter
+    from lorastudio.core.infotext_params import params_from_infotext
+    from lorastudio.core.png_text import read_infotext
+
+    text = read_infotext(path)
+    if not text:
+        raise InvalidParameter("--from-png", str(path), "the image has no A1111 parameters text")
+    return params_from_infotext(text)
+
+
+@app.command()
+def info(image: Path = typer.Argument(..., help="A PNG (or JPEG/WebP) written by lorastudio, A1111, Forge…"),
+         as_json: bool = typer.Option(False, "--json", help="Fields exactly as A1111's parser returns them")):
+    """Print the generation parameters stored in an image."""
+    from lorastudio.core.infotext import parse_infotext
+    from lorastudio.core.png_text import read_infotext
+
+    try:
+        text = read_infotext(image)
+    except (OSError, LorastudioError) as exc:
+        _fail(exc)
+    if not text:
+        _fail(LorastudioError(f"{image}: no parameters text found"))
+    if as_json:
+        typer.echo(json.dumps(parse_infotext(text), ensure_ascii=False, indent=2))
+    else:
+        typer.echo(text)
+
+
+@app.command()
+def models(models_dir: Optional[Path] = ModelsDir,
+           no_hash: bool = typer.Option(False, "--no-hash", help="Do not hash files that are not in the cache yet")):
+    """List checkpoints (with A1111 titles), LoRAs, VAEs and embeddings."""
+    from lorastudio.models.catalog import Catalog
+    from lorastudio.core.paths import ModelsRoot
+
+    settings = _settings(models_dir)
+    cat = Catalog(ModelsRoot.at(settings.models_dir), include_bundled=settings.include_bundled)
+    typer.echo(f"models root: {cat.root.root}")
+    for head, entries in (("Checkpoints", cat.checkpoints()), ("LoRA", cat.loras()), ("VAE", cat.vaes()),
+                          ("Embeddings", cat.embeddings())):
+        typer.echo(f"{head}:")
+        for e in entries:
+            typer.echo(f"  {cat.title(e, compute=not no_hash) if head == 'Checkpoints' else e.name}")
+        if not entries:
+            typer.echo("  (none)")
+
+
+def main() -> None:
+    try:
+        app()
+    except LorastudioError as exc:  # pragma: no cover - safety net for commands that forget
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

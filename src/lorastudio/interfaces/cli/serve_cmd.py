@@ -1,0 +1,43 @@
+"""`lorastudio serve`: the A1111-compatible API and the training queue.
+
+Registered by app.py; importing this module imports neither torch nor fastapi.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def serve(
+        host: str = typer.Option("127.0.0.1", help="Address to listen on; anything but loopback needs --api-auth"),
+        port: int = typer.Option(7860, help="Port (A1111's default)"),
+        models_dir: Optional[Path] = typer.Option(None, "--models-dir", help="A1111/Forge `models` folder "
+                                                  "(default: ./models or $LORASTUDIO_MODELS_DIR)"),
+        outdir: Optional[Path] = typer.Option(None, "--outdir", help="Output root [outputs]"),
+        projects_dir: Optional[Path] = typer.Option(None, "--projects-dir", help="Training projects [projects]"),
+        api_auth: Optional[str] = typer.Option(None, "--api-auth", envvar="LORASTUDIO_API_AUTH",
+                                               help="USER:PASS for HTTP Basic auth on every route "
+                                                    "(or $LORASTUDIO_API_AUTH, kept out of the process list)"),
+        device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | mps"),
+    ):
+        """Serve /sdapi/v1 (A1111 clients: webuiapi, Krita, SillyTavern...) and /v1/trainings."""
+        from lorastudio.core.errors import LorastudioError
+        from lorastudio.core.settings import StudioSettings
+
+        values: dict = {"models_dir": models_dir or Path(os.environ.get("LORASTUDIO_MODELS_DIR", "models"))}
+        for key, value in (("outdir", outdir), ("projects_dir", projects_dir), ("device", device)):
+            if value is not None:
+                values[key] = value
+        try:
+            from lorastudio.interfaces.api.server import run_server
+
+            run_server(StudioSettings(**values), host=host, port=port, api_auth=api_auth or None)
+        except LorastudioError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None

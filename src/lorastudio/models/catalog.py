@@ -1,0 +1,129 @@
+"""Finding models on disk, with A1111 titles (`name.safetensors [abcdef0123]`).
+
+No torch here: listing models must stay instant.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+from lorastudio.core.errors import NotFound
+from lorastudio.core.hashes import HashCache, a1111_short_hash, sha256_file
+from lorastudio.core.paths import CHECKPOINT_EXTENSIONS, LORA_EXTENSIONS, ModelsRoot
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled" / "base"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    path: Path
+    name: str  # path relative to its folder, as A1111 shows it
+    kind: str  # "file" | "diffusers"
+
+    @property
+    def stem(self) -> str:
+        return Path(self.name).stem if self.kind == "file" else self.name
+
+
+class Catalog:
+    def __init__(self, root: ModelsRoot, *, include_bundled: bool = True):
+        self.root = root
+        self.include_bundled = include_bundled
+        self.hashes = HashCache(root.hash_cache)
+
+    # --- checkpoints --------------------------------------------------------------------
+    def checkpoints(self) -> list[ModelEntry]:
+        entries = _scan(self.root.checkpoints, CHECKPOINT_EXTENSIONS, folders=True)
+        if self.include_bundled and BUNDLED_DIR.is_dir():
+            known = {e.name for e in entries}
+            entries += [e for e in _scan(BUNDLED_DIR, (".safetensors",), folders=False) if e.name not in known]
+        return entries
+
+    def title(self, entry: ModelEntry, *, compute: bool = True) -> str:
+        short = self.short_hash(entry, compute=compute)
+        return f"{entry.name} [{short}]" if short else entry.name
+
+    def short_hash(self, entry: ModelEntry, *, compute: bool = True) -> str | None:
+        if entry.kind != "file":
+            return None
+        full = self.sha256(entry.path, compute=compute)
+        return a1111_short_hash(full) if full else None
+
+    def sha256(self, path: Path, *, compute: bool = True) -> str | None:
+        if not compute:
+            return self.hashes.get(path)
+        return sha256_file(path, cache=self.hashes)
+
+    def find_checkpoint(self, ref: str) -> ModelEntry:
+        """Resolve a path, a title, a name, a stem or a short hash, as A1111 does."""
+        path = Path(ref).expanduser()
+        if path.exists():
+            kind = "diffusers" if path.is_dir() else "file"
+            return ModelEntry(path.resolve(), path.name, kind)
+        entries = self.checkpoints()
+        ref_name, _, rest = ref.partition(" [")
+        ref_name = ref_name.strip()
+        short = rest.rstrip("]").strip().lower() if rest else ""
+        if not short and len(ref_name) >= 8 and all(c in "0123456789abcdef" for c in ref_name.lower()):
+            short, ref_name = ref_name.lower(), ""
+        if short:  # the hash names the exact file, so it wins over the name
+            for e in entries:
+                full = self.sha256(e.path) if e.kind == "file" else None
+                if full and full.startswith(short):
+                    return e
+        for e in entries:
+            if ref_name and ref_name in (e.name, e.stem, e.path.name):
+                return e
+        raise NotFound("model", ref, _closest(ref_name, [e.name for e in entries]))
+
+    # --- other folders -------------------------------------------------------------------
+    def loras(self) -> list[ModelEntry]:
+        return _scan(self.root.lora, LORA_EXTENSIONS, folders=False)
+
+    def find_lora(self, name: str) -> ModelEntry:
+        entries = self.loras()
+        for e in entries:
+            if name in (e.stem, e.name, e.path.stem):
+                return e
+        raise NotFound("LoRA", name, _closest(name, [e.path.stem for e in entries]))
+
+    def vaes(self) -> list[ModelEntry]:
+        return _scan(self.root.vae, CHECKPOINT_EXTENSIONS, folders=False)
+
+    def find_vae(self, name: str) -> ModelEntry:
+        path = Path(name).expanduser()
+        if path.is_file():
+            return ModelEntry(path.resolve(), path.name, "file")
+        entries = self.vaes()
+        for e in entries:
+            if name in (e.name, e.stem, e.path.name):
+                return e
+        raise NotFound("VAE", name, _closest(name, [e.name for e in entries]))
+
+    def embeddings(self) -> list[ModelEntry]:
+        out: list[ModelEntry] = []
+        for folder in self.root.embeddings:
+            out += _scan(folder, (".safetensors", ".pt", ".bin"), folders=False)
+        return out
+
+
+def _scan(folder: Path, extensions: tuple[str, ...], *, folders: bool) -> list[ModelEntry]:
+    if not folder.is_dir():
+        return []
+    found: list[ModelEntry] = []
+    for p in sorted(folder.rglob("*")):
+        if any(part.startswith(".") for part in p.relative_to(folder).parts):
+            continue
+        if p.is_file() and p.suffix.lower() in extensions:
+            if any(parent != folder and (parent / "model_index.json").exists() for parent in p.parents):
+                continue  # weights inside a diffusers folder
+            found.append(ModelEntry(p, p.relative_to(folder).as_posix(), "file"))
+        elif folders and p.is_dir() and (p / "model_index.json").is_file():
+            found.append(ModelEntry(p, p.relative_to(folder).as_posix(), "diffusers"))
+    return found
+
+
+def _closest(name: str, names: list[str]) -> list[str]:
+    return difflib.get_close_matches(name, names, n=3, cutoff=0.3) or names[:3]

@@ -1,0 +1,148 @@
+"""The one protocol every model family implements.
+
+Everything that differs between SD 1.x, SDXL and FLUX (key names, configs, text encoders,
+latent layout, samplers, LoRA naming, training targets) lives behind this interface in one
+file per family. Callers never ask "is this FLUX?"; they ask the family.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from lorastudio.core.samplers import SamplerChoice
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    device: str = "cpu"
+    dtype: str = "float32"  # "float16" | "bfloat16" on GPUs
+    cache_dir: Path | None = None  # where config skeletons are written
+    text_encoder_dir: Path | None = None  # FLUX: where clip_l / t5xxl files live
+    vae_dir: Path | None = None
+    allow_pickle: bool = False
+
+
+@dataclass
+class Conditioning:
+    """Keyword arguments for the diffusers pipeline call, built by the family."""
+
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelFamily(ABC):
+    name: ClassVar[str]
+    title: ClassVar[str]
+    # Name written as `ss_base_model_version` / used in model cards.
+    base_model_version: ClassVar[str]
+    default_size: ClassVar[int]
+    default_sampler: ClassVar[str] = "DPM++ 2M"
+    default_cfg: ClassVar[float] = 7.0
+    # Precision on GPUs; CPUs always run float32.
+    gpu_dtype: ClassVar[str] = "float16"
+
+    # --- recognising files -------------------------------------------------------------
+    @abstractmethod
+    def claims_checkpoint(self, keys: Collection[str]) -> bool:
+        """True when a single-file checkpoint with these keys belongs to this family."""
+
+    @abstractmethod
+    def claims_folder(self, model_index: Mapping[str, Any]) -> bool:
+        """True when a diffusers folder with this model_index.json belongs to this family."""
+
+    @abstractmethod
+    def claims_lora(self, shapes: Mapping[str, tuple[int, ...]]) -> bool:
+        """True when a LoRA state dict (key -> shape) was made for this family."""
+
+    # --- loading -----------------------------------------------------------------------
+    @abstractmethod
+    def load_checkpoint(self, path: Path, shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str],
+                        options: LoadOptions) -> "DiffusionPipeline":
+        """Load a single-file checkpoint fully offline."""
+
+    @abstractmethod
+    def load_folder(self, path: Path, options: LoadOptions) -> "DiffusionPipeline":
+        """Load a diffusers folder fully offline."""
+
+    @abstractmethod
+    def replace_vae(self, pipe: "DiffusionPipeline", path: Path, options: LoadOptions) -> None:
+        """Swap in a VAE file; raise ModelFileError naming the file when it does not fit."""
+
+    # --- generation --------------------------------------------------------------------
+    @abstractmethod
+    def supports_sampler(self, choice: "SamplerChoice") -> bool: ...
+
+    @abstractmethod
+    def make_scheduler(self, pipe: "DiffusionPipeline", choice: "SamplerChoice"):
+        """A fresh scheduler instance for this sampler / schedule type."""
+
+    @abstractmethod
+    def encode_prompts(self, pipe: "DiffusionPipeline", prompt: str, negative_prompt: str, *,
+                       clip_skip: int, cfg_scale: float, guidance: float) -> Conditioning:
+        """Prompt embeddings (A1111 emphasis, chunks, BREAK) as pipeline keyword arguments."""
+
+    @abstractmethod
+    def latent_shape(self, pipe: "DiffusionPipeline", width: int, height: int) -> tuple[int, ...]:
+        """Shape of one image's initial noise, as the pipeline's `latents` argument expects."""
+
+    def pack_latents(self, pipe: "DiffusionPipeline", latents: "torch.Tensor") -> "torch.Tensor":
+        """Turn [batch, *latent_shape] noise into what the pipeline's `latents` argument takes."""
+        return latents
+
+    def infotext_fields(self, params) -> dict[str, Any]:
+        """Family-specific entries for the PNG parameters text."""
+        return {}
+
+
+class UnsupportedFamily(ModelFamily):
+    """Marker base for recognised-but-unsupported formats (e.g. SD 2.x)."""
+
+
+class TrainableFamily(ABC):
+    """The per-architecture training contract (kohya's idea, without the `if is_xl` branches).
+
+    Shapes: latents [B, C, h, w] as the VAE gives them (already scaled); conditioning is a dict
+    of batch-first tensors from `encode_captions`.
+    """
+
+    @abstractmethod
+    def training_defaults(self) -> dict[str, Any]:
+        """Values for TrainingConfig fields left as None (rank, alpha, lr, steps, resolution…)."""
+
+    @abstractmethod
+    def trainable_modules(self, pipe: "DiffusionPipeline", *, text_encoders: bool) -> dict[str, "torch.nn.Module"]:
+        """Component name -> module that gets LoRA layers (the denoiser first)."""
+
+    @abstractmethod
+    def lora_targets(self) -> dict[str, list[str]]:
+        """Component name -> peft target_modules."""
+
+    @abstractmethod
+    def encode_images(self, pipe: "DiffusionPipeline", pixels: "torch.Tensor") -> "torch.Tensor":
+        """pixels [B, 3, H, W] in [-1, 1] -> scaled latents."""
+
+    @abstractmethod
+    def encode_captions(self, pipe: "DiffusionPipeline", captions: list[str], *, clip_skip: int) -> dict[str, "torch.Tensor"]:
+        """Captions -> conditioning tensors (batch-first)."""
+
+    @abstractmethod
+    def training_loss(self, pipe: "DiffusionPipeline", modules: dict[str, "torch.nn.Module"], latents: "torch.Tensor",
+                      cond: dict[str, "torch.Tensor"], gens: list, config, mask=None) -> "torch.Tensor":
+        """One batch's loss: noise the latents, predict, compare with the target."""
+
+    @abstractmethod
+    def export_kohya(self, pipe: "DiffusionPipeline", lora: dict[str, dict[str, "torch.Tensor"]], *, alpha: float,
+                     rank: int) -> dict[str, "torch.Tensor"]:
+        """peft state dicts per component -> the kohya-format LoRA A1111 / Forge / ComfyUI load."""
+
+    @abstractmethod
+    def save_diffusers_lora(self, pipe: "DiffusionPipeline", lora: dict[str, dict[str, "torch.Tensor"]],
+                            folder: Path) -> Path:
+        """Write the diffusers / PEFT-format LoRA that `pipe.load_lora_weights(folder)` reads."""

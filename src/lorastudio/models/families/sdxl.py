@@ -1,0 +1,136 @@
+"""Stable Diffusion XL (base): everything specific to this family lives here."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+from lorastudio.core.errors import UnknownModelFamily
+from lorastudio.core.samplers import SamplerChoice
+from lorastudio.models.families.base import Conditioning, LoadOptions, ModelFamily
+from lorastudio.models.families.sd1 import _cache_root, replace_sd_vae, torch_dtype
+
+# The scheduler config of stabilityai/stable-diffusion-xl-base-1.0.
+SDXL_SCHEDULER = {
+    "_class_name": "EulerDiscreteScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "interpolation_type": "linear",
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+    "use_karras_sigmas": False,
+}
+
+SDXL_PIPELINES = {"StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"}
+
+
+class SDXLFamily(ModelFamily):
+    name = "sdxl"
+    title = "SDXL"
+    modelspec_architecture = "stable-diffusion-xl-v1-base"
+    modelspec_implementation = "https://github.com/Stability-AI/generative-models"
+    base_model_version = "sdxl_base_v1-0"
+    default_size = 1024
+    default_cfg = 7.0
+
+    def claims_checkpoint(self, keys: Collection[str]) -> bool:
+        keys = set(keys)
+        if "model.diffusion_model.input_blocks.0.0.weight" not in keys:
+            return False
+        has_l = any(k.startswith("conditioner.embedders.0.transformer.") for k in keys)
+        has_g = any(k.startswith("conditioner.embedders.1.model.") for k in keys)
+        if not has_l and any(k.startswith("conditioner.embedders.0.model.") for k in keys):
+            raise UnknownModelFamily("checkpoint", "SDXL refiner checkpoints are not supported yet")
+        return has_l and has_g
+
+    def claims_folder(self, model_index: Mapping[str, Any]) -> bool:
+        return model_index.get("_class_name") in SDXL_PIPELINES
+
+    def claims_lora(self, shapes: Mapping[str, tuple[int, ...]]) -> bool:
+        keys = list(shapes)
+        if any(k.startswith(("lora_te_", "text_encoder.")) and not k.startswith("text_encoder_2") for k in keys):
+            return any(k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for k in keys)
+        if any(k.startswith("lora_unet_down_blocks_0_attentions") or k.startswith("unet.down_blocks.0.attentions")
+               for k in keys):
+            return False  # SD 1.x has attention in the first down block, SDXL does not
+        return any(k.startswith(("lora_unet_", "lora_te1_", "lora_te2_", "unet.", "text_encoder_2.")) for k in keys)
+
+    # --- loading -------------------------------------------------------------------------
+    def load_checkpoint(self, path: Path, shapes, metadata, options: LoadOptions):
+        from diffusers import StableDiffusionXLPipeline
+
+        from lorastudio.models.formats.config_dir import make_config_dir
+        from lorastudio.models.formats.sd_config_inference import infer_sdxl_configs
+
+        configs = infer_sdxl_configs(dict(shapes), dict(metadata))
+        cfg_dir = make_config_dir(
+            "StableDiffusionXLPipeline", configs,
+            {"tokenizer": {"kind": "clip", "pad_token": "<|endoftext|>"},
+             "tokenizer_2": {"kind": "clip", "pad_token": "!"}},
+            SDXL_SCHEDULER, _cache_root(options))
+        return StableDiffusionXLPipeline.from_single_file(
+            str(path), config=str(cfg_dir), local_files_only=True, torch_dtype=torch_dtype(options.dtype))
+
+    def load_folder(self, path: Path, options: LoadOptions):
+        from diffusers import StableDiffusionXLPipeline
+
+        return StableDiffusionXLPipeline.from_pretrained(str(path), local_files_only=True,
+                                                         torch_dtype=torch_dtype(options.dtype))
+
+    def replace_vae(self, pipe, path: Path, options: LoadOptions) -> None:
+        replace_sd_vae(pipe, path, options)
+
+    # --- generation ------------------------------------------------------------------------
+    def supports_sampler(self, choice: SamplerChoice) -> bool:
+        return choice.sampler.scheduler_class != "FlowMatchEulerDiscreteScheduler"
+
+    def make_scheduler(self, pipe, choice: SamplerChoice):
+        from lorastudio.generation.schedulers import build_scheduler
+
+        return build_scheduler(pipe.scheduler.config, choice)
+
+    def encode_prompts(self, pipe, prompt: str, negative_prompt: str, *, clip_skip: int, cfg_scale: float,
+                       guidance: float) -> Conditioning:
+        import torch
+
+        cond, pooled = self._encode(pipe, prompt, clip_skip)
+        if negative_prompt == "" and pipe.config.get("force_zeros_for_empty_prompt", True):
+            # SDXL's empty negative is zeros, in A1111 and diffusers alike.
+            uncond, unpooled = torch.zeros_like(cond), torch.zeros_like(pooled)
+        else:
+            uncond, unpooled = self._encode(pipe, negative_prompt, clip_skip)
+        if cond.shape[1] != uncond.shape[1]:
+            from lorastudio.generation.conditioning import pad_to_same_length
+
+            empty, _ = self._encode(pipe, "", clip_skip)
+            cond, uncond = pad_to_same_length(cond, uncond, empty)
+        return Conditioning({"prompt_embeds": cond, "negative_prompt_embeds": uncond,
+                             "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": unpooled,
+                             "guidance_scale": cfg_scale})
+
+    def _encode(self, pipe, text: str, clip_skip: int):
+        import torch
+
+        from lorastudio.generation.conditioning import ClipEncodeSpec, encode_clip
+
+        # SDXL conditions on the penultimate layer of both encoders, without the final norm.
+        spec_l = ClipEncodeSpec(skip_layers=clip_skip, final_norm_on_skip=False)
+        spec_g = ClipEncodeSpec(skip_layers=clip_skip, final_norm_on_skip=False, pad_token="!")
+        h1, _, _ = encode_clip(pipe.tokenizer, pipe.text_encoder, text, spec_l)
+        h2, pooled, _ = encode_clip(pipe.tokenizer_2, pipe.text_encoder_2, text, spec_g, want_pooled=True)
+        return torch.cat([h1, h2.to(h1.dtype)], dim=-1), pooled
+
+    def latent_shape(self, pipe, width: int, height: int) -> tuple[int, ...]:
+        f = pipe.vae_scale_factor
+        return (pipe.unet.config.in_channels, height // f, width // f)
+
+    def infotext_fields(self, params) -> dict[str, Any]:
+        return {"Clip skip": params.clip_skip if params.clip_skip > 1 else None}

@@ -1,0 +1,20 @@
+"""A base model in memory, with what infotexts and LoRA code need to know about it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lorastudio.models.families.base import ModelFamily
+
+
+@dataclass
+class LoadedModel:
+    family: ModelFamily
+    pipe: Any  # a diffusers DiffusionPipeline
+    path: Path
+    name: str
+    sha256: str | None
+    vae_name: str | None = None
+    vae_sha256: str | None = None

@@ -1,0 +1,105 @@
+"""Opening a base model: probe the file, pick the family, hand over to it.
+
+Pickled checkpoints (.ckpt/.pt/.bin) can run code when unpickled, so they are refused unless
+the user opts in; even then only `torch.load(weights_only=True)` is used, and the tensors are
+re-saved as safetensors in the cache so the rest of the code sees one format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from lorastudio.core.errors import ModelFileError, PickleRefused, UnknownModelFamily
+from lorastudio.core.paths import PICKLE_EXTENSIONS
+from lorastudio.core.safetensors_header import read_header
+from lorastudio.models.families.base import LoadOptions, ModelFamily
+from lorastudio.models.families.registry import families
+from lorastudio.models.loaded import LoadedModel
+
+
+def probe_checkpoint(path: Path, options: LoadOptions) -> tuple[Path, dict[str, tuple[int, ...]], dict[str, str]]:
+    """Return (safetensors path, key -> shape, metadata); pickles are converted when allowed."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(path, "file not found")
+    if path.suffix.lower() in PICKLE_EXTENSIONS:
+        path = _pickle_to_safetensors(path, options)
+    header = read_header(path)
+    shapes = {name: tuple(t.shape) for name, t in header.tensors.items()}
+    return path, shapes, dict(header.metadata)
+
+
+def detect_family(path: Path, keys) -> ModelFamily:
+    for fam in families():
+        if fam.claims_checkpoint(keys):
+            return fam
+    sample = ", ".join(sorted(keys)[:5])
+    raise UnknownModelFamily(path, f"not a SD 1.x, SDXL or FLUX.1 checkpoint (first keys: {sample})")
+
+
+def detect_folder_family(path: Path) -> tuple[ModelFamily, dict]:
+    index_file = path / "model_index.json"
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(index_file, f"cannot read diffusers model_index.json: {exc}") from None
+    for fam in families():
+        if fam.claims_folder(index):
+            return fam, index
+    raise UnknownModelFamily(path, f"diffusers pipeline {index.get('_class_name')!r} is not supported")
+
+
+def load_model(path: Path, options: LoadOptions, *, name: str | None = None, sha256: str | None = None) -> LoadedModel:
+    import torch
+
+    path = Path(path)
+    if path.is_dir():
+        family, _ = detect_folder_family(path)
+        pipe = family.load_folder(path, options)
+    else:
+        st_path, shapes, metadata = probe_checkpoint(path, options)
+        family = detect_family(path, shapes.keys())
+        try:
+            pipe = family.load_checkpoint(st_path, shapes, metadata, options)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise ModelFileError(path, f"could not load as {family.title}: {exc}") from exc
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(options.device)
+    _ = torch  # imported for its side effect of being ready before generation
+    return LoadedModel(family=family, pipe=pipe, path=path, name=name or path.name, sha256=sha256)
+
+
+def _pickle_to_safetensors(path: Path, options: LoadOptions) -> Path:
+    if not options.allow_pickle:
+        raise PickleRefused(
+            path,
+            "pickled checkpoints can run arbitrary code when loaded and are refused. Convert it to "
+            ".safetensors (e.g. `python -c \"import torch,safetensors.torch as s; sd=torch.load('in.ckpt', "
+            "weights_only=True); s.save_file(sd.get('state_dict', sd), 'out.safetensors')\"`) or pass "
+            "--allow-pickle to load it with torch.load(weights_only=True).",
+        )
+    import pickle
+
+    import torch
+    from safetensors.torch import save_file
+
+    from lorastudio.core.atomic import atomic_path
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        # No fallback to an unsafe load, whatever the file holds.
+        raise ModelFileError(path, f"not loadable with weights_only=True (refusing an unsafe load): {exc}") from None
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict):
+        raise ModelFileError(path, "the pickle does not hold a state dict")
+    tensors = {k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    digest = hashlib.sha256(f"{path.resolve()}:{path.stat().st_mtime_ns}:{path.stat().st_size}".encode()).hexdigest()[:16]
+    cache = (options.cache_dir or path.parent / ".lorastudio-cache") / "converted"
+    out = cache / f"{path.stem}-{digest}.safetensors"
+    if not out.exists():
+        with atomic_path(out) as tmp:
+            save_file(tensors, str(tmp))
+    return out

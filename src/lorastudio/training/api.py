@@ -1,0 +1,167 @@
+"""`train(config, on_event)`: the one entry point the CLI, the job queue and the API call.
+
+Numbered steps: validate, find the base model, check the dataset (every problem is reported
+before anything trains), load, resolve defaults, lay out the version folder, train, export.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from lorastudio.core.atomic import atomic_write_text
+from lorastudio.core.errors import InvalidParameter
+from lorastudio.core.paths import ModelsRoot
+from lorastudio.training.config import TrainingConfig, training_config
+from lorastudio.training.data import Item
+from lorastudio.training.events import EventSink, TrainingEvent, TrainingResult
+from lorastudio.training.project import VersionDir, project_name, version_dir
+
+
+def prepare_items(config: TrainingConfig, resolution: int):
+    """Check the dataset and return (items, report); raises DatasetError listing every problem."""
+    from lorastudio.training.dataset.checks import build_dataset, check_dataset
+    from lorastudio.training.dataset.ingest import open_source
+
+    dcfg = config.dataset_config(resolution)
+    source = open_source(config.images, max_unzipped_bytes=dcfg.max_unzipped_bytes)
+    report = check_dataset(source, dcfg)
+    items = build_dataset(source, dcfg, skip_bad=config.skip_bad_images, report=report)
+    return source, items, report
+
+
+def train(config: TrainingConfig | dict, on_event: EventSink | None = None, *,
+          should_stop: Callable[[], bool] | None = None, yield_point: Callable[[], None] | None = None,
+          accelerator=None) -> TrainingResult:
+    emit = on_event or (lambda e: None)
+    config = training_config(config)
+    # 1. the base model must exist before anything else happens
+    from lorastudio.models.catalog import Catalog
+
+    catalog = Catalog(ModelsRoot.at(config.models_dir))
+    entry = catalog.find_checkpoint(config.base)
+    images = Path(config.images)
+    if not images.exists():
+        raise InvalidParameter("images", str(images), "no such folder or .zip file")
+
+    # 2. the model (its family decides the defaults and the dataset resolution)
+    from accelerate import Accelerator
+
+    from lorastudio.generation.engine import pick_device
+    from lorastudio.models.families.base import LoadOptions
+    from lorastudio.models.loader import load_model
+
+    acc = accelerator or Accelerator(cpu=pick_device("auto") == "cpu", mixed_precision=_precision(config))
+    sha = catalog.sha256(entry.path) if entry.kind == "file" else None
+    emit(TrainingEvent("log", message=f"loading {entry.name}"))
+    model = load_model(entry.path, LoadOptions(device=str(acc.device), dtype=_base_dtype(acc),
+                                               cache_dir=catalog.root.root / ".lorastudio-cache",
+                                               text_encoder_dir=catalog.root.text_encoders),
+                       name=entry.name, sha256=sha)
+    family, pipe = model.family, model.pipe
+    config = _resolve(config, family.training_defaults(pipe))
+
+    # 3. every dataset problem, before training starts
+    source, titems, report = prepare_items(config, config.resolution[0])
+    emit(TrainingEvent("log", message=report.render()))
+
+    # 4. the version folder
+    project = project_name(config.project, config.trigger)
+    vdir = version_dir(config.projects_dir, project, config.version, resume=config.resume)
+    if vdir.root.exists() and not config.resume and any(vdir.root.iterdir()):
+        raise InvalidParameter("version", vdir.root.name, f"{vdir.root} exists; pass --resume or another --version")
+    vdir.make()
+    config = config.model_copy(update={"project": project, "version": vdir.root.name})
+    items = _copy_dataset(titems, vdir)
+    source.close()
+    name = config.output_name or project
+    atomic_write_text(vdir.config, config.model_dump_json(indent=2))
+
+    # 5. train
+    from lorastudio.training.loop import Trainer
+    from lorastudio.training.sampling import make_sampler
+
+    started = time.time()
+    trainer = Trainer(config, family, pipe, items, vdir, model_id=sha or str(entry.path), accelerator=acc,
+                      on_event=emit, should_stop=should_stop, yield_point=yield_point,
+                      sampler=make_sampler(model, config, vdir, pipe))
+    trainer.setup()
+    state = trainer.run()
+
+    # 6. export
+    from lorastudio.training.export import kohya_metadata, write_kohya_lora
+    from lorastudio.training.report import write_loss_curve
+
+    acc.wait_for_everyone()
+    lora_path = vdir.lora(name)
+    samples: list[Path] = []
+    if acc.is_main_process:
+        sds = trainer.network.state_dicts()
+        md = kohya_metadata(config=config, family=family, output_name=name, rank=config.rank, alpha=config.alpha,
+                            base_name=entry.name, base_sha256=sha, started=started, finished=time.time(),
+                            steps=state.step, epochs=max(1, state.step * config.grad_accum // max(1, trainer.batches_per_epoch)),
+                            num_images=len({i.image_path for i in items}), resolution=config.resolution[0],
+                            captions=[i.caption for i in items], mixed_precision=acc.mixed_precision)
+        write_kohya_lora(lora_path, family.export_kohya(pipe, sds, alpha=config.alpha, rank=config.rank), md)
+        family.save_diffusers_lora(pipe, sds, vdir.diffusers)
+        write_loss_curve(vdir.logs / "metrics.jsonl", vdir.logs / "loss.png")
+        if trainer.sampler and config.sample_prompts is not None:
+            samples = trainer._samples(state.step)
+    result = TrainingResult(vdir.root, lora_path, vdir.diffusers, vdir.config, samples, state.step,
+                            state.losses[-1] if state.losses else None)
+    emit(TrainingEvent("done", state.step, trainer.total_steps, path=lora_path, message=f"saved {lora_path}"))
+    return result
+
+
+def _precision(config: TrainingConfig) -> str:
+    if config.mixed_precision != "auto":
+        return config.mixed_precision
+    import torch
+
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def _base_dtype(acc) -> str:
+    # The frozen base runs in the autocast precision; LoRA weights stay fp32 (network.add_lora).
+    return {"bf16": "bfloat16", "fp16": "float16"}.get(acc.mixed_precision, "float32")
+
+
+def _resolve(config: TrainingConfig, defaults: dict) -> TrainingConfig:
+    update = {k: v for k, v in defaults.items() if getattr(config, k, None) is None}
+    if config.steps is not None or config.epochs is not None:
+        update.pop("steps", None)
+    if update.get("train_text_encoder") is None and config.train_text_encoder is None:
+        update["train_text_encoder"] = False
+    if config.gradient_checkpointing is None:
+        update["gradient_checkpointing"] = True
+    if config.timestep_sampling is None and "timestep_sampling" in defaults:
+        update["timestep_sampling"] = defaults["timestep_sampling"]
+    resolved = config.model_copy(update=update)
+    if resolved.te_lr is None:
+        resolved = resolved.model_copy(update={"te_lr": resolved.lr})
+    return resolved
+
+
+def _copy_dataset(titems, vdir: VersionDir) -> list[Item]:
+    """Keep the pictures actually trained on beside the LoRA, so a version can be re-run or resumed."""
+    out: list[Item] = []
+    seen: dict[Path, Path] = {}
+    for ti in titems:
+        src = Path(ti.image_path)
+        dst = seen.get(src)
+        if dst is None:
+            dst = vdir.dataset / src.name
+            n = 1
+            while dst.exists() and dst.stat().st_size != src.stat().st_size:
+                dst = vdir.dataset / f"{src.stem}-{n}{src.suffix}"
+                n += 1
+            if not dst.exists():
+                shutil.copy2(src, dst)
+            atomic_write_text(dst.with_suffix(".txt"), ti.caption)
+            seen[src] = dst
+        out.append(Item(dst, ti.caption, ti.bucket.width, ti.bucket.height, ti.repeats))
+    return out

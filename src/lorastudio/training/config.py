@@ -1,0 +1,152 @@
+"""The training run's settings: one typed, versioned model that rejects unknown keys.
+
+Fields left as None take the base model family's defaults (kohya / ai-toolkit / fal values),
+resolved once by `resolve_defaults` so that `config.json` records every value actually used.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lorastudio.core.errors import InvalidParameter
+from lorastudio.core.params import invalid_from_validation
+from lorastudio.training.dataset.config import DatasetConfig
+
+CONFIG_VERSION = 1
+
+Optimizer = Literal["adamw", "adamw8bit", "lion", "prodigy", "adafactor"]
+LrScheduler = Literal["constant", "constant_with_warmup", "cosine", "linear"]
+_NAME = re.compile(r"^[^/\\\x00]{1,100}$")
+
+
+class TrainingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
+
+    config_version: int = CONFIG_VERSION
+    # --- the three required inputs --------------------------------------------------------
+    images: Path = Field(..., description="Folder or .zip of training pictures (+ optional same-name .txt captions)")
+    trigger: str = Field(..., description="Trigger word, e.g. DeltamonStamp")
+    base: str = Field(..., description="Base model: name, title, hash or path (.safetensors or diffusers folder)")
+    # --- where ---------------------------------------------------------------------------
+    project: str | None = Field(None, description="Project name [the trigger word]")
+    version: str | None = Field(None, description="Version name [v1, v2, … the next free]")
+    projects_dir: Path = Path("projects")
+    models_dir: Path = Path("models")
+    output_name: str | None = Field(None, description="LoRA file stem [project name]")
+    resume: bool = Field(False, description="Continue the version from its last complete checkpoint")
+    # --- length ----------------------------------------------------------------------------
+    steps: int | None = Field(None, ge=1, le=1_000_000)
+    epochs: int | None = Field(None, ge=1, le=100_000)
+    repeats: int | None = Field(None, ge=1, le=10_000)
+    batch_size: int = Field(1, ge=1, le=256)
+    grad_accum: int = Field(1, ge=1, le=1024)
+    # --- network ---------------------------------------------------------------------------
+    rank: int | None = Field(None, ge=1, le=1024)
+    alpha: float | None = Field(None, gt=0, le=4096)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    train_text_encoder: bool | None = None
+    # --- optimisation ----------------------------------------------------------------------
+    lr: float | None = Field(None, gt=0, le=10)
+    te_lr: float | None = Field(None, gt=0, le=10)
+    optimizer: Optimizer = "adamw"
+    lr_scheduler: LrScheduler = "constant"
+    warmup: int = Field(0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    # --- loss ------------------------------------------------------------------------------
+    min_snr_gamma: float | None = Field(None, gt=0)
+    noise_offset: float = Field(0.0, ge=0, le=1)
+    masked_loss: bool = False
+    timestep_sampling: Literal["uniform", "sigmoid", "shift"] | None = None  # flow-matching families
+    discrete_flow_shift: float = Field(3.0, gt=0)
+    guidance: float = Field(1.0, ge=0)  # FLUX-dev guidance input during training
+    # --- precision and memory ----------------------------------------------------------------
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    gradient_checkpointing: bool | None = None
+    cache_latents: bool = True
+    cache_text_embeddings: bool = True
+    # --- checkpoints and samples --------------------------------------------------------------
+    save_every: int | None = Field(None, ge=1)
+    keep_checkpoints: int = Field(3, ge=1)
+    sample_every: int | None = Field(None, ge=1)
+    sample_prompts: list[str] = Field(default_factory=list)
+    sample_steps: int = Field(20, ge=1, le=200)
+    sample_seed: int = Field(1234, ge=0)
+    seed: int = Field(42, ge=0, le=2**32 - 1)
+    num_processes: int = Field(1, ge=1, le=64)
+    # --- dataset -----------------------------------------------------------------------------
+    resolution: list[int] | None = None
+    class_word: str | None = None
+    caption_dropout: float = Field(0.0, ge=0, le=1)
+    shuffle_tags: bool = False
+    keep_tokens: int = Field(1, ge=0)
+    skip_bad_images: bool = False
+    background: tuple[int, int, int] | str = (255, 255, 255)
+
+    @field_validator("resolution", mode="before")
+    @classmethod
+    def _res(cls, v: Any) -> Any:
+        return [v] if isinstance(v, int) else v
+
+    @field_validator("project", "version", "output_name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and (not _NAME.match(v) or v in (".", "..")):
+            raise ValueError(f"{v!r} cannot be used as a folder or file name")
+        return v
+
+    @field_validator("lr", "te_lr", "alpha", "min_snr_gamma")
+    @classmethod
+    def _finite(cls, v):
+        if v is not None and not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    @model_validator(mode="after")
+    def _length(self) -> "TrainingConfig":
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give steps or epochs, not both")
+        return self
+
+    def dataset_config(self, default_resolution: int) -> DatasetConfig:
+        return DatasetConfig(
+            trigger_word=self.trigger, class_word=self.class_word,
+            resolutions=tuple(self.resolution or [default_resolution]),
+            caption_dropout=self.caption_dropout, shuffle_tags=self.shuffle_tags, keep_tokens=self.keep_tokens,
+            background=self.background, use_alpha_mask=self.masked_loss, repeats=self.repeats or 1,
+            min_size=min(64, min(self.resolution or [default_resolution])),
+            bucket_step=_step_for(self.resolution or [default_resolution]),
+        )
+
+
+def _step_for(resolutions: list[int]) -> int:
+    # Small demo models train at 64–128 px where 64-px buckets would leave one bucket only.
+    return 64 if min(resolutions) >= 256 else 8
+
+
+def training_config(data: dict[str, Any] | TrainingConfig) -> TrainingConfig:
+    if isinstance(data, TrainingConfig):
+        return data
+    try:
+        return TrainingConfig(**data)
+    except ValidationError as exc:
+        raise invalid_from_validation(exc) from None
+
+
+def load_toml(path: Path) -> TrainingConfig:
+    import tomllib
+
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidParameter("config", str(path), f"cannot read TOML: {exc}") from None
+    base = Path(path).parent
+    for key in ("images", "projects_dir", "models_dir"):
+        if key in data and not Path(data[key]).is_absolute():
+            data[key] = str(base / data[key])
+    return training_config(data)

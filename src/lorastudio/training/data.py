@@ -1,0 +1,140 @@
+"""Training items -> batches of latents and captions, with on-disk caches.
+
+Latents are cached per (image content, bucket, background, VAE) and text embeddings per
+(caption, text encoders, clip skip), so a change of any of these recomputes only what it
+touches. The data order of every epoch is a pure function of (seed, epoch): resuming needs
+only the step counter, and two runs with one seed see the same batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lorastudio.core.atomic import atomic_path
+from lorastudio.training.dataset.buckets import fit_to_bucket
+from lorastudio.training.dataset.captions import augment_caption
+from lorastudio.training.dataset.images import file_digest, load_training_image
+
+CACHE_FORMAT = "1"
+
+
+@dataclass(frozen=True)
+class Item:
+    image_path: Path
+    caption: str
+    width: int
+    height: int
+    repeats: int
+
+
+def epoch_batches(items: list[Item], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Indices per batch for one epoch; every batch holds one bucket size only."""
+    rng = random.Random(f"{seed}:{epoch}")
+    by_bucket: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, it in enumerate(items):
+        by_bucket[(it.width, it.height)].extend([i] * it.repeats)
+    batches: list[list[int]] = []
+    for key in sorted(by_bucket):
+        idx = by_bucket[key]
+        rng.shuffle(idx)
+        batches += [idx[j:j + batch_size] for j in range(0, len(idx), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def step_caption(item: Item, seed: int, step: int, index_in_batch: int, *, dropout: float, shuffle: bool,
+                 keep_tokens: int) -> str:
+    rng = random.Random(f"{seed}:{step}:{index_in_batch}:caption")
+    return augment_caption(item.caption, rng, dropout=dropout, shuffle=shuffle, keep_tokens=keep_tokens)
+
+
+def image_tensor(item: Item, background) -> tuple[torch.Tensor, torch.Tensor | None]:
+    from lorastudio.training.dataset.buckets import Bucket
+
+    prepared = load_training_image(item.image_path, background=tuple(background))
+    bucket = Bucket(item.width, item.height, max(item.width, item.height))
+    rgb = fit_to_bucket(prepared.rgb, bucket)
+    arr = np.asarray(rgb, dtype=np.float32) / 127.5 - 1.0
+    pixels = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    mask = None
+    if prepared.mask is not None:
+        m = np.asarray(fit_to_bucket(prepared.mask, bucket), dtype=np.float32) / 255.0
+        mask = torch.from_numpy(m)[None]
+    return pixels, mask
+
+
+class LatentCache:
+    def __init__(self, folder: Path, model_id: str, background):
+        self.folder = folder / "latents"
+        self.model_id = model_id
+        self.background = tuple(background)
+        self.memory: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def key(self, item: Item) -> str:
+        raw = f"{CACHE_FORMAT}|{file_digest(item.image_path)}|{item.width}x{item.height}|{self.background}|{self.model_id}"
+        return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+    def fill(self, items: list[Item], encode, on_progress=None) -> None:
+        """Encode every item once (from disk when cached); `encode(pixels[1,3,H,W]) -> latents[1,C,h,w]`."""
+        from safetensors.torch import load_file, save_file
+
+        for i, item in enumerate(items):
+            path = self.folder / f"{self.key(item)}.safetensors"
+            if path.exists():
+                data = load_file(str(path))
+                self.memory[i] = (data["latent"], data.get("mask"))
+            else:
+                pixels, mask = image_tensor(item, self.background)
+                latent = encode(pixels[None])[0].detach().to("cpu", torch.float32).contiguous()
+                lmask = None
+                if mask is not None:
+                    lmask = torch.nn.functional.interpolate(mask[None], size=latent.shape[-2:], mode="area")[0]
+                    lmask = lmask.contiguous()
+                tensors = {"latent": latent} | ({"mask": lmask} if lmask is not None else {})
+                with atomic_path(path) as tmp:
+                    save_file(tensors, str(tmp))
+                self.memory[i] = (latent, lmask)
+            if on_progress:
+                on_progress(i + 1, len(items))
+
+    def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        latents = torch.stack([self.memory[i][0] for i in indices])
+        masks = [self.memory[i][1] for i in indices]
+        if all(m is None for m in masks):
+            return latents, None
+        full = [m if m is not None else torch.ones_like(latents[0, :1]) for m in masks]
+        return latents, torch.stack(full)
+
+
+class TextCache:
+    """Caption -> conditioning tensors (a dict), in memory and on disk."""
+
+    def __init__(self, folder: Path, model_id: str):
+        self.folder = folder / "text"
+        self.model_id = model_id
+        self.memory: dict[str, dict[str, torch.Tensor]] = {}
+
+    def get(self, caption: str, encode) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file, save_file
+
+        hit = self.memory.get(caption)
+        if hit is not None:
+            return hit
+        key = hashlib.sha256(f"{CACHE_FORMAT}|{self.model_id}|{caption}".encode()).hexdigest()[:32]
+        path = self.folder / f"{key}.safetensors"
+        if path.exists():
+            value = load_file(str(path))
+        else:
+            value = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in encode([caption]).items()}
+            value = {k: v[0] for k, v in value.items()}
+            with atomic_path(path) as tmp:
+                save_file(value, str(tmp))
+        self.memory[caption] = value
+        return value

@@ -1,0 +1,221 @@
+"""The training loop: a `step()` plus callbacks, run under accelerate.
+
+The same code runs on a CPU in fp32, on one GPU with bf16/fp16 autocast and gradient
+checkpointing, and data-parallel on several processes (`accelerate launch` or
+`--num-processes`): each process takes its slice of the global batch; accelerate averages
+the gradients.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lorastudio.training.checkpoints import (TrainingState, capture_rng, latest_checkpoint, load_checkpoint,
+                                             restore_rng, save_checkpoint)
+from lorastudio.training.config import TrainingConfig
+from lorastudio.training.data import Item, LatentCache, TextCache, epoch_batches, step_caption
+from lorastudio.training.events import EventSink, TrainingEvent, TrainingStopped
+from lorastudio.training.network import LoraNetwork, add_lora
+from lorastudio.training.objectives import sample_generators
+from lorastudio.training.optimizers import build_lr_scheduler, build_optimizer
+from lorastudio.training.project import VersionDir
+
+
+@dataclass
+class LoopState:
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    smoothed: float | None = None
+
+
+class Trainer:
+    def __init__(self, config: TrainingConfig, family, pipe, items: list[Item], vdir: VersionDir, *,
+                 model_id: str, accelerator, on_event: EventSink | None = None,
+                 should_stop: Callable[[], bool] | None = None, yield_point: Callable[[], None] | None = None,
+                 sampler: Callable[[int], list[Path]] | None = None):
+        self.config, self.family, self.pipe, self.items, self.vdir = config, family, pipe, items, vdir
+        self.acc = accelerator
+        self.on_event = on_event or (lambda e: None)
+        self.should_stop = should_stop or (lambda: False)
+        self.yield_point = yield_point or (lambda: None)
+        self.sampler = sampler
+        self.model_id = model_id
+        self.state = LoopState()
+        world = accelerator.num_processes
+        self.global_batch = config.batch_size * world
+        self.batches_per_epoch = len(epoch_batches(items, self.global_batch, config.seed, 0))
+        self.total_steps = self._total_steps()
+
+    # --- set-up -----------------------------------------------------------------------------
+    def _total_steps(self) -> int:
+        c = self.config
+        per_epoch = max(1, math.ceil(self.batches_per_epoch / c.grad_accum))
+        return c.steps if c.steps is not None else (c.epochs or 1) * per_epoch
+
+    def setup(self) -> None:
+        c, acc = self.config, self.acc
+        modules = self.family.trainable_modules(self.pipe, text_encoders=bool(c.train_text_encoder))
+        targets = self.family.lora_targets()
+        self.network: LoraNetwork = add_lora(modules, targets, rank=c.rank, alpha=c.alpha, dropout=c.dropout)
+        if c.gradient_checkpointing and acc.device.type == "cuda":
+            for m in modules.values():
+                if hasattr(m, "enable_gradient_checkpointing"):
+                    m.enable_gradient_checkpointing()
+                elif hasattr(m, "gradient_checkpointing_enable"):
+                    m.gradient_checkpointing_enable()
+        groups = []
+        for name in modules:
+            lr = c.lr if name in ("unet", "transformer") else c.te_lr
+            groups.append({"params": self.network.trainable_parameters(name), "lr": lr})
+        self.optimizer = build_optimizer(c.optimizer, groups, lr=c.lr, weight_decay=c.weight_decay,
+                                         device=acc.device.type)
+        self.lr_scheduler = build_lr_scheduler(c.lr_scheduler, self.optimizer, warmup=c.warmup,
+                                               total_steps=self.total_steps)
+        self._prepare_caches()
+        if c.resume:
+            self._resume()
+        names = list(modules)
+        prepared = acc.prepare(*[modules[n] for n in names], self.optimizer, self.lr_scheduler)
+        self.modules = dict(zip(names, prepared[:len(names)]))
+        self.optimizer, self.lr_scheduler = prepared[len(names)], prepared[len(names) + 1]
+
+    def _prepare_caches(self) -> None:
+        c = self.config
+        dev = self.acc.device
+        self.latents = LatentCache(self.vdir.cache, self.model_id, c.background if isinstance(c.background, tuple)
+                                   else (255, 255, 255))
+        self._log("caching latents")
+        with torch.no_grad():
+            self.latents.fill(self.items, lambda px: self.family.encode_images(self.pipe, px.to(dev)))
+        self.text = None
+        if not c.train_text_encoder and c.cache_text_embeddings:
+            self.text = TextCache(self.vdir.cache, f"{self.model_id}|clip_skip=1")
+            with torch.no_grad():
+                for it in self.items:
+                    self._encode_cached(it.caption)
+                if c.caption_dropout > 0:
+                    self._encode_cached("")
+
+    def _encode_cached(self, caption: str) -> dict[str, torch.Tensor]:
+        return self.text.get(caption, lambda caps: self.family.encode_captions(self.pipe, caps, clip_skip=1))
+
+    def _resume(self) -> None:
+        ckpt = latest_checkpoint(self.vdir.checkpoints)
+        if ckpt is None:
+            self._log("resume: no complete checkpoint yet, starting from step 0")
+            return
+        st = load_checkpoint(ckpt)
+        self.network.load_state_dicts(st.lora)
+        self.optimizer.load_state_dict(st.optimizer)
+        self.lr_scheduler.load_state_dict(st.lr_scheduler)
+        restore_rng(st.rng)
+        self.state.step, self.state.losses = st.step, list(st.losses)
+        self._log(f"resumed from {ckpt.name}")
+
+    # --- one optimisation step -----------------------------------------------------------------
+    def micro_batches(self, step: int) -> list[list[int]]:
+        """Global-batch indices for each accumulation micro-step of optimisation step `step`."""
+        out = []
+        for k in range(self.config.grad_accum):
+            m = step * self.config.grad_accum + k
+            epoch, pos = divmod(m, self.batches_per_epoch)
+            out.append(epoch_batches(self.items, self.global_batch, self.config.seed, epoch)[pos])
+        return out
+
+    def step(self, step: int) -> float:
+        c, acc = self.config, self.acc
+        for m in self.modules.values():
+            m.train()
+        total = 0.0
+        micro = self.micro_batches(step)
+        for k, global_idx in enumerate(micro):
+            ids = list(range(len(global_idx)))[acc.process_index::acc.num_processes]
+            local = [global_idx[j] for j in ids]
+            if not local:
+                continue
+            latents, mask = self.latents.batch(local)
+            latents = latents.to(acc.device)
+            captions = [step_caption(self.items[i], c.seed, step, j, dropout=c.caption_dropout,
+                                     shuffle=c.shuffle_tags, keep_tokens=c.keep_tokens) for i, j in zip(local, ids)]
+            cond = self._conditioning(captions)
+            gens = sample_generators(c.seed, step, k, ids)
+            with acc.autocast():
+                loss = self.family.training_loss(self.pipe, self.modules, latents, cond, gens, c,
+                                                 mask=mask if c.masked_loss else None)
+            acc.backward(loss / len(micro))
+            total += float(loss.detach()) / len(micro)
+        if c.max_grad_norm > 0:
+            params = [p for m in self.modules.values() for p in m.parameters() if p.requires_grad]
+            acc.clip_grad_norm_(params, c.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    def _conditioning(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        if self.text is not None:
+            parts = [self._encode_cached(cap) for cap in captions]
+            return {k: torch.stack([p[k] for p in parts]).to(self.acc.device) for k in parts[0]}
+        return self.family.encode_captions(self.pipe, captions, clip_skip=1)
+
+    # --- the run --------------------------------------------------------------------------------
+    def run(self) -> LoopState:
+        c, st = self.config, self.state
+        started = time.monotonic()
+        first = st.step
+        metrics = self.vdir.logs / "metrics.jsonl"
+        while st.step < self.total_steps:
+            if self.should_stop():
+                self._checkpoint()
+                raise TrainingStopped(f"stopped at step {st.step}; resume continues from there")
+            loss = self.step(st.step)
+            st.step += 1
+            st.losses.append(loss)
+            st.smoothed = loss if st.smoothed is None else 0.9 * st.smoothed + 0.1 * loss
+            done = st.step - first
+            rate = done / max(time.monotonic() - started, 1e-9)
+            eta = (self.total_steps - st.step) / rate if rate > 0 else None
+            lr = self.lr_scheduler.get_last_lr()[0]
+            if self.acc.is_main_process:
+                with open(metrics, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps({"step": st.step, "loss": loss, "smoothed": st.smoothed, "lr": lr}) + "\n")
+            self.on_event(TrainingEvent("progress", st.step, self.total_steps, loss=st.smoothed, lr=lr,
+                                        it_per_s=rate, eta_s=eta))
+            if c.save_every and st.step % c.save_every == 0 and st.step < self.total_steps:
+                self._checkpoint()
+            if c.sample_every and self.sampler and st.step % c.sample_every == 0 and st.step < self.total_steps:
+                self._samples(st.step)
+            self.yield_point()
+        return st
+
+    def _checkpoint(self) -> None:
+        self.acc.wait_for_everyone()
+        if not self.acc.is_main_process:
+            return
+        path = save_checkpoint(self.vdir.checkpoints, TrainingState(
+            self.state.step, self.network.state_dicts(), self.optimizer.state_dict(),
+            self.lr_scheduler.state_dict(), capture_rng(), self.state.losses), keep=self.config.keep_checkpoints)
+        self.on_event(TrainingEvent("checkpoint", self.state.step, self.total_steps, path=path,
+                                    message=f"checkpoint {path.name}"))
+
+    def _samples(self, step: int) -> list[Path]:
+        if not self.acc.is_main_process:
+            return []
+        for m in self.modules.values():
+            m.eval()
+        rng = torch.get_rng_state()
+        paths = self.sampler(step)
+        torch.set_rng_state(rng)  # previews must not change the training run
+        for p in paths:
+            self.on_event(TrainingEvent("sample", step, self.total_steps, path=p, message=f"sample {p.name}"))
+        return paths
+
+    def _log(self, msg: str) -> None:
+        self.on_event(TrainingEvent("log", self.state.step, self.total_steps, message=msg))

@@ -1,0 +1,434 @@
+"""SqliteJobStore: schema migrations, queue order, ownership, cancel, logs, recovery."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import sqlite3
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from lorastudio.core.errors import InvalidParameter, LorastudioError, NotFound
+from lorastudio.services.jobs import MIGRATIONS, JobStatus, SqliteJobStore
+from lorastudio.services.jobs import store as store_mod
+
+HERE = Path(__file__).parent
+if str(HERE) not in sys.path:  # spawn children import _jobs_child by name
+    sys.path.insert(0, str(HERE))
+
+STRATEGIES = ["returning", "immediate"] if store_mod._HAS_RETURNING else ["immediate"]
+
+
+class FakeClock:
+    def __init__(self, t: float = 1_700_000_000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture(params=STRATEGIES)
+def strategy(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store(tmp_path, strategy, clock):
+    s = SqliteJobStore(tmp_path / "jobs.db", claim_strategy=strategy, clock=clock,
+                       heartbeat_timeout_s=10, max_attempts=3)
+    yield s
+    s.close()
+
+
+def _raw(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(str(path))
+
+
+# ------------------------------------------------------------------ migrations
+
+
+def test_migrations_from_empty_file(tmp_path):
+    path = tmp_path / "sub" / "jobs.db"
+    s = SqliteJobStore(path, busy_timeout_s=7)
+    assert s.schema_version() == len(MIGRATIONS)
+    assert s._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert s._conn.execute("PRAGMA busy_timeout").fetchone()[0] == 7000
+    s.close()
+    tables = {r[0] for r in _raw(path).execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"jobs", "job_logs", "schema_version"} <= tables
+
+
+def test_reopen_keeps_data_and_does_not_reapply(tmp_path):
+    path = tmp_path / "jobs.db"
+    with SqliteJobStore(path) as s:
+        job = s.submit("training", {"lr": 1e-4})
+    # Re-running version 1 would fail on CREATE TABLE jobs: reopening proves idempotence.
+    with SqliteJobStore(path) as s:
+        assert s.schema_version() == len(MIGRATIONS)
+        assert s.get(job.id).payload == {"lr": 1e-4}
+
+
+def test_upgrade_applies_only_new_migrations(tmp_path):
+    path = tmp_path / "jobs.db"
+    with SqliteJobStore(path) as s:
+        job = s.submit("training", {})
+    newer = (*MIGRATIONS, "ALTER TABLE jobs ADD COLUMN note TEXT; -- a comment; with ;")
+    with SqliteJobStore(path, migrations=newer) as s:
+        assert s.schema_version() == len(MIGRATIONS) + 1
+        assert s.get(job.id).status == JobStatus.IN_QUEUE
+    cols = [r[1] for r in _raw(path).execute("PRAGMA table_info(jobs)")]
+    assert "note" in cols
+
+
+def test_failing_migration_rolls_back_entirely(tmp_path):
+    path = tmp_path / "jobs.db"
+    SqliteJobStore(path).close()
+    broken = (*MIGRATIONS, "CREATE TABLE extra (x); INSERT INTO missing VALUES (1);")
+    with pytest.raises(sqlite3.OperationalError):
+        SqliteJobStore(path, migrations=broken)
+    with SqliteJobStore(path) as s:
+        assert s.schema_version() == len(MIGRATIONS)
+        assert s._conn.execute(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'extra'").fetchone()[0] == 0
+
+
+def test_database_newer_than_code_is_refused(tmp_path):
+    path = tmp_path / "jobs.db"
+    SqliteJobStore(path, migrations=(*MIGRATIONS, "CREATE TABLE later (x);")).close()
+    with pytest.raises(LorastudioError, match="newer"):
+        SqliteJobStore(path)
+
+
+def test_concurrent_first_open_migrates_once(tmp_path):
+    path, errors, stores = tmp_path / "jobs.db", [], []
+
+    def open_it():
+        try:
+            stores.append(SqliteJobStore(path))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert {s.schema_version() for s in stores} == {len(MIGRATIONS)}
+    for s in stores:
+        s.close()
+
+
+def test_split_sql_keeps_trigger_bodies_whole():
+    script = """
+        CREATE TABLE a (x); -- trailing; comment
+        CREATE TRIGGER t AFTER INSERT ON a BEGIN
+            UPDATE a SET x = 1; UPDATE a SET x = 2;
+        END;
+    """
+    parts = store_mod.split_sql(script)
+    assert len(parts) == 2 and parts[1].startswith("-- trailing")
+    assert parts[1].rstrip().endswith("END;")
+    with pytest.raises(ValueError, match="incomplete"):
+        store_mod.split_sql("CREATE TABLE b (x")
+
+
+# ------------------------------------------------------------ submit / queue
+
+
+def test_submit_get_list_and_positions(store):
+    a, b, c = (store.submit("training", {"i": i}) for i in range(3))
+    assert [j.position for j in (a, b, c)] == [0, 1, 2]
+    assert a.status == JobStatus.IN_QUEUE and a.attempts == 0 and a.progress == {}
+    assert store.claim_next("w1").id == a.id
+    assert store.queue_position(a.id) is None
+    assert [store.queue_position(x.id) for x in (b, c)] == [0, 1]
+    assert [(j.id, j.position) for j in store.list()] == [(a.id, None), (b.id, 0), (c.id, 1)]
+    assert [j.id for j in store.list(status=JobStatus.IN_QUEUE)] == [b.id, c.id]
+    assert store.list(kind="other") == []
+
+
+def test_unknown_ids_and_bad_input(store):
+    for call in (store.get, store.request_cancel, store.logs, store.queue_position):
+        with pytest.raises(NotFound):
+            call("nope")
+    with pytest.raises(NotFound):
+        store.append_log("nope", "INFO", "x")
+    with pytest.raises(InvalidParameter, match="payload"):
+        store.submit("training", {"x": object()})
+    with pytest.raises(InvalidParameter, match="kind"):
+        store.submit("", {})
+
+
+def test_claim_is_fifo_and_filters_kinds(store):
+    t1 = store.submit("training", {})
+    g = store.submit("caption", {})
+    t2 = store.submit("training", {})
+    assert store.claim_next("w", []) is None
+    assert store.claim_next("w", ["training"]).id == t1.id
+    got = store.claim_next("w", ["training"])
+    assert got.id == t2.id and got.status == JobStatus.IN_PROGRESS and got.worker_id == "w"
+    assert store.claim_next("w", ["training"]) is None
+    assert store.claim_next("w", ["caption", "training"]).id == g.id
+    assert store.claim_next("w") is None
+
+
+def test_progress_is_json_and_nan_becomes_null(store):
+    job = store.submit("training", {})
+    store.claim_next("w")
+    assert store.update_progress(job.id, {"step": 3, "loss": math.nan}, worker_id="w")
+    assert store.get(job.id).progress == {"step": 3, "loss": None}
+    assert not store.update_progress(job.id, {"step": 4}, worker_id="intruder")
+    assert store.get(job.id).progress["step"] == 3
+
+
+# ------------------------------------------------------------------ ownership
+
+
+def test_only_the_owner_finishes_and_only_once(store):
+    job = store.submit("training", {})
+    assert not store.complete(job.id, "w1", {})  # still queued
+    store.claim_next("w1")
+    assert store.heartbeat(job.id, "w1") and not store.heartbeat(job.id, "w2")
+    assert not store.complete(job.id, "w2", {"by": "w2"})
+    assert not store.fail(job.id, "w2", "no")
+    assert store.complete(job.id, "w1", {"by": "w1"})
+    assert not store.complete(job.id, "w1", {"by": "again"})
+    assert not store.fail(job.id, "w1", "late")
+    assert not store.heartbeat(job.id, "w1")
+    done = store.get(job.id)
+    assert done.status == JobStatus.COMPLETED and done.result == {"by": "w1"}
+    assert done.error is None and done.finished_at is not None
+
+
+def test_fail_records_error(store):
+    job = store.submit("training", {})
+    store.claim_next("w1")
+    assert store.fail(job.id, "w1", "CUDA out of memory")
+    got = store.get(job.id)
+    assert (got.status, got.error, got.result) == (JobStatus.FAILED, "CUDA out of memory", None)
+    assert not store.complete(job.id, "w1", {})
+
+
+def test_stale_worker_cannot_report_after_recovery(store, clock):
+    job = store.submit("training", {})
+    store.claim_next("w1")
+    clock.t += 11
+    store.recover_after_restart()
+    assert store.claim_next("w2").id == job.id
+    assert not store.heartbeat(job.id, "w1")
+    assert not store.complete(job.id, "w1", {"by": "w1"})
+    assert store.complete(job.id, "w2", {"by": "w2"})
+    assert store.get(job.id).result == {"by": "w2"}
+
+
+def test_non_json_result_is_refused_without_changing_state(store):
+    job = store.submit("training", {})
+    store.claim_next("w1")
+    with pytest.raises(InvalidParameter, match="result"):
+        store.complete(job.id, "w1", {"tensor": object()})
+    assert store.get(job.id).status == JobStatus.IN_PROGRESS
+
+
+# --------------------------------------------------------------------- cancel
+
+
+def test_cancel_queued_job_is_immediate(store):
+    a, b = store.submit("training", {}), store.submit("training", {})
+    got = store.request_cancel(a.id)
+    assert got.status == JobStatus.CANCELLED and got.position is None and got.finished_at
+    assert store.get(b.id).position == 0
+    assert store.claim_next("w").id == b.id
+    assert store.claim_next("w") is None
+    assert [line.message for line in store.logs(a.id)] == ["cancelled while queued"]
+
+
+def test_cancel_running_job_is_a_request_for_its_worker(store):
+    job = store.submit("training", {})
+    store.claim_next("w1")
+    got = store.request_cancel(job.id)
+    assert got.status == JobStatus.IN_PROGRESS and got.cancel_requested
+    assert not store.mark_cancelled(job.id, "w2")
+    assert store.mark_cancelled(job.id, "w1")
+    assert store.get(job.id).status == JobStatus.CANCELLED
+    assert not store.complete(job.id, "w1", {})
+
+
+def test_cancel_finished_job_changes_nothing(store):
+    job = store.submit("training", {})
+    store.claim_next("w1")
+    store.complete(job.id, "w1", {"ok": 1})
+    got = store.request_cancel(job.id)
+    assert got.status == JobStatus.COMPLETED and not got.cancel_requested
+
+
+# ----------------------------------------------------------------------- logs
+
+
+def test_logs_keep_write_order_and_page_by_seq_or_time(store, clock):
+    job = store.submit("training", {})
+    lines = []
+    for i in range(5):
+        clock.t += 1
+        lines.append(store.append_log(job.id, "info" if i % 2 else "warning", f"line {i}"))
+    got = store.logs(job.id)
+    assert [x.message for x in got] == [f"line {i}" for i in range(5)]
+    assert [x.level for x in got][:2] == ["WARNING", "INFO"]
+    assert [x.seq for x in got] == sorted(x.seq for x in got)
+    assert [x.message for x in store.logs(job.id, since=lines[2].seq)] == ["line 3", "line 4"]
+    assert [x.message for x in store.logs(job.id, since=lines[3].ts)] == ["line 4"]
+    assert store.logs(job.id, since=lines[3].ts - timedelta(seconds=0.5)) == got[3:]
+
+
+def test_logs_from_threads_keep_each_writers_order(store):
+    job = store.submit("training", {})
+
+    def write(n):
+        for i in range(25):
+            store.append_log(job.id, "INFO", f"{n}:{i}")
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    got = store.logs(job.id)
+    assert len(got) == 100
+    for n in range(4):
+        mine = [int(x.message.split(":")[1]) for x in got if x.message.startswith(f"{n}:")]
+        assert mine == list(range(25))
+
+
+# ------------------------------------------------------------------- recovery
+
+
+def test_fresh_job_of_a_live_process_is_left_alone(store, clock):
+    job = store.submit("training", {})
+    store.claim_next("w1")  # claimed by this (live) process
+    clock.t += 9
+    assert store.recover_after_restart() == []
+    assert store.get(job.id).status == JobStatus.IN_PROGRESS
+
+
+def test_stale_heartbeat_requeues_at_front_in_original_order(store, clock):
+    a, b, c = (store.submit("training", {"i": i}) for i in range(3))
+    store.claim_next("w1")
+    store.claim_next("w2")
+    clock.t += 5
+    store.heartbeat(b.id, "w2")
+    clock.t += 6  # a: silent 11 s > 10 s; b: silent 6 s
+    assert [j.id for j in store.recover_after_restart()] == [a.id]
+    clock.t += 5
+    assert [j.id for j in store.recover_after_restart()] == [b.id]
+    got = {j.id: j for j in store.list()}
+    assert [got[x.id].position for x in (a, b, c)] == [1, 0, 2]
+    assert got[a.id].attempts == 1 and got[a.id].worker_id is None
+    assert any("resumed after restart" in x.message for x in store.logs(a.id))
+    d = store.submit("training", {})
+    assert [store.claim_next("w3").id for _ in range(4)] == [b.id, a.id, c.id, d.id]
+
+
+def test_dead_process_is_detected_without_waiting_for_the_heartbeat(tmp_path):
+    path = tmp_path / "jobs.db"
+    with SqliteJobStore(path, heartbeat_timeout_s=3600) as s:
+        job = s.submit("training", {})
+        out = subprocess.run(
+            [sys.executable, str(HERE / "_jobs_child.py"), "claim-and-exit", str(path)],
+            capture_output=True, text=True, timeout=60, check=True,
+        )
+        assert out.stdout.strip() == job.id
+        assert s.get(job.id).status == JobStatus.IN_PROGRESS
+        assert [j.id for j in s.recover_after_restart()] == [job.id]
+        assert s.get(job.id).status == JobStatus.IN_QUEUE
+
+
+def test_reused_pid_counts_as_dead(store):
+    job = store.submit("training", {})
+    store.claim_next("w1")
+    # Our own pid, but a different process start time: a restarted container
+    # where the new server got the pid of the old one.
+    store._conn.execute("UPDATE jobs SET worker_start = '1' WHERE id = ?", (job.id,))
+    assert [j.id for j in store.recover_after_restart()] == [job.id]
+
+
+def test_unreaped_killed_process_counts_as_dead():
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs procfs")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        token = store_mod._process_start_token(proc.pid)
+        assert store_mod._process_alive(proc.pid, token)
+        proc.kill()
+        for _ in range(200):  # zombie until reaped; wait for the kernel to mark it
+            if not store_mod._process_alive(proc.pid, token):
+                break
+            threading.Event().wait(0.01)
+        assert not store_mod._process_alive(proc.pid, token)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_too_many_interruptions_fail_the_job(tmp_path, clock):
+    s = SqliteJobStore(tmp_path / "j.db", clock=clock, heartbeat_timeout_s=10, max_attempts=2)
+    job = s.submit("training", {})
+    for expected in (JobStatus.IN_QUEUE, JobStatus.FAILED):
+        assert s.claim_next("w").id == job.id
+        clock.t += 11
+        s.recover_after_restart()
+        assert s.get(job.id).status == expected
+    got = s.get(job.id)
+    assert got.attempts == 2 and "interrupted 2 times" in got.error
+    assert s.claim_next("w") is None
+    s.close()
+
+
+def test_dead_worker_with_pending_cancel_becomes_cancelled(store, clock):
+    job = store.submit("training", {})
+    store.claim_next("w1")
+    store.request_cancel(job.id)
+    clock.t += 11
+    store.recover_after_restart()
+    assert store.get(job.id).status == JobStatus.CANCELLED
+
+
+# ------------------------------------------------------- two-process contention
+
+
+@pytest.mark.parametrize("claim_strategy", STRATEGIES)
+def test_two_processes_claim_each_job_exactly_once(tmp_path, claim_strategy):
+    from _jobs_child import claim_until_empty
+
+    path = str(tmp_path / "jobs.db")
+    with SqliteJobStore(path) as s:
+        ids = [s.submit("training", {"i": i}).id for i in range(50)]
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(target=claim_until_empty, args=(path, claim_strategy, f"p{n}", start, out))
+        for n in range(2)
+    ]
+    for p in procs:
+        p.start()
+    start.set()
+    reports = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    claimed = [job_id for _, got, _ in reports for job_id in got]
+    assert sorted(claimed) == sorted(ids)  # each once: no loss, no duplicate
+    assert [refused for _, _, refused in reports] == [[], []]
+    by = {job_id: wid for wid, got, _ in reports for job_id in got}
+    with SqliteJobStore(path) as s:
+        for job in s.list():
+            assert job.status == JobStatus.COMPLETED and job.result == {"by": by[job.id]}

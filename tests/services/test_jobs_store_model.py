@@ -1,0 +1,141 @@
+"""Random operation sequences against SqliteJobStore, checked against a tiny model.
+
+Catches interactions the example tests do not spell out: recovery after a
+cancel, claims after requeues, positions after any mix of them.
+"""
+
+from __future__ import annotations
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from lorastudio.services.jobs import JobStatus, SqliteJobStore
+
+WORKERS = st.sampled_from(["w1", "w2"])
+TIMEOUT, MAX_ATTEMPTS = 10.0, 2
+
+
+class Clock:
+    t = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class QueueModel(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        self.clock = Clock()
+        self.store = SqliteJobStore(":memory:", clock=self.clock,
+                                    heartbeat_timeout_s=TIMEOUT, max_attempts=MAX_ATTEMPTS)
+        self.ids: list[str] = []
+        self.queue: list[str] = []  # front first
+        self.owner: dict[str, str] = {}  # running job -> worker
+        self.claim_order: dict[str, int] = {}  # running job -> its place in line
+        self.status: dict[str, JobStatus] = {}
+        self.cancel_requested: set[str] = set()
+        self.attempts: dict[str, int] = {}
+        self.line = 0
+
+    def teardown(self):
+        self.store.close()
+
+    def _job(self, data):
+        return data.draw(st.sampled_from(self.ids))
+
+    @rule()
+    def submit(self):
+        job = self.store.submit("training", {})
+        self.ids.append(job.id)
+        self.queue.append(job.id)
+        self.status[job.id] = JobStatus.IN_QUEUE
+        self.attempts[job.id] = 0
+
+    @rule(worker=WORKERS)
+    def claim(self, worker):
+        got = self.store.claim_next(worker)
+        if not self.queue:
+            assert got is None
+            return
+        expected = self.queue.pop(0)
+        assert got is not None and got.id == expected
+        self.owner[expected] = worker
+        self.line += 1
+        self.claim_order[expected] = self.line
+        self.status[expected] = JobStatus.IN_PROGRESS
+
+    def _finish(self, data, worker, call, status):
+        job_id = self._job(data)
+        ok = call(job_id, worker)
+        assert ok == (self.owner.get(job_id) == worker)
+        if ok:
+            del self.owner[job_id]
+            self.status[job_id] = status
+
+    @precondition(lambda self: self.ids)
+    @rule(data=st.data(), worker=WORKERS)
+    def complete(self, data, worker):
+        self._finish(data, worker, lambda j, w: self.store.complete(j, w, {"by": w}),
+                     JobStatus.COMPLETED)
+
+    @precondition(lambda self: self.ids)
+    @rule(data=st.data(), worker=WORKERS)
+    def fail(self, data, worker):
+        self._finish(data, worker, lambda j, w: self.store.fail(j, w, "x"), JobStatus.FAILED)
+
+    @precondition(lambda self: self.ids)
+    @rule(data=st.data(), worker=WORKERS)
+    def acknowledge_cancel(self, data, worker):
+        self._finish(data, worker, self.store.mark_cancelled, JobStatus.CANCELLED)
+
+    @precondition(lambda self: self.ids)
+    @rule(data=st.data(), worker=WORKERS)
+    def heartbeat(self, data, worker):
+        job_id = self._job(data)
+        assert self.store.heartbeat(job_id, worker) == (self.owner.get(job_id) == worker)
+
+    @precondition(lambda self: self.ids)
+    @rule(data=st.data())
+    def cancel(self, data):
+        job_id = self._job(data)
+        self.store.request_cancel(job_id)
+        if job_id in self.queue:
+            self.queue.remove(job_id)
+            self.status[job_id] = JobStatus.CANCELLED
+        elif job_id in self.owner:
+            self.cancel_requested.add(job_id)
+
+    @rule()
+    def all_workers_die(self):
+        self.clock.t += TIMEOUT + 1
+        recovered = self.store.recover_after_restart()
+        dead = sorted(self.owner, key=self.claim_order.__getitem__)
+        assert sorted(j.id for j in recovered) == sorted(dead)
+        requeued = []
+        for job_id in dead:
+            del self.owner[job_id]
+            if job_id in self.cancel_requested:
+                self.status[job_id] = JobStatus.CANCELLED
+            elif self.attempts[job_id] + 1 >= MAX_ATTEMPTS:
+                self.attempts[job_id] += 1
+                self.status[job_id] = JobStatus.FAILED
+            else:
+                self.attempts[job_id] += 1
+                self.status[job_id] = JobStatus.IN_QUEUE
+                requeued.append(job_id)
+        self.queue = requeued + self.queue
+
+    @invariant()
+    def store_matches_model(self):
+        jobs = {j.id: j for j in self.store.list()}
+        assert set(jobs) == set(self.ids)
+        for job_id, job in jobs.items():
+            assert job.status == self.status[job_id]
+            assert job.attempts == self.attempts[job_id]
+            assert job.worker_id == self.owner.get(job_id, job.worker_id if job.status.is_terminal else None)
+            assert job.position == (self.queue.index(job_id) if job_id in self.queue else None)
+
+
+QueueModel.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+test_queue_model = QueueModel.TestCase
