@@ -18,8 +18,9 @@ Targets: colour >= 0.80, shape >= 0.60.  The last line of output is one JSON obj
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/base_quality.py [--model PATH] [--save-grid out.png]
 
-``--model`` is a diffusers folder or an SD1 single-file ``.safetensors`` (loaded with
-``StableDiffusionPipeline.from_single_file`` and the configs beside it).
+``--model`` is a diffusers folder or an SD1 single-file ``.safetensors`` (loaded with the
+project's loader, ``lorastudio.models.loader.load_model``).  Default: the bundled
+``src/lorastudio/models/bundled/base/lorastudio-shapes-v1.safetensors``, else ``build/base``.
 """
 
 from __future__ import annotations
@@ -53,17 +54,15 @@ def load_pipeline(model: Path):
         pipe = StableDiffusionPipeline.from_pretrained(
             model, safety_checker=None, requires_safety_checker=False, torch_dtype=torch.float32
         )
-    else:
-        try:  # the project's own loader, when present
-            from lorastudio.testing.tiny_sd import load_bundled_base  # type: ignore
+    else:  # the project's own single-file loader (configs from key shapes + `lorastudio.config` metadata)
+        import tempfile
 
-            pipe = load_bundled_base(model)
-        except ImportError:
-            pipe = StableDiffusionPipeline.from_single_file(
-                str(model), config=str(model.parent), safety_checker=None, requires_safety_checker=False,
-                local_files_only=True, torch_dtype=torch.float32,
-            )
-    pipe = pipe.to(torch.float32)
+        from lorastudio.models.families.base import LoadOptions
+        from lorastudio.models.loader import load_model
+
+        cache = Path(tempfile.mkdtemp(prefix="lorastudio-bench-"))
+        pipe = load_model(model, LoadOptions(device="cpu", dtype="float32", cache_dir=cache)).pipe
+        pipe.to(torch.float32)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(
         pipe.scheduler.config, algorithm_type="dpmsolver++", solver_order=2
     )

@@ -67,8 +67,8 @@ def text_encoder_config():
     return CLIPTextConfig(
         vocab_size=49408,
         hidden_size=64,
-        intermediate_size=256,
-        num_hidden_layers=4,
+        intermediate_size=128,
+        num_hidden_layers=3,
         num_attention_heads=4,
         max_position_embeddings=77,
         projection_dim=64,
@@ -328,6 +328,28 @@ def build_pipeline(unet, vae, text_encoder, tokenizer):
     )
 
 
+def export_single_file(pipe, path: Path, dtype: str = "float16") -> None:
+    """Write the SD 1.x single-file (A1111 key layout) checkpoint + a config folder beside it."""
+    from lorastudio.testing.tiny_sd import save_sd1_single_file
+
+    pipe = copy.deepcopy(pipe).to({"float16": torch.float16, "float32": torch.float32}[dtype])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_sd1_single_file(pipe, path)
+    os.chmod(path, 0o644)
+    # diffusers configs (small) beside it, for tools that want them instead of shape inference
+    cfg = path.parent / "configs"
+    for name in ("unet", "vae", "scheduler"):
+        (cfg / name).mkdir(parents=True, exist_ok=True)
+        obj = getattr(pipe, name)
+        (cfg / name / ("scheduler_config.json" if name == "scheduler" else "config.json")).write_text(obj.to_json_string())
+    (cfg / "text_encoder").mkdir(parents=True, exist_ok=True)
+    te_cfg = pipe.text_encoder.config.to_dict()
+    te_cfg.pop("torch_dtype", None)
+    te_cfg.pop("dtype", None)
+    (cfg / "text_encoder" / "config.json").write_text(json.dumps(te_cfg, indent=2, sort_keys=True))
+    log(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {dtype}) and {cfg}")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(ROOT / "build" / "base"), help="diffusers folder to write")
@@ -340,17 +362,19 @@ def parse_args(argv=None):
     p.add_argument("--vae-batch", type=int, default=24)
     p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--vae-kl", type=float, default=1e-4)
-    p.add_argument("--images", type=int, default=16000)
-    p.add_argument("--steps", type=int, default=1600)
-    p.add_argument("--batch", type=int, default=48)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--ema", type=float, default=0.995)
+    p.add_argument("--images", type=int, default=12000)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1.5e-3)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--ema", type=float, default=0.99)
     p.add_argument("--min-snr-gamma", type=float, default=5.0)
     p.add_argument("--uncond-prob", type=float, default=0.1)
     p.add_argument("--cache", default=str(ROOT / "build" / "base-cache"), help="reuse an identical earlier VAE ('' = off)")
     p.add_argument("--stop-after-vae", action="store_true")
     p.add_argument("--single-file", default=None, help="also write the SD1 single-file checkpoint here")
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="single-file tensor dtype")
+    p.add_argument("--export-from", default=None, help="skip training: convert this diffusers folder to --single-file")
     args = p.parse_args(argv)
     if args.quick:
         args.vae_images, args.vae_steps, args.images, args.steps, args.warmup = 512, 60, 1024, 60, 10
@@ -362,6 +386,12 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if args.export_from:
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline.from_pretrained(args.export_from, safety_checker=None, requires_safety_checker=False)
+        export_single_file(pipe, Path(args.single_file), args.dtype)
+        return 0
     t_all = time.time()
     log(f"args: {vars(args)}")
     # one independent random stream per phase, all derived from --seed
@@ -386,13 +416,7 @@ def main(argv=None) -> int:
     }
     (out / "training_info.json").write_text(json.dumps(info, indent=2))
     if args.single_file:
-        try:
-            from lorastudio.testing.tiny_sd import save_sd1_single_file
-        except ImportError as e:  # the converter is written elsewhere
-            log(f"single-file writer unavailable ({e}); diffusers folder only")
-        else:
-            save_sd1_single_file(pipe, args.single_file)
-            log(f"wrote {args.single_file}")
+        export_single_file(pipe, Path(args.single_file), args.dtype)
     log(f"done in {total:.0f}s -> {out}")
     print(json.dumps({k: info[k] for k in ("params", "vae_psnr_db", "scaling_factor", "train_seconds")}))
     return 0

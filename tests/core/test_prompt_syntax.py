@@ -2,8 +2,8 @@
 
 The golden tables were produced by running A1111's own ``parse_prompt_attention``,
 ``extra_networks.parse_prompt`` + the LoRA loader's weight rules and ``tokenize_line`` +
-``process_tokens`` (stable-diffusion-webui 1.10 sources) on these inputs; they are data here so
-the tests do not need an A1111 checkout.
+``process_tokens`` (stable-diffusion-webui master, the version that allows "(x: 1.2 )") on
+these inputs; they are data here so the tests do not need an A1111 checkout.
 """
 
 from __future__ import annotations

@@ -32,6 +32,16 @@ from lorastudio.models.formats.sd_config_inference import (
     infer_sdxl_configs,
 )
 
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # tiny ops on a shared 2-core box: a second OpenMP thread mostly spins (measured 10-30x slower)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # config.json of stable-diffusion-v1-5 and stable-diffusion-xl-base-1.0 (fields as published)
 SD15_UNET = {
     "_class_name": "UNet2DConditionModel", "act_fn": "silu", "addition_embed_type": None,
@@ -273,6 +283,14 @@ def test_metadata_overrides_and_errors(real_sd15, real_sdxl):
     del shapes["model.diffusion_model.out.2.weight"]
     with pytest.raises(ModelFileError, match=r"model\.diffusion_model\.out\.2\.weight"):
         infer_sd1_configs(shapes, {})
+
+
+def test_legacy_clip_layout_and_adapter_guard(real_sd15):
+    shapes = {k.replace(".transformer.text_model.", ".transformer."): tuple(v.shape) for k, v in real_sd15[3].items()}
+    assert infer_sd1_configs(shapes, {})["text_encoder"]["num_hidden_layers"] == 12
+    lora = {"down_blocks.0.attentions.0.proj_in.base_layer.weight": torch.zeros(1)}
+    with pytest.raises(ValueError, match="LoRA"):
+        sd1_checkpoint_from_diffusers(lora, {}, {})
 
 
 # --- config folder ----------------------------------------------------------------------------------

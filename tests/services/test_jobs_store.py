@@ -15,6 +15,7 @@ import pytest
 
 from lorastudio.core.errors import InvalidParameter, LorastudioError, NotFound
 from lorastudio.services.jobs import MIGRATIONS, JobStatus, SqliteJobStore
+from lorastudio.services.jobs import liveness
 from lorastudio.services.jobs import store as store_mod
 
 HERE = Path(__file__).parent
@@ -338,6 +339,15 @@ def test_stale_heartbeat_requeues_at_front_in_original_order(store, clock):
     assert [store.claim_next("w3").id for _ in range(4)] == [b.id, a.id, c.id, d.id]
 
 
+def test_jobs_recovered_together_keep_their_order_at_the_front(store, clock):
+    a, b, c = (store.submit("training", {"i": i}) for i in range(3))
+    store.claim_next("w1")
+    store.claim_next("w2")
+    clock.t += 11
+    assert [j.id for j in store.recover_after_restart()] == [a.id, b.id]
+    assert [store.queue_position(x.id) for x in (a, b, c)] == [0, 1, 2]
+
+
 def test_dead_process_is_detected_without_waiting_for_the_heartbeat(tmp_path):
     path = tmp_path / "jobs.db"
     with SqliteJobStore(path, heartbeat_timeout_s=3600) as s:
@@ -366,14 +376,14 @@ def test_unreaped_killed_process_counts_as_dead():
         pytest.skip("needs procfs")
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        token = store_mod._process_start_token(proc.pid)
-        assert store_mod._process_alive(proc.pid, token)
+        token = liveness.process_start_token(proc.pid)
+        assert liveness.process_alive(proc.pid, token)
         proc.kill()
         for _ in range(200):  # zombie until reaped; wait for the kernel to mark it
-            if not store_mod._process_alive(proc.pid, token):
+            if not liveness.process_alive(proc.pid, token):
                 break
             threading.Event().wait(0.01)
-        assert not store_mod._process_alive(proc.pid, token)
+        assert not liveness.process_alive(proc.pid, token)
     finally:
         proc.kill()
         proc.wait()
@@ -432,3 +442,11 @@ def test_two_processes_claim_each_job_exactly_once(tmp_path, claim_strategy):
     with SqliteJobStore(path) as s:
         for job in s.list():
             assert job.status == JobStatus.COMPLETED and job.result == {"by": by[job.id]}
+
+
+def test_importing_the_queue_does_not_import_torch():
+    # The API process imports the queue on startup; torch would cost seconds and GBs.
+    code = "import sys, lorastudio.services.jobs; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "False"

@@ -65,29 +65,21 @@ class QueueModel(RuleBasedStateMachine):
         self.claim_order[expected] = self.line
         self.status[expected] = JobStatus.IN_PROGRESS
 
-    def _finish(self, data, worker, call, status):
+    @precondition(lambda self: self.ids)
+    @rule(data=st.data(), worker=WORKERS,
+          outcome=st.sampled_from([JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED]))
+    def finish(self, data, worker, outcome):
         job_id = self._job(data)
-        ok = call(job_id, worker)
+        call = {
+            JobStatus.COMPLETED: lambda: self.store.complete(job_id, worker, {"by": worker}),
+            JobStatus.FAILED: lambda: self.store.fail(job_id, worker, "x"),
+            JobStatus.CANCELLED: lambda: self.store.mark_cancelled(job_id, worker),
+        }[outcome]
+        ok = call()
         assert ok == (self.owner.get(job_id) == worker)
         if ok:
             del self.owner[job_id]
-            self.status[job_id] = status
-
-    @precondition(lambda self: self.ids)
-    @rule(data=st.data(), worker=WORKERS)
-    def complete(self, data, worker):
-        self._finish(data, worker, lambda j, w: self.store.complete(j, w, {"by": w}),
-                     JobStatus.COMPLETED)
-
-    @precondition(lambda self: self.ids)
-    @rule(data=st.data(), worker=WORKERS)
-    def fail(self, data, worker):
-        self._finish(data, worker, lambda j, w: self.store.fail(j, w, "x"), JobStatus.FAILED)
-
-    @precondition(lambda self: self.ids)
-    @rule(data=st.data(), worker=WORKERS)
-    def acknowledge_cancel(self, data, worker):
-        self._finish(data, worker, self.store.mark_cancelled, JobStatus.CANCELLED)
+            self.status[job_id] = outcome
 
     @precondition(lambda self: self.ids)
     @rule(data=st.data(), worker=WORKERS)
@@ -133,9 +125,11 @@ class QueueModel(RuleBasedStateMachine):
         for job_id, job in jobs.items():
             assert job.status == self.status[job_id]
             assert job.attempts == self.attempts[job_id]
-            assert job.worker_id == self.owner.get(job_id, job.worker_id if job.status.is_terminal else None)
+            if not job.status.is_terminal:  # a finished job keeps its last owner's id
+                assert job.worker_id == self.owner.get(job_id)
             assert job.position == (self.queue.index(job_id) if job_id in self.queue else None)
+            assert self.store.queue_position(job_id) == job.position  # computed another way
 
 
-QueueModel.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+QueueModel.TestCase.settings = settings(max_examples=60, stateful_step_count=20, deadline=None)
 test_queue_model = QueueModel.TestCase

@@ -58,7 +58,8 @@ def test_handler_result_progress_and_logs(store, make_worker):
     assert got.progress["step"] == 5 and got.progress["loss"] == pytest.approx(0.2)
     assert got.progress["eta_s"] == 0.0
     msgs = _messages(store, job.id)
-    assert msgs[0].startswith("started on worker") and msgs[1:] == ["saved lora.safetensors", "completed"]
+    assert msgs[0].startswith("started on worker")
+    assert msgs[1:] == ["saved lora.safetensors", "completed"]
 
 
 def test_exception_fails_job_with_message_and_traceback_in_log(store, make_worker):

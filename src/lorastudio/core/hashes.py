@@ -18,12 +18,13 @@ import io
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 from lorastudio.core.atomic import atomic_write_text
-from lorastudio.core.errors import InvalidParameter
+from lorastudio.core.errors import InvalidParameter, ModelFileError
 from lorastudio.core.safetensors_header import read_header
 
 log = logging.getLogger(__name__)
@@ -109,13 +110,12 @@ def lora_hash_for_infotext(path: str | os.PathLike[str], cache: HashCache | None
     header raises ModelFileError here: such a file cannot have been applied.
     """
     path = Path(path)
-    if cache is None:
-        return _lora_hash(path)
-    return cache.get_or_compute(path, "lora_infotext", _lora_hash_cached(cache))
-
-
-def _lora_hash_cached(cache: HashCache) -> Callable[[Path], str]:
-    return lambda p: _lora_hash(p, cache)
+    try:
+        if cache is None:
+            return _lora_hash(path)
+        return cache.get_or_compute(path, "lora_infotext", lambda p: _lora_hash(p, cache))
+    except OSError as exc:
+        raise ModelFileError(path, f"cannot read: {exc.strerror or exc}") from exc
 
 
 def _lora_hash(path: Path, cache: HashCache | None = None) -> str:
@@ -150,6 +150,8 @@ class HashCache:
         self.cache_file = Path(cache_file)
         self._entries: dict[str, dict] = {}
         self._loaded_signature: tuple | None = None
+        # One instance is shared by the API's worker threads.
+        self._lock = threading.Lock()
 
     @classmethod
     def in_folder(cls, folder: str | os.PathLike[str]) -> HashCache:
@@ -181,14 +183,19 @@ class HashCache:
         return value
 
     def _lookup(self, key: str, kind: str, st: os.stat_result) -> str | None:
-        self._reload_if_changed()
-        entry = self._entries.get(key)
-        if entry is None or entry.get("size") != st.st_size or entry.get("mtime_ns") != st.st_mtime_ns:
-            return None
-        value = entry.get("hashes", {}).get(kind)
-        return value if isinstance(value, str) else None
+        with self._lock:
+            self._reload_if_changed()
+            entry = self._entries.get(key)
+            if entry is None or entry.get("size") != st.st_size or entry.get("mtime_ns") != st.st_mtime_ns:
+                return None
+            value = entry.get("hashes", {}).get(kind)
+            return value if isinstance(value, str) else None
 
     def _store(self, key: str, kind: str, value: str, st: os.stat_result) -> None:
+        with self._lock:
+            self._store_locked(key, kind, value, st)
+
+    def _store_locked(self, key: str, kind: str, value: str, st: os.stat_result) -> None:
         # Re-read first so entries another process wrote since our last load survive.
         self._loaded_signature = None
         self._reload_if_changed()
@@ -211,7 +218,8 @@ class HashCache:
         try:
             st = os.stat(self.cache_file)
         except OSError:
-            self._entries, self._loaded_signature = {}, None
+            # No file (deleted, or never writable): what we hashed in memory is still valid.
+            self._loaded_signature = None
             return
         signature = _signature(st)
         if signature == self._loaded_signature:

@@ -11,6 +11,7 @@ a GIF `comment` when there is no EXIF.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Mapping
 
@@ -55,8 +56,10 @@ def read_infotext(path: str | os.PathLike[str]) -> str | None:
     with Image.open(path) as image:
         info = dict(image.info)
         if image.format == "PNG" and PARAMETERS_KEY not in info:
-            # Text chunks placed after the image data only show up once it is loaded.
-            image.load()
+            # Text chunks placed after the image data only show up once it is loaded;
+            # a damaged image still has whatever text came before the damage.
+            with contextlib.suppress(OSError):
+                image.load()
             info = dict(image.info)
         geninfo = info.get(PARAMETERS_KEY)
         if "exif" in info:
@@ -85,8 +88,8 @@ def decode_user_comment(raw: bytes, little_endian: bool = False) -> str:
     """Decode an EXIF UserComment as A1111 does (piexif's UserComment.load, else lossy UTF-8).
 
     A1111 writes with piexif, whose EXIF is big-endian, so "UNICODE" text is UTF-16-BE.
-    piexif decodes UTF-16-BE even in little-endian EXIF, which garbles comments written
-    by Pillow-based tools; we follow the EXIF byte order instead (`little_endian`).
+    piexif decodes UTF-16-BE even in little-endian EXIF (which other writers produce),
+    garbling the text; we follow the EXIF byte order instead (`little_endian`).
     """
     prefix, body = raw[:8], raw[8:]
     encodings = {

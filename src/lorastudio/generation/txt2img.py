@@ -69,7 +69,9 @@ def build_infotext(model: LoadedModel, params: GenerationParams, seed: int, choi
     fields.update(model.family.infotext_fields(params))
     fields.update(extra or {})
     if loras:
-        fields["Lora hashes"] = ", ".join(f"{lo.name}: {lo.short_hash}" for lo in loras)
+        # As A1111: names lose ":" and "," so the list can be read back.
+        fields["Lora hashes"] = ", ".join(
+            f"{lo.name.replace(':', '').replace(',', '')}: {lo.short_hash}" for lo in loras)
     fields["Version"] = f"lorastudio {__version__}"
     return format_infotext(params.prompt, params.negative_prompt, fields)
 
@@ -103,6 +105,7 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
         # 4. noise from each image's own seed, on the CPU
         latents, gens = initial_noise(batch_seeds, shape)
         latents = family.pack_latents(pipe, latents)
+        _seed_brownian_noise(pipe, batch_seeds[0])
         # 5. denoise
         images = _denoise(pipe, cond.kwargs, params, latents, gens, b, on_progress, should_stop)
         # 6. outputs
@@ -142,6 +145,14 @@ def _denoise(pipe, cond_kwargs, params, latents, gens, batch_index, on_progress,
             output_type="pil",
         )
     return out.images
+
+
+def _seed_brownian_noise(pipe, seed: int) -> None:
+    # DPM++ SDE draws its noise from a Brownian tree seeded at construction, not from the
+    # generators: seed it from the image seed so the same seed gives the same picture.
+    sched = pipe.scheduler
+    if "noise_sampler_seed" in sched.config:
+        pipe.scheduler = type(sched).from_config(sched.config, noise_sampler_seed=seed)
 
 
 def _latent_dtype(pipe):

@@ -53,7 +53,7 @@ class Catalog:
 
     def sha256(self, path: Path, *, compute: bool = True) -> str | None:
         if not compute:
-            return self.hashes.get(path)
+            return self.hashes.lookup(path, "sha256")
         return sha256_file(path, cache=self.hashes)
 
     def find_checkpoint(self, ref: str) -> ModelEntry:

@@ -21,7 +21,7 @@ from lorastudio.interfaces.api.a1111_mapping import (
     renamed_error,
     schedulers,
 )
-from lorastudio.interfaces.api.images import decode_base64, decode_image, encode_png, image_grid, open_image, text_info
+from lorastudio.interfaces.api.images import decode_base64, decode_image, encode_png, image_grid, text_info
 
 LATENT_UPSCALE_MODES = ["Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
                         "Latent (nearest)", "Latent (nearest-exact)"]
@@ -144,7 +144,7 @@ async def png_info(request: Request, body: m.PNGInfoRequest) -> dict:
         from lorastudio.core.infotext import parse_infotext
 
         raw = decode_base64(body.image, "image", max_bytes=limits.max_image_bytes)
-        geninfo, items = text_info(open_image(raw, "image", max_pixels=limits.max_image_pixels))
+        geninfo, items = text_info(raw, max_pixels=limits.max_image_pixels)
         return {"info": geninfo or "", "items": items, "parameters": parse_infotext(geninfo) if geninfo else {}}
 
     return await run_in_threadpool(read)
@@ -184,7 +184,7 @@ async def get_options(request: Request) -> dict[str, Any]:
         if values.get("sd_checkpoint_hash") is None and values["sd_model_checkpoint"]:
             try:
                 entry = state.checkpoint_entry(values["sd_model_checkpoint"], "sd_model_checkpoint")
-                values["sd_checkpoint_hash"] = state.catalog.sha256(entry.path, compute=False)
+                values["sd_checkpoint_hash"] = state.cached_sha256(entry.path)
             except Exception:  # listing options must work even with a vanished model
                 values["sd_checkpoint_hash"] = None
         return values
@@ -205,7 +205,7 @@ async def set_options(request: Request, body: dict[str, Any] = Body(...)) -> Non
                                       "sd_vae")
         await state.on_device(lambda: state.engine.load(str(entry.path), vae))
         validated["sd_model_checkpoint"] = state.checkpoint_title(entry)  # the hash is known once loaded
-        validated["sd_checkpoint_hash"] = state.catalog.sha256(entry.path, compute=False)
+        validated["sd_checkpoint_hash"] = state.cached_sha256(entry.path)
     state.options.apply(validated)
     return None
 
@@ -218,7 +218,7 @@ async def sd_models(request: Request) -> list[dict]:
     def listing() -> list[dict]:
         out = []
         for e in state.catalog.checkpoints():
-            sha = state.catalog.sha256(e.path, compute=False) if e.kind == "file" else None
+            sha = state.cached_sha256(e.path) if e.kind == "file" else None
             out.append({"title": state.checkpoint_title(e), "model_name": _model_name(e.name),
                         "hash": sha[:10] if sha else None, "sha256": sha, "filename": str(e.path), "config": None})
         return out
@@ -290,10 +290,10 @@ async def embeddings(request: Request) -> dict:
         skipped = {}
         for e in state.catalog.embeddings():
             shape, vectors = 0, 0
-            if e.path.suffix == ".safetensors":
-                tensors = [v for k, v in safetensors_header(e.path).items() if k != "__metadata__"]
-                dims = tensors[0].get("shape") if tensors and isinstance(tensors[0], dict) else None
-                if isinstance(dims, list) and dims:
+            header = safetensors_header(e.path) if e.path.suffix == ".safetensors" else None
+            if header is not None and header.tensors:
+                dims = next(iter(header.tensors.values())).shape
+                if dims:
                     vectors, shape = (dims[0], dims[-1]) if len(dims) > 1 else (1, dims[0])
             # Textual inversion is not implemented: embeddings are listed, none is loaded.
             skipped[Path(e.name).stem] = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,

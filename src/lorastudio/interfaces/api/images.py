@@ -60,47 +60,28 @@ def decode_image(data: str, field: str, *, max_bytes: int, max_pixels: int, load
     return img
 
 
-def text_info(img) -> tuple[str | None, dict[str, Any]]:
-    """(A1111 `parameters` text or None, the other text items), from PNG chunks or EXIF."""
+def text_info(raw: bytes, *, max_pixels: int) -> tuple[str | None, dict[str, Any]]:
+    """(A1111 `parameters` text or None, the other text items) of an encoded image."""
+    from lorastudio.core.png_text import read_infotext
+
+    img = open_image(raw, "image", max_pixels=max_pixels)  # size checked before load() below
     try:
         img.load()  # text chunks written after the pixel data are only read on load
-    except Exception:  # what the header held is still there; a damaged tail loses only late chunks
+    except Exception:  # a damaged tail loses only the chunks after it
         pass
     items: dict[str, Any] = {}
     for key, value in (img.info or {}).items():
-        if not isinstance(key, str) or key.lower() in _FORMAT_KEYS:
+        if not isinstance(key, str) or key.lower() in _FORMAT_KEYS or key == "parameters":
             continue
         if isinstance(value, bytes):
             value = value.decode("utf-8", "replace")
-        if isinstance(value, (str, int, float, bool)) and not (isinstance(value, float) and not math.isfinite(value)):
+        if isinstance(value, (str, int, bool)) or (isinstance(value, float) and math.isfinite(value)):
             items[key] = value
-    geninfo = items.pop("parameters", None)
-    if geninfo is None:
-        geninfo = _exif_user_comment(img)
-    return (str(geninfo) if geninfo is not None else None), items
-
-
-def _exif_user_comment(img) -> str | None:
-    # JPEG / WebP written by A1111 keep the infotext in EXIF UserComment (0x9286, in the Exif IFD).
     try:
-        raw = img.getexif().get_ifd(0x8769).get(0x9286)
+        geninfo = read_infotext(io.BytesIO(raw))  # PNG chunks, EXIF UserComment, GIF comment
     except Exception:
-        return None
-    if not raw:
-        return None
-    if isinstance(raw, str):
-        return raw
-    head, body = raw[:8], raw[8:]
-    if head.startswith(b"UNICODE"):
-        for enc in ("utf-16-be", "utf-16-le"):
-            try:
-                text = body.decode(enc)
-            except UnicodeDecodeError:
-                continue
-            if text.isprintable() or "\n" in text:
-                return text
-        return body.decode("utf-16-be", "replace")
-    return body.decode("utf-8", "replace") if head.startswith(b"ASCII") else raw.decode("utf-8", "replace")
+        geninfo = img.info.get("parameters") if isinstance(img.info.get("parameters"), str) else None
+    return geninfo, items
 
 
 def encode_png(img, infotext: str | None) -> str:

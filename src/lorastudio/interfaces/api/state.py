@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import re
-import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,6 @@ from lorastudio.interfaces.api.security import resolve_inside
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_SAFETENSORS_HEADER_MAX = 100 * 1024 * 1024
 _SEP = re.compile(r"[\\/]+")
 
 
@@ -153,8 +151,17 @@ class ApiState:
             return resolve_inside(ref, roots, field=field, base=base)
         return None
 
-    def checkpoint_title(self, entry, *, compute: bool = False) -> str:
-        return self.catalog.title(entry, compute=compute)
+    def cached_sha256(self, path: Path) -> str | None:
+        """The sha256 if already known; listing never hashes gigabytes (A1111 does not either)."""
+        try:
+            return self.catalog.hashes.lookup(path, "sha256")
+        except OSError:
+            return None
+
+    def checkpoint_title(self, entry) -> str:
+        """A1111's title: `name [short hash]` once the hash is known, else just the name."""
+        sha = self.cached_sha256(entry.path) if entry.kind == "file" else None
+        return f"{entry.name} [{sha[:10]}]" if sha else entry.name
 
     def current_checkpoint_title(self) -> str | None:
         chosen = self.options.get("sd_model_checkpoint")
@@ -171,8 +178,9 @@ class ApiState:
             return {}
         key = (str(path), st.st_mtime_ns, st.st_size)
         if key not in self._lora_meta:
-            meta = safetensors_header(path).get("__metadata__", {}) if path.suffix == ".safetensors" else {}
-            self._lora_meta[key] = {k: _maybe_json(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+            header = safetensors_header(path) if path.suffix == ".safetensors" else None
+            meta = header.metadata if header is not None else {}
+            self._lora_meta[key] = {k: _maybe_json(v) for k, v in meta.items()}
         return self._lora_meta[key]
 
     def forget_lora_metadata(self) -> None:
@@ -185,17 +193,15 @@ class ApiState:
                                    f"{steps * width * height * images} is over this server's limit of {limit}")
 
 
-def safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a .safetensors file, read without torch or the tensor data."""
+def safetensors_header(path: Path):
+    """The validated header of a .safetensors file (read without torch), or None if unusable."""
+    from lorastudio.core.errors import ModelFileError
+    from lorastudio.core.safetensors_header import read_header
+
     try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > _SAFETENSORS_HEADER_MAX:
-                return {}
-            header = json.loads(f.read(n))
-    except (OSError, struct.error, ValueError):
-        return {}
-    return header if isinstance(header, dict) else {}
+        return read_header(path)
+    except ModelFileError:
+        return None
 
 
 def _maybe_json(value: Any) -> Any:

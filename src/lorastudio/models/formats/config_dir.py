@@ -58,6 +58,7 @@ def make_config_dir(
         plan_configs[name] = (filename, dict(cfg))
 
     plan_tokenizers: dict[str, dict[str, Any]] = {}
+    sources: dict[str, Path] = {}  # kept out of the hash: a copied folder is addressed by content
     for name, spec in tokenizers.items():
         spec = dict(spec)
         kind = spec.get("kind")
@@ -70,7 +71,8 @@ def make_config_dir(
             src = Path(spec.get("path", ""))
             if not src.is_dir():
                 raise InvalidParameter(f"tokenizers.{name}.path", str(src), "is not a folder")
-            spec["path"] = str(src.resolve())
+            sources[name] = src.resolve()
+            del spec["path"]
             index[name] = ["transformers", spec.get("class") or _tokenizer_class(src, name)]
             spec["_files"] = _tree_digest(src)
         else:
@@ -105,7 +107,7 @@ def make_config_dir(
         for name, (filename, cfg) in plan_configs.items():
             _write_json(tmp / name / filename, cfg)
         for name, spec in plan_tokenizers.items():
-            _write_tokenizer(tmp / name, spec)
+            _write_tokenizer(tmp / name, spec, sources.get(name))
         _write_json(tmp / "scheduler" / "scheduler_config.json", dict(scheduler))
         try:
             os.rename(tmp, final)
@@ -138,13 +140,13 @@ def _tokenizer_class(src: Path, name: str) -> str:
     return str(cls)
 
 
-def _write_tokenizer(dest: Path, spec: Mapping[str, Any]) -> None:
-    if spec["kind"] == "files":
-        shutil.copytree(spec["path"], dest)
+def _write_tokenizer(dest: Path, spec: Mapping[str, Any], source: Path | None) -> None:
+    if source is not None:
+        shutil.copytree(source, dest)
         return
     from transformers import CLIPTokenizer
 
-    options = {k: v for k, v in spec.items() if k not in {"kind", "_files"}}
+    options = {k: v for k, v in spec.items() if k not in {"kind", "_files", "class"}}
     tok = CLIPTokenizer(str(CLIP_VOCAB_DIR / "vocab.json"), str(CLIP_VOCAB_DIR / "merges.txt"), **options)
     tok.save_pretrained(str(dest))
 

@@ -46,6 +46,7 @@ SDXL_TEXT_ENCODER_2_PREFIX = "conditioner.embedders.1.model."
 def sd1_checkpoint_from_diffusers(
     unet_sd: Mapping[str, Tensor], vae_sd: Mapping[str, Tensor], text_encoder_sd: Mapping[str, Tensor]
 ) -> dict[str, Tensor]:
+    _reject_adapters(unet_sd, vae_sd, text_encoder_sd)
     out: dict[str, Tensor] = {}
     _merge(out, UNET_PREFIX, unet_to_ldm(unet_sd))
     _merge(out, VAE_PREFIX, vae_to_ldm(vae_sd))
@@ -59,12 +60,21 @@ def sdxl_checkpoint_from_diffusers(
     te1_sd: Mapping[str, Tensor],
     te2_sd: Mapping[str, Tensor],
 ) -> dict[str, Tensor]:
+    _reject_adapters(unet_sd, vae_sd, te1_sd, te2_sd)
     out: dict[str, Tensor] = {}
     _merge(out, UNET_PREFIX, unet_to_ldm(unet_sd))
     _merge(out, VAE_PREFIX, vae_to_ldm(vae_sd))
     _merge(out, SDXL_TEXT_ENCODER_PREFIX, clip_to_ldm(te1_sd))
     _merge(out, SDXL_TEXT_ENCODER_2_PREFIX, clip_to_open_clip(te2_sd))
     return out
+
+
+def _reject_adapters(*sds: Mapping[str, Tensor]) -> None:
+    for sd in sds:
+        for k in sd:
+            if ".lora_" in k or ".base_layer." in k:
+                # peft-wrapped modules would be written with the LoRA as stray extra tensors
+                raise ValueError(f"{k!r}: merge or unload the LoRA adapters before writing a checkpoint")
 
 
 def _merge(out: dict[str, Tensor], prefix: str, part: Mapping[str, Tensor]) -> None:

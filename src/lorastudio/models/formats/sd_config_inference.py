@@ -289,6 +289,8 @@ def _vae_config(sh: Mapping[str, tuple[int, ...]], source: str, *, sample_size: 
 
 
 def _clip_config(sh: Mapping[str, tuple[int, ...]], source: str, prefix: str, *, architecture: str, hidden_act: str) -> dict[str, Any]:
+    # checkpoints saved with transformers < 4.22 lack the `text_model.` level; diffusers reads both
+    sh = {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in sh.items()}
     vocab, hidden = _req(sh, "text_model.embeddings.token_embedding.weight", source, prefix)
     layers = _indices(sh, r"text_model\.encoder\.layers\.(\d+)\.")
     if not layers:

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import re
-import socket
 import sqlite3
 import threading
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 from lorastudio.core.errors import InvalidParameter, LorastudioError, NotFound
+from lorastudio.services.jobs.liveness import HOST_IDENTITY, process_alive, process_start_token
 from lorastudio.services.jobs.models import Job, JobStatus, LogLine
 
 # Append only: version N of a database means MIGRATIONS[:N] have been applied.
@@ -134,8 +134,8 @@ class JobStore(ABC):
     def recover_after_restart(self) -> list[Job]:
         """Requeue (front) or fail IN_PROGRESS jobs whose worker is gone; return them."""
 
-    def close(self) -> None:  # noqa: B027 - optional for implementations without resources
-        pass
+    def close(self) -> None:
+        """Release resources; a no-op for stores that hold none."""
 
     def __enter__(self) -> JobStore:
         return self
@@ -296,7 +296,7 @@ class SqliteJobStore(JobStore):
             return None
         kind_sql = "" if kinds is None else f" AND kind IN ({','.join('?' * len(kinds))})"
         now = self._clock()
-        owner = (worker_id, _HOST_IDENTITY, os.getpid(), _process_start_token(os.getpid()))
+        owner = (worker_id, HOST_IDENTITY, os.getpid(), process_start_token(os.getpid()))
         set_sql = (
             "UPDATE jobs SET status = 'IN_PROGRESS', worker_id = ?, worker_host = ?,"
             " worker_pid = ?, worker_start = ?, started_at = COALESCE(started_at, ?),"
@@ -413,7 +413,7 @@ class SqliteJobStore(JobStore):
                     continue
                 touched.append(row["id"])
                 attempts = row["attempts"] + 1
-                if False:
+                if row["cancel_requested"]:
                     c.execute(
                         "UPDATE jobs SET status = 'CANCELLED', finished_at = ?,"
                         " error = 'cancelled by request' WHERE id = ?",
@@ -440,7 +440,7 @@ class SqliteJobStore(JobStore):
                         (attempts, row["id"]),
                     )
                     _log(c, row["id"], now, "WARNING", f"resumed after restart ({why})")
-        return [self.get(job_id) for job_id in touched]
+        return [self.get(job_id) for job_id in reversed(touched)]  # queue order
 
     # ---------------------------------------------------------------- helpers
 
@@ -477,8 +477,8 @@ class SqliteJobStore(JobStore):
         silent_for = now - last_sign_of_life
         if silent_for > self.heartbeat_timeout_s:
             return f"worker {row['worker_id']} silent for {silent_for:.0f}s"
-        if row["worker_host"] == _HOST_IDENTITY and row["worker_pid"] is not None:
-            if not _process_alive(row["worker_pid"], row["worker_start"]):
+        if row["worker_host"] == HOST_IDENTITY and row["worker_pid"] is not None:
+            if not process_alive(row["worker_pid"], row["worker_start"]):
                 return f"worker {row['worker_id']} process {row['worker_pid']} is gone"
         return None
 
@@ -562,57 +562,3 @@ def _finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
-
-
-def _host_identity() -> str:
-    # A pid only means something inside one pid namespace: two containers may
-    # share a hostname and a database volume yet not see each other's pids.
-    try:
-        ns = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        ns = ""
-    return f"{socket.gethostname()}|{ns}"
-
-
-_HOST_IDENTITY = _host_identity()
-
-
-def _proc_stat(pid: int) -> tuple[str, str] | None:
-    """(state, start time in clock ticks) from /proc, or None without procfs/process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            raw = fh.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    # The command name in field 2 may contain spaces and ')'; fields after the
-    # last ')' start at field 3 (state); starttime is field 22.
-    fields = raw[raw.rfind(")") + 2 :].split()
-    if len(fields) < 20:
-        return None
-    return fields[0], fields[19]
-
-
-def _process_start_token(pid: int) -> str | None:
-    stat = _proc_stat(pid)
-    return None if stat is None else stat[1]
-
-
-def _process_alive(pid: int, start_token: str | None) -> bool:
-    stat = _proc_stat(pid)
-    if stat is not None:
-        state, started = stat
-        if state in ("Z", "X"):  # killed but not yet reaped by its parent
-            return False
-        # Same pid, different start time: the pid was reused by a new process
-        # (e.g. a restarted container whose server is always pid 1).
-        return start_token is None or started == start_token
-    if os.name == "nt":
-        # os.kill on Windows terminates the target; rely on the heartbeat there.
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: exists but belongs to someone else
-        return True
-    return True

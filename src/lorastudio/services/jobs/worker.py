@@ -174,18 +174,14 @@ class JobWorker:
         A job still running at process exit stays IN_PROGRESS and is recovered
         by the next start, exactly like after a crash.
         """
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                return False
         with self._cond:
-            for _, _, task in self._tasks:
-                task.future.cancel()
-            self._tasks.clear()
-            self._cond.notify_all()
-        return True
+            self._stopping.set()
+        self._wake.set()
+        if self._thread is None:
+            self._cancel_pending_tasks()
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     @property
     def running(self) -> bool:
@@ -215,10 +211,12 @@ class JobWorker:
 
     def run_priority(self, fn: Callable[[], T], priority: int = 0) -> Future[T]:
         """Run fn on the worker thread at the next gap; lower priority runs first."""
-        if self._stopping.is_set():
-            raise RuntimeError(f"worker {self.worker_id} is stopped")
         task = _PriorityTask(fn)
         with self._cond:
+            # Checked under the lock the exiting thread takes to cancel what is
+            # left, so a task is either refused here or resolved there.
+            if self._stopping.is_set():
+                raise RuntimeError(f"worker {self.worker_id} is stopped")
             heapq.heappush(self._tasks, (priority, next(self._task_seq), task))
         self._wake.set()
         return task.future
@@ -226,35 +224,49 @@ class JobWorker:
     # ---------------------------------------------------------------- loop
 
     def _run(self) -> None:
-        while not self._stopping.is_set():
-            with self._cond:
-                self._scan_gen += 1
-                gen = self._scan_gen
-            self._wake.clear()  # before looking: a wake during the look is kept
-            ran = self._run_priority_tasks()
-            try:
-                if time.monotonic() - self._last_recover > self.recover_interval_s:
-                    self._recover()
-                job = self.store.claim_next(self.worker_id, self.handlers)
-            except Exception:
-                log.exception("worker %s: could not claim a job", self.worker_id)
-                self._wake.wait(self.poll_interval_s)
-                continue
-            if job is not None:
-                try:
-                    self._execute(job)
-                except Exception:
-                    # Only store failures get here; the job keeps our ownership
-                    # and is recovered once its heartbeat goes stale.
-                    log.exception("worker %s: bookkeeping for job %s failed", self.worker_id, job.id)
-                continue
-            if ran:
-                continue
-            with self._cond:
-                if not self._tasks:
-                    self._idle_gen = gen
-                    self._cond.notify_all()
+        try:
+            while not self._stopping.is_set():
+                self._look_for_work()
+        finally:
+            self._cancel_pending_tasks()
+
+    def _look_for_work(self) -> None:
+        with self._cond:
+            self._scan_gen += 1
+            gen = self._scan_gen
+        self._wake.clear()  # before looking: a wake during the look is kept
+        ran = self._run_priority_tasks()
+        try:
+            if time.monotonic() - self._last_recover > self.recover_interval_s:
+                self._recover()
+            job = self.store.claim_next(self.worker_id, self.handlers)
+        except Exception:
+            log.exception("worker %s: could not claim a job", self.worker_id)
             self._wake.wait(self.poll_interval_s)
+            return
+        if job is not None:
+            try:
+                self._execute(job)
+            except Exception:
+                # Only store failures get here; the job keeps our ownership and
+                # is recovered once its heartbeat goes stale.
+                log.exception("worker %s: bookkeeping of job %s failed", self.worker_id, job.id)
+            return
+        if ran:
+            return
+        with self._cond:
+            if not self._tasks:
+                self._idle_gen = gen
+                self._cond.notify_all()
+        self._wake.wait(self.poll_interval_s)
+
+    def _cancel_pending_tasks(self) -> None:
+        # Nobody will run them: resolve their futures so callers stop waiting.
+        with self._cond:
+            for _, _, task in self._tasks:
+                task.future.cancel()
+            self._tasks.clear()
+            self._cond.notify_all()
 
     def _recover(self) -> None:
         self._last_recover = time.monotonic()
@@ -317,8 +329,8 @@ class JobWorker:
             self.current_job_id = None
 
     def _discarded(self, job: Job, what: str) -> None:
-        # The job was cancelled while queued-again, or recovered by another
-        # process: reporting now would report it twice or from a stale run.
+        # Another process recovered the job (our heartbeat looked stale, or our
+        # process looked dead): reporting now would report it from a stale run.
         msg = f"{what} of worker {self.worker_id} discarded: job no longer owned by it"
         log.warning("job %s: %s", job.id, msg)
         self.store.append_log(job.id, "WARNING", msg)

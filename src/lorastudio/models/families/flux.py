@@ -1,0 +1,229 @@
+"""FLUX.1 (dev and schnell): everything specific to this family lives here.
+
+Users keep FLUX either as one all-in-one file or as a transformer-only file (flux1-dev.safetensors)
+with the autoencoder in models/VAE (ae.safetensors) and the text encoders in
+models/text_encoder (clip_l.safetensors, t5xxl_*.safetensors), as Forge does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+from lorastudio.core.errors import ModelFileError
+from lorastudio.core.samplers import SamplerChoice
+from lorastudio.models.families.base import Conditioning, LoadOptions, ModelFamily, TrainableFamily
+from lorastudio.models.families.sd1 import torch_dtype
+
+# Where the separate component files are looked for, by component.
+_SEPARATE = {
+    "vae": ("vae_dir", ("ae.safetensors", "flux*ae*.safetensors", "ae*.safetensors")),
+    "text_encoder": ("text_encoder_dir", ("clip_l*.safetensors",)),
+    "text_encoder_2": ("text_encoder_dir", ("t5xxl*.safetensors", "t5*.safetensors")),
+}
+
+TRANSFORMER_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
+                            "to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
+                            "proj_mlp", "proj_out")
+
+
+class FluxFamily(ModelFamily, TrainableFamily):
+    name = "flux"
+    title = "FLUX.1"
+    base_model_version = "flux1"
+    modelspec_architecture = "flux-1-dev"
+    modelspec_implementation = "https://github.com/black-forest-labs/flux"
+    default_size = 1024
+    default_sampler = "Euler (flow)"
+    default_cfg = 1.0
+    gpu_dtype = "bfloat16"
+
+    def claims_checkpoint(self, keys: Collection[str]) -> bool:
+        from lorastudio.models.formats.flux_checkpoint import detect_flux_layout
+
+        return detect_flux_layout(keys) is not None
+
+    def claims_folder(self, model_index: Mapping[str, Any]) -> bool:
+        return model_index.get("_class_name") in ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
+
+    def claims_lora(self, shapes: Mapping[str, tuple[int, ...]]) -> bool:
+        markers = ("double_blocks", "single_blocks", "transformer.transformer_blocks",
+                   "transformer.single_transformer_blocks", "transformer_blocks", "single_transformer_blocks")
+        return any(m in k for k in shapes for m in markers)
+
+    # --- loading -------------------------------------------------------------------------
+    def load_checkpoint(self, path: Path, shapes, metadata, options: LoadOptions):
+        from safetensors.torch import load_file
+
+        from lorastudio.models.formats.flux_checkpoint import (infer_component_config, infer_flux_configs,
+                                                               split_flux_checkpoint)
+        from lorastudio.models.formats.flux_components import build_flux_modules
+
+        parts = split_flux_checkpoint(load_file(str(path)), source=path)
+        configs = infer_flux_configs(dict(shapes), dict(metadata), source=path)
+        for comp, (dir_attr, patterns) in _SEPARATE.items():
+            if comp in parts:
+                continue
+            found = _find_component(getattr(options, dir_attr), patterns)
+            if found is None:
+                raise ModelFileError(path, f"this FLUX.1 file has no {comp}; put {patterns[0]} in "
+                                           f"{getattr(options, dir_attr)} (as Forge keeps it) or use an all-in-one file")
+            from lorastudio.core.safetensors_header import read_header
+
+            header = read_header(found)
+            configs[comp] = infer_component_config(comp, {k: t.shape for k, t in header.tensors.items()},
+                                                   header.metadata, source=found)
+            parts[comp] = load_file(str(found))
+        modules = build_flux_modules(parts, configs, source=path)
+        return self._assemble(modules, configs, options)
+
+    def _assemble(self, modules, configs, options: LoadOptions):
+        from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+        from transformers import CLIPTokenizer, T5TokenizerFast
+
+        from lorastudio.models.formats.flux_checkpoint import t5_tokenizer_dir
+
+        clip_dir = Path(__file__).resolve().parent.parent / "bundled" / "tokenizers" / "clip"
+        tok = CLIPTokenizer(str(clip_dir / "vocab.json"), str(clip_dir / "merges.txt"), pad_token="<|endoftext|>",
+                            model_max_length=77)
+        tok2 = T5TokenizerFast.from_pretrained(str(t5_tokenizer_dir()), local_files_only=True)
+        sched_cfg = {k: v for k, v in configs["scheduler"].items() if not k.startswith("_")}
+        dtype = torch_dtype(options.dtype)
+        pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler.from_config(sched_cfg),
+                            vae=modules["vae"], text_encoder=modules["text_encoder"], tokenizer=tok,
+                            text_encoder_2=modules["text_encoder_2"], tokenizer_2=tok2,
+                            transformer=modules["transformer"])
+        return pipe.to(dtype=dtype)
+
+    def load_folder(self, path: Path, options: LoadOptions):
+        from diffusers import FluxPipeline
+
+        return FluxPipeline.from_pretrained(str(path), local_files_only=True, torch_dtype=torch_dtype(options.dtype))
+
+    def replace_vae(self, pipe, path: Path, options: LoadOptions) -> None:
+        from safetensors.torch import load_file
+
+        from lorastudio.core.safetensors_header import read_header
+        from lorastudio.models.formats.flux_checkpoint import infer_component_config
+        from lorastudio.models.formats.flux_components import build_flux_modules
+
+        header = read_header(path)
+        cfg = infer_component_config("vae", {k: t.shape for k, t in header.tensors.items()}, header.metadata,
+                                     source=path)
+        if cfg.get("latent_channels") != pipe.vae.config.latent_channels:
+            raise ModelFileError(path, f"VAE has {cfg.get('latent_channels')} latent channels; this FLUX.1 model "
+                                       f"needs {pipe.vae.config.latent_channels}")
+        vae = build_flux_modules({"vae": load_file(str(path))}, {"vae": cfg}, source=path)["vae"]
+        pipe.vae = vae.to(pipe.device, pipe.vae.dtype)
+
+    # --- generation ------------------------------------------------------------------------
+    def supports_sampler(self, choice: SamplerChoice) -> bool:
+        return choice.sampler.scheduler_class == "FlowMatchEulerDiscreteScheduler"
+
+    def make_scheduler(self, pipe, choice: SamplerChoice):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+
+    def encode_prompts(self, pipe, prompt: str, negative_prompt: str, *, clip_skip: int, cfg_scale: float,
+                       guidance: float) -> Conditioning:
+        from lorastudio.core.prompt_syntax import parse_prompt_attention
+
+        # FLUX has no classifier-free guidance; emphasis markup is removed (its weights are not
+        # applied to T5, as in most FLUX front-ends) so `(word:1.2)` is not read as literal text.
+        text = "".join(t for t, w in parse_prompt_attention(prompt) if t != "BREAK")
+        embeds, pooled, _ = pipe.encode_prompt(prompt=text, prompt_2=None, device=pipe._execution_device,
+                                               num_images_per_prompt=1, max_sequence_length=self._max_seq(pipe))
+        kwargs = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+        if pipe.transformer.config.guidance_embeds:
+            kwargs["guidance_scale"] = guidance
+        return Conditioning(kwargs)
+
+    def _max_seq(self, pipe) -> int:
+        return min(512, int(getattr(pipe.tokenizer_2, "model_max_length", 512) or 512))
+
+    def latent_shape(self, pipe, width: int, height: int) -> tuple[int, ...]:
+        f = pipe.vae_scale_factor * 2  # latents are packed 2x2
+        return (pipe.transformer.config.in_channels // 4, 2 * (height // f), 2 * (width // f))
+
+    def pack_latents(self, pipe, latents):
+        b, c, h, w = latents.shape
+        return pipe._pack_latents(latents, b, c, h, w)
+
+    def infotext_fields(self, params) -> dict[str, Any]:
+        return {"Distilled CFG Scale": params.guidance}
+
+    # --- training --------------------------------------------------------------------------
+    def training_defaults(self, pipe) -> dict[str, Any]:
+        # fal's FLUX LoRA trainer / ai-toolkit: rank 16, lr 4e-4, 1000 steps, 1024 px.
+        size = int(pipe.default_sample_size * pipe.vae_scale_factor)
+        return {"rank": 16, "alpha": 16.0, "lr": 4e-4, "te_lr": 4e-4, "steps": 1000, "resolution": [size],
+                "train_text_encoder": False, "timestep_sampling": "shift"}
+
+    def trainable_modules(self, pipe, *, text_encoders: bool):
+        mods = {"transformer": pipe.transformer}
+        if text_encoders:
+            mods["text_encoder"] = pipe.text_encoder
+        return mods
+
+    def lora_targets(self) -> dict[str, list[str]]:
+        return {"transformer": list(TRANSFORMER_LORA_TARGETS), "text_encoder": ["q_proj", "k_proj", "v_proj", "out_proj"]}
+
+    def encode_images(self, pipe, pixels):
+        vae = pipe.vae
+        latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mean
+        return (latents - vae.config.shift_factor) * vae.config.scaling_factor
+
+    def encode_captions(self, pipe, captions: list[str], *, clip_skip: int):
+        from lorastudio.core.prompt_syntax import parse_prompt_attention
+
+        texts = ["".join(t for t, _ in parse_prompt_attention(c) if t != "BREAK") for c in captions]
+        embeds, pooled, _ = pipe.encode_prompt(prompt=texts, prompt_2=None, device=pipe._execution_device,
+                                               num_images_per_prompt=1, max_sequence_length=self._max_seq(pipe))
+        return {"embeds": embeds, "pooled": pooled}
+
+    def training_loss(self, pipe, modules, latents, cond, gens, config, mask=None):
+        import torch
+
+        from lorastudio.training.objectives import flow_noised, weighted_mse
+
+        model = modules["transformer"]
+        nb = flow_noised(latents, gens, sampling=config.timestep_sampling or "shift", shift=config.discrete_flow_shift)
+        b, c, h, w = nb.noisy.shape
+        dtype = next(model.parameters()).dtype
+        packed = pipe._pack_latents(nb.noisy, b, c, h, w).to(dtype)
+        img_ids = pipe._prepare_latent_image_ids(b, h // 2, w // 2, latents.device, dtype)
+        txt_ids = torch.zeros(cond["embeds"].shape[1], 3, device=latents.device, dtype=dtype)
+        guidance = None
+        if getattr(model, "config", None) is not None and _unwrap(model).config.guidance_embeds:
+            guidance = torch.full((b,), float(config.guidance), device=latents.device, dtype=dtype)
+        pred = model(hidden_states=packed, timestep=nb.timesteps.to(dtype), guidance=guidance,
+                     pooled_projections=cond["pooled"].to(dtype), encoder_hidden_states=cond["embeds"].to(dtype),
+                     txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
+        pred = pipe._unpack_latents(pred, h * pipe.vae_scale_factor, w * pipe.vae_scale_factor, pipe.vae_scale_factor)
+        return weighted_mse(pred, nb.target, nb.weights, mask)
+
+    def export_kohya(self, pipe, lora, *, alpha: float, rank: int):
+        from lorastudio.models.formats.kohya_lora_flux import kohya_flux_lora_from_peft
+
+        return kohya_flux_lora_from_peft(lora["transformer"], lora.get("text_encoder"), alpha=alpha, rank=rank)
+
+    def save_diffusers_lora(self, pipe, lora, folder: Path) -> Path:
+        from lorastudio.training.export import save_diffusers_lora
+
+        return save_diffusers_lora(type(pipe), pipe, lora, folder)
+
+
+def _unwrap(m):
+    return getattr(m, "module", m)
+
+
+def _find_component(folder: Path | None, patterns: tuple[str, ...]) -> Path | None:
+    if folder is None or not Path(folder).is_dir():
+        return None
+    for pattern in patterns:
+        hits = sorted(Path(folder).glob(pattern))
+        if hits:
+            return hits[0]
+    return None
