@@ -79,7 +79,7 @@ def text_encoder_config():
     )
 
 
-def vae_kwargs(size: int) -> dict:
+def vae_kwargs(size: int, groups: int = 4) -> dict:
     return dict(
         in_channels=3,
         out_channels=3,
@@ -88,12 +88,14 @@ def vae_kwargs(size: int) -> dict:
         block_out_channels=(16, 32, 64),
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=16,
+        # few groups: with one channel per group GroupNorm would strip each channel's mean,
+        # i.e. the flat colours this VAE must carry
+        norm_num_groups=groups,
         sample_size=size,
     )
 
 
-def unet_kwargs(size: int, cross_dim: int) -> dict:
+def unet_kwargs(size: int, cross_dim: int, groups: int = 8) -> dict:
     return dict(
         sample_size=size // 4,
         in_channels=4,
@@ -104,7 +106,7 @@ def unet_kwargs(size: int, cross_dim: int) -> dict:
         layers_per_block=1,
         attention_head_dim=2,  # SD1 naming: the number of heads
         cross_attention_dim=cross_dim,
-        norm_num_groups=32,
+        norm_num_groups=groups,
         use_linear_projection=False,
     )
 
@@ -142,7 +144,7 @@ def lr_at(step: int, total: int, base: float, warmup: int, floor: float = 0.1) -
 
 def vae_cache_dir(args) -> Path:
     keys = ("seed", "size", "vae_images", "vae_steps", "vae_batch", "vae_lr", "vae_kl")
-    blob = json.dumps({k: getattr(args, k) for k in keys} | {"arch": vae_kwargs(args.size)}, sort_keys=True)
+    blob = json.dumps({k: getattr(args, k) for k in keys} | {"arch": vae_kwargs(args.size, args.vae_groups)}, sort_keys=True)
     return Path(args.cache) / ("vae-" + hashlib.sha256(blob.encode()).hexdigest()[:12])
 
 
@@ -167,7 +169,7 @@ def train_vae(args, rng: np.random.Generator):
     data = to_tensor(imgs)
     log(f"VAE data: {n} pictures rendered in {time.time() - t0:.1f}s")
 
-    vae = AutoencoderKL(**vae_kwargs(args.size))
+    vae = AutoencoderKL(**vae_kwargs(args.size, args.vae_groups))
     log(f"VAE: {n_params(vae) / 1e6:.3f} M parameters")
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(args.seed + 1)
@@ -254,7 +256,7 @@ def train_unet(args, vae, specs, lat_mean, lat_std, rng: np.random.Generator):
 
     tokenizer = make_tokenizer()
     text_encoder = CLIPTextModel(text_encoder_config())
-    unet = UNet2DConditionModel(**unet_kwargs(args.size, text_encoder.config.hidden_size))
+    unet = UNet2DConditionModel(**unet_kwargs(args.size, text_encoder.config.hidden_size, args.unet_groups))
     log(f"text encoder: {n_params(text_encoder) / 1e6:.3f} M parameters; UNet: {n_params(unet) / 1e6:.3f} M parameters")
     sched = DDPMScheduler(**SCHEDULER_CONFIG)
     alphas_cumprod = sched.alphas_cumprod.float()
@@ -358,10 +360,12 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
     p.add_argument("--size", type=int, default=32, help="picture side in pixels (latents are size/4)")
     p.add_argument("--vae-images", type=int, default=6000)
-    p.add_argument("--vae-steps", type=int, default=500)
-    p.add_argument("--vae-batch", type=int, default=24)
+    p.add_argument("--vae-steps", type=int, default=1200)
+    p.add_argument("--vae-batch", type=int, default=12)
     p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--vae-kl", type=float, default=1e-4)
+    p.add_argument("--vae-groups", type=int, default=4, help="VAE GroupNorm groups")
+    p.add_argument("--unet-groups", type=int, default=8, help="UNet GroupNorm groups")
     p.add_argument("--images", type=int, default=12000)
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch", type=int, default=32)

@@ -174,7 +174,9 @@ def _zip(entries: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for name, data in entries.items():
-            zf.writestr(name, data)
+            info = zipfile.ZipInfo(name)
+            info.external_attr = 0o100644 << 16  # a regular file, as `zip` and Windows tools mark it
+            zf.writestr(info, data)
     return buf.getvalue()
 
 

@@ -56,7 +56,7 @@ def _captured_warnings():
             lg.removeHandler(handler)
 
 
-_LEFTOVER = re.compile(r"(unexpected keys|were not used|not loaded|No LoRA keys|could not be (found|mapped))", re.I)
+_LEFTOVER = re.compile(r"(unexpected keys|were not used|could not be (found|mapped))", re.I)
 
 
 def adapter_name(lora: ActiveLora) -> str:
@@ -83,6 +83,8 @@ def load_adapter(pipe, family, lora: ActiveLora, state: LoraState) -> str:
         except (ValueError, KeyError, RuntimeError) as exc:
             raise LoraError(f"{lora.path}: cannot apply LoRA {lora.name!r} to this {family.title} model: {exc}") from None
     bad = [w for w in warnings if _LEFTOVER.search(w)]
+    if not bad and _injected_layers(pipe, name) == 0:
+        bad = ["no module of the model matched any key of the file"]
     if bad:
         _delete_adapter(pipe, name)
         raise LoraError(f"{lora.path}: keys of LoRA {lora.name!r} could not be mapped onto the model: {bad[0][:600]}")
@@ -122,6 +124,16 @@ def _component_weights(pipe, te: float, unet: float):
     for comp in getattr(pipe, "_lora_loadable_modules", ["unet", "text_encoder"]):
         comps[comp] = te if comp.startswith("text_encoder") else unet
     return comps
+
+
+def _injected_layers(pipe, name: str) -> int:
+    count = 0
+    for comp in getattr(pipe, "_lora_loadable_modules", ["unet", "text_encoder"]):
+        module = getattr(pipe, comp, None)
+        if module is None:
+            continue
+        count += sum(1 for m in module.modules() if name in getattr(m, "lora_A", {}))
+    return count
 
 
 def _delete_adapter(pipe, name: str) -> None:

@@ -114,14 +114,16 @@ class TrainingConfig(BaseModel):
         return self
 
     def dataset_config(self, default_resolution: int) -> DatasetConfig:
-        return DatasetConfig(
+        from lorastudio.training.dataset.config import dataset_config
+
+        return dataset_config(dict(
             trigger_word=self.trigger, class_word=self.class_word,
             resolutions=tuple(self.resolution or [default_resolution]),
             caption_dropout=self.caption_dropout, shuffle_tags=self.shuffle_tags, keep_tokens=self.keep_tokens,
             background=self.background, use_alpha_mask=self.masked_loss, repeats=self.repeats or 1,
             min_size=min(64, min(self.resolution or [default_resolution])),
             bucket_step=_step_for(self.resolution or [default_resolution]),
-        )
+        ))
 
 
 def _step_for(resolutions: list[int]) -> int:

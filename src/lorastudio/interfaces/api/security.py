@@ -104,34 +104,42 @@ class SecurityMiddleware:
         return await self._bounded(scope, receive, send, limit)
 
     async def _bounded(self, scope, receive, send, limit: int):
+        # Without Content-Length (chunked) the body is counted as it arrives. Past the limit the
+        # app sees the body end, and whatever it answers is replaced by the 413: an exception
+        # would be turned into a 400 by FastAPI's body parsing.
         seen = 0
-        started = False
+        too_large = started = replied = False
 
         async def counting_receive():
-            nonlocal seen
+            nonlocal seen, too_large
+            if too_large:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise _BodyTooLarge(limit)
+                    too_large = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
             return message
 
-        async def tracking_send(message):
-            nonlocal started
+        async def guarded_send(message):
+            nonlocal started, replied
+            if too_large and not started:
+                if message["type"] == "http.response.start" and not replied:
+                    replied = True
+                    await _reply(send, 413, {"detail": f"request body over {limit} bytes"})
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLarge as exc:
-            if not started:
-                await _reply(send, 413, {"detail": f"request body over {exc.limit} bytes"})
-
-
-class _BodyTooLarge(Exception):
-    def __init__(self, limit: int):
-        self.limit = limit
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not (too_large and not started):
+                raise
+        if too_large and not started and not replied:
+            await _reply(send, 413, {"detail": f"request body over {limit} bytes"})
 
 
 def _host_name(host_header: str) -> str:

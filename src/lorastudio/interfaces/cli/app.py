@@ -137,6 +137,124 @@ def models(models_dir: Optional[Path] = ModelsDir,
             typer.echo("  (none)")
 
 
+@app.command()
+def train(
+    config_file: Optional[Path] = typer.Argument(None, help="A TOML file with the same settings (flags override it)"),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder or .zip of pictures (+ same-name .txt captions)"),
+    trigger: Optional[str] = typer.Option(None, "--trigger", help="Trigger word, e.g. DeltamonStamp"),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model: name, title, hash or path"),
+    steps: Optional[int] = typer.Option(None, "--steps"),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    repeats: Optional[int] = typer.Option(None, "--repeats"),
+    resolution: Optional[list[int]] = typer.Option(None, "--resolution", help="One or several, e.g. --resolution 512 --resolution 768"),
+    rank: Optional[int] = typer.Option(None, "--rank"),
+    alpha: Optional[float] = typer.Option(None, "--alpha"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    te_lr: Optional[float] = typer.Option(None, "--te-lr", help="Text-encoder learning rate"),
+    train_text_encoder: Optional[bool] = typer.Option(None, "--train-text-encoder/--no-train-text-encoder"),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adamw | adamw8bit | lion | prodigy | adafactor"),
+    lr_scheduler: Optional[str] = typer.Option(None, "--lr-scheduler", help="constant | cosine | linear | constant_with_warmup"),
+    warmup: Optional[int] = typer.Option(None, "--warmup"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum"),
+    save_every: Optional[int] = typer.Option(None, "--save-every"),
+    sample_every: Optional[int] = typer.Option(None, "--sample-every"),
+    sample_prompt: Optional[list[str]] = typer.Option(None, "--sample-prompt"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    project: Optional[str] = typer.Option(None, "--project"),
+    version: Optional[str] = typer.Option(None, "--version"),
+    projects_dir: Optional[Path] = typer.Option(None, "--projects-dir"),
+    models_dir: Optional[Path] = ModelsDir,
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last complete checkpoint"),
+    skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="Leave out pictures with problems"),
+    num_processes: Optional[int] = typer.Option(None, "--num-processes", help="Data-parallel processes (accelerate)"),
+):
+    """Train a LoRA from a folder or zip of pictures."""
+    from lorastudio.training.config import load_toml, training_config
+
+    try:
+        data: dict = load_toml(config_file).model_dump(exclude_unset=True) if config_file else {}
+        flags = {"images": images, "trigger": trigger, "base": base, "steps": steps, "epochs": epochs,
+                 "repeats": repeats, "resolution": resolution or None, "rank": rank, "alpha": alpha, "lr": lr,
+                 "te_lr": te_lr, "train_text_encoder": train_text_encoder, "optimizer": optimizer,
+                 "lr_scheduler": lr_scheduler, "warmup": warmup, "batch_size": batch_size, "grad_accum": grad_accum,
+                 "save_every": save_every, "sample_every": sample_every, "sample_prompts": sample_prompt or None,
+                 "seed": seed, "project": project, "version": version, "projects_dir": projects_dir,
+                 "models_dir": models_dir or (None if "models_dir" in data else
+                                              Path(os.environ.get("LORASTUDIO_MODELS_DIR", "models"))),
+                 "num_processes": num_processes}
+        data.update({k: v for k, v in flags.items() if v is not None})
+        if resume:
+            data["resume"] = True
+        if skip_bad_images:
+            data["skip_bad_images"] = True
+        config = training_config(data)
+        if config.num_processes > 1 and "ACCELERATE_MIXED_PRECISION" not in os.environ and "LOCAL_RANK" not in os.environ:
+            _relaunch_with_accelerate(config)
+            return
+        from lorastudio.interfaces.cli.progress import TrainingProgress
+        from lorastudio.training.api import train as run_training
+
+        with TrainingProgress() as progress:
+            result = run_training(config, on_event=progress)
+    except LorastudioError as exc:
+        _fail(exc)
+    typer.echo(f"LoRA (A1111/Forge/ComfyUI): {result.lora_path}")
+    typer.echo(f"LoRA (diffusers/PEFT):      {result.diffusers_lora_dir}")
+    typer.echo(f"config:                     {result.config_path}")
+
+
+def _relaunch_with_accelerate(config) -> None:
+    """`--num-processes N`: run the same command under `accelerate launch` (no home-made DDP)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        fh.write(config.model_dump_json())
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(config.num_processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "lorastudio.training.launch", fh.name]
+    raise typer.Exit(subprocess.call(cmd))
+
+
+dataset_app = typer.Typer(help="Inspect a training dataset.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
+
+
+@dataset_app.command("check")
+def dataset_check(
+    source: Path = typer.Argument(..., help="Folder or .zip of pictures"),
+    trigger: str = typer.Option("sks", "--trigger", help="Trigger word (decides default captions)"),
+    resolution: list[int] = typer.Option([512], "--resolution"),
+):
+    """Report every problem in a dataset (per file) and the bucket plan, without training."""
+    from lorastudio.training.dataset.checks import check_dataset
+    from lorastudio.training.dataset.config import dataset_config
+    from lorastudio.training.dataset.ingest import open_source
+
+    try:
+        cfg = dataset_config({"trigger_word": trigger, "resolutions": resolution,
+                              "bucket_step": 64 if min(resolution) >= 256 else 8})
+        with open_source(source) as src:
+            report = check_dataset(src, cfg)
+    except LorastudioError as exc:
+        _fail(exc)
+    typer.echo(report.render())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _register_optional_commands() -> None:
+    try:
+        from lorastudio.interfaces.cli import serve_cmd
+    except ImportError:  # the server module is optional at import time
+        return
+    serve_cmd.register(app)
+
+
+_register_optional_commands()
+
+
 def main() -> None:
     try:
         app()

@@ -22,3 +22,28 @@ def step_progress(total: int, desc: str = "sampling"):
         yield advance
     finally:
         bar.close()
+
+
+class TrainingProgress:
+    """Shows a training run's events: a bar with step, smoothed loss, it/s and ETA; log lines above it."""
+
+    def __enter__(self):
+        self.bar = None
+        return self
+
+    def __call__(self, event) -> None:
+        from tqdm import tqdm
+
+        if event.kind == "progress":
+            if self.bar is None:
+                self.bar = tqdm(total=event.total_steps, desc="training", unit="step", dynamic_ncols=True,
+                                initial=event.step - 1)
+            self.bar.update(event.step - self.bar.n)
+            self.bar.set_postfix(loss=f"{event.loss:.4f}" if event.loss is not None else "-")
+        elif event.message:
+            (tqdm.write if self.bar else print)(event.message)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+        return False

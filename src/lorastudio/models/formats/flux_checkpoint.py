@@ -43,6 +43,7 @@ __all__ = [
     "FLUX_CONFIG_DIR",
     "T5_TOKENIZER_DIR",
     "FluxLinear",
+    "swap_halves",
     "FluxLayout",
     "flux_linears",
     "flux_params",
@@ -213,7 +214,7 @@ def flux_checkpoint_to_diffusers(bfl_sd: Mapping[str, "Tensor"], config: Any) ->
             t = src.pop(name)
             t = swap_halves(t) if lin.swapped else t
             sizes = _part_sizes(lin, t.shape[0], inner, where)
-            for part, piece in zip(lin.parts, t.split(sizes, dim=0)):
+            for part, piece in zip(lin.parts, t.split(sizes, dim=0), strict=True):
                 out[f"{part}.{leaf}"] = piece
     for bfl, dif in flux_params(cfg["num_layers"], cfg["num_single_layers"]):
         if bfl not in src:
@@ -286,10 +287,11 @@ def split_flux_checkpoint(sd: Mapping[str, V], *, source: object = "checkpoint")
                 parts.setdefault(component, {})[key[len(prefix):]] = value
                 break
         else:
-            if not layout.transformer_prefix:
-                parts.setdefault("transformer", {})[key] = value
-            elif not key.startswith("text_encoders."):
+            if key.startswith("text_encoders."):
+                continue  # per-encoder extras outside the models (ComfyUI's logit_scale)
+            if layout.transformer_prefix:
                 raise ModelFileError(source, f"{key!r} belongs to no FLUX.1 component")
+            parts.setdefault("transformer", {})[key] = value
     for component in ("text_encoder", "text_encoder_2"):
         for extra in ("logit_scale", "text_projection.weight", "text_model.embeddings.position_ids"):
             parts.get(component, {}).pop(extra, None)

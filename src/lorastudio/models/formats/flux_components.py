@@ -58,7 +58,8 @@ def ae_to_diffusers(ae_sd: Mapping[str, "Tensor"], config: Mapping[str, Any], *,
     cfg = {k: v for k, v in dict(config).items() if not k.startswith("_")}
     with torch.device("meta"):
         expected = AutoencoderKL.from_config(cfg).state_dict()
-    names = dict(zip(vae_to_ldm(expected).keys(), expected.keys()))
+    # vae_to_ldm renames key by key and keeps the order, so the two key lists line up
+    names = dict(zip(vae_to_ldm(expected).keys(), expected.keys(), strict=True))
     out: dict[str, Tensor] = {}
     for key, value in ae_sd.items():
         if key not in names:

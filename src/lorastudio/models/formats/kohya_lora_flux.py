@@ -60,7 +60,7 @@ def kohya_flux_lora_from_peft(
             continue
         down, up, fused_alpha = _fuse(lin, present, modules, alpha, rank)
         if lin.swapped:
-            pass
+            up = swap_halves(up)
         if lin.bfl.startswith(_FOLDED):
             down, fused_alpha = down * (fused_alpha / down.shape[0]), float(down.shape[0])
         _put(out, LORA_UNET_PREFIX + lin.bfl.replace(".", "_"), down, up, fused_alpha)
