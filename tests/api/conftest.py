@@ -22,8 +22,8 @@ LOCAL = "http://127.0.0.1:7860"  # TestClient base: a loopback Host header, as a
 
 @pytest.fixture(scope="session")
 def models_root(tmp_path_factory) -> Path:
-    from safetensors.numpy import save_file
     import numpy as np
+    from safetensors.numpy import save_file
 
     from lorastudio.testing.tiny_sd import save_sd1_single_file, tiny_sd1_pipeline
 
@@ -32,7 +32,8 @@ def models_root(tmp_path_factory) -> Path:
         (root / sub).mkdir(parents=True)
     save_sd1_single_file(tiny_sd1_pipeline(0), root / "Stable-diffusion" / "tiny.safetensors")
     # Listing reads only the header: the tensors need not be a working LoRA.
-    save_file({"lora_unet_x.lora_down.weight": np.zeros((2, 4), np.float32)}, str(root / "Lora" / "mystyle.safetensors"),
+    save_file({"lora_unet_x.lora_down.weight": np.zeros((2, 4), np.float32)},
+              str(root / "Lora" / "mystyle.safetensors"),
               metadata={"ss_output_name": "MyStyle", "ss_tag_frequency": json.dumps({"img": {"cat": 3}})})
     save_file({"emb_params": np.zeros((3, 32), np.float32)}, str(root / "embeddings" / "bad-hands.safetensors"))
     return root

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-
 # What webuiapi 0.9 sends for txt2img(prompt=..., steps=2, ...): every field, most at defaults.
 WEBUIAPI_TXT2IMG = {
     "enable_hr": False, "hr_scale": 2, "hr_upscaler": "Latent", "hr_second_pass_steps": 0, "hr_resize_x": 0,
@@ -113,6 +112,7 @@ def test_nan_and_inf_are_422_in_every_numeric_field(client, raw, field):
                        headers={"content-type": "application/json"}).status_code == 422
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL warns, we refuse
 def test_img2img_is_refused_naming_init_images_after_checking_the_image(client, imgs):
     ok_image = imgs.png((32, 32))
     r = client.post("/sdapi/v1/img2img", json={**SMALL, "init_images": [ok_image]})

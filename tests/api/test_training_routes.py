@@ -33,13 +33,18 @@ class FakeTrain:
         self.started = threading.Event()
         self.configs = []
         self.step_done = 0
+        self.fail_with: Exception | None = None
 
     def __call__(self, config, on_event=None, *, should_stop=None, yield_point=None):
         from lorastudio.training.events import TrainingEvent, TrainingResult, TrainingStopped
         from lorastudio.training.project import version_dir
 
         self.configs.append(config)
+        images = Path(config.images)
+        self.seen_files = sorted(p.relative_to(images).as_posix() for p in images.rglob("*") if p.is_file())
         on_event(TrainingEvent("log", message=f"loading {Path(config.base).name}"))
+        if self.fail_with is not None:
+            raise self.fail_with
         vdir = version_dir(config.projects_dir, config.project, config.version, resume=config.resume).make()
         self.started.set()
         for step in range(1, self.steps + 1):
@@ -142,12 +147,27 @@ def test_cancel_running_and_queued_jobs(make_client, dataset):
     r = c.put(f"/v1/trainings/{second}/cancel")
     assert r.status_code == 202 and r.json() == {"status": "CANCELLATION_REQUESTED", "job_status": "CANCELLED"}
     r = c.put(f"/v1/trainings/{first}/cancel")
-    assert r.status_code == 202 and r.json()["job_status"] == "IN_PROGRESS"
+    # The trainer polls should_stop every 10 ms: it may already have stopped when the answer is built.
+    assert r.status_code == 202 and r.json()["job_status"] in ("IN_PROGRESS", "CANCELLED")
     _wait(lambda: _status(c, first)["status"] == "CANCELLED", what="CANCELLED")
     assert c.put(f"/v1/trainings/{first}/cancel").status_code == 400
     r = c.get(f"/v1/trainings/{first}/result")
     assert r.status_code == 409 and r.json()["status"] == "CANCELLED"
     assert len(train.configs) == 1
+
+
+def test_a_failed_training_reports_its_reason(make_client, dataset):
+    from lorastudio.core.errors import DatasetError
+
+    train = FakeTrain()
+    train.fail_with = DatasetError("cats/a.png: not a picture")
+    c = make_client(train_fn=train)
+    rid = c.post("/v1/trainings", json={"images": str(dataset), "trigger": "zz", "base": "tiny"}).json()["request_id"]
+    failed = _wait(lambda: (s := _status(c, rid, logs=1)) and s["status"] == "FAILED" and s, what="FAILED")
+    assert failed["reason"] == "DatasetError: cats/a.png: not a picture"
+    assert any("Traceback" in line["message"] for line in failed["logs"])
+    r = c.get(f"/v1/trainings/{rid}/result")
+    assert r.status_code == 409 and r.json()["reason"] == failed["reason"]
 
 
 def test_events_stream_logs_status_and_done(make_client, dataset):
@@ -195,7 +215,8 @@ def test_zip_upload_is_extracted_safely_inside_the_uploads_folder(make_client, s
     _wait(lambda: _status(c, rid)["status"] == "COMPLETED", what="COMPLETED")
     images = Path(train.configs[0].images)
     assert images.is_relative_to(settings.projects_dir.resolve() / ".lorastudio" / "uploads")
-    assert (images / "cats" / "a.txt").read_bytes() == b"a cat" and not list(images.parent.glob("*.zip"))
+    assert train.seen_files == ["cats/a.png", "cats/a.txt", "cats/b.png"]
+    assert not images.parent.exists()  # the upload is removed once the run no longer needs it
 
     evil = _zip({"../../escaped.txt": b"x"})
     r = c.post("/v1/trainings", files={"images": ("e.zip", evil)}, data={"config": '{"trigger": "a", "base": "tiny"}'})
@@ -332,3 +353,29 @@ def test_webhook_to_an_allowed_host_is_called_once(make_client, dataset):
         stop.set()
         t.join(5)
         server.server_close()
+
+
+@pytest.mark.xfail(strict=True, reason="lorastudio.training fails on its dataset checks ('Operation on closed image' "
+                                       "in training/dataset/checks.py); remove this marker once it is fixed")
+def test_a_real_training_through_the_api(make_client, settings, imgs):
+    """The real train() on the tiny model: a kohya LoRA comes back as a download."""
+    import base64
+
+    from lorastudio.core.safetensors_header import read_header
+
+    folder = settings.projects_dir / "datasets" / "real"
+    folder.mkdir(parents=True)
+    for i, color in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+        (folder / f"{i}.png").write_bytes(base64.b64decode(imgs.png((64, 64), color=color)))
+        (folder / f"{i}.txt").write_text("a square")
+    c = make_client()
+    rid = c.post("/v1/trainings", json={"images": "datasets/real", "trigger": "zzsq", "base": "tiny", "steps": 2,
+                                        "resolution": 64, "rank": 2}).json()["request_id"]
+    done = _wait(lambda: (s := _status(c, rid)) and s["status"] in ("COMPLETED", "FAILED") and s, timeout=120,
+                 what="the end of the training")
+    assert done["status"] == "COMPLETED", done.get("reason")
+    result = c.get(f"/v1/trainings/{rid}/result").json()
+    lora = c.get(result["lora"]["url"])
+    path = settings.projects_dir / "lora.safetensors"
+    path.write_bytes(lora.content)
+    assert any(k.startswith("lora_unet_") for k in read_header(path).tensors)

@@ -61,6 +61,9 @@ class Trainer:
 
     def setup(self) -> None:
         c, acc = self.config, self.acc
+        # LoRA's initial A matrices come from the global RNG; seed it so a run depends only on its
+        # config, not on what the process did before (loading a model draws random numbers too).
+        torch.manual_seed(c.seed)
         modules = self.family.trainable_modules(self.pipe, text_encoders=bool(c.train_text_encoder))
         targets = self.family.lora_targets()
         self.network: LoraNetwork = add_lora(modules, targets, rank=c.rank, alpha=c.alpha, dropout=c.dropout)
@@ -117,6 +120,8 @@ class Trainer:
         self.lr_scheduler.load_state_dict(st.lr_scheduler)
         restore_rng(st.rng)
         self.state.step, self.state.losses = st.step, list(st.losses)
+        for loss in st.losses:  # the smoothed loss continues where it was
+            self.state.smoothed = loss if self.state.smoothed is None else 0.9 * self.state.smoothed + 0.1 * loss
         self._log(f"resumed from {ckpt.name}")
 
     # --- one optimisation step -----------------------------------------------------------------

@@ -68,11 +68,10 @@ def project_name(project: str | None, trigger: str) -> str:
 def version_dir(projects_dir: Path, project: str, version: str | None, *, resume: bool) -> VersionDir:
     versions = Path(projects_dir) / project / "versions"
     if version is None:
-        existing = sorted((int(m.group(1)) for p in versions.glob("v*") if (m := re.fullmatch(r"v(\d+)", p.name))),
-                          default=None) if versions.is_dir() else []
-        existing = existing or []
+        existing = sorted(int(m.group(1)) for p in versions.glob("v*")
+                          if (m := re.fullmatch(r"v(\d+)", p.name))) if versions.is_dir() else []
         if resume and existing:
             version = f"v{existing[-1]}"
         else:
-            version = f"v{(existing[-1] + 1) if existing else 1}"
+            version = f"v{existing[-1] + 1 if existing else 1}"
     return VersionDir(versions / version)

@@ -80,7 +80,7 @@ async def _generate(state, plan: GenerationPlan, parameters: dict[str, Any]) -> 
         if plan.save_samples:
             from lorastudio.generation.outputs import save_image
 
-            for im, text, seed in zip(pics, texts, seeds):
+            for im, text, seed in zip(pics, texts, seeds, strict=True):
                 save_image(im, plan.samples_dir / day, seed, text)
         if plan.make_grid and len(pics) >= 2:
             grid = image_grid(pics)
@@ -92,7 +92,7 @@ async def _generate(state, plan: GenerationPlan, parameters: dict[str, Any]) -> 
                 pics.insert(0, grid)
                 texts.insert(0, texts[0])
         infotexts[:] = texts
-        return [encode_png(im, t) for im, t in zip(pics, texts)] if plan.send_images else []
+        return [encode_png(im, t) for im, t in zip(pics, texts, strict=True)] if plan.send_images else []
 
     encoded = await run_in_threadpool(finish)
     if plan.persist_options:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -16,6 +18,7 @@ log = logging.getLogger(__name__)
 
 def make_training_handler(settings: StudioSettings, *, train_fn: Callable | None = None):
     projects_root = Path(settings.projects_dir).resolve()
+    uploads_root = projects_root / ".lorastudio" / "uploads"
 
     def handle(job, ctx) -> dict[str, Any]:
         from lorastudio.services.jobs import JobCancelled
@@ -64,6 +67,13 @@ def make_training_handler(settings: StudioSettings, *, train_fn: Callable | None
             result = train(config, on_event, should_stop=ctx.cancelled, yield_point=ctx.yield_point)
         except TrainingStopped:
             raise JobCancelled(job.id) from None
+        finally:
+            # An uploaded dataset is copied into the version folder by train; the upload itself
+            # is kept only while a run may still need it: after a crash (no finally runs) or
+            # when another process took the job over.
+            upload = job.payload.get("upload_dir")
+            if upload and not ctx.lease_lost.is_set() and Path(upload).resolve().is_relative_to(uploads_root):
+                shutil.rmtree(upload, ignore_errors=True)
         return result_payload(result, projects_root)
 
     return handle
@@ -153,18 +163,26 @@ class WebhookNotifier:
         return sent
 
     def _post(self, job, url: str) -> None:
-        import httpx
+        import urllib.error
 
         from lorastudio.interfaces.api.security import check_webhook_url
 
         check_webhook_url(url, self.allowed_hosts)  # the allowlist may have shrunk since submission
         body = {"request_id": job.id, "status": job.status.value, "error": job.error,
                 "result": job.result if job.status.value == "COMPLETED" else None}
+        request = urllib.request.Request(url, data=json.dumps(body, default=str).encode(), method="POST",
+                                         headers={"content-type": "application/json"})
+        # No redirects (they would lead to a host nobody allowed) and no proxy from the environment.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
         try:
-            # No redirects: a redirect would lead the server to a host nobody allowed.
-            httpx.post(url, content=json.dumps(body, default=str), timeout=self.timeout_s, follow_redirects=False,
-                       headers={"content-type": "application/json"})
-        except httpx.HTTPError as exc:
+            with opener.open(request, timeout=self.timeout_s) as response:
+                response.read(1024)
+        except (urllib.error.URLError, OSError) as exc:
             self.store.append_log(job.id, "WARNING", f"webhook {url} failed: {exc}")
         else:
             self.store.append_log(job.id, "INFO", f"webhook {url} notified")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
