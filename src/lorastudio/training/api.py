@@ -67,17 +67,23 @@ def train(config: TrainingConfig | dict, on_event: EventSink | None = None, *,
     source, titems, report = prepare_items(config, config.resolution[0])
     emit(TrainingEvent("log", message=report.render()))
 
-    # 4. the version folder
+    # 4. the version folder (decided by the main process; the others follow it)
     project = project_name(config.project, config.trigger)
-    vdir = version_dir(config.projects_dir, project, config.version, resume=config.resume)
-    if vdir.root.exists() and not config.resume and any(vdir.root.iterdir()):
-        raise InvalidParameter("version", vdir.root.name, f"{vdir.root} exists; pass --resume or another --version")
-    vdir.make()
+    if acc.is_main_process:
+        vdir = version_dir(config.projects_dir, project, config.version, resume=config.resume)
+        if vdir.root.exists() and not config.resume and any(vdir.root.iterdir()):
+            raise InvalidParameter("version", vdir.root.name, f"{vdir.root} exists; pass --resume or another --version")
+        vdir.make()
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        vdir = version_dir(config.projects_dir, project, config.version, resume=True)
     config = config.model_copy(update={"project": project, "version": vdir.root.name})
-    items = _copy_dataset(titems, vdir)
+    items = _copy_dataset(titems, vdir, write=acc.is_main_process)
+    acc.wait_for_everyone()
     source.close()
     name = config.output_name or project
-    atomic_write_text(vdir.config, config.model_dump_json(indent=2))
+    if acc.is_main_process:
+        atomic_write_text(vdir.config, config.model_dump_json(indent=2))
 
     # 5. train
     from lorastudio.training.loop import Trainer
@@ -146,7 +152,7 @@ def _resolve(config: TrainingConfig, defaults: dict) -> TrainingConfig:
     return resolved
 
 
-def _copy_dataset(titems, vdir: VersionDir) -> list[Item]:
+def _copy_dataset(titems, vdir: VersionDir, *, write: bool = True) -> list[Item]:
     """Keep the pictures actually trained on beside the LoRA, so a version can be re-run or resumed."""
     out: list[Item] = []
     seen: dict[Path, Path] = {}
@@ -154,14 +160,15 @@ def _copy_dataset(titems, vdir: VersionDir) -> list[Item]:
         src = Path(ti.image_path)
         dst = seen.get(src)
         if dst is None:
+            # Names are made unique from the source order alone, so every process derives the same.
             dst = vdir.dataset / src.name
             n = 1
-            while dst.exists() and dst.stat().st_size != src.stat().st_size:
+            while dst in seen.values():
                 dst = vdir.dataset / f"{src.stem}-{n}{src.suffix}"
                 n += 1
-            if not dst.exists():
+            if write:
                 shutil.copy2(src, dst)
-            atomic_write_text(dst.with_suffix(".txt"), ti.caption)
+                atomic_write_text(dst.with_suffix(".txt"), ti.caption)
             seen[src] = dst
         out.append(Item(dst, ti.caption, ti.bucket.width, ti.bucket.height, ti.repeats))
     return out

@@ -189,7 +189,7 @@ def train(
         if skip_bad_images:
             data["skip_bad_images"] = True
         config = training_config(data)
-        if config.num_processes > 1 and "ACCELERATE_MIXED_PRECISION" not in os.environ and "LOCAL_RANK" not in os.environ:
+        if config.num_processes > 1 and "LOCAL_RANK" not in os.environ:
             _relaunch_with_accelerate(config)
             return
         from lorastudio.interfaces.cli.progress import TrainingProgress
@@ -205,15 +205,15 @@ def train(
 
 
 def _relaunch_with_accelerate(config) -> None:
-    """`--num-processes N`: run the same command under `accelerate launch` (no home-made DDP)."""
+    """`--num-processes N`: one process per device under torch's launcher; accelerate reads its
+    environment (NCCL on GPUs, gloo on CPUs), so there is no home-made distribution code."""
     import subprocess
     import tempfile
 
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         fh.write(config.model_dump_json())
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(config.num_processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "lorastudio.training.launch", fh.name]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           str(config.num_processes), "-m", "lorastudio.training.launch", fh.name]
     raise typer.Exit(subprocess.call(cmd))
 
 

@@ -92,23 +92,29 @@ def assign_bucket(size: tuple[int, int], resolution: int, *, step: int = 64, min
 
 
 def _own_bucket(iw: int, ih: int, resolution: int, step: int, min_aspect: float, max_aspect: float) -> Bucket:
-    s = min(1.0, math.sqrt(resolution * resolution / (iw * ih)))
-    w0, h0 = iw * s, ih * s
-    if w0 / h0 > max_aspect:
-        w0 = h0 * max_aspect
-    elif w0 / h0 < min_aspect:
-        h0 = w0 / min_aspect
-    w = int(w0 // step) * step
-    h = int(h0 // step) * step
-    if w < step or h < step:
-        raise DatasetError(f"an image of {iw}x{ih} is smaller than one bucket step ({step} px) "
-                           "after cropping to the allowed aspect range")
-    # Rounding each side down separately can push a clamped ratio just past the limit.
-    if w / h > max_aspect:
-        w = int(h * max_aspect // step) * step
-    elif w / h < min_aspect:
-        h = int(w / min_aspect // step) * step
-    return Bucket(w, h, resolution)
+    # Crop to the allowed aspect range first, then shrink to the area limit: the other order
+    # can shrink a long thin picture below one step before the crop would have saved it.
+    cw, ch = float(iw), float(ih)
+    if cw / ch > max_aspect:
+        cw = ch * max_aspect
+    elif cw / ch < min_aspect:
+        ch = cw / min_aspect
+    s = min(1.0, math.sqrt(resolution * resolution / (cw * ch)))
+    w = int(cw * s // step) * step
+    h = int(ch * s // step) * step
+    if w >= step and h >= step:
+        # Rounding each side down separately can push a clamped ratio just past the limit.
+        if w / h > max_aspect:
+            w = int(h * max_aspect // step) * step
+        elif w / h < min_aspect:
+            h = int(w / min_aspect // step) * step
+        return Bucket(w, h, resolution)
+    # Still below one step on a side: the standard bucket closest in shape that fits inside.
+    fitting = [b for b in make_buckets(resolution, step, min_aspect, max_aspect) if b.width <= iw and b.height <= ih]
+    if not fitting:
+        raise DatasetError(f"an image of {iw}x{ih} is too small for any {step}-px bucket without upscaling")
+    aspect = iw / ih
+    return min(fitting, key=lambda b: (_log_distance(b.aspect, aspect), -b.width * b.height, -b.width))
 
 
 def cover_scale(size: tuple[int, int], bucket: Bucket) -> float:

@@ -49,11 +49,20 @@ def decode_caption_bytes(data: bytes, name: object = "caption") -> str:
             text = data.decode(enc)
         except UnicodeDecodeError:
             continue
+        if enc == "cp932" and _implausible(text):
+            continue
         if "\x00" in text:
             raise DatasetError(f"{name}: contains NUL bytes (UTF-16 without a byte-order mark?); "
                                "save it as UTF-8")
         return text
     raise DatasetError(f"{name}: is neither UTF-8 nor Shift-JIS (CP932) text; save it as UTF-8")
+
+
+def _implausible(text: str) -> bool:
+    # Python's CP932 maps stray bytes 0x80, 0xA0, 0xFD-0xFF to control and private-use
+    # characters, so binary junk "decodes"; real Shift-JIS captions contain neither.
+    return any((ord(c) < 32 and c not in "\t\n\r") or 0x7F <= ord(c) <= 0x9F or 0xE000 <= ord(c) <= 0xF8FF
+               for c in text)
 
 
 def read_caption_file(path: str | Path, name: object | None = None) -> str:

@@ -21,8 +21,8 @@ from PIL import Image, ImageCms
 from lorastudio.core.errors import DatasetError
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
-# MPO is how Pillow names camera JPEGs that carry a second (preview) picture.
-_PIL_FORMATS = ["PNG", "JPEG", "MPO", "WEBP", "BMP"]
+# Camera JPEGs with a second (preview) picture come back from the JPEG opener as format "MPO".
+_PIL_FORMATS = ["PNG", "JPEG", "WEBP", "BMP"]
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_MIN_SIZE = 64
 
@@ -123,6 +123,8 @@ def _looks_like_bmp(head: bytes) -> bool:
 def _open(path: Path) -> Image.Image:
     # Pillow's own bomb guard warns from 89 MP; our limit (checked by the caller) is the one that
     # counts, so its warning is silenced here. Its hard error (>179 MP) is turned into ours.
+    # `formats=` only finds plugins already registered; init() registers them all once.
+    Image.init()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         return Image.open(path, formats=_PIL_FORMATS)
@@ -192,6 +194,8 @@ def load_training_image(
             notes.append(f"has {im.n_frames} frames; only the first is used")
         colour, alpha = _split_alpha(im)
         colour, colour_path = _to_srgb(colour, im.info.get("icc_profile"), notes)
+        if colour is im:
+            colour = im.copy()  # the file is closed below; keep the pixels
     finally:
         im.close()
     if alpha is not None and alpha.getextrema() == (255, 255):
