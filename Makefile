@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --timeout 600
 
 demo: $(STAMP)
-	$(VENV)/bin/lorastudio demo
+	$(VENV)/bin/lorastudio demo --workspace demo
 
 bench: $(STAMP)
 	$(PY) bench/generate.py

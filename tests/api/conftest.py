@@ -50,18 +50,6 @@ def engine(models_root, tmp_path_factory):
                                            device="cpu", include_bundled=False))
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """On a shared 2-core runner, torch's thread pool fighting other processes makes a tiny
-    generation 20x slower; one thread keeps the suite's time predictable."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def settings(models_root, tmp_path):
     from lorastudio.core.settings import StudioSettings

@@ -40,7 +40,7 @@ def _within_bounds(b: Bucket, resolution: int, step: int, lo: float, hi: float) 
     assert lo - 1e-9 <= b.width / b.height <= hi + 1e-9
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(bucket_args())
 def test_every_standard_bucket_is_within_bounds(args):
     resolution, step, lo, hi = args
@@ -55,7 +55,7 @@ def test_every_standard_bucket_is_within_bounds(args):
             assert (h, w) in sizes
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(bucket_args(), st.integers(8, 6000), st.integers(8, 6000), st.booleans())
 def test_assignment_within_bounds_and_never_upscales_unless_allowed(args, iw, ih, allow):
     resolution, step, lo, hi = args

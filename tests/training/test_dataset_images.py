@@ -136,6 +136,20 @@ def test_rgb_colour_key_trns(tmp_path):
     assert out.mask.getpixel((0, 0)) == 255 and out.mask.getpixel((5, 5)) == 0
 
 
+def test_grey_colour_key_trns_8_and_16_bit(tmp_path):
+    im = Image.new("L", (64, 64), 100)
+    im.putpixel((0, 0), 7)
+    im.save(tmp_path / "l.png", transparency=100)
+    arr = np.full((64, 64), 1000, dtype=np.uint16)
+    arr[0, 0] = 65535
+    Image.fromarray(arr).save(tmp_path / "l16.png", transparency=1000)
+    for name, kept in (("l.png", (7, 7, 7)), ("l16.png", (255, 255, 255))):
+        out = load_training_image(tmp_path / name, background=(0, 255, 0))
+        assert out.rgb.getpixel((5, 5)) == (0, 255, 0), name
+        assert out.rgb.getpixel((0, 0)) == kept, name
+        assert out.mask.getpixel((0, 0)) == 255 and out.mask.getpixel((5, 5)) == 0
+
+
 def test_greyscale_becomes_rgb(tmp_path):
     p = tmp_path / "g.png"
     Image.new("L", (64, 70), 77).save(p)
@@ -148,6 +162,7 @@ def test_sixteen_bit_greyscale_is_scaled_with_rounding(tmp_path):
     arr[0, 0] = 0
     arr[0, 1] = 32896  # 128.0 after scaling
     arr[0, 2] = 257  # exactly 1
+    arr[0, 3] = 200  # 0.78 rounds to 1 (truncating to the high byte would give 0)
     p = tmp_path / "g16.png"
     Image.fromarray(arr).save(p)
     assert Image.open(p).mode.startswith("I")  # the case under test: Pillow keeps 16 bits
@@ -155,7 +170,26 @@ def test_sixteen_bit_greyscale_is_scaled_with_rounding(tmp_path):
     assert out.rgb.getpixel((0, 0)) == (0, 0, 0)
     assert out.rgb.getpixel((1, 0)) == (128, 128, 128)
     assert out.rgb.getpixel((2, 0)) == (1, 1, 1)
+    assert out.rgb.getpixel((3, 0)) == (1, 1, 1)
     assert out.rgb.getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_sixteen_bit_rgba_png(tmp_path):
+    # Pillow cannot write 16-bit colour PNGs, so the file is assembled by hand.
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    px = np.zeros((64, 64, 4), ">u2")
+    px[..., 0] = 65535
+    px[..., 3] = 32896  # half transparent
+    px[0, 0] = (0, 0, 65535, 65535)
+    raw = b"".join(b"\0" + px[y].tobytes() for y in range(64))
+    p = tmp_path / "rgba16.png"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 64, 16, 6, 0, 0, 0))
+                  + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    out = load_training_image(p, background=(0, 0, 0))
+    assert out.rgb.getpixel((0, 0)) == (0, 0, 255)
+    assert out.mask.getpixel((5, 5)) == 128 and out.rgb.getpixel((5, 5)) == (128, 0, 0)
 
 
 def test_cmyk_jpeg_converted_the_same_way_every_time(tmp_path):

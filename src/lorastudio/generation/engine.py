@@ -17,6 +17,7 @@ from lorastudio.core.settings import StudioSettings
 from lorastudio.generation.outputs import dated_folder
 from lorastudio.generation.txt2img import GenerationResult, ProgressFn, run_txt2img
 from lorastudio.lora.activation import LoraState, activate, tags_to_active
+from lorastudio.lora.embeddings import EmbeddingState, apply_embeddings, ti_hashes_field
 from lorastudio.models.catalog import Catalog, ModelEntry
 from lorastudio.models.families.base import LoadOptions
 from lorastudio.models.loaded import LoadedModel
@@ -44,6 +45,7 @@ class GenerationEngine:
         self._model: LoadedModel | None = None
         self._entry: ModelEntry | None = None
         self._lora = LoraState()
+        self._ti = EmbeddingState()
         self._lock = threading.RLock()
         self.interrupt_flag = threading.Event()
 
@@ -73,6 +75,7 @@ class GenerationEngine:
                 sha = self.catalog.sha256(entry.path) if entry.kind == "file" else None
                 self._model = None  # free the old one before loading the next
                 self._lora = LoraState()
+                self._ti = EmbeddingState()
                 opts = self.options()
                 model = load_model(entry.path, opts, name=entry.name, sha256=sha)
                 if opts.dtype == "float32" or model.family.gpu_dtype == opts.dtype:
@@ -86,16 +89,18 @@ class GenerationEngine:
 
     def _set_vae(self, vae: str | None) -> None:
         model = self._model
-        want = None if vae in (None, "", "Automatic", "None") else vae
-        if want == model.vae_name:
+        if vae in (None, "", "Automatic", "None"):
+            if model.own_vae is not None:
+                # Back to the checkpoint's own VAE, kept aside when it was replaced: same module, same pixels.
+                model.pipe.vae, model.own_vae = model.own_vae, None
+                model.vae_name = model.vae_sha256 = None
             return
-        if want is None:
-            # Back to the checkpoint's own VAE: reload (cheap next to correctness).
-            entry, self._model, self._entry = self._entry, None, None
-            self.load(str(entry.path))
+        ventry = self.catalog.find_vae(vae)
+        if ventry.name == model.vae_name:
             return
-        ventry = self.catalog.find_vae(want)
+        own = model.own_vae or model.pipe.vae
         model.family.replace_vae(model.pipe, ventry.path, self.options(model.family.gpu_dtype))
+        model.own_vae = own
         model.vae_name = ventry.name
         model.vae_sha256 = self.catalog.sha256(ventry.path)
 
@@ -109,14 +114,23 @@ class GenerationEngine:
             folder = dated_folder(outdir or self.settings.outdir, "txt2img") if save else None
             short = self.catalog.short_hash(self._entry) if self._entry else None
             return run_txt2img(model, params, activate_loras=self._activate_loras, model_hash=short,
-                               save_to=folder, on_progress=on_progress, should_stop=self.interrupt_flag.is_set)
+                               save_to=folder, on_progress=on_progress, should_stop=self.interrupt_flag.is_set,
+                               prepare_prompts=self._apply_embeddings)
 
     def _activate_loras(self, tags):
         model = self._model
         active = tags_to_active(tags, self.catalog.find_lora,
                                 lambda p: lora_hash_for_infotext(p, self.catalog.hashes))
-        activate(model.pipe, model.family, active, self._lora, fuse=self.settings.lora_mode == "fused")
+        activate(model.pipe, model.family, active, self._lora, fuse=self.settings.lora_mode == "fused",
+                 allow_pickle=self.settings.allow_pickle)
         return active
+
+    def _apply_embeddings(self, prompt: str, negative: str):
+        model = self._model
+        (prompt, negative), used = apply_embeddings(
+            model.pipe, model.family, [prompt, negative], self.catalog.embeddings(), self._ti,
+            hash_of=self.catalog.sha256, allow_pickle=self.settings.allow_pickle)
+        return prompt, negative, {"TI hashes": ti_hashes_field(used)}
 
     def interrupt(self) -> None:
         self.interrupt_flag.set()

@@ -64,14 +64,14 @@ def build_infotext(model: LoadedModel, params: GenerationParams, seed: int, choi
         "Model hash": model_hash,
         "Model": Path(model.name).stem,
         "VAE hash": model.vae_sha256[:10] if model.vae_sha256 else None,
-        "VAE": model.vae_name,
+        "VAE": Path(model.vae_name).stem if model.vae_name else None,  # A1111 writes the file's stem
     }
     fields.update(model.family.infotext_fields(params))
-    fields.update(extra or {})
     if loras:
         # As A1111: names lose ":" and "," so the list can be read back.
         fields["Lora hashes"] = ", ".join(
             f"{lo.name.replace(':', '').replace(',', '')}: {lo.short_hash}" for lo in loras)
+    fields.update(extra or {})  # after Lora hashes, where A1111 puts `TI hashes`
     fields["Version"] = f"lorastudio {__version__}"
     return format_infotext(params.prompt, params.negative_prompt, fields)
 
@@ -82,7 +82,8 @@ def _num(x: float):
 
 def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras: Callable[[list], list[ActiveLora]],
                 model_hash: str | None, save_to: Path | None, on_progress: ProgressFn | None = None,
-                should_stop: Callable[[], bool] | None = None, pipeline_override=None) -> GenerationResult:
+                should_stop: Callable[[], bool] | None = None, pipeline_override=None,
+                prepare_prompts: Callable[[str, str], tuple[str, str, dict]] | None = None) -> GenerationResult:
     family, pipe = model.family, pipeline_override or model.pipe
     # 1. check inputs
     choice = resolve_sampler(params.sampler, params.scheduler)
@@ -92,9 +93,12 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
     # 2. LoRAs from the prompt
     loras = activate_loras(tags)
     pipe.scheduler = family.make_scheduler(model.pipe, choice)
-    # 3. prompts
+    # 3. prompts (textual-inversion embeddings named in them become their tokens first)
+    negative, extra = params.negative_prompt, {}
+    if prepare_prompts is not None:
+        prompt_text, negative, extra = prepare_prompts(prompt_text, negative)
     with torch.no_grad():
-        cond = family.encode_prompts(pipe, prompt_text, params.negative_prompt, clip_skip=params.clip_skip,
+        cond = family.encode_prompts(pipe, prompt_text, negative, clip_skip=params.clip_skip,
                                      cfg_scale=params.cfg_scale, guidance=params.guidance)
     seed = resolve_seed(params.seed)
     seeds = all_seeds(seed, params.batch_size * params.batch_count)
@@ -110,7 +114,7 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
         images = _denoise(pipe, cond.kwargs, params, latents, gens, b, on_progress, should_stop)
         # 6. outputs
         for img, s in zip(images, batch_seeds):
-            info = build_infotext(model, params, s, choice, loras, model_hash)
+            info = build_infotext(model, params, s, choice, loras, model_hash, extra)
             gi = GeneratedImage(img, s, info)
             if save_to is not None:
                 from lorastudio.generation.outputs import save_image

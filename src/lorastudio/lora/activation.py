@@ -4,6 +4,12 @@ Adapters are loaded once per file (keyed by content hash) and then only re-weigh
 prompt change does not reload anything. In "fused" mode the active set is merged into the
 base weights (as A1111 does) so sampling runs at the speed of the bare model; it is unmerged
 before the set or the weights change.
+
+Formats are read by diffusers' `load_lora_weights` (kohya `lora_unet_`/`lora_te*_`, diffusers /
+PEFT, FLUX kohya BFL-named, `transformer.`-prefixed diffusers and ai-toolkit files). Before that,
+every key must look like a LoRA weight, and the file must be made for the loaded model's family;
+after it, any key diffusers could not place on a module is an error naming that key, never a
+LoRA that silently does less than it should.
 """
 
 from __future__ import annotations
@@ -56,56 +62,143 @@ def _captured_warnings():
             lg.removeHandler(handler)
 
 
-_LEFTOVER = re.compile(r"(unexpected keys|were not used|could not be (found|mapped))", re.I)
+_LEFTOVER = re.compile(r"(unexpected keys|were not used|could not be (found|mapped)|Unsupported keys)", re.I)
+# What diffusers lists after these phrases: the keys it could not place.
+_LISTED = re.compile(r"(?:found in the model|detected|Unsupported keys[^:]*):\s*(.+)$", re.S)
+
+# Key grammar of the LoRA formats diffusers reads. kohya: lora_unet_* / lora_te[12]_* /
+# lora_transformer_* with lora_down / lora_up / alpha; diffusers, PEFT, ai-toolkit, ComfyUI:
+# dotted module paths with lora_A / lora_B (optionally an adapter name), or the older lora.down /
+# lora.up and attention-processor `*_lora.down` names.
+_KOHYA_KEY = re.compile(r"^lora_(?:unet|te\d?|transformer)_\w+\.(?:lora_down\.weight|lora_up\.weight|alpha|"
+                        r"lora_mid\.weight|dora_scale)$")
+_DOTTED_KEY = re.compile(r"^[\w.]+?\.(?:lora_[AB](?:\.\w+)?\.(?:weight|bias)|(?:\w+_)?lora\.(?:down|up)\.weight|"
+                         r"lora_magnitude_vector(?:\.\w+)?|alpha)$")
+_LYCORIS = {"hada_": "LoHa", "lokr_": "LoKr", "oft_": "OFT", "ia3": "IA3", ".w_norm": "norm", ".diff": "full-diff"}
 
 
 def adapter_name(lora: ActiveLora) -> str:
     return "l_" + re.sub(r"\W", "_", lora.name)[:40] + "_" + lora.short_hash
 
 
-def load_adapter(pipe, family, lora: ActiveLora, state: LoraState) -> str:
+def read_lora(path: Path, *, allow_pickle: bool = False) -> dict:
+    from lorastudio.core.errors import ModelFileError
+    from lorastudio.models.loader import read_tensors
+
+    try:
+        sd, _ = read_tensors(path, allow_pickle=allow_pickle)
+    except ModelFileError as exc:
+        # PickleRefused keeps its own class (callers and the CLI tell it apart); the rest are LoRA problems.
+        if type(exc) is ModelFileError:
+            raise LoraError(str(exc)) from None
+        raise
+    return sd
+
+
+def check_keys(lora: ActiveLora, keys) -> None:
+    """Every key must be a LoRA weight of a known format; the first that is not is named."""
+    for key in keys:
+        if _KOHYA_KEY.match(key) or _DOTTED_KEY.match(key):
+            continue
+        kind = next((v for k, v in _LYCORIS.items() if k in key), None)
+        why = (f"is a LyCORIS {kind} weight; only LoRA (lora_down/lora_up, lora_A/lora_B) files are supported"
+               if kind else "is not a LoRA weight of a known format (kohya lora_unet_*/lora_te*_*.lora_down/"
+                            "lora_up/alpha, or diffusers/PEFT <module>.lora_A/lora_B.weight)")
+        raise LoraError(f"{lora.path}: key {key!r} of LoRA {lora.name!r} {why}")
+
+
+def lora_family(shapes):
+    """The family a LoRA was made for: the first in probing order (most specific first) that claims it."""
+    from lorastudio.models.families.registry import families
+
+    return next((f for f in families() if f.claims_lora(shapes)), None)
+
+
+def load_adapter(pipe, family, lora: ActiveLora, state: LoraState, *, allow_pickle: bool = False) -> str:
     """Load a LoRA file as a peft adapter; every key must land on a module, or LoraError."""
-    from safetensors.torch import load_file
-
-    from lorastudio.core.safetensors_header import read_header
-
     name = adapter_name(lora)
     if name in state.loaded:
         return name
-    header = read_header(lora.path)
-    shapes = {k: tuple(t.shape) for k, t in header.tensors.items()}
-    if not family.claims_lora(shapes):
-        raise LoraError(f"{lora.path}: LoRA {lora.name!r} was not made for {family.title} models")
-    sd = load_file(str(lora.path))
+    sd = read_lora(lora.path, allow_pickle=allow_pickle)
+    if not sd:
+        raise LoraError(f"{lora.path}: LoRA {lora.name!r} holds no tensors")
+    check_keys(lora, sd)
+    owner = lora_family({k: tuple(v.shape) for k, v in sd.items()})
+    if owner is None:
+        raise LoraError(f"{lora.path}: LoRA {lora.name!r} fits none of SD 1.x, SDXL, FLUX.1 "
+                        f"(keys such as {sorted(sd)[:2]})")
+    if owner.name != family.name:
+        raise LoraError(f"{lora.path}: LoRA {lora.name!r} was made for {owner.title} models; the loaded model "
+                        f"is {family.title}")
+    keys = list(sd)
     with _captured_warnings() as warnings:
         try:
             pipe.load_lora_weights(sd, adapter_name=name)
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise LoraError(f"{lora.path}: cannot apply LoRA {lora.name!r} to this {family.title} model: {exc}") from None
+        except (ValueError, KeyError, RuntimeError, IndexError, AttributeError) as exc:
+            _delete_adapter(pipe, name)
+            listed = _listed_keys(str(exc))
+            if listed:
+                raise LoraError(_unmapped(lora, family, listed, keys)) from None
+            raise LoraError(f"{lora.path}: cannot apply LoRA {lora.name!r} to this {family.title} model: "
+                            f"{str(exc)[:600]}") from None
     bad = [w for w in warnings if _LEFTOVER.search(w)]
-    if not bad and _injected_layers(pipe, name) == 0:
-        bad = ["no module of the model matched any key of the file"]
     if bad:
         _delete_adapter(pipe, name)
+        listed = _listed_keys(bad[0])
+        if listed:
+            raise LoraError(_unmapped(lora, family, listed, keys))
         raise LoraError(f"{lora.path}: keys of LoRA {lora.name!r} could not be mapped onto the model: {bad[0][:600]}")
+    if _injected_layers(pipe, name) == 0:
+        _delete_adapter(pipe, name)
+        raise LoraError(f"{lora.path}: no module of this {family.title} model matched any key of LoRA {lora.name!r}")
     state.loaded[name] = lora.short_hash
     return name
 
 
-def activate(pipe, family, loras: list[ActiveLora], state: LoraState, *, fuse: bool) -> None:
+def _listed_keys(message: str) -> list[str]:
+    m = _LISTED.search(message)
+    if not m:
+        return []
+    text = m.group(1).strip().rstrip(".")
+    text = re.sub(r"^dict_keys\(\[|\]\)$", "", text)
+    return [k.strip().strip("'\"") for k in text.split(",") if k.strip()]
+
+
+def _norm(module: str) -> str:
+    return re.sub(r"[._]", "", module)
+
+
+def _module_of(key: str) -> str:
+    key = re.sub(r"\.(lora_[AB](\.\w+)?\.(weight|bias)|(\w+_)?lora\.(down|up)\.weight|lora_(down|up|mid)\.weight|alpha|"
+                 r"dora_scale|lora_magnitude_vector)$", "", key)
+    return re.sub(r"^(lora_(unet|te\d?|transformer)_|(unet|text_encoder(_2)?|transformer|diffusion_model|"
+                  r"base_model\.model)\.)", "", key)
+
+
+def _unmapped(lora: ActiveLora, family, listed: list[str], file_keys: list[str]) -> str:
+    """Name the file's own key for what diffusers reports under its converted name, when it can be told."""
+    want = _norm(_module_of(listed[0]))
+    original = next((k for k in file_keys if _norm(_module_of(k)) == want), None)
+    if original is not None:
+        return f"{lora.path}: key {original!r} of LoRA {lora.name!r} names no module of this {family.title} model"
+    return (f"{lora.path}: key {listed[0]!r} (as diffusers reads LoRA {lora.name!r}) names no module of this "
+            f"{family.title} model")
+
+
+def activate(pipe, family, loras: list[ActiveLora], state: LoraState, *, fuse: bool, allow_pickle: bool = False) -> None:
     """Make exactly `loras` active, with their weights."""
     wanted = tuple((adapter_name(lo), lo.te_weight, lo.unet_weight) for lo in loras)
-    if wanted == state.active:
+    if (wanted, fuse) == state.active:
         return
     if state.fused:
         pipe.unfuse_lora()
-        state.fused = ()
+        state.fused, state.active = (), ()  # nothing is active until the new set is complete
     for lo in loras:
-        load_adapter(pipe, family, lo, state)
+        load_adapter(pipe, family, lo, state, allow_pickle=allow_pickle)
     if not loras:
         if state.loaded:
             pipe.disable_lora()
-        state.active = ()
+        state.active = ((), fuse)
         return
     pipe.enable_lora()
     names = [w[0] for w in wanted]
@@ -114,7 +207,7 @@ def activate(pipe, family, loras: list[ActiveLora], state: LoraState, *, fuse: b
     if fuse:
         pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
         state.fused = wanted
-    state.active = wanted
+    state.active = (wanted, fuse)
 
 
 def _component_weights(pipe, te: float, unet: float):
@@ -144,8 +237,14 @@ def _delete_adapter(pipe, name: str) -> None:
 
 
 def tags_to_active(tags: list[LoraTag], find, hash_of) -> list[ActiveLora]:
-    out = []
+    """One entry per LoRA file; the same name twice adds its weights (`<lora:a:.5><lora:a:.5>` = `<lora:a:1>`)."""
+    out: dict[Path, ActiveLora] = {}
     for t in tags:
         entry = find(t.name)
-        out.append(ActiveLora(t.name, entry.path, hash_of(entry.path), t.te_weight, t.unet_weight))
-    return out
+        prev = out.get(entry.path)
+        if prev is None:
+            out[entry.path] = ActiveLora(t.name, entry.path, hash_of(entry.path), t.te_weight, t.unet_weight)
+        else:
+            out[entry.path] = ActiveLora(prev.name, prev.path, prev.short_hash, prev.te_weight + t.te_weight,
+                                         prev.unet_weight + t.unet_weight)
+    return list(out.values())

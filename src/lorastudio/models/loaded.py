@@ -18,3 +18,4 @@ class LoadedModel:
     sha256: str | None
     vae_name: str | None = None
     vae_sha256: str | None = None
+    own_vae: Any = None  # the checkpoint's VAE while another one from models/VAE is in use

@@ -1,8 +1,9 @@
 """Opening a base model: probe the file, pick the family, hand over to it.
 
-Pickled checkpoints (.ckpt/.pt/.bin) can run code when unpickled, so they are refused unless
-the user opts in; even then only `torch.load(weights_only=True)` is used, and the tensors are
-re-saved as safetensors in the cache so the rest of the code sees one format.
+Pickled files (.ckpt/.pt/.bin) can run code when unpickled, so they are refused unless the user
+opts in; even then only `torch.load(weights_only=True)` is used. Checkpoints are re-saved as
+safetensors in the cache so the rest of the code sees one format; LoRA, VAE and embedding files
+go through `read_tensors` / `load_pickle_weights_only` under the same rule.
 """
 
 from __future__ import annotations
@@ -55,15 +56,21 @@ def load_model(path: Path, options: LoadOptions, *, name: str | None = None, sha
     import torch
 
     path = Path(path)
+    # Library errors (shape mismatches, missing configs, unreadable data) are reported against
+    # the user's file; our own errors already name it.
+    failures = (ValueError, KeyError, RuntimeError, OSError)
     if path.is_dir():
         family, _ = detect_folder_family(path)
-        pipe = family.load_folder(path, options)
+        try:
+            pipe = family.load_folder(path, options)
+        except failures as exc:
+            raise ModelFileError(path, f"could not load the diffusers folder as {family.title}: {exc}") from exc
     else:
         st_path, shapes, metadata = probe_checkpoint(path, options)
         family = detect_family(path, shapes.keys())
         try:
             pipe = family.load_checkpoint(st_path, shapes, metadata, options)
-        except (ValueError, KeyError, RuntimeError) as exc:
+        except failures as exc:
             raise ModelFileError(path, f"could not load as {family.title}: {exc}") from exc
     pipe.set_progress_bar_config(disable=True)
     pipe.to(options.device)
@@ -71,35 +78,77 @@ def load_model(path: Path, options: LoadOptions, *, name: str | None = None, sha
     return LoadedModel(family=family, pipe=pipe, path=path, name=name or path.name, sha256=sha256)
 
 
-def _pickle_to_safetensors(path: Path, options: LoadOptions) -> Path:
-    if not options.allow_pickle:
-        raise PickleRefused(
-            path,
-            "pickled checkpoints can run arbitrary code when loaded and are refused. Convert it to "
-            ".safetensors (e.g. `python -c \"import torch,safetensors.torch as s; sd=torch.load('in.ckpt', "
-            "weights_only=True); s.save_file(sd.get('state_dict', sd), 'out.safetensors')\"`) or pass "
-            "--allow-pickle to load it with torch.load(weights_only=True).",
-        )
+PICKLE_HELP = (
+    "pickles can run arbitrary code when loaded and are refused. Convert it to .safetensors (e.g. "
+    "`python -c \"import torch,safetensors.torch as s; sd=torch.load('in.ckpt', weights_only=True); "
+    "s.save_file(sd.get('state_dict', sd), 'out.safetensors')\"`) or pass --allow-pickle "
+    "(allow_pickle=True) to load it with torch.load(weights_only=True)."
+)
+
+
+def load_pickle_weights_only(path: Path, allow_pickle: bool):
+    """The object in a .ckpt/.pt file, through torch's restricted unpickler only.
+
+    weights_only=True admits tensors, containers, numbers and strings; any other global (a class
+    instance, a function to call) makes torch refuse the file, and there is no fallback to a full
+    unpickle, whatever the file holds.
+    """
+    path = Path(path)
+    if not allow_pickle:
+        raise PickleRefused(path, PICKLE_HELP)
     import pickle
 
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(path, f"not loadable with torch.load(weights_only=True), so refused (no unsafe "
+                                   f"fallback): {first}") from None
+
+
+def read_tensors(path: Path, *, allow_pickle: bool) -> tuple[dict, dict[str, str]]:
+    """(name -> tensor, metadata) of a LoRA / VAE file: .safetensors, or a weights-only pickle when allowed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(path, "file not found")
+    if path.suffix.lower() in PICKLE_EXTENSIONS:
+        import torch
+
+        obj = load_pickle_weights_only(path, allow_pickle)
+        state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+        if not isinstance(state, dict):
+            raise ModelFileError(path, "the pickle does not hold a dict of tensors")
+        return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, {}
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    header = read_header(path)  # names the file when it is truncated or not safetensors
+    try:
+        return load_file(str(path)), dict(header.metadata)
+    except (SafetensorError, OSError) as exc:
+        raise ModelFileError(path, f"cannot read tensors: {exc}") from None
+
+
+def _pickle_to_safetensors(path: Path, options: LoadOptions) -> Path:
     import torch
     from safetensors.torch import save_file
 
     from lorastudio.core.atomic import atomic_path
 
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        # No fallback to an unsafe load, whatever the file holds.
-        raise ModelFileError(path, f"not loadable with weights_only=True (refusing an unsafe load): {exc}") from None
+    obj = load_pickle_weights_only(path, options.allow_pickle)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict):
         raise ModelFileError(path, "the pickle does not hold a state dict")
     tensors = {k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ModelFileError(path, "the pickle holds no tensors")
     digest = hashlib.sha256(f"{path.resolve()}:{path.stat().st_mtime_ns}:{path.stat().st_size}".encode()).hexdigest()[:16]
     cache = (options.cache_dir or path.parent / ".lorastudio-cache") / "converted"
     out = cache / f"{path.stem}-{digest}.safetensors"
     if not out.exists():
         with atomic_path(out) as tmp:
-            save_file(tensors, str(tmp))
+            # clone: checkpoints share storage between entries (EMA copies, tied weights)
+            save_file({k: v.clone() for k, v in tensors.items()}, str(tmp))
     return out

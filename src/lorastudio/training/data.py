@@ -58,7 +58,9 @@ def step_caption(item: Item, seed: int, step: int, index_in_batch: int, *, dropo
 def image_tensor(item: Item, background) -> tuple[torch.Tensor, torch.Tensor | None]:
     from lorastudio.training.dataset.buckets import Bucket
 
-    prepared = load_training_image(item.image_path, background=tuple(background))
+    # The dataset check already accepted this file; size and bomb limits were applied there.
+    prepared = load_training_image(item.image_path, background=tuple(background), min_size=0, verify=False,
+                                   max_pixels=10**12)
     bucket = Bucket(item.width, item.height, max(item.width, item.height))
     rgb = fit_to_bucket(prepared.rgb, bucket)
     arr = np.asarray(rgb, dtype=np.float32) / 127.5 - 1.0

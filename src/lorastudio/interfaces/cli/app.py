@@ -244,6 +244,20 @@ def dataset_check(
         raise typer.Exit(1)
 
 
+@app.command()
+def demo(workspace: Path = typer.Option(Path("demo"), "--workspace", help="Where the demo writes everything"),
+         steps: int = typer.Option(600, "--steps", help="LoRA training steps")):
+    """Run the whole story on the bundled small model: generate, train a LoRA, compare."""
+    from lorastudio.interfaces.cli.progress import TrainingProgress
+    from lorastudio.services.demo import run_demo
+
+    try:
+        with TrainingProgress() as progress:
+            run_demo(workspace, steps=steps, say=typer.echo, on_training_event=progress)
+    except LorastudioError as exc:
+        _fail(exc)
+
+
 def _register_optional_commands() -> None:
     try:
         from lorastudio.interfaces.cli import serve_cmd

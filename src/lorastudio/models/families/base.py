@@ -100,6 +100,14 @@ class ModelFamily(ABC):
         """Family-specific entries for the PNG parameters text."""
         return {}
 
+    def textual_inversion_targets(self, pipe: "DiffusionPipeline") -> list[tuple[str | None, Any, Any]]:
+        """(key in an embedding file, tokenizer, text encoder) per encoder that takes A1111 embeddings.
+
+        key None means the single vector set of SD 1.x files (`string_to_param`, `emb_params`);
+        SDXL files hold one set per encoder (`clip_l`, `clip_g`). Empty: embeddings are not used.
+        """
+        return []
+
 
 class UnsupportedFamily(ModelFamily):
     """Marker base for recognised-but-unsupported formats (e.g. SD 2.x)."""

@@ -48,9 +48,11 @@ class FluxFamily(ModelFamily, TrainableFamily):
         return model_index.get("_class_name") in ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
 
     def claims_lora(self, shapes: Mapping[str, tuple[int, ...]]) -> bool:
-        markers = ("double_blocks", "single_blocks", "transformer.transformer_blocks",
-                   "transformer.single_transformer_blocks", "transformer_blocks", "single_transformer_blocks")
-        return any(m in k for k in shapes for m in markers)
+        # BFL block names (kohya, ComfyUI, fal) anywhere; diffusers names only at the start, since
+        # SD UNet LoRAs also contain `..._attentions_0_transformer_blocks_0_...`.
+        starts = ("transformer.", "lora_transformer_", "transformer_blocks.", "single_transformer_blocks.",
+                  "base_model.model.transformer_blocks.", "base_model.model.single_transformer_blocks.")
+        return any("double_blocks" in k or "single_blocks" in k or k.startswith(starts) for k in shapes)
 
     # --- loading -------------------------------------------------------------------------
     def load_checkpoint(self, path: Path, shapes, metadata, options: LoadOptions):
@@ -104,22 +106,25 @@ class FluxFamily(ModelFamily, TrainableFamily):
     def replace_vae(self, pipe, path: Path, options: LoadOptions) -> None:
         from safetensors.torch import load_file
 
-        from lorastudio.core.safetensors_header import read_header
         from lorastudio.models.formats.flux_checkpoint import infer_component_config
         from lorastudio.models.formats.flux_components import build_flux_modules
+        from lorastudio.models.loader import probe_checkpoint
 
-        header = read_header(path)
-        cfg = infer_component_config("vae", {k: t.shape for k, t in header.tensors.items()}, header.metadata,
-                                     source=path)
+        st_path, shapes, metadata = probe_checkpoint(path, options)
+        try:
+            cfg = infer_component_config("vae", shapes, metadata, source=path)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ModelFileError(path, f"not a FLUX.1 autoencoder: {exc}") from None
         if cfg.get("latent_channels") != pipe.vae.config.latent_channels:
             raise ModelFileError(path, f"VAE has {cfg.get('latent_channels')} latent channels; this FLUX.1 model "
                                        f"needs {pipe.vae.config.latent_channels}")
-        vae = build_flux_modules({"vae": load_file(str(path))}, {"vae": cfg}, source=path)["vae"]
+        vae = build_flux_modules({"vae": load_file(str(st_path))}, {"vae": cfg}, source=path)["vae"]
         pipe.vae = vae.to(pipe.device, pipe.vae.dtype)
 
     # --- generation ------------------------------------------------------------------------
     def supports_sampler(self, choice: SamplerChoice) -> bool:
-        return choice.sampler.scheduler_class == "FlowMatchEulerDiscreteScheduler"
+        # Forge calls FLUX's flow-matching Euler plain "Euler" (and writes it so in infotexts).
+        return choice.sampler.scheduler_class == "FlowMatchEulerDiscreteScheduler" or choice.sampler.name == "Euler"
 
     def make_scheduler(self, pipe, choice: SamplerChoice):
         from diffusers import FlowMatchEulerDiscreteScheduler
@@ -152,7 +157,8 @@ class FluxFamily(ModelFamily, TrainableFamily):
         return pipe._pack_latents(latents, b, c, h, w)
 
     def infotext_fields(self, params) -> dict[str, Any]:
-        return {"Distilled CFG Scale": params.guidance}
+        # As Forge writes FLUX images: "Sampler: Euler, Schedule type: Simple", which reads back as flow Euler.
+        return {"Schedule type": "Simple", "Distilled CFG Scale": params.guidance}
 
     # --- training --------------------------------------------------------------------------
     def training_defaults(self, pipe) -> dict[str, Any]:

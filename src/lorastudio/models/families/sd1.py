@@ -110,6 +110,9 @@ class SD1Family(ModelFamily, TrainableFamily):
     def infotext_fields(self, params) -> dict[str, Any]:
         return {"Clip skip": params.clip_skip if params.clip_skip > 1 else None}
 
+    def textual_inversion_targets(self, pipe):
+        return [(None, pipe.tokenizer, pipe.text_encoder)]
+
     # --- training --------------------------------------------------------------------------
     def training_defaults(self, pipe) -> dict[str, Any]:
         # kohya / A1111 train-tools values for a character LoRA on SD 1.5.

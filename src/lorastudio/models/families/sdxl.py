@@ -134,3 +134,6 @@ class SDXLFamily(ModelFamily):
 
     def infotext_fields(self, params) -> dict[str, Any]:
         return {"Clip skip": params.clip_skip if params.clip_skip > 1 else None}
+
+    def textual_inversion_targets(self, pipe):
+        return [("clip_l", pipe.tokenizer, pipe.text_encoder), ("clip_g", pipe.tokenizer_2, pipe.text_encoder_2)]

@@ -20,7 +20,6 @@ from lorastudio.training.dataset.buckets import Bucket, BucketPlan, assign_bucke
 from lorastudio.training.dataset.captions import default_caption, ensure_trigger, read_caption_file
 from lorastudio.training.dataset.config import DatasetConfig
 from lorastudio.training.dataset.images import (
-    SUPPORTED_FORMATS,
     ImageRejected,
     file_digest,
     load_training_image,
@@ -49,13 +48,17 @@ class _Collector:
 
 
 def check_dataset(source: DatasetSource | str | os.PathLike[str], config: DatasetConfig) -> DatasetReport:
-    """Check every file of a dataset; never raises for problems in the data, only reports them."""
+    """Check every file of a dataset; never raises for problems in the data, only reports them.
+
+    Given a path, the source is opened and closed here: for a zip, the report's items then
+    point into a folder that no longer exists, so open the source yourself to train from it.
+    """
     if not isinstance(source, DatasetSource):
         with open_source(source, max_unzipped_bytes=config.max_unzipped_bytes) as opened:
             return check_dataset(opened, config)
     out = _Collector(source)
     caption_exts = config.caption_extensions
-    images = [f for f in source.files if f.image_format in SUPPORTED_FORMATS]
+    images = source.images
     captions = [f for f in source.files if f.image_format is None and f.suffix in caption_exts]
     used = {f.rel for f in images} | {f.rel for f in captions}
     others = [f for f in source.files if f.rel not in used]
@@ -92,7 +95,8 @@ def check_dataset(source: DatasetSource | str | os.PathLike[str], config: Datase
     items: list[TrainingItem] = []
     plan_rows: list[tuple[str, Bucket, int]] = []
     transparent = 0
-    for f in images:
+    # Captioned pictures first, so that of two duplicates the one with a caption is kept.
+    for f in sorted(images, key=lambda im: (im.stem_key not in caption_files, im.rel)):
         prepared_size, has_alpha = _check_picture(out, f, config, seen_bytes, seen_pixels)
         caption = _caption_for(out, f, caption_files.get(f.stem_key, []), any_captioned, config)
         if has_alpha:
@@ -112,7 +116,12 @@ def check_dataset(source: DatasetSource | str | os.PathLike[str], config: Datase
             for cap in files:
                 out.add(cap.rel, "orphan_caption", "caption without a picture of the same name; not used",
                         "warning")
+    # A picture left out anyway gets only its errors: "no caption" or "flat colour" on a
+    # truncated file is noise.
+    bad_files = {source.display(r) for r in out.bad}
+    out.problems = [p for p in out.problems if p.severity == "error" or p.file not in bad_files]
     out.problems.sort(key=lambda p: (p.file, p.severity != "error", p.code))
+    items.sort(key=lambda i: (i.name, i.bucket.resolution))
     return report(items, plan_rows)
 
 
@@ -125,7 +134,7 @@ def build_dataset(source: DatasetSource, config: DatasetConfig, skip_bad: bool =
     """
     report = report if report is not None else check_dataset(source, config)
     if report.errors and (not skip_bad or report.blocking):
-        raise DatasetError(f"{report.origin}: {len(report.errors)} problem(s) in the dataset:\n"
+        raise DatasetError(f"{report.origin}: {len(report.errors)} error(s) in the dataset:\n"
                            + report.problems_text(errors_only=True))
     if not report.items:
         raise DatasetError(f"{report.origin}: no usable pictures left after skipping the bad ones:\n"

@@ -64,7 +64,7 @@ def draw_sticker_dataset(
                      r=rng.uniform(0.22, 0.3), tilt=rng.uniform(-12, 12))
         if name == "jumping":
             pose = _Pose(name, pose.cx, pose.cy - 0.06, pose.r, pose.tilt)
-        image = draw_sticker(pose, size, rng)
+        image = _draw_sticker(pose, size, rng)
         path = folder / f"sticker_{i:02d}.png"
         with atomic_path(path) as tmp:
             image.save(tmp, format="PNG", optimize=False)
@@ -74,7 +74,7 @@ def draw_sticker_dataset(
     return paths
 
 
-def draw_sticker(pose: _Pose, size: int, rng: random.Random) -> Image.Image:
+def _draw_sticker(pose: _Pose, size: int, rng: random.Random) -> Image.Image:
     s = size * _SUPERSAMPLE
     layer = Image.new("RGBA", (s, s), (0, 0, 0, 0))
     d = ImageDraw.Draw(layer)

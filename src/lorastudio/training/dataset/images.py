@@ -174,12 +174,14 @@ def load_training_image(
     *,
     min_size: int = DEFAULT_MIN_SIZE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    verify: bool = True,
 ) -> PreparedImage:
     """Decode a picture fully and bring it to sRGB RGB plus an optional alpha mask.
 
     Raises ImageRejected (a DatasetError) naming the file for: not a supported picture, above
     `max_pixels` (checked from the header, before any pixel is decoded), shortest side below
-    `min_size` (0 disables), corrupt or truncated data.
+    `min_size` (0 disables), corrupt or truncated data. `verify=False` skips the PNG CRC pass,
+    for files that a dataset check has already accepted.
     """
     path = Path(path)
     info = probe_image(path, max_pixels=max_pixels)
@@ -187,7 +189,7 @@ def load_training_image(
     if min_size and min(ow, oh) < min_size:
         raise ImageRejected(path, "too_small",
                             f"is {ow}x{oh}; the shortest side must be at least {min_size} px")
-    im = _decode(path, info)
+    im = _decode(path, info, verify)
     notes: list[str] = []
     try:
         if getattr(im, "n_frames", 1) > 1:
@@ -213,9 +215,9 @@ def load_training_image(
                          source_mode=info.mode, colour_path=colour_path, notes=tuple(notes))
 
 
-def _decode(path: Path, info: ImageInfo) -> Image.Image:
+def _decode(path: Path, info: ImageInfo, verify: bool) -> Image.Image:
     try:
-        if info.format == "PNG":
+        if verify and info.format == "PNG":
             # verify() checks every chunk CRC, which load() skips for ancillary chunks.
             with _open(path) as probe:
                 probe.verify()

@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from lorastudio.core.errors import DatasetError
 from lorastudio.training.dataset.config import DEFAULT_MAX_UNZIPPED_BYTES
-from lorastudio.training.dataset.images import sniff_format
+from lorastudio.training.dataset.images import SUPPORTED_FORMATS, sniff_format
 
 DEFAULT_MAX_RATIO = 250.0
 # Small entries may legitimately compress far (an empty caption, a flat BMP tile); the ratio
@@ -63,7 +63,8 @@ class DatasetSource:
 
     @property
     def images(self) -> list[SourceFile]:
-        return [f for f in self.files if f.image_format is not None]
+        """Pictures in a supported format (GIF, TIFF, ... are files the check reports)."""
+        return [f for f in self.files if f.image_format in SUPPORTED_FORMATS]
 
     def display(self, rel: str) -> str:
         """How a file is named in messages: inside the archive for zips, a full path otherwise."""
@@ -215,10 +216,12 @@ def _plan_entries(archive: Path, zf: zipfile.ZipFile, max_total: int, max_ratio:
         name = _entry_name(info)
         where = f"{archive}: entry {name!r}"
         safe = _safe_relative(name, where)
-        mode = (info.external_attr >> 16) & 0xFFFF
-        if stat.S_ISLNK(mode):
+        # Unix zips keep st_mode in the high 16 bits; many writers set only permission bits
+        # there (no file type), which means a plain file.
+        ftype = stat.S_IFMT((info.external_attr >> 16) & 0xFFFF)
+        if ftype == stat.S_IFLNK:
             raise DatasetError(f"{where} is a symbolic link; archives with links are refused")
-        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        if ftype and ftype not in (stat.S_IFREG, stat.S_IFDIR):
             raise DatasetError(f"{where} is a special file (device, pipe); refused")
         if info.flag_bits & 0x1:
             raise DatasetError(f"{where} is encrypted; extract it yourself and pass the folder")

@@ -79,19 +79,19 @@ class DatasetReport:
     def render(self) -> str:
         c = self.counts
         lines = [f"Dataset: {self.origin}"]
-        summary = (f"  {c.get('images', 0)} pictures, {c.get('captions', 0)} caption files, "
-                   f"{c.get('other', 0)} other files")
+        summary = (f"  {_n(c.get('images', 0), 'picture')}, {_n(c.get('captions', 0), 'caption file')}, "
+                   f"{_n(c.get('other', 0), 'other file')}")
         if c.get("ignored"):
             summary += f" ({c['ignored']} hidden/OS files ignored)"
         lines.append(summary)
         if c.get("transparent"):
-            lines.append(f"  {c['transparent']} pictures with transparency")
+            lines.append(f"  {_n(c['transparent'], 'picture')} with transparency")
         if self.settings_line:
             lines.append(f"  {self.settings_line}")
         lines.append("")
         if self.problems:
             by_sev = Counter(p.severity for p in self.problems)
-            lines.append(f"Problems: {by_sev.get('error', 0)} errors, {by_sev.get('warning', 0)} warnings")
+            lines.append(f"Problems: {_n(by_sev.get('error', 0), 'error')}, {_n(by_sev.get('warning', 0), 'warning')}")
             lines.extend("  " + ln for ln in self.problems_text().splitlines())
         else:
             lines.append("Problems: none")
@@ -100,17 +100,21 @@ class DatasetReport:
         lines.extend("  " + ln for ln in self.plan.render().splitlines())
         lines.append("")
         if self.ok:
-            lines.append(f"Result: OK, {len({i.image_path for i in self.items})} pictures, "
+            lines.append(f"Result: OK, {_n(len({i.image_path for i in self.items}), 'picture')}, "
                          f"{self.plan.total_samples} samples per epoch")
         elif self.blocking:
-            lines.append(f"Result: NOT READY, {len(self.errors)} errors; nothing can be trained until "
+            lines.append(f"Result: NOT READY, {_n(len(self.errors), 'error')}; nothing can be trained until "
                          "they are fixed")
         else:
             names = ", ".join(self.skipped_if_allowed[:10])
             more = f" and {len(self.skipped_if_allowed) - 10} more" if len(self.skipped_if_allowed) > 10 else ""
-            lines.append(f"Result: NOT READY, {len(self.errors)} errors. Fix them, or skip the bad pictures "
+            lines.append(f"Result: NOT READY, {_n(len(self.errors), 'error')}. Fix them, or skip the bad pictures "
                          f"(--skip-bad) to train without: {names}{more}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.render()
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")

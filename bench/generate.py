@@ -1,0 +1,244 @@
+#!/usr/bin/env python
+"""txt2img speed: lorastudio's engine against a plain diffusers call, and what a LoRA costs.
+
+One tiny random SD 1.x model (lorastudio.testing.tiny_sd.tiny_sd1_pipeline(0)) is written as an
+A1111 single file into a temporary models root and loaded through GenerationEngine, exactly as
+users load checkpoints. Everything below runs on the CPU in float32, one image per call, same
+prompt, negative prompt, seed, CFG, size and steps.
+
+    ours        GenerationEngine.txt2img(params, save=False)   (validation, A1111 prompt parsing and
+                encoding, scheduler built from the sampler name, CPU noise, infotext, PIL output)
+    diffusers   StableDiffusionPipeline(**the same components)(prompt, negative_prompt, ...,
+                generator=torch.Generator("cpu").manual_seed(seed)) with the scheduler set once
+    lora none / fused / unfused
+                ours without a LoRA, and with `<lora:benchlora:1>` on an engine built with
+                StudioSettings(lora_mode="fused") and one with lora_mode="unfused". The LoRA is made
+                with peft on the same UNet (rank --rank on to_q/to_k/to_v/to_out.0, random A and B)
+                and exported with kohya_lora_from_peft into models/Lora.
+
+Samplers: Euler and DPM++ 2M (schedule "Automatic"). Each round runs every configuration once, in
+an order shuffled per round (seeded), after one untimed warm-up call each (the warm-up also loads
+and, in fused mode, merges the LoRA). Ratios are taken within a round (paired, so a load change on
+the shared machine hits both sides) and the medians over rounds are reported:
+
+    ratio_vs_diffusers   ours / diffusers seconds per image; the worse of the two samplers
+                         (per sampler in ratio_by_sampler); target <= 1.05
+    lora_fused_ratio     fused LoRA / no LoRA seconds per image; target <= 1.05
+    lora_unfused_ratio   unfused LoRA / no LoRA seconds per image
+    pixel_identical      ours and diffusers give byte-identical RGB pixels for both samplers
+
+Sizes: the tiny VAE downsamples by 2 (two blocks), so --size 32 means 16x16 latents, the UNet's
+native sample_size; a UNet call is then ~50-150 ms on one core, so a 20-step CFG image is ~40 UNet
+calls and the fixed per-call cost of either side is small against it. The last line of output is
+one JSON object.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/generate.py [--size 32] [--steps 20] [--rounds 5] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+PROMPT = "a red circle on a white background, simple"
+NEGATIVE = "blurry, lowres"
+LORA_NAME = "benchlora"
+SAMPLERS = ("Euler", "DPM++ 2M")
+
+
+def make_models_root(root: Path, rank: int) -> Path:
+    """Write the tiny checkpoint and a LoRA for its UNet into an A1111 models folder."""
+    import torch
+    from peft import LoraConfig, get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from lorastudio.models.formats.kohya_lora_sd import kohya_lora_from_peft
+    from lorastudio.testing.tiny_sd import save_sd1_single_file, tiny_sd1_pipeline
+
+    (root / "Stable-diffusion").mkdir(parents=True)
+    (root / "Lora").mkdir()
+    pipe = tiny_sd1_pipeline(0)
+    ckpt = save_sd1_single_file(pipe, root / "Stable-diffusion" / "tiny-sd1.safetensors")
+
+    unet = pipe.unet
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "lora_B" in name:  # B starts at zero; give it weights so the LoRA changes the picture
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    sd = {k: v.detach().float().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+    kohya = kohya_lora_from_peft(sd, {}, alpha=float(rank), rank=rank, unet_naming="diffusers")
+    lora = root / "Lora" / f"{LORA_NAME}.safetensors"
+    save_file({k: v.contiguous() for k, v in kohya.items()}, str(lora))
+    # Files written seconds ago are re-hashed on every call (HashCache's racy window); real model
+    # files are old, so age these by an hour.
+    old = time.time() - 3600
+    for p in (ckpt, lora):
+        os.utime(p, (old, old))
+    return root
+
+
+def engine(models: Path, outdir: Path, lora_mode: str):
+    from lorastudio.core.settings import StudioSettings
+    from lorastudio.generation.engine import GenerationEngine
+
+    eng = GenerationEngine(StudioSettings(models_dir=models, outdir=outdir, device="cpu", dtype="float32",
+                                          include_bundled=False, lora_mode=lora_mode))
+    eng.load()
+    return eng
+
+
+def rgb(img):
+    import numpy as np
+
+    return np.asarray(img.convert("RGB"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", type=int, default=32, help="width = height in pixels (tiny VAE: latents are size/2)")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads, same for every side")
+    ap.add_argument("--cfg", type=float, default=7.0)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--rank", type=int, default=8, help="LoRA rank")
+    args = ap.parse_args()
+
+    import numpy as np
+    import torch
+    from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
+
+    torch.set_num_threads(args.threads)
+    t_setup = time.perf_counter()
+    tmp = tempfile.TemporaryDirectory(prefix="bench-generate-")
+    base = Path(tmp.name)
+    models = make_models_root(base / "models", args.rank)
+    eng_none = engine(models, base / "out", "fused")
+    eng_fused = engine(models, base / "out", "fused")
+    eng_unfused = engine(models, base / "out", "unfused")
+
+    # The reference: a plain diffusers pipeline over the very same modules as eng_none.
+    src = eng_none.model.pipe
+    sched_cfg = dict(src.scheduler.config)  # the checkpoint's own scheduler config (PNDM, SD 1.5 values)
+    ref = StableDiffusionPipeline(vae=src.vae, text_encoder=src.text_encoder, tokenizer=src.tokenizer, unet=src.unet,
+                                  scheduler=src.scheduler, safety_checker=None, feature_extractor=None,
+                                  requires_safety_checker=False)
+    ref.set_progress_bar_config(disable=True)
+    default_schedulers = {  # what `Cls.from_config(pipe.scheduler.config)` gives: the diffusers idiom
+        "Euler": EulerDiscreteScheduler.from_config(sched_cfg),
+        "DPM++ 2M": DPMSolverMultistepScheduler.from_config(sched_cfg, algorithm_type="dpmsolver++", solver_order=2),
+    }
+    ref_schedulers: dict = {}  # the same scheduler config lorastudio built, filled after its warm-up call
+
+    common = dict(negative_prompt=NEGATIVE, steps=args.steps, width=args.size, height=args.size, cfg_scale=args.cfg,
+                  seed=args.seed)
+
+    def ours(sampler: str, eng=eng_none, prompt: str = PROMPT):
+        return eng.txt2img(dict(prompt=prompt, sampler=sampler, **common), save=False).images[0].image
+
+    def diffusers_call(sampler: str, schedulers=ref_schedulers):
+        ref.scheduler = schedulers[sampler]
+        return ref(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=args.steps, guidance_scale=args.cfg,
+                   width=args.size, height=args.size, generator=torch.Generator("cpu").manual_seed(args.seed),
+                   output_type="pil").images[0]
+
+    lora_prompt = f"<lora:{LORA_NAME}:1> {PROMPT}"
+    runs = {}
+    for s in SAMPLERS:
+        runs[f"ours {s}"] = lambda s=s: ours(s)
+        runs[f"diffusers {s}"] = lambda s=s: diffusers_call(s)
+    runs["lora fused"] = lambda: ours("Euler", eng_fused, lora_prompt)
+    runs["lora unfused"] = lambda: ours("Euler", eng_unfused, lora_prompt)
+
+    # Warm-up (untimed) doubles as the correctness check.
+    images, sched_notes = {}, {}
+    for s in SAMPLERS:
+        images[f"ours {s}"] = runs[f"ours {s}"]()
+        built = src.scheduler  # the scheduler run_txt2img just built for this sampler
+        ref_schedulers[s] = type(built).from_config(dict(built.config))
+        images[f"diffusers {s}"] = runs[f"diffusers {s}"]()
+        images[f"diffusers-default {s}"] = diffusers_call(s, default_schedulers)
+        differing = {k: [built.config.get(k), default_schedulers[s].config.get(k)]
+                     for k in set(built.config) | set(default_schedulers[s].config)
+                     if not k.startswith("_") and built.config.get(k) != default_schedulers[s].config.get(k)}
+        sched_notes[s] = differing  # [lorastudio, diffusers idiom]
+    for name in ("lora fused", "lora unfused"):
+        images[name] = runs[name]()
+    setup_s = time.perf_counter() - t_setup
+    identical, max_diff, default_identical = {}, {}, {}
+    for s in SAMPLERS:
+        a, b = rgb(images[f"ours {s}"]), rgb(images[f"diffusers {s}"])
+        identical[s] = bool(np.array_equal(a, b))
+        max_diff[s] = int(np.abs(a.astype(int) - b.astype(int)).max())
+        default_identical[s] = bool(np.array_equal(a, rgb(images[f"diffusers-default {s}"])))
+    none_px, fused_px, unfused_px = (rgb(images[k]) for k in ("ours Euler", "lora fused", "lora unfused"))
+    lora_check = {
+        "lora_changes_image": bool(not np.array_equal(none_px, fused_px)),
+        "fused_vs_unfused_max_abs_diff": int(np.abs(fused_px.astype(int) - unfused_px.astype(int)).max()),
+    }
+    print(f"setup {setup_s:.1f}s; pixels identical: {identical} (max |diff| {max_diff}); {lora_check}", flush=True)
+    print(f"with Cls.from_config(pipe.scheduler.config) instead: identical {default_identical}; "
+          f"config differences [lorastudio, diffusers idiom]: {sched_notes}", flush=True)
+
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    order_rng = random.Random(0)
+    for r in range(args.rounds):
+        order = list(runs)
+        order_rng.shuffle(order)
+        for name in order:
+            t = time.perf_counter()
+            runs[name]()
+            times[name].append(time.perf_counter() - t)
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {times[k][-1]:.3f}s" for k in runs), flush=True)
+
+    def paired(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
+    by_sampler = {s: round(paired(f"ours {s}", f"diffusers {s}"), 4) for s in SAMPLERS}
+    medians = {k: round(statistics.median(v), 4) for k, v in times.items()}
+    result = {
+        "bench": "generate",
+        "pixel_identical": all(identical.values()),
+        "pixel_identical_by_sampler": identical,
+        "max_abs_pixel_diff_by_sampler": max_diff,
+        "pixel_identical_vs_default_scheduler_config": default_identical,
+        "scheduler_config_vs_default": sched_notes,
+        "ratio_vs_diffusers": max(by_sampler.values()),
+        "ratio_by_sampler": by_sampler,
+        "lora_fused_ratio": round(paired("lora fused", "ours Euler"), 4),
+        "lora_unfused_ratio": round(paired("lora unfused", "ours Euler"), 4),
+        **lora_check,
+        "overhead_ms_by_sampler": {s: round((medians[f"ours {s}"] - medians[f"diffusers {s}"]) * 1000, 1)
+                                   for s in SAMPLERS},
+        "median_s": medians,
+        "size": [args.size, args.size],
+        "latent_size": list(eng_none.model.family.latent_shape(src, args.size, args.size)),
+        "steps": args.steps,
+        "cfg": args.cfg,
+        "lora_rank": args.rank,
+        "rounds": args.rounds,
+        "threads": args.threads,
+        "model": "tiny_sd1_pipeline(0): UNet blocks (32, 64), CLIP 2x32, VAE (32, 64)",
+        "setup_s": round(setup_s, 1),
+        "torch": torch.__version__,
+    }
+    tmp.cleanup()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
