@@ -10,7 +10,7 @@ from hypothesis import settings as hsettings
 
 schemathesis = pytest.importorskip("schemathesis")
 
-EXAMPLES_PER_OPERATION = 12
+EXAMPLES_PER_OPERATION = 10
 TIME_BUDGET_S = 60.0
 
 

@@ -190,9 +190,12 @@ def activate(pipe, family, loras: list[ActiveLora], state: LoraState, *, fuse: b
     wanted = tuple((adapter_name(lo), lo.te_weight, lo.unet_weight) for lo in loras)
     if (wanted, fuse) == state.active:
         return
+    # Until the new set is complete nothing is known to be active (a refused file's deletion
+    # makes peft pick another active adapter).
+    state.active = ()
     if state.fused:
         pipe.unfuse_lora()
-        state.fused, state.active = (), ()  # nothing is active until the new set is complete
+        state.fused = ()
     for lo in loras:
         load_adapter(pipe, family, lo, state, allow_pickle=allow_pickle)
     if not loras:

@@ -91,6 +91,11 @@ def _add_vectors(tokenizer, text_encoder, base: str, vectors) -> list[str]:
     table = text_encoder.get_input_embeddings().weight
     with torch.no_grad():
         table[ids] = vectors.to(device=table.device, dtype=table.dtype)
+    # CLIP configs with the legacy eos_token_id 2 pool at the highest token id, which is now an
+    # embedding's; pooling at the real end token is the same position for every other prompt.
+    text_model = getattr(text_encoder, "text_model", text_encoder)
+    if getattr(text_model, "eos_token_id", None) == 2 and tokenizer.eos_token_id not in (None, 2):
+        text_model.eos_token_id = tokenizer.eos_token_id
     return tokens
 
 

@@ -106,11 +106,11 @@ def write_kohya_lora(path: Path, tensors: dict[str, torch.Tensor], metadata: dic
 
 def save_diffusers_lora(pipeline_cls, pipe, lora: dict[str, dict[str, torch.Tensor]], folder: Path) -> Path:
     """pipeline_cls.save_lora_weights with the adapter configs, so alpha survives the round trip."""
-    from diffusers.utils import convert_state_dict_to_diffusers
-
     kwargs: dict[str, Any] = {}
     for comp, sd in lora.items():
-        kwargs[f"{comp}_lora_layers"] = convert_state_dict_to_diffusers(sd)
+        # PEFT names (lora_A / lora_B) as they are: diffusers' older "lora.down" renaming only
+        # covers the attention projections and leaves FLUX files half in each convention.
+        kwargs[f"{comp}_lora_layers"] = sd
         module = getattr(pipe, comp)
         cfg = getattr(module, "peft_config", {}).get("default")
         if cfg is not None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from lorastudio.core.errors import UnknownModelFamily
 from lorastudio.core.samplers import SamplerChoice
-from lorastudio.models.families.base import Conditioning, LoadOptions, ModelFamily
+from lorastudio.models.families.base import Conditioning, LoadOptions, ModelFamily, TrainableFamily
 from lorastudio.models.families.sd1 import _cache_root, replace_sd_vae, torch_dtype
 
 # The scheduler config of stabilityai/stable-diffusion-xl-base-1.0.
@@ -32,7 +32,7 @@ SDXL_SCHEDULER = {
 SDXL_PIPELINES = {"StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"}
 
 
-class SDXLFamily(ModelFamily):
+class SDXLFamily(ModelFamily, TrainableFamily):
     name = "sdxl"
     title = "SDXL"
     modelspec_architecture = "stable-diffusion-xl-v1-base"
@@ -137,3 +137,70 @@ class SDXLFamily(ModelFamily):
 
     def textual_inversion_targets(self, pipe):
         return [("clip_l", pipe.tokenizer, pipe.text_encoder), ("clip_g", pipe.tokenizer_2, pipe.text_encoder_2)]
+
+    # --- training --------------------------------------------------------------------------
+    def training_defaults(self, pipe) -> dict[str, Any]:
+        # kohya's SDXL LoRA defaults for a character: rank 16, lr 1e-4, 1024 px.
+        from lorastudio.models.families.sd1 import native_resolution
+
+        return {"rank": 16, "alpha": 8.0, "lr": 1e-4, "te_lr": 5e-5, "steps": 1000,
+                "resolution": [native_resolution(pipe)], "train_text_encoder": False}
+
+    def trainable_modules(self, pipe, *, text_encoders: bool):
+        mods = {"unet": pipe.unet}
+        if text_encoders:
+            mods["text_encoder"] = pipe.text_encoder
+            mods["text_encoder_2"] = pipe.text_encoder_2
+        return mods
+
+    def lora_targets(self) -> dict[str, list[str]]:
+        from lorastudio.models.families.sd1 import CLIP_LORA_TARGETS, UNET_LORA_TARGETS
+
+        return {"unet": list(UNET_LORA_TARGETS), "text_encoder": list(CLIP_LORA_TARGETS),
+                "text_encoder_2": list(CLIP_LORA_TARGETS)}
+
+    def encode_images(self, pipe, pixels):
+        from lorastudio.models.families.sd1 import encode_sd_latents
+
+        return encode_sd_latents(pipe, pixels)
+
+    def encode_captions(self, pipe, captions: list[str], *, clip_skip: int):
+        import torch
+
+        hidden, pooled = [], []
+        for c in captions:
+            h, p = self._encode(pipe, c, clip_skip)
+            hidden.append(h[:, :77])  # one chunk per caption, as kohya trains by default
+            pooled.append(p)
+        return {"hidden": torch.cat(hidden), "pooled": torch.cat(pooled)}
+
+    def training_loss(self, pipe, modules, latents, cond, gens, config, mask=None):
+        import torch
+
+        from lorastudio.models.families.sd1 import noise_scheduler
+        from lorastudio.training.objectives import ddpm_noised, weighted_mse
+
+        nb = ddpm_noised(noise_scheduler(pipe), latents, gens, noise_offset=config.noise_offset,
+                         min_snr_gamma=config.min_snr_gamma)
+        unet = modules["unet"]
+        dtype = next(unet.parameters()).dtype
+        b, _, h, w = latents.shape
+        px_h, px_w = h * pipe.vae_scale_factor, w * pipe.vae_scale_factor
+        # SDXL's size conditioning: original size, crop top-left, target size (no crop: buckets fit).
+        time_ids = torch.tensor([[px_h, px_w, 0, 0, px_h, px_w]], dtype=dtype, device=latents.device).repeat(b, 1)
+        pred = unet(nb.noisy.to(dtype), nb.timesteps, encoder_hidden_states=cond["hidden"].to(dtype),
+                    added_cond_kwargs={"text_embeds": cond["pooled"].to(dtype), "time_ids": time_ids}).sample
+        return weighted_mse(pred, nb.target, nb.weights, mask)
+
+    def export_kohya(self, pipe, lora, *, alpha: float, rank: int):
+        from lorastudio.models.formats.kohya_lora_sd import kohya_lora_from_peft
+        from lorastudio.models.formats.ldm_unet_names import layout_from_unet_config
+
+        tes = {k: v for k, v in lora.items() if k != "unet"}
+        return kohya_lora_from_peft(lora["unet"], tes, alpha=alpha, rank=rank, unet_naming="ldm",
+                                    layout=layout_from_unet_config(pipe.unet.config))
+
+    def save_diffusers_lora(self, pipe, lora, folder: Path) -> Path:
+        from lorastudio.training.export import save_diffusers_lora
+
+        return save_diffusers_lora(type(pipe), pipe, lora, folder)

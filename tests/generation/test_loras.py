@@ -1,0 +1,187 @@
+"""LoRA files in the formats users download, applied through `<lora:name:weight>` tags.
+
+Formats are checked against each other: one random LoRA written as a kohya file (alpha/rank = 2)
+and as a diffusers/PEFT file with the update pre-scaled by 2 must give the same picture.
+"""
+
+import numpy as np
+import pytest
+
+from lorastudio.core.errors import LoraError, NotFound, PickleRefused
+
+SMALL = dict(width=32, height=32, steps=2, cfg_scale=5.0, seed=21, sampler="Euler")
+RANK, ALPHA = 4, 8.0
+SD_UNET = ("to_q", "to_k", "to_v", "to_out.0")
+CLIP = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def arr(img):
+    return np.asarray(img.convert("RGB")).astype(int)
+
+
+def run(engine, prompt, **kw):
+    return engine.txt2img({**SMALL, "prompt": prompt, **kw}, save=False).images[0]
+
+
+def pixels(engine, prompt, **kw):
+    return arr(run(engine, prompt, **kw).image)
+
+
+@pytest.fixture(scope="module")
+def loras(family_root, tiny_pipes):
+    """Writes the LoRA files into models/Lora; returns {name: path}."""
+    import torch
+    from diffusers import FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from lorastudio.testing import tiny_lora as tl
+
+    d = family_root / "Lora"
+    out = {}
+    sd1, sdxl, flux = tiny_pipes["sd1"], tiny_pipes["sdxl"], tiny_pipes["flux"]
+    unet = tl.random_lora(sd1.unet, tl.linear_names(sd1.unet, endings=SD_UNET), seed=1)
+    te = tl.random_lora(sd1.text_encoder, tl.linear_names(sd1.text_encoder, endings=CLIP), seed=2)
+    out["sd1-kohya"] = tl.save_kohya_sd(d / "sd1-kohya.safetensors", unet, {"text_encoder": te}, alpha=ALPHA, rank=RANK)
+    out["sd1-diffusers"] = tl.save_diffusers_lora(d / "sd1-diffusers.safetensors", StableDiffusionPipeline,
+                                                  unet_lora_layers=tl.scaled(unet, ALPHA / RANK),
+                                                  text_encoder_lora_layers=tl.scaled(te, ALPHA / RANK))
+    other = tl.random_lora(sd1.unet, tl.linear_names(sd1.unet, endings=SD_UNET), seed=3)
+    out["sd1-other"] = tl.save_diffusers_lora(d / "sd1-other.safetensors", StableDiffusionPipeline,
+                                              unet_lora_layers=other)
+    # kohya names lose the dots, so a module that is not in the model is still a well-formed key
+    bad = tl.random_lora(sd1.unet, tl.linear_names(sd1.unet, endings=SD_UNET)[:2], seed=4)
+    out["sd1-badkey"] = tl.save_kohya_sd(d / "sd1-badkey.safetensors", bad, {}, alpha=ALPHA, rank=RANK)
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(out["sd1-badkey"]))
+    sd.update({"lora_unet_mid_block_attentions_7_proj_in.lora_down.weight": torch.zeros(RANK, 64),
+               "lora_unet_mid_block_attentions_7_proj_in.lora_up.weight": torch.zeros(64, RANK)})
+    save_file(sd, str(out["sd1-badkey"]))
+    torch.save(load_file(str(out["sd1-kohya"])), d / "sd1-pickled.pt")
+
+    xunet = tl.random_lora(sdxl.unet, tl.linear_names(sdxl.unet, endings=SD_UNET), seed=5)
+    xte1 = tl.random_lora(sdxl.text_encoder, tl.linear_names(sdxl.text_encoder, endings=CLIP), seed=6)
+    xte2 = tl.random_lora(sdxl.text_encoder_2, tl.linear_names(sdxl.text_encoder_2, endings=CLIP), seed=7)
+    out["sdxl-kohya"] = tl.save_kohya_sd(d / "sdxl-kohya.safetensors", xunet,
+                                         {"text_encoder": xte1, "text_encoder_2": xte2}, alpha=ALPHA, rank=RANK,
+                                         unet_config=sdxl.unet.config)
+    k = ALPHA / RANK
+    out["sdxl-diffusers"] = tl.save_diffusers_lora(
+        d / "sdxl-diffusers.safetensors", StableDiffusionXLPipeline, unet_lora_layers=tl.scaled(xunet, k),
+        text_encoder_lora_layers=tl.scaled(xte1, k), text_encoder_2_lora_layers=tl.scaled(xte2, k))
+
+    # every linear of the double blocks (kohya fuses q/k/v into BFL's qkv); single blocks' linear1 is
+    # left out because diffusers' kohya reader splits it at FLUX.1's real width
+    double = tl.linear_names(flux.transformer, under="transformer_blocks.")
+    ft = tl.random_lora(flux.transformer, double, seed=8)
+    out["flux-kohya"] = tl.save_kohya_flux(d / "flux-kohya.safetensors", ft, alpha=ALPHA, rank=RANK)
+    out["flux-diffusers"] = tl.save_diffusers_lora(d / "flux-diffusers.safetensors", FluxPipeline,
+                                                   transformer_lora_layers=tl.scaled(ft, k))
+    single = tl.linear_names(flux.transformer, under="single_transformer_blocks.")
+    ai = tl.random_lora(flux.transformer, single + double[:4], seed=9)
+    out["flux-aitoolkit"] = tl.save_prefixed(d / "flux-aitoolkit.safetensors", "transformer.", ai,
+                                             {"format": "pt", "software": '{"name": "ai-toolkit"}'})
+    out["flux-aitoolkit-modules"] = len(single) + 4
+    return out
+
+
+@pytest.fixture(scope="module")
+def sd1(family_engine, loras):
+    return family_engine("tiny-sd1.safetensors")
+
+
+def close(a, b):
+    return int(np.abs(a - b).max()) <= 1  # 1/255: float rounding between two correct paths
+
+
+def test_sd1_kohya_and_diffusers_formats_apply_the_same_update(sd1, loras):
+    base = pixels(sd1, "a red circle")
+    kohya = run(sd1, "a red circle <lora:sd1-kohya:1>")
+    assert np.abs(arr(kohya.image) - base).max() > 8
+    assert close(arr(kohya.image), pixels(sd1, "a red circle <lora:sd1-diffusers:1>"))
+    from lorastudio.core.hashes import lora_hash_for_infotext
+
+    assert f'Lora hashes: "sd1-kohya: {lora_hash_for_infotext(loras["sd1-kohya"])}"' in kohya.infotext
+    # the prompt without the tag is the bare model again
+    assert np.array_equal(pixels(sd1, "a red circle"), base)
+
+
+def test_weights_add_and_zero_is_no_lora(sd1, loras):
+    base = pixels(sd1, "a red circle")
+    assert np.array_equal(pixels(sd1, "a red circle <lora:sd1-kohya:0>"), base)
+    a = pixels(sd1, "a red circle <lora:sd1-kohya:1>")
+    b = pixels(sd1, "a red circle <lora:sd1-other:1>")
+    both = run(sd1, "a red circle <lora:sd1-kohya:0.5> <lora:sd1-other:0.5>")
+    for single in (a, b, base):
+        assert np.abs(arr(both.image) - single).max() > 4
+    assert "sd1-kohya: " in both.infotext and "sd1-other: " in both.infotext
+    # the same file twice is one LoRA with the summed weight
+    assert close(pixels(sd1, "a red circle <lora:sd1-kohya:0.5><lora:sd1-kohya:0.5>"), a)
+
+
+def test_fused_and_unfused_give_the_same_pixels(sd1, family_engine, with_settings, loras):
+    flux = family_engine("flux1-tiny.safetensors")
+    for engine, prompt in [(sd1, "a red circle <lora:sd1-kohya:0.7> <lora:sd1-other:0.4>"),
+                           (flux, "a red circle <lora:flux-kohya:0.8> <lora:flux-aitoolkit:0.5>")]:
+        fused = pixels(engine, prompt)
+        with with_settings(engine, lora_mode="unfused"):
+            unfused = pixels(engine, prompt)
+        assert close(fused, unfused)
+        assert np.abs(fused - pixels(engine, "a red circle")).max() > 4
+
+
+def test_sdxl_kohya_and_diffusers_formats_apply_the_same_update(family_engine, loras):
+    engine = family_engine("tiny-sdxl.safetensors")
+    base = pixels(engine, "a red circle")
+    kohya = pixels(engine, "a red circle <lora:sdxl-kohya:1>")
+    assert np.abs(kohya - base).max() > 8
+    assert close(kohya, pixels(engine, "a red circle <lora:sdxl-diffusers:1>"))
+
+
+def test_flux_kohya_diffusers_and_aitoolkit_files(family_engine, loras):
+    engine = family_engine("flux1-tiny.safetensors")
+    base = pixels(engine, "a red circle")
+    kohya = pixels(engine, "a red circle <lora:flux-kohya:1>")
+    assert np.abs(kohya - base).max() > 4
+    assert close(kohya, pixels(engine, "a red circle <lora:flux-diffusers:1>"))
+    assert np.abs(pixels(engine, "a red circle <lora:flux-aitoolkit:1>") - base).max() > 4
+    # every module the ai-toolkit file names received its LoRA
+    transformer = engine.model.pipe.transformer
+    names = [n for n, m in transformer.named_modules() if any("flux_aitoolkit" in a for a in getattr(m, "lora_A", {}))]
+    assert len(names) == loras["flux-aitoolkit-modules"]
+
+
+@pytest.mark.parametrize("model, lora, made_for", [
+    ("tiny-sd1.safetensors", "sdxl-kohya", "SDXL"),
+    ("tiny-sdxl.safetensors", "sd1-kohya", "SD 1.x"),
+    ("tiny-sd1.safetensors", "flux-kohya", "FLUX.1"),
+])
+def test_lora_for_another_family_is_refused_naming_the_file(family_engine, loras, tmp_path, model, lora, made_for):
+    engine = family_engine(model)
+    with pytest.raises(LoraError) as e:
+        engine.txt2img({**SMALL, "prompt": f"x <lora:{lora}:1>"}, outdir=tmp_path / "out")
+    assert str(loras[lora]) in str(e.value) and f"made for {made_for}" in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_key_that_maps_to_no_module_is_named(sd1, loras, tmp_path):
+    with pytest.raises(LoraError) as e:
+        sd1.txt2img({**SMALL, "prompt": "x <lora:sd1-badkey:1>"}, outdir=tmp_path / "out")
+    assert "lora_unet_mid_block_attentions_7_proj_in" in str(e.value) and str(loras["sd1-badkey"]) in str(e.value)
+    assert not (tmp_path / "out").exists()
+    # nothing of the refused file stays behind
+    assert np.array_equal(pixels(sd1, "a red circle <lora:sd1-kohya:0>"), pixels(sd1, "a red circle"))
+
+
+def test_unknown_lora_lists_the_closest_names(sd1, tmp_path):
+    with pytest.raises(NotFound) as e:
+        sd1.txt2img({**SMALL, "prompt": "x <lora:sd1-kohia:1>"}, outdir=tmp_path / "out")
+    assert "sd1-kohya" in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_pickled_lora_needs_the_opt_in(sd1, loras, with_settings):
+    with pytest.raises(PickleRefused) as e:
+        run(sd1, "a red circle <lora:sd1-pickled:1>")
+    assert "sd1-pickled.pt" in str(e.value) and "safetensors" in str(e.value)
+    with with_settings(sd1, allow_pickle=True):
+        assert close(pixels(sd1, "a red circle <lora:sd1-pickled:1>"), pixels(sd1, "a red circle <lora:sd1-kohya:1>"))
