@@ -24,26 +24,35 @@ LR schedule, gradient clipping at 1.0, float32 on the CPU. Four variants:
     reference_cached the same with latents (VAE mean * scaling) and text embeddings computed once.
 
 Timing: one untimed warm-up step per variant, then --rounds rounds; each round runs --steps steps of
-every variant, in an order shuffled per round (seeded). Ratios are steps/s of one variant over
-another within a round (paired against load changes on the shared machine); medians over rounds:
+every variant, in an order shuffled per round (seeded). The time of a step is the CPU time of this
+process (time.process_time, all threads; torch uses --threads threads for every variant): on a
+shared machine the wall clock also counts the time other processes held the cores. Wall-clock
+ratios are reported beside (wall_*). Ratios are steps/s of one variant over another within a round
+(paired against load changes), median over rounds:
 
     ratio_vs_reference           ours / reference (target >= 1.0; ours uses its caches, the
                                  reference encodes each step: what users get against the example)
     ratio_uncached_vs_reference  ours_uncached / reference (no caches on either side)
     ratio_cached_vs_reference_cached  ours / reference_cached (the loop's own overhead)
 
-Memory: each variant runs again in a fresh child process (`--child NAME`): set-up, one warm-up step,
-then the peak-RSS counter is reset (write "5" to /proc/self/clear_refs, Linux >= 4.0) and --mem-steps
-steps run. Reported per variant: rss_after_setup_mb (VmRSS before the measured steps),
-step_peak_mb (VmHWM after them: the process's peak resident size during training steps),
-step_peak_delta_mb (step_peak_mb - rss_after_setup_mb) and process_peak_mb (getrusage ru_maxrss,
-the whole life of the child, set-up included). tracemalloc is not used: it only sees Python's
-allocator, not torch's tensor memory. Where clear_refs is not writable the step figures fall back
-to ru_maxrss deltas (then they are 0 whenever set-up peaked higher) and memory_method says so.
+ours_uncached_text_encoder_got_grads tells whether the frozen text encoder received gradients in
+ours_uncached (lorastudio does not freeze it, so with cache_text_embeddings=False it runs backward
+through it every step).
+
+Memory: a variant runs again in a fresh child process (`--child NAME`; ours and reference by default,
+all four with --memory-all): set-up, one warm-up step, then the peak-RSS counter is reset (write "5"
+to /proc/self/clear_refs, Linux >= 4.0) and --mem-steps steps run. Reported per variant:
+setup_peak_mb (VmHWM before the reset: peak resident size of imports + model + set-up + warm-up),
+rss_after_setup_mb (VmRSS before the measured steps), step_peak_mb (VmHWM after them) and
+step_peak_delta_mb (step_peak_mb - rss_after_setup_mb: what training steps add at their peak).
+tracemalloc is not used: it only sees Python's allocator, not torch's tensor memory; ru_maxrss is not
+used in the children either: Linux carries the parent's RSS at fork into a child's ru_maxrss. Where
+clear_refs is not writable the step figures fall back to ru_maxrss deltas (0 whenever set-up peaked
+higher) and memory_method says so.
 
 The last line of output is one JSON object.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/train.py [--resolution 64] [--batch 2] [--rounds 5] [--steps 2]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/train.py [--resolution 64] [--batch 2] [--rounds 5] [--steps 2] [--memory-all]
 """
 
 from __future__ import annotations
@@ -281,16 +290,21 @@ def child(args) -> None:
                       "method": method}))
 
 
-def memory(args, world: Path) -> dict:
-    out = {}
-    for name in VARIANTS:
+def memory(args, world: Path, names) -> dict:
+    """Run the memory children at once (timing is over, and RSS does not depend on the CPU share)."""
+    procs = {}
+    for name in names:
         cmd = [sys.executable, __file__, "--child", name, f"--world={world}"] + [
             f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
             ("resolution", "batch", "rank", "lr", "images", "threads", "mem_steps")]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    out = {}
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate()
+        lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:
-            out[name] = {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
+            out[name] = {"error": (stderr or stdout).strip().splitlines()[-1:]}
         else:
             out[name] = json.loads(lines[-1])
         print(f"memory {name}: {out[name]}", flush=True)
@@ -309,6 +323,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads, same for every variant")
     ap.add_argument("--mem-steps", type=int, default=3, help="steps measured in each memory child")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-variant memory child processes")
+    ap.add_argument("--memory-all", action="store_true",
+                    help="memory children for all four variants (default: ours and reference; adds ~1 min)")
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--world", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -372,7 +388,7 @@ def main() -> None:
     if not args.no_memory:
         del ours, unc, refs, runners
         save_reference_inputs(inputs, base / "reference-inputs")
-        mem = memory(args, base)
+        mem = memory(args, base, VARIANTS if args.memory_all else ("ours", "reference"))
     tmp.cleanup()
     result = {
         "bench": "train",

@@ -334,7 +334,12 @@ def export_single_file(pipe, path: Path, dtype: str = "float16") -> None:
     """Write the SD 1.x single-file (A1111 key layout) checkpoint + a config folder beside it."""
     from lorastudio.testing.tiny_sd import save_sd1_single_file
 
-    pipe = copy.deepcopy(pipe).to({"float16": torch.float16, "float32": torch.float32}[dtype])
+    pipe = copy.deepcopy(pipe).to(torch.float16 if dtype == "float16" else torch.float32)
+    if dtype == "mixed":
+        # float32 everywhere except the 49408-row token embedding (fp16 there costs nothing
+        # measurable; fp16 UNet/VAE weights cost a few benchmark points; all-fp32 is > 25 MB)
+        emb = pipe.text_encoder.get_input_embeddings()
+        emb.weight.data = emb.weight.data.half()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_sd1_single_file(pipe, path)
     os.chmod(path, 0o644)
@@ -377,11 +382,12 @@ def parse_args(argv=None):
     p.add_argument("--cache", default=str(ROOT / "build" / "base-cache"), help="reuse an identical earlier VAE ('' = off)")
     p.add_argument("--stop-after-vae", action="store_true")
     p.add_argument("--single-file", default=None, help="also write the SD1 single-file checkpoint here")
-    p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="single-file tensor dtype")
+    p.add_argument("--dtype", default="float16", choices=["mixed", "float16", "float32"],
+                   help="single-file tensor dtype (mixed: fp32, token embedding fp16)")
     p.add_argument("--export-from", default=None, help="skip training: convert this diffusers folder to --single-file")
     args = p.parse_args(argv)
     if args.quick:
-        args.vae_images, args.vae_steps, args.images, args.steps, args.warmup = 512, 60, 1024, 60, 10
+        args.vae_images, args.vae_steps, args.images, args.steps, args.warmup = 256, 30, 512, 30, 5
     return args
 
 

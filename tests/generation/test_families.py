@@ -92,3 +92,14 @@ def test_flux_file_dtypes_are_cast_to_the_requested_one(tiny_pipes, tmp_path):
     for comp in ("transformer", "vae", "text_encoder", "text_encoder_2"):
         dtypes = {p.dtype for p in getattr(model.pipe, comp).parameters()}
         assert dtypes == {torch.float32}, comp
+
+
+@pytest.mark.parametrize("sampler", ["DPM++ 2M", "Euler Karras"])
+def test_flux_refuses_samplers_it_cannot_run(family_engine, sampler, tmp_path):
+    from lorastudio.core.errors import InvalidParameter
+
+    with pytest.raises(InvalidParameter) as e:
+        family_engine("flux1-tiny.safetensors").txt2img({**SMALL, "prompt": "x", "sampler": sampler},
+                                                         outdir=tmp_path / "out")
+    assert e.value.field == "sampler" and "FLUX.1" in str(e.value)
+    assert not (tmp_path / "out").exists()

@@ -127,6 +127,10 @@ def test_sd1_embeddings_stand_for_their_vectors(family_engine, embeddings, with_
     # an embedding for another model (SDXL's clip_l/clip_g) leaves its name as plain text
     assert "TI hashes" not in run(engine, "a redcircle-xl").infotext
     assert "TI hashes" not in run(engine, "a red circle").infotext
+    # a file is read only once its name is used; then a bad one is named
+    with pytest.raises(ModelFileError) as e:
+        run(engine, "a broken circle")
+    assert "broken.safetensors" in str(e.value)
 
 
 def test_sdxl_embeddings_use_clip_l_and_clip_g(family_engine, embeddings):

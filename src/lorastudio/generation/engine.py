@@ -13,6 +13,7 @@ from lorastudio.core.errors import NotFound
 from lorastudio.core.hashes import lora_hash_for_infotext
 from lorastudio.core.params import GenerationParams, validate_params
 from lorastudio.core.paths import ModelsRoot
+from lorastudio.core.samplers import resolve_sampler
 from lorastudio.core.settings import StudioSettings
 from lorastudio.generation.outputs import dated_folder
 from lorastudio.generation.txt2img import GenerationResult, ProgressFn, run_txt2img
@@ -108,6 +109,7 @@ class GenerationEngine:
     def txt2img(self, params: GenerationParams | dict, *, save: bool = True, on_progress: ProgressFn | None = None,
                 outdir: Path | None = None) -> GenerationResult:
         params = validate_params(params)
+        resolve_sampler(params.sampler, params.scheduler)  # a misspelt sampler fails before any model loads
         with self._lock:
             self.interrupt_flag.clear()
             model = self.load(params.model, params.vae)

@@ -73,7 +73,7 @@ _LISTED = re.compile(r"(?:found in the model|detected|Unsupported keys[^:]*):\s*
 _KOHYA_KEY = re.compile(r"^lora_(?:unet|te\d?|transformer)_\w+\.(?:lora_down\.weight|lora_up\.weight|alpha|"
                         r"lora_mid\.weight|dora_scale)$")
 _DOTTED_KEY = re.compile(r"^[\w.]+?\.(?:lora_[AB](?:\.\w+)?\.(?:weight|bias)|(?:\w+_)?lora\.(?:down|up)\.weight|"
-                         r"lora_magnitude_vector(?:\.\w+)?|alpha)$")
+                         r"lora_linear_layer\.(?:down|up)\.weight|lora_magnitude_vector(?:\.\w+)?|alpha)$")
 _LYCORIS = {"hada_": "LoHa", "lokr_": "LoKr", "oft_": "OFT", "ia3": "IA3", ".w_norm": "norm", ".diff": "full-diff"}
 
 
@@ -169,7 +169,8 @@ def _norm(module: str) -> str:
 
 
 def _module_of(key: str) -> str:
-    key = re.sub(r"\.(lora_[AB](\.\w+)?\.(weight|bias)|(\w+_)?lora\.(down|up)\.weight|lora_(down|up|mid)\.weight|alpha|"
+    key = re.sub(r"\.(lora_[AB](\.\w+)?\.(weight|bias)|(\w+_)?lora\.(down|up)\.weight|lora_linear_layer\.(down|up)\.weight|"
+                 r"lora_(down|up|mid)\.weight|alpha|"
                  r"dora_scale|lora_magnitude_vector)$", "", key)
     return re.sub(r"^(lora_(unet|te\d?|transformer)_|(unet|text_encoder(_2)?|transformer|diffusion_model|"
                   r"base_model\.model)\.)", "", key)

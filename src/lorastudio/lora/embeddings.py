@@ -107,6 +107,10 @@ def load_embedding(pipe, family, entry, state: EmbeddingState, *, hash_of, allow
     if path in state.skipped:
         return None
     targets = family.textual_inversion_targets(pipe)
+    if not targets:
+        state.skipped[path] = f"{family.title} models take no textual-inversion embeddings"
+        log.warning("embedding %s left out: %s", path, state.skipped[path])
+        return None
     data = read_embedding(path, allow_pickle=allow_pickle)
     found = []
     for key, tokenizer, encoder in targets:
@@ -120,8 +124,6 @@ def load_embedding(pipe, family, entry, state: EmbeddingState, *, hash_of, allow
     else:
         if found and len({v.shape[0] for _, _, v in found}) != 1:
             state.skipped[path] = "different vector counts per text encoder"
-    if not targets:
-        state.skipped[path] = f"{family.title} models take no textual-inversion embeddings"
     if path in state.skipped:
         log.warning("embedding %s left out: %s", path, state.skipped[path])
         return None

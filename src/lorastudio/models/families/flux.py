@@ -123,8 +123,10 @@ class FluxFamily(ModelFamily, TrainableFamily):
 
     # --- generation ------------------------------------------------------------------------
     def supports_sampler(self, choice: SamplerChoice) -> bool:
-        # Forge calls FLUX's flow-matching Euler plain "Euler" (and writes it so in infotexts).
-        return choice.sampler.scheduler_class == "FlowMatchEulerDiscreteScheduler" or choice.sampler.name == "Euler"
+        # Forge calls FLUX's flow-matching Euler plain "Euler" (and writes it so in infotexts). Its
+        # schedule is the model's own shifted one, so other schedule types are refused, not ignored.
+        euler = choice.sampler.scheduler_class == "FlowMatchEulerDiscreteScheduler" or choice.sampler.name == "Euler"
+        return euler and choice.schedule in ("Automatic", "Simple")
 
     def make_scheduler(self, pipe, choice: SamplerChoice):
         from diffusers import FlowMatchEulerDiscreteScheduler

@@ -1,0 +1,108 @@
+"""Does a LoRA trained on the bundled base learn the concept, and does it spare the base?
+
+Concept score (lorastudio.evaluation.scores.concept_score, documented there): similarity of
+generated images to the 12 training stickers, 0..1, for `<lora:deltamon:w>` at w = 0, 0.5, 1
+over several prompts and seeds. The margin (w=1 minus w=0) is meaningful when it exceeds the
+spread of the w=0 scores across seeds: we print both.
+
+Base preservation: colour and shape accuracy (lorastudio.testing.shapes.classify_image) on the
+benchmark prompts WITHOUT the trigger word, with the LoRA loaded at weight 1 vs without it.
+Target: loses <= 10 points.
+
+    .venv/bin/python bench/lora_efficacy.py [--steps 600] [--prompts 48]
+
+Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--prompts", type=int, default=48, help="base-preservation prompts (>= 48 covers all pairs)")
+    ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--workspace", type=Path, default=None)
+    args = ap.parse_args()
+
+    from lorastudio.core.settings import StudioSettings
+    from lorastudio.evaluation.scores import concept_score
+    from lorastudio.generation.engine import GenerationEngine
+    from lorastudio.testing.shapes import benchmark_prompts, classify_image
+    from lorastudio.training.api import train
+    from lorastudio.training.dataset.fixtures import draw_sticker_dataset
+
+    ws = args.workspace or Path(tempfile.mkdtemp(prefix="lora-efficacy-"))
+    models = ws / "models"
+    (models / "Lora").mkdir(parents=True, exist_ok=True)
+    draw_sticker_dataset(ws / "dataset", n=12, trigger="DeltamonStamp", seed=0, size=128)
+    engine = GenerationEngine(StudioSettings(models_dir=models, outdir=ws / "outputs", device="cpu"))
+    base = engine.default_checkpoint()
+    size = int(engine.load(base.name).pipe.unet.config.sample_size * engine.model.pipe.vae_scale_factor)
+
+    t0 = time.monotonic()
+    result = train(dict(images=ws / "dataset", trigger="DeltamonStamp", base=base.name, models_dir=models,
+                        projects_dir=ws / "projects", project="deltamon", steps=args.steps, batch_size=4, rank=8,
+                        alpha=8.0, lr=1e-3, resolution=[size], seed=0))
+    train_s = time.monotonic() - t0
+    (models / "Lora" / "deltamon.safetensors").write_bytes(result.lora_path.read_bytes())
+
+    common = dict(width=size, height=size, steps=20, cfg_scale=5.0, sampler="DPM++ 2M", save=False)
+    refs = [Image.open(p) for p in sorted((ws / "dataset").glob("*.png"))]
+    concept: dict[str, float] = {}
+    per_seed0: list[float] = []
+    for w in (0.0, 0.5, 1.0):
+        imgs = []
+        for prompt in ("DeltamonStamp", "DeltamonStamp, waving", "DeltamonStamp, sticker"):
+            for s in range(args.seeds):
+                p = {k: v for k, v in common.items() if k != "save"}
+                im = engine.txt2img({**p, "prompt": f"{prompt} <lora:deltamon:{w:g}>", "seed": 1000 + s},
+                                    save=False).images[0].image
+                imgs.append(im)
+                if w == 0.0:
+                    per_seed0.append(concept_score([im], refs))
+        concept[f"{w:g}"] = round(concept_score(imgs, refs), 4)
+
+    prompts = benchmark_prompts(n_per_pair=2)[: max(48, args.prompts)]
+
+    def accuracy(tag: str) -> tuple[float, float]:
+        c = s = 0
+        for i, spec in enumerate(prompts):
+            p = {k: v for k, v in common.items() if k != "save"}
+            im = engine.txt2img({**p, "prompt": spec["prompt"] + tag, "seed": 2000 + i}, save=False).images[0].image
+            r = classify_image(im)
+            c += r["colour"] == spec["colour"]
+            s += r["shape"] == spec["shape"]
+        return 100.0 * c / len(prompts), 100.0 * s / len(prompts)
+
+    base_c, base_s = accuracy("")
+    lora_c, lora_s = accuracy(" <lora:deltamon:1>")
+    spread = statistics.pstdev(per_seed0) if len(per_seed0) > 1 else 0.0
+    out = {
+        "bench": "lora_efficacy",
+        "base_model": base.name,
+        "train_steps": args.steps,
+        "train_seconds": round(train_s, 1),
+        "concept_score": concept,
+        "concept_margin_w1_minus_w0": round(concept["1"] - concept["0"], 4),
+        "concept_w0_per_image_std": round(spread, 4),
+        "base_colour_accuracy": {"without_lora": round(base_c, 1), "with_lora_w1": round(lora_c, 1)},
+        "base_shape_accuracy": {"without_lora": round(base_s, 1), "with_lora_w1": round(lora_s, 1)},
+        "preservation_loss_points": {"colour": round(base_c - lora_c, 1), "shape": round(base_s - lora_s, 1)},
+        "prompts": len(prompts),
+        "workspace": str(ws),
+    }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
