@@ -23,7 +23,9 @@ differs (timestep_spacing "linspace" instead of the "leading" that lorastudio ca
 checkpoint's PNDM config), which pixel_identical_vs_default_scheduler_config and
 scheduler_config_vs_default report.
 
-Each round runs every configuration once, in an order shuffled per round (seeded), after one untimed
+Each round runs every configuration once, compared runs next to each other (blocks [ours, diffusers]
+per sampler and [lora none, fused, unfused], block order and order inside shuffled per round,
+seeded), after one untimed
 warm-up call each (the warm-up also loads and, in fused mode, merges the LoRA, and gives the pixels
 compared). The time of a call is the CPU time of this process (time.process_time, all threads; torch
 uses --threads threads on every side): on a shared machine the wall clock also counts the time other
@@ -37,6 +39,10 @@ sides) and the median over rounds is reported:
     lora_unfused_ratio   unfused LoRA / no LoRA time per image
     pixel_identical      ours and diffusers give byte-identical RGB pixels for both samplers
     overhead_cpu_ms_by_sampler  median over rounds of (ours - diffusers) CPU ms per image
+    unet_call_fused_ratio / unet_call_unfused_ratio
+                         the UNet alone (one batch-2 call, --unet-calls interleaved calls per mode),
+                         LoRA-mode UNet / plain UNet, median of paired ratios: the same question
+                         as the lora_* ratios with far less noise
 
 Sizes: the tiny VAE downsamples by 2 (two blocks), so --size 32 means 16x16 latents, the UNet's
 native sample_size. One CFG step is one UNet call on a batch of 2 (~40 ms of CPU here), a 20-step
@@ -129,6 +135,7 @@ def main() -> None:
     ap.add_argument("--cfg", type=float, default=7.0)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--rank", type=int, default=8, help="LoRA rank")
+    ap.add_argument("--unet-calls", type=int, default=40, help="interleaved UNet-only calls per LoRA mode")
     args = ap.parse_args()
 
     import numpy as np
@@ -174,6 +181,7 @@ def main() -> None:
     for s in SAMPLERS:
         runs[f"ours {s}"] = lambda s=s: ours(s)
         runs[f"diffusers {s}"] = lambda s=s: diffusers_call(s)
+    runs["lora none"] = lambda: ours("Euler")  # the same call as "ours Euler", timed beside the LoRA runs
     runs["lora fused"] = lambda: ours("Euler", eng_fused, lora_prompt)
     runs["lora unfused"] = lambda: ours("Euler", eng_unfused, lora_prompt)
 
@@ -189,7 +197,7 @@ def main() -> None:
                      for k in set(built.config) | set(default_schedulers[s].config)
                      if not k.startswith("_") and built.config.get(k) != default_schedulers[s].config.get(k)}
         sched_notes[s] = differing  # [lorastudio, diffusers idiom]
-    for name in ("lora fused", "lora unfused"):
+    for name in ("lora none", "lora fused", "lora unfused"):
         images[name] = runs[name]()
     setup_s = time.perf_counter() - t_setup
     identical, max_diff, default_identical = {}, {}, {}
@@ -212,9 +220,14 @@ def main() -> None:
     cpu: dict[str, list[float]] = {k: [] for k in runs}
     wall: dict[str, list[float]] = {k: [] for k in runs}
     order_rng = random.Random(0)
+    # Runs that are compared sit next to each other: blocks in a shuffled order, shuffled inside.
+    blocks = [[f"ours {s}", f"diffusers {s}"] for s in SAMPLERS] + [["lora none", "lora fused", "lora unfused"]]
     for r in range(args.rounds):
-        order = list(runs)
-        order_rng.shuffle(order)
+        order_rng.shuffle(blocks)
+        order = []
+        for block in blocks:
+            order_rng.shuffle(block)
+            order += block
         for name in order:
             c, t = time.process_time(), time.perf_counter()
             runs[name]()
@@ -229,6 +242,24 @@ def main() -> None:
     def paired_diff_ms(a: str, b: str) -> float:
         return round(statistics.median(x - y for x, y in zip(cpu[a], cpu[b])) * 1000, 1)
 
+    # The UNet alone (one CFG-sized call, batch 2), many short interleaved calls: the LoRA cost with
+    # less noise than whole images.
+    unets = {"none": eng_none.model.pipe.unet, "fused": eng_fused.model.pipe.unet,
+             "unfused": eng_unfused.model.pipe.unet}
+    shape = eng_none.model.family.latent_shape(src, args.size, args.size)
+    x = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0))
+    hidden = torch.randn((2, 77, src.text_encoder.config.hidden_size), generator=torch.Generator().manual_seed(1))
+    unet_cpu: dict[str, list[float]] = {k: [] for k in unets}
+    with torch.inference_mode():
+        for _ in range(args.unet_calls):
+            for k in order_rng.sample(list(unets), len(unets)):
+                c = time.process_time()
+                unets[k](x, 500, encoder_hidden_states=hidden)
+                unet_cpu[k].append(time.process_time() - c)
+
+    def unet_ratio(k: str) -> float:
+        return round(statistics.median(a / b for a, b in zip(unet_cpu[k], unet_cpu["none"])), 4)
+
     by_sampler = {s: paired(f"ours {s}", f"diffusers {s}") for s in SAMPLERS}
     by_sampler_wall = {s: paired(f"ours {s}", f"diffusers {s}", wall) for s in SAMPLERS}
     result = {
@@ -240,19 +271,22 @@ def main() -> None:
         "scheduler_config_vs_default": sched_notes,
         "ratio_vs_diffusers": max(by_sampler.values()),
         "ratio_by_sampler": by_sampler,
-        "lora_fused_ratio": paired("lora fused", "ours Euler"),
-        "lora_unfused_ratio": paired("lora unfused", "ours Euler"),
+        "lora_fused_ratio": paired("lora fused", "lora none"),
+        "lora_unfused_ratio": paired("lora unfused", "lora none"),
         **lora_check,
+        "unet_call_fused_ratio": unet_ratio("fused"),
+        "unet_call_unfused_ratio": unet_ratio("unfused"),
+        "unet_call_median_cpu_ms": {k: round(statistics.median(v) * 1000, 2) for k, v in unet_cpu.items()},
         "time_measure": "process CPU time per image (time.process_time), paired per round, median of ratios",
         "wall_ratio_vs_diffusers": max(by_sampler_wall.values()),
         "wall_ratio_by_sampler": by_sampler_wall,
-        "wall_lora_fused_ratio": paired("lora fused", "ours Euler", wall),
-        "wall_lora_unfused_ratio": paired("lora unfused", "ours Euler", wall),
+        "wall_lora_fused_ratio": paired("lora fused", "lora none", wall),
+        "wall_lora_unfused_ratio": paired("lora unfused", "lora none", wall),
         "overhead_cpu_ms_by_sampler": {s: paired_diff_ms(f"ours {s}", f"diffusers {s}") for s in SAMPLERS},
         "best_cpu_ratio_vs_diffusers": max(round(min(cpu[f"ours {s}"]) / min(cpu[f"diffusers {s}"]), 4)
                                            for s in SAMPLERS),
-        "best_cpu_lora_fused_ratio": round(min(cpu["lora fused"]) / min(cpu["ours Euler"]), 4),
-        "best_cpu_lora_unfused_ratio": round(min(cpu["lora unfused"]) / min(cpu["ours Euler"]), 4),
+        "best_cpu_lora_fused_ratio": round(min(cpu["lora fused"]) / min(cpu["lora none"]), 4),
+        "best_cpu_lora_unfused_ratio": round(min(cpu["lora unfused"]) / min(cpu["lora none"]), 4),
         "median_cpu_s": {k: round(statistics.median(v), 4) for k, v in cpu.items()},
         "median_wall_s": {k: round(statistics.median(v), 4) for k, v in wall.items()},
         "size": [args.size, args.size],

@@ -151,8 +151,48 @@ def load_adapter(pipe, family, lora: ActiveLora, state: LoraState, *, allow_pick
     if _injected_layers(pipe, name) == 0:
         _delete_adapter(pipe, name)
         raise LoraError(f"{lora.path}: no module of this {family.title} model matched any key of LoRA {lora.name!r}")
+    # Text-encoder keys that name no module are dropped without a warning: compare what the file
+    # names (as diffusers reads it) with where adapters were injected.
+    gaps = _uncovered(pipe, sd, name)
+    if gaps:
+        _delete_adapter(pipe, name)
+        raise LoraError(_unmapped(lora, family, gaps, keys))
     state.loaded[name] = lora.short_hash
     return name
+
+
+_OLD_LEAF = re.compile(r"^(.*?)\.(?:processor\.)?(to_q|to_k|to_v|to_out)_lora\.(?:down|up)\.weight$")
+_CLIP_LEAF = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
+
+
+def _canonical(component: str, key: str) -> str:
+    """Module path of a converted key, in the names the loaded model uses."""
+    m = _OLD_LEAF.match(key)  # diffusers' attention-processor names, still produced for kohya text encoders
+    if m:
+        base, leaf = m.groups()
+        path = f"{base}.{_CLIP_LEAF[leaf]}" if component.startswith("text_encoder") else \
+            f"{base}.{'to_out.0' if leaf == 'to_out' else leaf}"
+    else:
+        path = _module_of(key)
+    # transformers >= 5 flattens CLIPTextModel (no `text_model.` level); compare without it
+    return path[len("text_model."):] if path.startswith("text_model.") else path
+
+
+def _uncovered(pipe, sd: dict, name: str) -> list[str]:
+    try:
+        read = pipe.lora_state_dict(dict(sd))
+    except (ValueError, KeyError, RuntimeError, IndexError):
+        return []  # loading already succeeded; nothing more to learn from a second reading
+    converted = read[0] if isinstance(read, tuple) else read
+    gaps = []
+    for comp in getattr(pipe, "_lora_loadable_modules", ["unet", "text_encoder"]):
+        module = getattr(pipe, comp, None)
+        if module is None:
+            continue
+        wanted = {_canonical(comp, k[len(comp) + 1:]) for k in converted if k.startswith(comp + ".")}
+        got = {_canonical(comp, n + ".lora_A.weight") for n, m in module.named_modules() if name in getattr(m, "lora_A", {})}
+        gaps += [f"{comp}.{w}.lora_A.weight" for w in sorted(wanted - got)]
+    return gaps
 
 
 def _listed_keys(message: str) -> list[str]:
@@ -165,7 +205,9 @@ def _listed_keys(message: str) -> list[str]:
 
 
 def _norm(module: str) -> str:
-    return re.sub(r"[._]", "", module)
+    # kohya turns dots into underscores, and text-encoder paths come with or without `text_model.`
+    flat = re.sub(r"[._]", "", module)
+    return flat[len("textmodel"):] if flat.startswith("textmodel") else flat
 
 
 def _module_of(key: str) -> str:

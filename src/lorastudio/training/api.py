@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lorastudio.core.atomic import atomic_write_text
+from lorastudio.core.atomic import atomic_path, atomic_write_text
 from lorastudio.core.errors import InvalidParameter
 from lorastudio.core.paths import ModelsRoot
 from lorastudio.training.config import TrainingConfig, training_config
@@ -167,7 +167,8 @@ def _copy_dataset(titems, vdir: VersionDir, *, write: bool = True) -> list[Item]
                 dst = vdir.dataset / f"{src.stem}-{n}{src.suffix}"
                 n += 1
             if write:
-                shutil.copy2(src, dst)
+                with atomic_path(dst) as tmp:
+                    shutil.copyfile(src, tmp)
                 atomic_write_text(dst.with_suffix(".txt"), ti.caption)
             seen[src] = dst
         out.append(Item(dst, ti.caption, ti.bucket.width, ti.bucket.height, ti.repeats))

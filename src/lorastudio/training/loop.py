@@ -105,6 +105,26 @@ class Trainer:
                     self._encode_cached(it.caption)
                 if c.caption_dropout > 0:
                     self._encode_cached("")
+        self._offload_encoders()
+
+    def _frozen_encoders(self) -> list[torch.nn.Module]:
+        mods = [getattr(self.pipe, "vae", None)]
+        if self.text is not None and not self.config.shuffle_tags:
+            # Every caption the run can see is cached: the text encoders are not needed until sampling.
+            mods += [getattr(self.pipe, n, None) for n in ("text_encoder", "text_encoder_2")]
+        return [m for m in mods if m is not None]
+
+    def _offload_encoders(self) -> None:
+        # On a GPU the VAE and text encoders leave device memory once their outputs are cached.
+        if self.acc.device.type == "cuda":
+            for m in self._frozen_encoders():
+                m.to("cpu")
+            torch.cuda.empty_cache()
+
+    def _reload_encoders(self) -> None:
+        if self.acc.device.type == "cuda":
+            for m in self._frozen_encoders():
+                m.to(self.acc.device)
 
     def _encode_cached(self, caption: str) -> dict[str, torch.Tensor]:
         return self.text.get(caption, lambda caps: self.family.encode_captions(self.pipe, caps, clip_skip=1))
@@ -173,6 +193,7 @@ class Trainer:
     # --- the run --------------------------------------------------------------------------------
     def run(self) -> LoopState:
         c, st = self.config, self.state
+        self.tensorboard = _tensorboard_writer(self.vdir.logs) if self.acc.is_main_process else None
         started = time.monotonic()
         first = st.step
         metrics = self.vdir.logs / "metrics.jsonl"
@@ -191,6 +212,9 @@ class Trainer:
             if self.acc.is_main_process:
                 with open(metrics, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps({"step": st.step, "loss": loss, "smoothed": st.smoothed, "lr": lr}) + "\n")
+                if self.tensorboard is not None:
+                    self.tensorboard.add_scalar("loss", loss, st.step)
+                    self.tensorboard.add_scalar("lr", lr, st.step)
             self.on_event(TrainingEvent("progress", st.step, self.total_steps, loss=st.smoothed, lr=lr,
                                         it_per_s=rate, eta_s=eta))
             if c.save_every and st.step % c.save_every == 0 and st.step < self.total_steps:
@@ -198,6 +222,8 @@ class Trainer:
             if c.sample_every and self.sampler and st.step % c.sample_every == 0 and st.step < self.total_steps:
                 self._samples(st.step)
             self.yield_point()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         return st
 
     def _checkpoint(self) -> None:
@@ -216,7 +242,9 @@ class Trainer:
         for m in self.modules.values():
             m.eval()
         rng = torch.get_rng_state()
+        self._reload_encoders()
         paths = self.sampler(step)
+        self._offload_encoders()
         torch.set_rng_state(rng)  # previews must not change the training run
         for p in paths:
             self.on_event(TrainingEvent("sample", step, self.total_steps, path=p, message=f"sample {p.name}"))
@@ -224,3 +252,12 @@ class Trainer:
 
     def _log(self, msg: str) -> None:
         self.on_event(TrainingEvent("log", self.state.step, self.total_steps, message=msg))
+
+
+def _tensorboard_writer(folder: Path):
+    """TensorBoard event files when tensorboard is installed; metrics.jsonl is written regardless."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(folder / "tensorboard"))
