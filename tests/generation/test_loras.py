@@ -56,6 +56,12 @@ def loras(family_root, tiny_pipes):
     sd.update({"lora_unet_mid_block_attentions_7_proj_in.lora_down.weight": torch.zeros(RANK, 64),
                "lora_unet_mid_block_attentions_7_proj_in.lora_up.weight": torch.zeros(64, RANK)})
     save_file(sd, str(out["sd1-badkey"]))
+    # a text-encoder layer the model does not have (diffusers drops these without a word)
+    te9 = "lora_te_text_model_encoder_layers_9_self_attn_q_proj"
+    out["sd1-badte"] = d / "sd1-badte.safetensors"
+    save_file({**load_file(str(out["sd1-kohya"])), f"{te9}.lora_down.weight": torch.zeros(RANK, 32),
+               f"{te9}.lora_up.weight": torch.zeros(32, RANK), f"{te9}.alpha": torch.tensor(ALPHA)},
+              str(out["sd1-badte"]))
     torch.save(load_file(str(out["sd1-kohya"])), d / "sd1-pickled.pt")
 
     xunet = tl.random_lora(sdxl.unet, tl.linear_names(sdxl.unet, endings=SD_UNET), seed=5)
@@ -163,10 +169,12 @@ def test_lora_for_another_family_is_refused_naming_the_file(family_engine, loras
     assert not (tmp_path / "out").exists()
 
 
-def test_key_that_maps_to_no_module_is_named(sd1, loras, tmp_path):
+@pytest.mark.parametrize("lora, key", [("sd1-badkey", "'lora_unet_mid_block_attentions_7_proj_in.lora_down.weight'"),
+                                       ("sd1-badte", "'lora_te_text_model_encoder_layers_9_self_attn_q_proj.lora_")])
+def test_key_that_maps_to_no_module_is_named(sd1, loras, tmp_path, lora, key):
     with pytest.raises(LoraError) as e:
-        sd1.txt2img({**SMALL, "prompt": "x <lora:sd1-badkey:1>"}, outdir=tmp_path / "out")
-    assert "lora_unet_mid_block_attentions_7_proj_in" in str(e.value) and str(loras["sd1-badkey"]) in str(e.value)
+        sd1.txt2img({**SMALL, "prompt": f"x <lora:{lora}:1>"}, outdir=tmp_path / "out")
+    assert key in str(e.value) and str(loras[lora]) in str(e.value)
     assert not (tmp_path / "out").exists()
     # nothing of the refused file stays behind
     assert np.array_equal(pixels(sd1, "a red circle <lora:sd1-kohya:0>"), pixels(sd1, "a red circle"))

@@ -221,7 +221,8 @@ def _module_of(key: str) -> str:
 def _unmapped(lora: ActiveLora, family, listed: list[str], file_keys: list[str]) -> str:
     """Name the file's own key for what diffusers reports under its converted name, when it can be told."""
     want = _norm(_module_of(listed[0]))
-    original = next((k for k in file_keys if _norm(_module_of(k)) == want), None)
+    same = [k for k in file_keys if _norm(_module_of(k)) == want]
+    original = min(same, key=lambda k: k.endswith("alpha"), default=None)  # a weight rather than its alpha
     if original is not None:
         return f"{lora.path}: key {original!r} of LoRA {lora.name!r} names no module of this {family.title} model"
     return (f"{lora.path}: key {listed[0]!r} (as diffusers reads LoRA {lora.name!r}) names no module of this "
