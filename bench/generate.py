@@ -43,6 +43,9 @@ sides) and the median over rounds is reported:
                          the UNet alone (one batch-2 call, --unet-calls interleaved calls per mode),
                          LoRA-mode UNet / plain UNet, median of paired ratios: the same question
                          as the lora_* ratios with far less noise
+    lora_lookup_cpu_ms   CPU ms of Catalog.find_lora, which txt2img runs for every <lora:> tag of
+                         every call, with --lora-library files in models/Lora (20 sub-folders);
+                         lora_lookup_vs_image = that / the CPU time of one no-LoRA image here
 
 Sizes: the tiny VAE downsamples by 2 (two blocks), so --size 32 means 16x16 latents, the UNet's
 native sample_size. One CFG step is one UNet call on a batch of 2 (~40 ms of CPU here), a 20-step
@@ -110,6 +113,31 @@ def make_models_root(root: Path, rank: int) -> Path:
     return root
 
 
+def lora_lookup_ms(base: Path, n_files: int, repeats: int = 5) -> float:
+    """Median ms of Catalog.find_lora (run for every <lora:> tag of every txt2img call) in a Lora
+    folder of n_files small files spread over 20 sub-folders, the last one wanted."""
+    from lorastudio.core.paths import ModelsRoot
+    from lorastudio.models.catalog import Catalog
+
+    root = base / "library" / "models"
+    (root / "Stable-diffusion").mkdir(parents=True)
+    per = max(1, n_files // 20)
+    for sub in range(20):
+        folder = root / "Lora" / f"artist{sub:02d}" / "styles"
+        folder.mkdir(parents=True)
+        for i in range(per):
+            (folder / f"lora{sub:02d}_{i:04d}.safetensors").write_bytes(b"\0")
+    catalog = Catalog(ModelsRoot.at(root), include_bundled=False)
+    want = f"lora19_{per - 1:04d}"
+    catalog.find_lora(want)
+    times = []
+    for _ in range(repeats):
+        c = time.process_time()
+        catalog.find_lora(want)
+        times.append(time.process_time() - c)
+    return statistics.median(times) * 1000
+
+
 def engine(models: Path, outdir: Path, lora_mode: str):
     from lorastudio.core.settings import StudioSettings
     from lorastudio.generation.engine import GenerationEngine
@@ -136,6 +164,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--rank", type=int, default=8, help="LoRA rank")
     ap.add_argument("--unet-calls", type=int, default=40, help="interleaved UNet-only calls per LoRA mode")
+    ap.add_argument("--lora-library", type=int, default=2000,
+                    help="files in the Lora folder for the find_lora timing (0: skip)")
     args = ap.parse_args()
 
     import numpy as np
@@ -260,6 +290,7 @@ def main() -> None:
     def unet_ratio(k: str) -> float:
         return round(statistics.median(a / b for a, b in zip(unet_cpu[k], unet_cpu["none"])), 4)
 
+    lookup_ms = lora_lookup_ms(base, args.lora_library) if args.lora_library else None
     by_sampler = {s: paired(f"ours {s}", f"diffusers {s}") for s in SAMPLERS}
     by_sampler_wall = {s: paired(f"ours {s}", f"diffusers {s}", wall) for s in SAMPLERS}
     result = {
@@ -277,6 +308,10 @@ def main() -> None:
         "unet_call_fused_ratio": unet_ratio("fused"),
         "unet_call_unfused_ratio": unet_ratio("unfused"),
         "unet_call_median_cpu_ms": {k: round(statistics.median(v) * 1000, 2) for k, v in unet_cpu.items()},
+        "lora_library_files": args.lora_library,
+        "lora_lookup_cpu_ms": round(lookup_ms, 1) if lookup_ms is not None else None,
+        "lora_lookup_vs_image": (round(lookup_ms / 1000 / statistics.median(cpu["lora none"]), 4)
+                                 if lookup_ms is not None else None),
         "time_measure": "process CPU time per image (time.process_time), paired per round, median of ratios",
         "wall_ratio_vs_diffusers": max(by_sampler_wall.values()),
         "wall_ratio_by_sampler": by_sampler_wall,

@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--prompts", type=int, default=48, help="base-preservation prompts (>= 48 covers all pairs)")
     ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--workspace", type=Path, default=None)
     args = ap.parse_args()
 
@@ -51,8 +53,8 @@ def main() -> None:
 
     t0 = time.monotonic()
     result = train(dict(images=ws / "dataset", trigger="DeltamonStamp", base=base.name, models_dir=models,
-                        projects_dir=ws / "projects", project="deltamon", steps=args.steps, batch_size=4, rank=8,
-                        alpha=8.0, lr=1e-3, resolution=[size], seed=0))
+                        projects_dir=ws / "projects", project="deltamon", steps=args.steps, batch_size=4, rank=args.rank,
+                        alpha=float(args.rank), lr=args.lr, resolution=[size], seed=0))
     train_s = time.monotonic() - t0
     (models / "Lora" / "deltamon.safetensors").write_bytes(result.lora_path.read_bytes())
 
@@ -91,6 +93,8 @@ def main() -> None:
         "bench": "lora_efficacy",
         "base_model": base.name,
         "train_steps": args.steps,
+        "lr": args.lr,
+        "rank": args.rank,
         "train_seconds": round(train_s, 1),
         "concept_score": concept,
         "concept_margin_w1_minus_w0": round(concept["1"] - concept["0"], 4),

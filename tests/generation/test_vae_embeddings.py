@@ -100,6 +100,9 @@ def embeddings(family_root, tiny_pipes):
     vec = _rows(sd1.text_encoder, sd1.tokenizer, "red circle")
     torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": vec}, "name": "RedCircle", "step": 100},
                d / "RedCircle.pt")
+    # torch < 1.12 A1111 files: the vectors in a ParameterDict
+    old = {"string_to_param": torch.nn.ParameterDict({"*": torch.nn.Parameter(vec)}), "name": "old", "step": 5}
+    torch.save(old, d / "redcircle-old.pt")
     save_file({"emb_params": vec}, str(d / "red-circle-st.safetensors"))
     save_file({"clip_l": _rows(sdxl.text_encoder, sdxl.tokenizer, "red circle"),
                "clip_g": _rows(sdxl.text_encoder_2, sdxl.tokenizer_2, "red circle")}, str(d / "redcircle-xl.safetensors"))
@@ -122,6 +125,7 @@ def test_sd1_embeddings_stand_for_their_vectors(family_engine, embeddings, with_
     with with_settings(engine, allow_pickle=True):
         pt = run(engine, "a (REDCIRCLE), sky", negative_prompt="red-circle-st")
         assert np.array_equal(arr(pt.image), arr(run(engine, "a (red circle), sky", negative_prompt="red circle").image))
+        assert np.array_equal(arr(run(engine, "a redcircle-old, sky").image), words)
     assert set(parse_infotext(pt.infotext)["TI hashes"].split(", ")) == {
         f"RedCircle: {sha(embeddings / 'RedCircle.pt')[:12]}", f"red-circle-st: {name_hash}"}
     # an embedding for another model (SDXL's clip_l/clip_g) leaves its name as plain text

@@ -87,3 +87,42 @@ def invalid_from_validation(exc: ValidationError) -> InvalidParameter:
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[1:4]
         ) + ")"
     return InvalidParameter(field, first.get("input"), why)
+
+
+class Img2ImgOptions(BaseModel):
+    """The img2img / inpaint settings beyond GenerationParams, with A1111's names and meanings.
+
+    inpainting_fill defaults to 1 ("original"), A1111's UI default; its API defaults to 0
+    ("fill"), which the API layer passes explicitly.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # 0 "Just resize", 1 "Crop and resize", 2 "Resize and fill" (3, latent upscale, is not offered)
+    resize_mode: int = Field(0, ge=0, le=2)
+    mask_blur_x: int = Field(4, ge=0, le=256)
+    mask_blur_y: int = Field(4, ge=0, le=256)
+    # 0 fill, 1 original, 2 latent noise, 3 latent nothing
+    inpainting_fill: int = Field(1, ge=0, le=3)
+    inpainting_mask_invert: bool = False
+
+
+def validate_img2img_options(data: dict[str, Any] | Img2ImgOptions | None) -> Img2ImgOptions:
+    if data is None:
+        return Img2ImgOptions()
+    if isinstance(data, Img2ImgOptions):
+        return data
+    try:
+        return Img2ImgOptions(**data)
+    except ValidationError as exc:
+        raise invalid_from_validation(exc) from None
+
+
+def img2img_steps(steps: int, denoising_strength: float) -> int:
+    """Sampling steps A1111 runs for img2img: int(min(strength, 0.999) * steps) + 1.
+
+    That is `setup_img2img_steps` (img2img_fix_steps off) and `launch_sampling(t_enc + 1)`: the
+    last t_enc + 1 steps of a `steps`-step schedule. Strength 0 still runs one step, from the
+    smallest noise level.
+    """
+    return int(min(denoising_strength, 0.999) * steps) + 1

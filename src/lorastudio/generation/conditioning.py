@@ -59,7 +59,10 @@ def encode_clip(tokenizer, text_encoder, text: str, spec: ClipEncodeSpec, *,
         if bool((weights != 1.0).any()):
             original_mean = z.mean()
             z = z * weights.reshape(1, -1, 1)
-            z = z * (original_mean / z.mean())
+            new_mean = z.mean()
+            # A1111 restores the mean; a mean of ~0 (random test models) would divide into NaNs.
+            if bool(new_mean.abs() > 1e-8):
+                z = z * (original_mean / new_mean)
         hidden_parts.append(z)
     if len(hidden_parts) < min_chunks:
         empty, _, _ = encode_clip(tokenizer, text_encoder, "", spec)

@@ -28,6 +28,12 @@ def initial_noise(seeds: list[int], shape: tuple[int, ...], dtype=torch.float32)
     The same generators are handed to the pipeline for the per-step noise of ancestral and SDE
     samplers, which reproduces what diffusers does when it draws latents itself.
     """
-    gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    gens = seeded_generators(seeds)
     latents = torch.cat([torch.randn((1, *shape), generator=g, dtype=dtype) for g in gens])
     return latents, gens
+
+
+def seeded_generators(seeds: list[int]) -> list:
+    """One CPU generator per image, seeded with that image's seed (img2img pipelines draw the noise
+    from them themselves: the same first draw initial_noise makes)."""
+    return [torch.Generator("cpu").manual_seed(s) for s in seeds]

@@ -53,7 +53,8 @@ def sampler_label(choice) -> str:
 
 
 def build_infotext(model: LoadedModel, params: GenerationParams, seed: int, choice, loras: list[ActiveLora],
-                   model_hash: str | None, extra: dict[str, Any] | None = None) -> str:
+                   model_hash: str | None, extra: dict[str, Any] | None = None,
+                   img2img: dict[str, Any] | None = None) -> str:
     fields: dict[str, Any] = {
         "Steps": params.steps,
         "Sampler": sampler_label(choice),
@@ -66,7 +67,11 @@ def build_infotext(model: LoadedModel, params: GenerationParams, seed: int, choi
         "VAE hash": model.vae_sha256[:10] if model.vae_sha256 else None,
         "VAE": Path(model.vae_name).stem if model.vae_name else None,  # A1111 writes the file's stem
     }
+    img2img = dict(img2img or {})
+    if "Denoising strength" in img2img:  # A1111 writes it before Clip skip, its mask fields before Lora hashes
+        fields["Denoising strength"] = img2img.pop("Denoising strength")
     fields.update(model.family.infotext_fields(params))
+    fields.update(img2img)
     if loras:
         # As A1111: names lose ":" and "," so the list can be read back.
         fields["Lora hashes"] = ", ".join(

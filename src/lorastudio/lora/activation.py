@@ -180,7 +180,9 @@ def _canonical(component: str, key: str) -> str:
 
 def _uncovered(pipe, sd: dict, name: str) -> list[str]:
     try:
-        read = pipe.lora_state_dict(dict(sd))
+        # as load_lora_weights reads it: SGM block names are mapped with the UNet's layout
+        extra = {"unet_config": pipe.unet.config} if getattr(pipe, "unet", None) is not None else {}
+        read = pipe.lora_state_dict(dict(sd), **extra)
     except (ValueError, KeyError, RuntimeError, IndexError):
         return []  # loading already succeeded; nothing more to learn from a second reading
     converted = read[0] if isinstance(read, tuple) else read

@@ -48,7 +48,10 @@ def read_embedding(path: Path, *, allow_pickle: bool) -> dict:
     from lorastudio.models.loader import load_pickle_weights_only, read_tensors
 
     if Path(path).suffix.lower() in PICKLE_EXTENSIONS:
-        data = load_pickle_weights_only(path, allow_pickle)
+        import torch
+
+        # A1111 files written with torch < 1.12 hold a ParameterDict (A1111's own unpickler allows it too)
+        data = load_pickle_weights_only(path, allow_pickle, also_allow=(torch.nn.ParameterDict,))
         if not isinstance(data, dict):
             raise ModelFileError(path, "not an embedding: the pickle holds no dict")
         return data

@@ -86,12 +86,12 @@ PICKLE_HELP = (
 )
 
 
-def load_pickle_weights_only(path: Path, allow_pickle: bool):
+def load_pickle_weights_only(path: Path, allow_pickle: bool, *, also_allow: tuple = ()):
     """The object in a .ckpt/.pt file, through torch's restricted unpickler only.
 
-    weights_only=True admits tensors, containers, numbers and strings; any other global (a class
-    instance, a function to call) makes torch refuse the file, and there is no fallback to a full
-    unpickle, whatever the file holds.
+    weights_only=True admits tensors, containers, numbers and strings (plus the classes named in
+    `also_allow`); any other global (a class instance, a function to call) makes torch refuse the
+    file, and there is no fallback to a full unpickle, whatever the file holds.
     """
     path = Path(path)
     if not allow_pickle:
@@ -101,7 +101,8 @@ def load_pickle_weights_only(path: Path, allow_pickle: bool):
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(also_allow)):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(path, f"not loadable with torch.load(weights_only=True), so refused (no unsafe "

@@ -100,6 +100,13 @@ class ModelFamily(ABC):
         """Family-specific entries for the PNG parameters text."""
         return {}
 
+    def img2img_pipeline(self, pipe: "DiffusionPipeline", inpaint: bool) -> "DiffusionPipeline":
+        """The img2img (inpaint=True: inpainting) pipeline sharing `pipe`'s modules: no weights are copied,
+        and LoRAs or a VAE applied to `pipe` are in effect."""
+        from lorastudio.core.errors import InvalidParameter
+
+        raise InvalidParameter("init_images", "<image>", f"img2img is not available for {self.title} models")
+
     def textual_inversion_targets(self, pipe: "DiffusionPipeline") -> list[tuple[str | None, Any, Any]]:
         """(key in an embedding file, tokenizer, text encoder) per encoder that takes A1111 embeddings.
 

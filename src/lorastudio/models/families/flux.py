@@ -162,6 +162,11 @@ class FluxFamily(ModelFamily, TrainableFamily):
         # As Forge writes FLUX images: "Sampler: Euler, Schedule type: Simple", which reads back as flow Euler.
         return {"Schedule type": "Simple", "Distilled CFG Scale": params.guidance}
 
+    def img2img_pipeline(self, pipe, inpaint: bool):
+        from diffusers import FluxImg2ImgPipeline, FluxInpaintPipeline
+
+        return (FluxInpaintPipeline if inpaint else FluxImg2ImgPipeline).from_pipe(pipe)
+
     # --- training --------------------------------------------------------------------------
     def training_defaults(self, pipe) -> dict[str, Any]:
         # fal's FLUX LoRA trainer / ai-toolkit: rank 16, lr 4e-4, 1000 steps, 1024 px.

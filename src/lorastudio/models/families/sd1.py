@@ -113,6 +113,11 @@ class SD1Family(ModelFamily, TrainableFamily):
     def textual_inversion_targets(self, pipe):
         return [(None, pipe.tokenizer, pipe.text_encoder)]
 
+    def img2img_pipeline(self, pipe, inpaint: bool):
+        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+
+        return (StableDiffusionInpaintPipeline if inpaint else StableDiffusionImg2ImgPipeline).from_pipe(pipe)
+
     # --- training --------------------------------------------------------------------------
     def training_defaults(self, pipe) -> dict[str, Any]:
         # kohya / A1111 train-tools values for a character LoRA on SD 1.5.

@@ -138,6 +138,11 @@ class SDXLFamily(ModelFamily, TrainableFamily):
     def textual_inversion_targets(self, pipe):
         return [("clip_l", pipe.tokenizer, pipe.text_encoder), ("clip_g", pipe.tokenizer_2, pipe.text_encoder_2)]
 
+    def img2img_pipeline(self, pipe, inpaint: bool):
+        from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline
+
+        return (StableDiffusionXLInpaintPipeline if inpaint else StableDiffusionXLImg2ImgPipeline).from_pipe(pipe)
+
     # --- training --------------------------------------------------------------------------
     def training_defaults(self, pipe) -> dict[str, Any]:
         # kohya's SDXL LoRA defaults for a character: rank 16, lr 1e-4, 1024 px.

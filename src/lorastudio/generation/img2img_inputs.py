@@ -1,0 +1,163 @@
+"""img2img / inpaint inputs prepared as A1111 prepares them (PIL and numpy only, no torch).
+
+Each step follows AUTOMATIC1111 v1.10 (`StableDiffusionProcessingImg2Img.init`, `images.resize_image`,
+`images.flatten`, `masking.fill`, `processing.create_binary_mask`, `processing.apply_overlay`),
+because users move masks and settings between A1111 and us and expect the same regions repainted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps
+
+from lorastudio.core.params import Img2ImgOptions
+
+LANCZOS = Image.Resampling.LANCZOS
+MASKED_CONTENT = {0: "fill", 2: "latent noise", 3: "latent nothing"}  # 1 ("original") is not written
+
+
+@dataclass
+class PreparedInputs:
+    images: list  # RGB, width x height, what the VAE encodes (masked area filled for inpainting_fill 0)
+    overlays: list | None = None  # RGBA originals pasted over each result (inpainting)
+    latent_mask: np.ndarray | None = None  # [h, w] at latent resolution, 1 = repaint
+    pipeline_mask: Any = None  # latent_mask as an L image of width x height, uniform per latent cell
+    infotext: dict[str, Any] = field(default_factory=dict)
+
+
+def flatten(img, bgcolor: str = "#ffffff"):
+    """Transparency onto A1111's default img2img background (white), as RGB."""
+    if img.mode == "RGBA":
+        background = Image.new("RGBA", img.size, bgcolor)
+        background.paste(img, mask=img)
+        img = background
+    return img.convert("RGB")
+
+
+def resize_image(resize_mode: int, im, width: int, height: int):
+    """A1111's resize modes 0 "Just resize", 1 "Crop and resize", 2 "Resize and fill" (no upscaler:
+    A1111's default `upscaler_for_img2img` is None, i.e. plain Lanczos)."""
+    if resize_mode == 0:
+        return im.resize((width, height), resample=LANCZOS)
+    ratio, src_ratio = width / height, im.width / im.height
+    if resize_mode == 1:
+        src_w = width if ratio > src_ratio else im.width * height // im.height
+        src_h = height if ratio <= src_ratio else im.height * width // im.width
+    else:
+        src_w = width if ratio < src_ratio else im.width * height // im.height
+        src_h = height if ratio >= src_ratio else im.height * width // im.width
+    resized = im.resize((src_w, src_h), resample=LANCZOS)
+    res = Image.new("RGB", (width, height))
+    res.paste(resized, box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
+    if resize_mode == 2:
+        # The bands left empty are filled by stretching the image's outermost rows / columns.
+        if ratio < src_ratio:
+            fill_height = height // 2 - src_h // 2
+            if fill_height > 0:
+                res.paste(resized.resize((width, fill_height), box=(0, 0, width, 0)), box=(0, 0))
+                res.paste(resized.resize((width, fill_height), box=(0, resized.height, width, resized.height)),
+                          box=(0, fill_height + src_h))
+        elif ratio > src_ratio:
+            fill_width = width // 2 - src_w // 2
+            if fill_width > 0:
+                res.paste(resized.resize((fill_width, height), box=(0, 0, 0, height)), box=(0, 0))
+                res.paste(resized.resize((fill_width, height), box=(resized.width, 0, resized.width, height)),
+                          box=(fill_width + src_w, 0))
+    return res
+
+
+def binary_mask(image, round: bool = True):
+    """A mask as L: the alpha channel of a transparent RGBA image, else its grey levels (white = repaint)."""
+    if image.mode == "RGBA" and image.getextrema()[-1] != (255, 255):
+        image = image.split()[-1].convert("L")
+        return image.point(lambda x: 255 if x > 128 else 0) if round else image
+    return image.convert("L")
+
+
+def gaussian_blur_1d(mask, sigma: float, axis: int):
+    """cv2.GaussianBlur along one axis with A1111's kernel size and OpenCV's default border
+    (reflect-101); OpenCV's 8-bit fixed-point rounding can differ by one level at some pixels."""
+    a = np.asarray(mask, dtype=np.float64)
+    ksize = 2 * int(2.5 * sigma + 0.5) + 1
+    x = np.arange(ksize) - (ksize - 1) / 2
+    kernel = np.exp(-(x * x) / (2 * sigma * sigma))
+    kernel /= kernel.sum()
+    r = ksize // 2
+    pad = [(0, 0), (0, 0)]
+    pad[axis] = (r, r)
+    padded = np.pad(a, pad, mode="reflect")
+    n = a.shape[axis]
+    out = np.zeros_like(a)
+    for i, w in enumerate(kernel):
+        out += w * (padded[:, i:i + n] if axis == 1 else padded[i:i + n, :])
+    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), mode="L")
+
+
+def fill(image, mask):
+    """A1111's "fill" masked content: the masked area painted with ever less blurred surroundings."""
+    image_mod = Image.new("RGBA", (image.width, image.height))
+    image_masked = Image.new("RGBa", (image.width, image.height))
+    image_masked.paste(image.convert("RGBA").convert("RGBa"), mask=ImageOps.invert(mask.convert("L")))
+    image_masked = image_masked.convert("RGBa")
+    for radius, repeats in [(256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1)]:
+        blurred = image_masked.filter(ImageFilter.GaussianBlur(radius)).convert("RGBA")
+        for _ in range(repeats):
+            image_mod.alpha_composite(blurred)
+    return image_mod.convert("RGB")
+
+
+def apply_overlay(image, overlay):
+    """Paste the original back over the unmasked area (A1111 does this after decoding, so pixels
+    outside the blurred mask are the init image's exactly)."""
+    image = image.convert("RGBA")
+    image.alpha_composite(overlay)
+    return image.convert("RGB")
+
+
+def prepare_inputs(init_images: list, mask, width: int, height: int, options: Img2ImgOptions,
+                   vae_scale: int) -> PreparedInputs:
+    infotext: dict[str, Any] = {}
+    image_mask = mask_for_overlay = latmask = None
+    if mask is not None:
+        image_mask = binary_mask(mask)
+        if options.inpainting_mask_invert:
+            image_mask = ImageOps.invert(image_mask)
+            infotext["Mask mode"] = "Inpaint not masked"
+        if options.mask_blur_x > 0:
+            image_mask = gaussian_blur_1d(image_mask, options.mask_blur_x, axis=1)
+        if options.mask_blur_y > 0:
+            image_mask = gaussian_blur_1d(image_mask, options.mask_blur_y, axis=0)
+        if options.mask_blur_x > 0 or options.mask_blur_y > 0:
+            # A1111 writes one value only when both directions agree (its `mask_blur` property).
+            infotext["Mask blur"] = options.mask_blur_x if options.mask_blur_x == options.mask_blur_y else None
+        image_mask = resize_image(options.resize_mode, image_mask, width, height).convert("L")
+        np_mask = np.clip(np.asarray(image_mask).astype(np.float32) * 2, 0, 255).astype(np.uint8)
+        mask_for_overlay = Image.fromarray(np_mask, mode="L")
+        if options.inpainting_fill in MASKED_CONTENT:
+            infotext["Masked content"] = MASKED_CONTENT[options.inpainting_fill]
+        # Latent resolution: A1111 shrinks the blurred mask (PIL's default bicubic) and rounds it.
+        lw, lh = width // vae_scale, height // vae_scale
+        small = np.asarray(image_mask.convert("RGB").resize((lw, lh)), dtype=np.float32)[..., 0] / 255
+        latmask = np.around(small)
+    images, overlays = [], [] if mask is not None else None
+    for img in init_images:
+        image = resize_image(options.resize_mode, flatten(img), width, height)
+        if mask is not None:
+            masked = Image.new("RGBa", (width, height))
+            masked.paste(image.convert("RGBA").convert("RGBa"), mask=ImageOps.invert(mask_for_overlay))
+            overlays.append(masked.convert("RGBA"))
+            if options.inpainting_fill != 1:
+                image = fill(image, image_mask)
+        images.append(image)
+    pipeline_mask = None
+    if latmask is not None:
+        # Each latent cell becomes a uniform vae_scale-sized block, so the pipeline's nearest-neighbour
+        # shrink gives back exactly this mask.
+        blocks = np.kron(latmask, np.ones((vae_scale, vae_scale), np.float32))
+        full = np.zeros((height, width), np.uint8)
+        full[:blocks.shape[0], :blocks.shape[1]] = (blocks * 255).astype(np.uint8)
+        pipeline_mask = Image.fromarray(full, mode="L")
+    return PreparedInputs(images, overlays, latmask, pipeline_mask, infotext)
