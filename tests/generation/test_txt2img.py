@@ -52,6 +52,7 @@ def test_png_carries_infotext_and_reproduces(engine, tmp_path):
     from lorastudio.core.infotext_params import params_from_infotext
 
     again = engine.txt2img(params_from_infotext(text), save=False)
+    assert arr(r.images[0].image).std() > 0  # a real picture, not a NaN-black one
     assert np.array_equal(arr(again.images[0].image), arr(r.images[0].image))
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from lorastudio.core.errors import NotFound
+from lorastudio.core.errors import InvalidParameter, NotFound
 from lorastudio.core.hashes import lora_hash_for_infotext
-from lorastudio.core.params import GenerationParams, validate_params
+from lorastudio.core.params import GenerationParams, Img2ImgOptions, validate_img2img_options, validate_params
 from lorastudio.core.paths import ModelsRoot
 from lorastudio.core.samplers import resolve_sampler
 from lorastudio.core.settings import StudioSettings
@@ -117,6 +117,27 @@ class GenerationEngine:
             short = self.catalog.short_hash(self._entry) if self._entry else None
             return run_txt2img(model, params, activate_loras=self._activate_loras, model_hash=short,
                                save_to=folder, on_progress=on_progress, should_stop=self.interrupt_flag.is_set,
+                               prepare_prompts=self._apply_embeddings)
+
+    def img2img(self, params: GenerationParams | dict, init_images: list, mask=None, *,
+                options: Img2ImgOptions | dict | None = None, save: bool = True,
+                on_progress: ProgressFn | None = None, outdir: Path | None = None) -> GenerationResult:
+        """img2img (inpainting when `mask` is given: white = repaint) with A1111's semantics."""
+        params = validate_params(params)
+        options = validate_img2img_options(options)
+        resolve_sampler(params.sampler, params.scheduler)
+        if not init_images:
+            raise InvalidParameter("init_images", [], "img2img needs at least one init image")
+        from lorastudio.generation.img2img import run_img2img
+
+        with self._lock:
+            self.interrupt_flag.clear()
+            model = self.load(params.model, params.vae)
+            folder = dated_folder(outdir or self.settings.outdir, "img2img") if save else None
+            short = self.catalog.short_hash(self._entry) if self._entry else None
+            return run_img2img(model, params, list(init_images), mask=mask, options=options,
+                               activate_loras=self._activate_loras, model_hash=short, save_to=folder,
+                               on_progress=on_progress, should_stop=self.interrupt_flag.is_set,
                                prepare_prompts=self._apply_embeddings)
 
     def _activate_loras(self, tags):

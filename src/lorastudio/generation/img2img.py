@@ -1,0 +1,183 @@
+"""img2img and inpainting: a loaded model + GenerationParams + init images -> images with their infotext.
+
+The same steps as txt2img (LoRAs, prompts, per-image seeds, infotext), run on the family's img2img
+or inpaint pipeline built over the loaded modules. Where diffusers' defaults differ from A1111,
+A1111 wins:
+
+- Steps. A1111 runs int(min(strength, 0.999) * steps) + 1 steps, the tail of a `steps`-step
+  schedule (20 steps at 0.75: 16; at 0: 1, from the smallest noise level). Diffusers' pipelines
+  run int(steps * strength) (15; and refuse 0). The strength handed to the pipeline is picked so
+  it runs A1111's count from the same point of the schedule; the infotext keeps `Steps: 20`.
+- Noise. Init images are encoded to the VAE's mean and given to the pipeline as latents, so the
+  pipeline's first draw from each image's generator is the noise added: the very noise txt2img
+  starts from at that seed (A1111's `rng.next()`). A1111 samples the VAE posterior with an
+  unseeded draw; the mean is what makes a seed reproduce exactly.
+- Inpainting. The mask is prepared as A1111 prepares it (img2img_inputs) and the original is
+  pasted back over the unmasked area after decoding.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from lorastudio.core.errors import InvalidParameter
+from lorastudio.core.params import GenerationParams, Img2ImgOptions, img2img_steps
+from lorastudio.core.prompt_syntax import extract_lora_tags
+from lorastudio.core.samplers import resolve_sampler
+from lorastudio.generation.img2img_inputs import apply_overlay, prepare_inputs
+from lorastudio.generation.noise import all_seeds, initial_noise, resolve_seed, seeded_generators
+from lorastudio.generation.txt2img import (
+    GeneratedImage,
+    GenerationResult,
+    ProgressFn,
+    _latent_dtype,
+    _seed_brownian_noise,
+    build_infotext,
+)
+from lorastudio.lora.activation import ActiveLora
+from lorastudio.models.loaded import LoadedModel
+
+
+def pipeline_strength(pipe, steps: int, run: int) -> float:
+    """The `strength` for which this diffusers img2img/inpaint pipeline runs exactly `run` of `steps`.
+
+    SD pipelines keep int(steps * strength) steps, FLUX ones steps - int(steps - steps * strength).
+    No single float satisfies both roundings for every (steps, run) (steps * (run / steps) is not
+    always run in binary), so the pipeline's own get_timesteps is asked, with a stand-in
+    scheduler, which candidate it honours.
+    """
+    if run >= steps:
+        return 1.0
+    stand_in = SimpleNamespace(scheduler=SimpleNamespace(timesteps=list(range(steps)), order=1))
+    for strength in (run / steps, (run + 0.5) / steps, (run - 0.5) / steps):
+        _, kept = type(pipe).get_timesteps(stand_in, steps, strength, "cpu")
+        if kept == run:
+            return strength
+    raise RuntimeError(f"{type(pipe).__name__}: no strength runs {run} of {steps} steps")
+
+
+def encode_init_images(family, pipe, images: list) -> torch.Tensor:
+    """RGB images -> the scaled latents the pipeline would make, from the VAE posterior's mean."""
+    encode = getattr(family, "encode_images", None)
+    if encode is None:
+        raise InvalidParameter("init_images", "<image>", f"img2img is not available for {family.title} models")
+    vae = pipe.vae
+    # SDXL's VAE overflows in float16; diffusers encodes such VAEs (force_upcast) in float32.
+    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        latents = []
+        for im in images:  # one at a time: a batch of large images would need the memory of all
+            pixels = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+            with torch.no_grad():
+                latents.append(encode(pipe, pixels * 2 - 1))
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+    return torch.cat(latents)
+
+
+def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list, *, mask=None,
+                options: Img2ImgOptions | None = None, activate_loras: Callable[[list], list[ActiveLora]],
+                model_hash: str | None, save_to: Path | None, on_progress: ProgressFn | None = None,
+                should_stop: Callable[[], bool] | None = None,
+                prepare_prompts: Callable[[str, str], tuple[str, str, dict]] | None = None) -> GenerationResult:
+    family = model.family
+    options = options or Img2ImgOptions()
+    # 1. check inputs
+    choice = resolve_sampler(params.sampler, params.scheduler)
+    if not family.supports_sampler(choice):
+        raise InvalidParameter("sampler", params.sampler, f"not available for {family.title} models")
+    if len(init_images) not in (1, params.batch_size):
+        # A1111 silently shrinks the batch to the image count; we do not change what was asked for.
+        raise InvalidParameter("init_images", f"<{len(init_images)} images>",
+                               f"give one image, or one per image of the batch (batch_size={params.batch_size})")
+    prompt_text, tags = extract_lora_tags(params.prompt)
+    # 2. LoRAs and embeddings first: the img2img pipeline is built over the modules they changed
+    loras = activate_loras(tags)
+    negative, extra = params.negative_prompt, {}
+    if prepare_prompts is not None:
+        prompt_text, negative, extra = prepare_prompts(prompt_text, negative)
+    pipe = family.img2img_pipeline(model.pipe, inpaint=mask is not None)
+    pipe.scheduler = family.make_scheduler(model.pipe, choice)
+    # 3. images and mask, as A1111 prepares them; then latents
+    shape = family.latent_shape(pipe, params.width, params.height)
+    inputs = prepare_inputs(init_images, mask, params.width, params.height, options, pipe.vae_scale_factor)
+    with torch.no_grad():
+        cond = family.encode_prompts(pipe, prompt_text, negative, clip_skip=params.clip_skip,
+                                     cfg_scale=params.cfg_scale, guidance=params.guidance)
+    init_latents = encode_init_images(family, pipe, inputs.images)
+    if tuple(init_latents.shape[1:]) != tuple(shape):
+        raise InvalidParameter("width", f"{params.width}x{params.height}",
+                               f"this {family.title} model needs sizes its latent grid divides evenly")
+    run = img2img_steps(params.steps, params.denoising_strength)
+    strength = pipeline_strength(pipe, params.steps, run)
+    img2img_info = {"Denoising strength": params.denoising_strength, **inputs.infotext}
+    repaint = None
+    if inputs.latent_mask is not None:
+        repaint = torch.from_numpy(inputs.latent_mask)[None, None].to(init_latents.device, init_latents.dtype)
+
+    seed = resolve_seed(params.seed)
+    seeds = all_seeds(seed, params.batch_size * params.batch_count)
+    result = GenerationResult(seed=seed, all_seeds=seeds, params=params)
+    for b in range(params.batch_count):
+        batch_seeds = seeds[b * params.batch_size:(b + 1) * params.batch_size]
+        latents = init_latents.expand(len(batch_seeds), *shape) if len(init_latents) == 1 else init_latents
+        if repaint is not None and options.inpainting_fill == 2:
+            # "latent noise": A1111 puts the seeds' own noise in the masked area.
+            noise, _ = initial_noise(batch_seeds, shape)
+            latents = latents * (1 - repaint) + noise.to(latents) * repaint
+        elif repaint is not None and options.inpainting_fill == 3:
+            latents = latents * (1 - repaint)  # "latent nothing"
+        # 4. noise: drawn by the pipeline from each image's own generator
+        gens = seeded_generators(batch_seeds)
+        _seed_brownian_noise(pipe, batch_seeds[0])
+        # 5. denoise
+        images = _denoise(pipe, cond.kwargs, params, latents, strength, run, inputs.pipeline_mask, gens, b,
+                          on_progress, should_stop)
+        # 6. outputs
+        for i, (img, s) in enumerate(zip(images, batch_seeds)):
+            if inputs.overlays is not None:
+                img = apply_overlay(img, inputs.overlays[i % len(inputs.overlays)])
+            info = build_infotext(model, params, s, choice, loras, model_hash, extra, img2img=img2img_info)
+            gi = GeneratedImage(img, s, info)
+            if save_to is not None:
+                from lorastudio.generation.outputs import save_image
+
+                gi.path = save_image(img, save_to, s, info)
+            result.images.append(gi)
+        if should_stop and should_stop():
+            result.interrupted = True
+            break
+    return result
+
+
+def _denoise(pipe, cond_kwargs, params, latents, strength, run, mask_image, gens, batch_index, on_progress,
+             should_stop):
+    def on_step_end(p, step, timestep, kwargs):
+        if on_progress:
+            on_progress(batch_index, step + 1, run)
+        if should_stop and should_stop():
+            p._interrupt = True
+        return kwargs
+
+    latents = latents.to(pipe.device, dtype=_latent_dtype(pipe))
+    kwargs = dict(image=latents, strength=strength, num_inference_steps=params.steps,
+                  num_images_per_prompt=len(gens), generator=gens, callback_on_step_end=on_step_end,
+                  output_type="pil")
+    if mask_image is not None:
+        # Given so the pipeline does not mask the (already encoded) image itself; a 4-channel
+        # denoiser does not read it.
+        kwargs.update(mask_image=mask_image, masked_image_latents=latents)
+    if "height" in inspect.signature(pipe.__call__).parameters:
+        # FLUX and inpaint pipelines take the size; SD img2img ones read it off the latents.
+        kwargs.update(height=params.height, width=params.width)
+    with torch.inference_mode():
+        return pipe(**cond_kwargs, **kwargs).images
