@@ -10,20 +10,8 @@ from lorastudio.core.errors import ModelFileError
 from lorastudio.core.samplers import SamplerChoice
 from lorastudio.models.families.base import Conditioning, LoadOptions, ModelFamily, TrainableFamily
 
-# The scheduler config of runwayml/stable-diffusion-v1-5 (the noise schedule SD 1.x was trained with).
-SD1_SCHEDULER = {
-    "_class_name": "PNDMScheduler",
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "clip_sample": False,
-    "prediction_type": "epsilon",
-    "trained_betas": None,
-}
+# The noise schedule SD 1.x was trained with (runwayml/stable-diffusion-v1-5's scheduler config).
+from lorastudio.models.formats.sd_config_inference import SD1_SCHEDULER
 
 SD1_PIPELINES = {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"}
 

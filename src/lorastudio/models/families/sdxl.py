@@ -11,23 +11,8 @@ from lorastudio.core.samplers import SamplerChoice
 from lorastudio.models.families.base import Conditioning, LoadOptions, ModelFamily, TrainableFamily
 from lorastudio.models.families.sd1 import _cache_root, replace_sd_vae, torch_dtype
 
-# The scheduler config of stabilityai/stable-diffusion-xl-base-1.0.
-SDXL_SCHEDULER = {
-    "_class_name": "EulerDiscreteScheduler",
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "interpolation_type": "linear",
-    "prediction_type": "epsilon",
-    "sample_max_value": 1.0,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-    "trained_betas": None,
-    "use_karras_sigmas": False,
-}
+# stabilityai/stable-diffusion-xl-base-1.0's scheduler config.
+from lorastudio.models.formats.sd_config_inference import SDXL_SCHEDULER
 
 SDXL_PIPELINES = {"StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"}
 
