@@ -35,7 +35,7 @@ def test_sdxl_matches_plain_diffusers_pipeline(family_engine, negative):
     engine = family_engine("tiny-sdxl.safetensors")
     ours = gen(engine, sampler="Euler", negative_prompt=negative)
     pipe = engine.model.pipe
-    pipe.scheduler = engine.model.family.make_scheduler(pipe, resolve_sampler("Euler"))
+    pipe.scheduler = engine.model.family.make_scheduler(engine.model.base_scheduler_config, resolve_sampler("Euler"))
     ref = pipe("a red circle", negative_prompt=negative or None, width=32, height=32, num_inference_steps=2,
                guidance_scale=5.0, generator=torch.Generator().manual_seed(11)).images[0]
     assert np.array_equal(arr(ref), arr(ours.image))
@@ -59,7 +59,7 @@ def test_flux_matches_plain_diffusers_pipeline(family_engine):
     engine = family_engine("flux1-tiny.safetensors")
     ours = gen(engine, sampler="Euler (flow)", guidance=3.5)
     pipe = engine.model.pipe
-    pipe.scheduler = engine.model.family.make_scheduler(pipe, resolve_sampler("Euler (flow)"))
+    pipe.scheduler = engine.model.family.make_scheduler(engine.model.base_scheduler_config, resolve_sampler("Euler (flow)"))
     ref = pipe("a red circle", width=32, height=32, num_inference_steps=2, guidance_scale=3.5,
                generator=torch.Generator().manual_seed(11)).images[0]
     assert np.array_equal(arr(ref), arr(ours.image))

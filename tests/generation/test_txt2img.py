@@ -101,7 +101,15 @@ def test_matches_plain_diffusers_pipeline(engine):
 
     r = engine.txt2img(dict(prompt="a red circle", seed=11, **SMALL), save=False)
     pipe = engine.model.pipe
-    pipe.scheduler = engine.model.family.make_scheduler(pipe, resolve_sampler("Euler"))
+    pipe.scheduler = engine.model.family.make_scheduler(engine.model.base_scheduler_config, resolve_sampler("Euler"))
     ref = pipe("a red circle", width=32, height=32, num_inference_steps=3, guidance_scale=5.0,
                generator=torch.Generator().manual_seed(11)).images[0]
     assert np.array_equal(arr(ref), arr(r.images[0].image))
+
+
+def test_a_sampler_choice_does_not_leak_into_the_next_call(engine):
+    p = dict(prompt="a circle", seed=4, **SMALL)
+    first = engine.txt2img(p, save=False)
+    engine.txt2img({**p, "sampler": "DPM++ 2M Karras"}, save=False)
+    again = engine.txt2img(p, save=False)
+    assert np.array_equal(arr(first.images[0].image), arr(again.images[0].image))

@@ -44,8 +44,8 @@ from lorastudio.lora.activation import ActiveLora
 from lorastudio.models.loaded import LoadedModel
 
 
-def pipeline_strength(pipe, steps: int, run: int) -> float:
-    """The `strength` for which this diffusers img2img/inpaint pipeline runs exactly `run` of `steps`.
+def pipeline_strength(pipeline_class, steps: int, run: int) -> float:
+    """The `strength` for which a diffusers img2img/inpaint pipeline class runs exactly `run` of `steps`.
 
     SD pipelines keep int(steps * strength) steps, FLUX ones steps - int(steps - steps * strength).
     No single float satisfies both roundings for every (steps, run) (steps * (run / steps) is not
@@ -56,10 +56,10 @@ def pipeline_strength(pipe, steps: int, run: int) -> float:
         return 1.0
     stand_in = SimpleNamespace(scheduler=SimpleNamespace(timesteps=list(range(steps)), order=1))
     for strength in (run / steps, (run + 0.5) / steps, (run - 0.5) / steps):
-        _, kept = type(pipe).get_timesteps(stand_in, steps, strength, "cpu")
+        _, kept = pipeline_class.get_timesteps(stand_in, steps, strength, "cpu")
         if kept == run:
             return strength
-    raise RuntimeError(f"{type(pipe).__name__}: no strength runs {run} of {steps} steps")
+    raise RuntimeError(f"{pipeline_class.__name__}: no strength runs {run} of {steps} steps")
 
 
 def encode_init_images(family, pipe, images: list) -> torch.Tensor:
@@ -106,7 +106,7 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
     if prepare_prompts is not None:
         prompt_text, negative, extra = prepare_prompts(prompt_text, negative)
     pipe = family.img2img_pipeline(model.pipe, inpaint=mask is not None)
-    pipe.scheduler = family.make_scheduler(model.pipe, choice)
+    pipe.scheduler = family.make_scheduler(model.base_scheduler_config, choice)
     # 3. images and mask, as A1111 prepares them; then latents
     shape = family.latent_shape(pipe, params.width, params.height)
     inputs = prepare_inputs(init_images, mask, params.width, params.height, options, pipe.vae_scale_factor)
@@ -118,7 +118,7 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
         raise InvalidParameter("width", f"{params.width}x{params.height}",
                                f"this {family.title} model needs sizes its latent grid divides evenly")
     run = img2img_steps(params.steps, params.denoising_strength)
-    strength = pipeline_strength(pipe, params.steps, run)
+    strength = pipeline_strength(type(pipe), params.steps, run)
     img2img_info = {"Denoising strength": params.denoising_strength, **inputs.infotext}
     repaint = None
     if inputs.latent_mask is not None:

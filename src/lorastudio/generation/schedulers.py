@@ -18,7 +18,10 @@ def build_scheduler(base_config, choice: SamplerChoice):
         if key not in accepted:
             raise InvalidParameter(
                 "scheduler", choice.schedule, f"schedule type is not available with sampler {choice.sampler.name!r}")
-    config = {k: v for k, v in dict(base_config).items() if not k.startswith("_")}
+    # Keys the checkpoint's config never set were filled with the *old* class's defaults (PNDM's
+    # "leading" spacing, say); leave them out so each sampler keeps its own defaults.
+    unset = set(dict(base_config).get("_use_default_values", []))
+    config = {k: v for k, v in dict(base_config).items() if not k.startswith("_") and k not in unset}
     # Schedules chosen by the user replace the model's own; drop conflicting sigma flags.
     if any(k.startswith("use_") and k.endswith("_sigmas") for k in wanted):
         for k in list(config):

@@ -97,7 +97,7 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
     prompt_text, tags = extract_lora_tags(params.prompt)
     # 2. LoRAs from the prompt
     loras = activate_loras(tags)
-    pipe.scheduler = family.make_scheduler(model.pipe, choice)
+    pipe.scheduler = family.make_scheduler(model.base_scheduler_config, choice)
     # 3. prompts (textual-inversion embeddings named in them become their tokens first)
     negative, extra = params.negative_prompt, {}
     if prepare_prompts is not None:

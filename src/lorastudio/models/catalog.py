@@ -117,7 +117,8 @@ def _scan(folder: Path, extensions: tuple[str, ...], *, folders: bool) -> list[M
         if any(part.startswith(".") for part in p.relative_to(folder).parts):
             continue
         if p.is_file() and p.suffix.lower() in extensions:
-            if any(parent != folder and (parent / "model_index.json").exists() for parent in p.parents):
+            inside = p.relative_to(folder).parents
+            if any(str(rel) != "." and (folder / rel / "model_index.json").exists() for rel in inside):
                 continue  # weights inside a diffusers folder
             found.append(ModelEntry(p, p.relative_to(folder).as_posix(), "file"))
         elif folders and p.is_dir() and (p / "model_index.json").is_file():

@@ -19,3 +19,9 @@ class LoadedModel:
     vae_name: str | None = None
     vae_sha256: str | None = None
     own_vae: Any = None  # the checkpoint's VAE while another one from models/VAE is in use
+    # The checkpoint's own scheduler config: every sampler is built from it, never from the last one used.
+    base_scheduler_config: Any = None
+
+    def __post_init__(self) -> None:
+        if self.base_scheduler_config is None:
+            self.base_scheduler_config = self.pipe.scheduler.config

@@ -20,7 +20,7 @@ from lorastudio.core.atomic import atomic_path
 from lorastudio.core.settings import StudioSettings
 
 BASE_PROMPTS = ["a red circle on a blue background", "a yellow square on a green background",
-                "a blue triangle on a white background", "a green star on a black background"]
+                "a blue triangle on a white background", "a green diamond on a black background"]
 TRIGGER = "DeltamonStamp"
 LORA_PROMPTS = [TRIGGER, f"{TRIGGER}, waving", f"{TRIGGER}, sticker"]
 WEIGHTS = (0.0, 0.5, 1.0)

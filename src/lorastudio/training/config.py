@@ -68,7 +68,6 @@ class TrainingConfig(BaseModel):
     # --- precision and memory ----------------------------------------------------------------
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     gradient_checkpointing: bool | None = None
-    cache_latents: bool = True
     cache_text_embeddings: bool = True
     # --- checkpoints and samples --------------------------------------------------------------
     save_every: int | None = Field(None, ge=1)

@@ -62,7 +62,7 @@ def kohya_metadata(*, config, family, output_name: str, rank: int, alpha: float,
         "ss_bucket_no_upscale": True,
         "ss_seed": config.seed,
         "ss_clip_skip": clip_skip,
-        "ss_cache_latents": config.cache_latents,
+        "ss_cache_latents": True,  # always: no augmentation changes the pixels between steps
         "ss_noise_offset": config.noise_offset,
         "ss_min_snr_gamma": config.min_snr_gamma,
         "ss_caption_dropout_rate": config.caption_dropout,

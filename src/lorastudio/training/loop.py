@@ -64,6 +64,11 @@ class Trainer:
         # LoRA's initial A matrices come from the global RNG; seed it so a run depends only on its
         # config, not on what the process did before (loading a model draws random numbers too).
         torch.manual_seed(c.seed)
+        for comp in self.pipe.components.values():
+            # Frozen parts get no gradients at all (a text encoder that is not trained would
+            # otherwise keep its gradients allocated for the whole run).
+            if isinstance(comp, torch.nn.Module):
+                comp.requires_grad_(False)
         modules = self.family.trainable_modules(self.pipe, text_encoders=bool(c.train_text_encoder))
         targets = self.family.lora_targets()
         self.network: LoraNetwork = add_lora(modules, targets, rank=c.rank, alpha=c.alpha, dropout=c.dropout)
@@ -98,7 +103,7 @@ class Trainer:
         with torch.no_grad():
             self.latents.fill(self.items, lambda px: self.family.encode_images(self.pipe, px.to(dev)))
         self.text = None
-        if not c.train_text_encoder and c.cache_text_embeddings:
+        if not c.train_text_encoder and c.cache_text_embeddings and not c.shuffle_tags:
             self.text = TextCache(self.vdir.cache, f"{self.model_id}|clip_skip=1")
             with torch.no_grad():
                 for it in self.items:
@@ -156,8 +161,6 @@ class Trainer:
 
     def step(self, step: int) -> float:
         c, acc = self.config, self.acc
-        for m in self.modules.values():
-            m.train()
         total = 0.0
         micro = self.micro_batches(step)
         for k, global_idx in enumerate(micro):
@@ -185,15 +188,20 @@ class Trainer:
         return total
 
     def _conditioning(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        if self.text is not None:
+        if self.text is not None and not self.config.shuffle_tags:
             parts = [self._encode_cached(cap) for cap in captions]
             return {k: torch.stack([p[k] for p in parts]).to(self.acc.device) for k in parts[0]}
-        return self.family.encode_captions(self.pipe, captions, clip_skip=1)
+        if self.config.train_text_encoder:
+            return self.family.encode_captions(self.pipe, captions, clip_skip=1)
+        # Shuffled tags make nearly every caption new: caching them would only fill the disk.
+        with torch.no_grad():
+            return self.family.encode_captions(self.pipe, captions, clip_skip=1)
 
     # --- the run --------------------------------------------------------------------------------
     def run(self) -> LoopState:
         c, st = self.config, self.state
         self.tensorboard = _tensorboard_writer(self.vdir.logs) if self.acc.is_main_process else None
+        self._train_mode()
         started = time.monotonic()
         first = st.step
         metrics = self.vdir.logs / "metrics.jsonl"
@@ -245,10 +253,15 @@ class Trainer:
         self._reload_encoders()
         paths = self.sampler(step)
         self._offload_encoders()
+        self._train_mode()
         torch.set_rng_state(rng)  # previews must not change the training run
         for p in paths:
             self.on_event(TrainingEvent("sample", step, self.total_steps, path=p, message=f"sample {p.name}"))
         return paths
+
+    def _train_mode(self) -> None:
+        for m in self.modules.values():
+            m.train()
 
     def _log(self, msg: str) -> None:
         self.on_event(TrainingEvent("log", self.state.step, self.total_steps, message=msg))

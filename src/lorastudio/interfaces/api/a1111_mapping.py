@@ -16,10 +16,10 @@ from typing import Any
 
 from lorastudio.core.errors import InvalidParameter
 from lorastudio.core.infotext import parse_infotext
-from lorastudio.core.params import SEED_MAX, GenerationParams, validate_params
+from lorastudio.core.params import SEED_MAX, GenerationParams, Img2ImgOptions, validate_params
 from lorastudio.core.prompt_syntax import extract_lora_tags
 from lorastudio.core.samplers import SCHEDULE_TYPES, resolve_sampler
-from lorastudio.interfaces.api.a1111_models import Txt2ImgRequest, _ProcessingRequest
+from lorastudio.interfaces.api.a1111_models import Img2ImgRequest, Txt2ImgRequest, _ProcessingRequest
 
 # GenerationParams field -> the A1111 request field a client should fix.
 _A1111_FIELD = {
@@ -60,6 +60,9 @@ class GenerationPlan:
     persist_options: dict[str, Any] = field(default_factory=dict)
     comments: dict[str, Any] = field(default_factory=dict)
     task_id: str | None = None
+    img2img: Img2ImgOptions | None = None  # set for kind "img2img"
+    init_images: list = field(default_factory=list)  # decoded PIL images
+    mask: Any = None
 
 
 def schedulers() -> list[dict[str, Any]]:
@@ -162,6 +165,31 @@ def check_txt2img(req: Txt2ImgRequest, hires_supported: bool) -> None:
         _refuse("firstphase_width", req.firstphase_width, "the old hires first-pass size is " + _NOT_YET)
 
 
+def check_img2img(req: Img2ImgRequest) -> Img2ImgOptions:
+    """Refuse the img2img settings we cannot honour; the rest become Img2ImgOptions."""
+    if req.resize_mode == 3:
+        _refuse("resize_mode", 3, "resize mode 3 (latent upscale) is " + _NOT_YET)
+    if req.initial_noise_multiplier not in (None, 1):
+        _refuse("initial_noise_multiplier", req.initial_noise_multiplier)
+    if req.latent_mask:
+        _refuse("latent_mask", "<image>", "a separate latent mask is " + _NOT_YET)
+    blur_x = req.mask_blur_x if req.mask_blur_x is not None else 4
+    blur_y = req.mask_blur_y if req.mask_blur_y is not None else 4
+    if req.mask_blur is not None:  # A1111: mask_blur sets both directions
+        blur_x = blur_y = req.mask_blur
+    if req.mask:
+        # Without a mask these settings do nothing in A1111 either.
+        if req.inpaint_full_res is not False:
+            # True is A1111's default, so _refuse's "leave it at its default" would mislead here.
+            raise InvalidParameter("inpaint_full_res", req.inpaint_full_res, 'inpaint area "Only masked" '
+                                   + _NOT_YET + '; send inpaint_full_res: false ("Whole picture")')
+        if req.mask_round is False:
+            _refuse("mask_round", False, "a soft (unrounded) latent mask is " + _NOT_YET)
+    return Img2ImgOptions(resize_mode=req.resize_mode or 0, mask_blur_x=blur_x, mask_blur_y=blur_y,
+                          inpainting_fill=req.inpainting_fill or 0,
+                          inpainting_mask_invert=bool(req.inpainting_mask_invert))
+
+
 def plan_generation(req: _ProcessingRequest, state, kind: str, *, hires_supported: bool = False) -> GenerationPlan:
     req = apply_infotext(req)
     sampler_in = req.sampler_name or req.sampler_index or "Euler"
@@ -172,6 +200,7 @@ def plan_generation(req: _ProcessingRequest, state, kind: str, *, hires_supporte
     check_common(req, choice.sampler.name, choice.sampler.stochastic)
     if isinstance(req, Txt2ImgRequest):
         check_txt2img(req, hires_supported)
+    img2img = check_img2img(req) if isinstance(req, Img2ImgRequest) else None
 
     overrides = state.options.validate(req.override_settings or {}, prefix="override_settings.")
     effective = {**state.options.snapshot(), **overrides}
@@ -200,6 +229,8 @@ def plan_generation(req: _ProcessingRequest, state, kind: str, *, hires_supporte
         "model": str(entry.path),
         "vae": vae,
     }
+    if img2img is not None:
+        values["denoising_strength"] = _or(req.denoising_strength, 0.75)
     distilled = getattr(req, "distilled_cfg_scale", None)
     if distilled is not None:
         values["guidance"] = distilled
@@ -227,6 +258,7 @@ def plan_generation(req: _ProcessingRequest, state, kind: str, *, hires_supporte
         persist_options=persist,
         comments=dict(req.comments or {}),
         task_id=req.force_task_id,
+        img2img=img2img,
     )
 
 

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Request
 from fastapi.concurrency import run_in_threadpool
 
 from lorastudio.core.errors import InvalidParameter
-from lorastudio.core.params import SEED_MAX
+from lorastudio.core.params import SEED_MAX, img2img_steps
 from lorastudio.core.samplers import SAMPLERS
 from lorastudio.interfaces.api import a1111_models as m
 from lorastudio.interfaces.api.a1111_mapping import (
@@ -52,18 +52,23 @@ async def img2img(request: Request, body: m.Img2ImgRequest) -> dict:
     if len(body.init_images) > MAX_INIT_IMAGES:
         raise InvalidParameter("init_images", f"<{len(body.init_images)} images>", f"at most {MAX_INIT_IMAGES}")
 
-    def check_images() -> None:
-        # Decoded even though the answer is a refusal below: a bad or hostile image must be
-        # reported as such, and this is the code img2img will use.
-        for i, data in enumerate(body.init_images):
-            decode_image(data, f"init_images.{i}", max_bytes=limits.max_image_bytes,
-                         max_pixels=limits.max_image_pixels)
+    def decode_images() -> tuple[list, Any]:
+        # decode_image checks the declared size before any pixel is decompressed.
+        images = [decode_image(data, f"init_images.{i}", max_bytes=limits.max_image_bytes,
+                               max_pixels=limits.max_image_pixels) for i, data in enumerate(body.init_images)]
+        mask = None
         if body.mask:
-            decode_image(body.mask, "mask", max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels)
+            mask = decode_image(body.mask, "mask", max_bytes=limits.max_image_bytes,
+                                max_pixels=limits.max_image_pixels)
+        return images, mask
 
-    await run_in_threadpool(check_images)
-    raise InvalidParameter("init_images", "<image>", "img2img is not supported by lorastudio's engine yet; "
-                           "use /sdapi/v1/txt2img")
+    images, mask = await run_in_threadpool(decode_images)
+    plan = await run_in_threadpool(plan_generation, body, state, "img2img")
+    plan.init_images, plan.mask = images, mask
+    parameters = body.model_dump()
+    if not body.include_init_images:  # as A1111: the (large) inputs are echoed only on request
+        parameters["init_images"] = parameters["mask"] = None
+    return await _generate(state, plan, parameters=parameters)
 
 
 async def _generate(state, plan: GenerationPlan, parameters: dict[str, Any]) -> dict:
@@ -106,7 +111,8 @@ def _run(state, plan: GenerationPlan):
     in A1111, and /progress can show the last finished image."""
     engine, progress, p = state.engine, state.progress, plan.params
     seeds = [(p.seed + i) % (SEED_MAX + 1) for i in range(p.batch_size * p.batch_count)]
-    progress.begin(p.batch_count, p.steps, plan.task_id)
+    steps = img2img_steps(p.steps, p.denoising_strength) if plan.kind == "img2img" else p.steps
+    progress.begin(p.batch_count, steps, plan.task_id)
     stamp = progress.job_timestamp
     images, infotexts, done_seeds = [], [], []
     interrupted = False
@@ -116,9 +122,16 @@ def _run(state, plan: GenerationPlan):
                 interrupted = True
                 break
             batch = p.model_copy(update={"batch_count": 1, "seed": seeds[b * p.batch_size]})
+
+            def on_step(_i, step, steps, b=b):
+                progress.on_step(b, step, steps)
+
             try:
-                result = engine.txt2img(batch, save=False,
-                                        on_progress=lambda _i, step, steps, b=b: progress.on_step(b, step, steps))
+                if plan.kind == "img2img":
+                    result = engine.img2img(batch, plan.init_images, plan.mask, options=plan.img2img, save=False,
+                                            on_progress=on_step)
+                else:
+                    result = engine.txt2img(batch, save=False, on_progress=on_step)
             except InvalidParameter as exc:
                 raise renamed_error(exc) from None
             for gi in result.images:

@@ -80,8 +80,9 @@ class ModelFamily(ABC):
     def supports_sampler(self, choice: "SamplerChoice") -> bool: ...
 
     @abstractmethod
-    def make_scheduler(self, pipe: "DiffusionPipeline", choice: "SamplerChoice"):
-        """A fresh scheduler instance for this sampler / schedule type."""
+    def make_scheduler(self, base_config: Mapping[str, Any], choice: "SamplerChoice"):
+        """A fresh scheduler for this sampler / schedule type, built from the checkpoint's own
+        scheduler config (never from the previous call's, so one choice cannot leak into the next)."""
 
     @abstractmethod
     def encode_prompts(self, pipe: "DiffusionPipeline", prompt: str, negative_prompt: str, *,

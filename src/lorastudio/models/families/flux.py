@@ -128,10 +128,10 @@ class FluxFamily(ModelFamily, TrainableFamily):
         euler = choice.sampler.scheduler_class == "FlowMatchEulerDiscreteScheduler" or choice.sampler.name == "Euler"
         return euler and choice.schedule in ("Automatic", "Simple")
 
-    def make_scheduler(self, pipe, choice: SamplerChoice):
+    def make_scheduler(self, base_config, choice: SamplerChoice):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        return FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+        return FlowMatchEulerDiscreteScheduler.from_config(base_config)
 
     def encode_prompts(self, pipe, prompt: str, negative_prompt: str, *, clip_skip: int, cfg_scale: float,
                        guidance: float) -> Conditioning:

@@ -77,10 +77,10 @@ class SDXLFamily(ModelFamily, TrainableFamily):
     def supports_sampler(self, choice: SamplerChoice) -> bool:
         return choice.sampler.scheduler_class != "FlowMatchEulerDiscreteScheduler"
 
-    def make_scheduler(self, pipe, choice: SamplerChoice):
+    def make_scheduler(self, base_config, choice: SamplerChoice):
         from lorastudio.generation.schedulers import build_scheduler
 
-        return build_scheduler(pipe.scheduler.config, choice)
+        return build_scheduler(base_config, choice)
 
     def encode_prompts(self, pipe, prompt: str, negative_prompt: str, *, clip_skip: int, cfg_scale: float,
                        guidance: float) -> Conditioning:
