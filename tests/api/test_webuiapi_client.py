@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
 webuiapi = pytest.importorskip("webuiapi")
 
@@ -29,7 +31,8 @@ def test_webuiapi_against_a_real_server(server):
     api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="Euler a", steps=2,
                             username=USER, password=PASSWORD)
     models = api.get_sd_models()
-    assert [m["model_name"] for m in models] == ["tiny"]
+    # The bundled base model is listed after the user's checkpoints, as the catalog does out of the box.
+    assert [m["model_name"] for m in models] == ["tiny", "lorastudio-shapes-v1"]
     assert [lo["alias"] for lo in api.get_loras()] == ["MyStyle"]
 
     result = api.txt2img(prompt="a tiny cat", negative_prompt="blurry", seed=77, width=32, height=32,
@@ -41,9 +44,19 @@ def test_webuiapi_against_a_real_server(server):
     info = api.png_info(result.images[1])
     assert "Seed: 78" in info.info and "Negative prompt: blurry" in info.info
 
-    with pytest.raises(RuntimeError) as err:
-        api.img2img(images=[result.image], prompt="x", width=32, height=32)
-    assert err.value.args[0] == 422 and "init_images" in err.value.args[1]
+    i2i = api.img2img(images=[result.image], prompt="a tiny dog", seed=5, width=32, height=32,
+                      denoising_strength=0.5)
+    assert i2i.image.size == (32, 32) and i2i.info["denoising_strength"] == 0.5
+    assert "Denoising strength: 0.5," in i2i.info["infotexts"][0] and i2i.parameters["init_images"] is None
+    mask = Image.new("L", (32, 32), 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, 11, 31), fill=255)
+    inpainted = api.img2img(images=[result.image], mask_image=mask, inpaint_full_res=False, inpainting_fill=1,
+                            prompt="a tiny dog", seed=5, width=32, height=32, denoising_strength=0.9)
+    kept = np.asarray(inpainted.image.convert("RGB"))[:, 22:]
+    assert np.array_equal(kept, np.asarray(result.image.convert("RGB"))[:, 22:])
+    with pytest.raises(RuntimeError) as err:  # webuiapi's default inpaint area, "Only masked", is refused
+        api.img2img(images=[result.image], mask_image=mask, prompt="x", width=32, height=32)
+    assert err.value.args[0] == 422 and "inpaint_full_res" in err.value.args[1]
 
     with pytest.raises(RuntimeError) as err:
         api.txt2img(prompt="x", width=32, height=32, restore_faces=True)

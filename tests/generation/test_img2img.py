@@ -202,3 +202,104 @@ def test_sdxl_and_flux_img2img_and_inpainting(family_engine, name):
     assert "Denoising strength: 0.6" in a.infotext
     inpainted = engine.img2img(p, [init], left_mask(), save=False).images[0].image
     assert np.array_equal(arr(inpainted)[:, 22:], arr(init)[:, 22:])
+
+
+def test_resize_modes_are_a1111s():
+    from lorastudio.generation.img2img_inputs import resize_image
+
+    wide = Image.new("RGB", (64, 32), (255, 255, 255))  # red | white | blue columns
+    ImageDraw.Draw(wide).rectangle((0, 0, 15, 31), fill=(255, 0, 0))
+    ImageDraw.Draw(wide).rectangle((48, 0, 63, 31), fill=(0, 0, 255))
+    squashed = arr(resize_image(0, wide, 32, 32))
+    assert squashed[16, 2, 0] > 200 and squashed[16, 2, 2] < 50 and squashed[16, 29, 2] > 200
+    cropped = arr(resize_image(1, wide, 32, 32))  # the middle 32 columns, unscaled
+    assert np.array_equal(cropped, arr(wide)[:, 16:48])
+    fitted = arr(resize_image(2, wide, 32, 32))  # 32x16 in the middle, edge rows stretched into the bands
+    assert np.abs(fitted[:8] - fitted[8:9]).max() <= 2 and np.abs(fitted[24:] - fitted[23:24]).max() <= 2
+    assert fitted[16, 1, 0] > 200 and fitted[16, 30, 2] > 200
+
+
+def test_mask_blur_follows_a1111s_kernel():
+    from lorastudio.generation.img2img_inputs import gaussian_blur_1d
+
+    dot = Image.new("L", (41, 41), 0)
+    dot.putpixel((20, 20), 255)
+    row = np.asarray(gaussian_blur_1d(dot, 4, axis=1), dtype=np.float64)
+    # Kernel 2 * int(2.5 * 4 + 0.5) + 1 = 21 wide: 10 pixels each side, symmetric, sum kept.
+    assert row[20, 10] > 0 and row[20, 9] == 0 and row[20, 30] > 0 and row[20, 31] == 0
+    assert np.array_equal(row[20, :20], row[20, 21:][::-1]) and abs(row.sum() - 255) <= 10
+    assert row[19].sum() == 0  # one axis at a time
+
+
+# --- CLI --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cli(sd1_models_root):
+    """`lorastudio img2img ...` in-process (a fresh app: app.py registers the command itself)."""
+    import typer
+    from typer.testing import CliRunner
+
+    from lorastudio.interfaces.cli import img2img_cmd
+
+    app = typer.Typer()
+
+    @app.callback()
+    def main():  # a group, so the command is called by name as under `lorastudio`
+        pass
+
+    img2img_cmd.register(app)
+
+    def run(*args):
+        result = CliRunner().invoke(app, ["img2img", *[str(a) for a in args], "--models-dir", sd1_models_root,
+                                          "--device", "cpu", "--steps", "2", "--seed", "5"])
+        return result.exit_code, result.output + (getattr(result, "stderr", "") or "")
+
+    return run
+
+
+def test_cli_img2img_and_inpainting(cli, square, tmp_path):
+    square.save(tmp_path / "init.png")
+    left_mask().save(tmp_path / "mask.png")
+    code, text = cli("a red circle", "--init", tmp_path / "init.png", "--denoising-strength", "0.5",
+                     "--outdir", tmp_path / "out")
+    assert code == 0, text
+    path = tmp_path / "out" / "img2img-images" / dt.date.today().isoformat() / "00000-5.png"
+    assert str(path) in text
+    info = read_infotext(path)
+    assert "Size: 32x32" in info and "Denoising strength: 0.5," in info  # the size defaults to the init's
+    code, text = cli("a red circle", "--init", tmp_path / "init.png", "--mask", tmp_path / "mask.png",
+                     "--outdir", tmp_path / "out")
+    assert code == 0, text
+    inpainted = tmp_path / "out" / "img2img-images" / dt.date.today().isoformat() / "00001-5.png"
+    assert "Mask blur: 4" in read_infotext(inpainted)
+    assert np.array_equal(arr(Image.open(inpainted))[:, 22:], arr(square)[:, 22:])
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--denoising-strength", "1.5"], "denoising_strength"),
+    (["--resize-mode", "3"], "resize_mode"),
+    (["--init", "{junk}"], "--init"),
+    (["--mask", "{junk}"], "--mask"),
+])
+def test_cli_bad_input_exits_non_zero_naming_it(cli, square, tmp_path, args, named):
+    square.save(tmp_path / "init.png")
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    args = [str(tmp_path / "junk.png") if a == "{junk}" else a for a in args]
+    base = ["--init", tmp_path / "init.png"] if "--init" not in args else []
+    code, text = cli("x", *base, *args, "--outdir", tmp_path / "out")
+    assert code != 0 and named in text and "Traceback" not in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_module_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, typer; from lorastudio.interfaces.cli import img2img_cmd; app = typer.Typer(); "
+            "app.callback()(lambda: None); img2img_cmd.register(app); "
+            "from typer.testing import CliRunner; r = CliRunner().invoke(app, ['img2img', '--help']); "
+            "assert r.exit_code == 0 and '--denoising-strength' in r.output, r.output; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -114,9 +114,13 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
         cond = family.encode_prompts(pipe, prompt_text, negative, clip_skip=params.clip_skip,
                                      cfg_scale=params.cfg_scale, guidance=params.guidance)
     init_latents = encode_init_images(family, pipe, inputs.images)
-    if tuple(init_latents.shape[1:]) != tuple(shape):
-        raise InvalidParameter("width", f"{params.width}x{params.height}",
-                               f"this {family.title} model needs sizes its latent grid divides evenly")
+    if tuple(init_latents.shape[-2:]) != tuple(shape[-2:]):
+        # FLUX packs 2x2 latent cells: 520 px encodes to 65 cells, which do not pack (txt2img rounds down).
+        side = "width" if init_latents.shape[-1] != shape[-1] else "height"
+        value, f = getattr(params, side), pipe.vae_scale_factor
+        fits = [v for v in range(value - value % 8, 7, -8) if family.latent_shape(pipe, v, v)[-1] * f == v]
+        raise InvalidParameter(side, value, f"does not fit this {family.title} model's latent grid"
+                               + (f"; nearest below: {fits[0]}" if fits else ""))
     run = img2img_steps(params.steps, params.denoising_strength)
     strength = pipeline_strength(type(pipe), params.steps, run)
     img2img_info = {"Denoising strength": params.denoising_strength, **inputs.infotext}

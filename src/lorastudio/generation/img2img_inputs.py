@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
+from lorastudio.core.errors import InvalidParameter
 from lorastudio.core.params import Img2ImgOptions
 
 LANCZOS = Image.Resampling.LANCZOS
@@ -117,12 +118,19 @@ def apply_overlay(image, overlay):
     return image.convert("RGB")
 
 
+def _converted(convert, image, field: str):
+    try:
+        return convert(image)
+    except ValueError as exc:  # e.g. a LAB TIFF: PIL has no conversion to RGB
+        raise InvalidParameter(field, image.mode, f"unsupported colour mode ({exc})") from None
+
+
 def prepare_inputs(init_images: list, mask, width: int, height: int, options: Img2ImgOptions,
                    vae_scale: int) -> PreparedInputs:
     infotext: dict[str, Any] = {}
     image_mask = mask_for_overlay = latmask = None
     if mask is not None:
-        image_mask = binary_mask(mask)
+        image_mask = _converted(binary_mask, mask, "mask")
         if options.inpainting_mask_invert:
             image_mask = ImageOps.invert(image_mask)
             infotext["Mask mode"] = "Inpaint not masked"
@@ -143,8 +151,8 @@ def prepare_inputs(init_images: list, mask, width: int, height: int, options: Im
         small = np.asarray(image_mask.convert("RGB").resize((lw, lh)), dtype=np.float32)[..., 0] / 255
         latmask = np.around(small)
     images, overlays = [], [] if mask is not None else None
-    for img in init_images:
-        image = resize_image(options.resize_mode, flatten(img), width, height)
+    for i, img in enumerate(init_images):
+        image = resize_image(options.resize_mode, _converted(flatten, img, f"init_images.{i}"), width, height)
         if mask is not None:
             masked = Image.new("RGBa", (width, height))
             masked.paste(image.convert("RGBA").convert("RGBa"), mask=ImageOps.invert(mask_for_overlay))

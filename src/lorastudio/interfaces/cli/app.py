@@ -259,10 +259,9 @@ def demo(workspace: Path = typer.Option(Path("demo"), "--workspace", help="Where
 
 
 def _register_optional_commands() -> None:
-    try:
-        from lorastudio.interfaces.cli import serve_cmd
-    except ImportError:  # the server module is optional at import time
-        return
+    from lorastudio.interfaces.cli import img2img_cmd, serve_cmd
+
+    img2img_cmd.register(app)
     serve_cmd.register(app)
 
 
