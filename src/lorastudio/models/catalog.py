@@ -83,6 +83,12 @@ class Catalog:
         return _scan(self.root.lora, LORA_EXTENSIONS, folders=False)
 
     def find_lora(self, name: str) -> ModelEntry:
+        # Most tags name a file at the top of models/Lora: look there before scanning the tree,
+        # since every <lora:> tag of every request comes through here.
+        for ext in LORA_EXTENSIONS:
+            direct = self.root.lora / f"{name}{ext}"
+            if direct.is_file() and direct.parent == self.root.lora and not name.startswith("."):
+                return ModelEntry(direct, direct.name, "file")
         entries = self.loras()
         for e in entries:
             if name in (e.stem, e.name, e.path.stem):
