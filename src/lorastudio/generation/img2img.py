@@ -33,12 +33,12 @@ from lorastudio.core.samplers import resolve_sampler
 from lorastudio.generation.img2img_inputs import apply_overlay, prepare_inputs
 from lorastudio.generation.noise import all_seeds, initial_noise, resolve_seed, seeded_generators
 from lorastudio.generation.txt2img import (
-    GeneratedImage,
     GenerationResult,
     ProgressFn,
-    _latent_dtype,
-    _seed_brownian_noise,
+    latent_dtype,
+    seed_brownian_noise,
     build_infotext,
+    collect_outputs,
 )
 from lorastudio.lora.activation import ActiveLora
 from lorastudio.models.loaded import LoadedModel
@@ -142,21 +142,16 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
             latents = latents * (1 - repaint)  # "latent nothing"
         # 4. noise: drawn by the pipeline from each image's own generator
         gens = seeded_generators(batch_seeds)
-        _seed_brownian_noise(pipe, batch_seeds[0])
+        seed_brownian_noise(pipe, batch_seeds[0])
         # 5. denoise
         images = _denoise(pipe, cond.kwargs, params, latents, strength, run, inputs.pipeline_mask, gens, b,
                           on_progress, should_stop)
         # 6. outputs
-        for i, (img, s) in enumerate(zip(images, batch_seeds)):
-            if inputs.overlays is not None:
-                img = apply_overlay(img, inputs.overlays[i % len(inputs.overlays)])
-            info = build_infotext(model, params, s, choice, loras, model_hash, extra, img2img=img2img_info)
-            gi = GeneratedImage(img, s, info)
-            if save_to is not None:
-                from lorastudio.generation.outputs import save_image
-
-                gi.path = save_image(img, save_to, s, info)
-            result.images.append(gi)
+        if inputs.overlays is not None:
+            images = [apply_overlay(img, inputs.overlays[i % len(inputs.overlays)]) for i, img in enumerate(images)]
+        collect_outputs(result, images, batch_seeds, save_to,
+                        lambda s: build_infotext(model, params, s, choice, loras, model_hash, extra,
+                                                 img2img=img2img_info))
         if should_stop and should_stop():
             result.interrupted = True
             break
@@ -172,7 +167,7 @@ def _denoise(pipe, cond_kwargs, params, latents, strength, run, mask_image, gens
             p._interrupt = True
         return kwargs
 
-    latents = latents.to(pipe.device, dtype=_latent_dtype(pipe))
+    latents = latents.to(pipe.device, dtype=latent_dtype(pipe))
     kwargs = dict(image=latents, strength=strength, num_inference_steps=params.steps,
                   num_images_per_prompt=len(gens), generator=gens, callback_on_step_end=on_step_end,
                   output_type="pil")

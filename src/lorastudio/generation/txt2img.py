@@ -114,23 +114,29 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
         # 4. noise from each image's own seed, on the CPU
         latents, gens = initial_noise(batch_seeds, shape)
         latents = family.pack_latents(pipe, latents)
-        _seed_brownian_noise(pipe, batch_seeds[0])
+        seed_brownian_noise(pipe, batch_seeds[0])
         # 5. denoise
         images = _denoise(pipe, cond.kwargs, params, latents, gens, b, on_progress, should_stop)
         # 6. outputs
-        for img, s in zip(images, batch_seeds):
-            info = build_infotext(model, params, s, choice, loras, model_hash, extra)
-            gi = GeneratedImage(img, s, info)
-            if save_to is not None:
-                from lorastudio.generation.outputs import save_image
-
-                gi.path = save_image(img, save_to, s, info)
-            result.images.append(gi)
+        collect_outputs(result, images, batch_seeds, save_to,
+                        lambda s: build_infotext(model, params, s, choice, loras, model_hash, extra))
         if should_stop and should_stop():
             # As A1111: what was made so far is kept, the remaining batches are not started.
             result.interrupted = True
             break
     return result
+
+
+def collect_outputs(result: GenerationResult, images, seeds, save_to: Path | None, infotext_for) -> None:
+    """Attach each image's infotext, save it (never overwriting) and add it to the result."""
+    from lorastudio.generation.outputs import save_image
+
+    for img, s in zip(images, seeds):
+        info = infotext_for(s)
+        gi = GeneratedImage(img, s, info)
+        if save_to is not None:
+            gi.path = save_image(img, save_to, s, info)
+        result.images.append(gi)
 
 
 def _denoise(pipe, cond_kwargs, params, latents, gens, batch_index, on_progress, should_stop):
@@ -148,7 +154,7 @@ def _denoise(pipe, cond_kwargs, params, latents, gens, batch_index, on_progress,
             width=params.width,
             height=params.height,
             num_images_per_prompt=len(gens),
-            latents=latents.to(pipe.device, dtype=_latent_dtype(pipe)),
+            latents=latents.to(pipe.device, dtype=latent_dtype(pipe)),
             generator=gens,
             callback_on_step_end=on_step_end,
             output_type="pil",
@@ -156,7 +162,7 @@ def _denoise(pipe, cond_kwargs, params, latents, gens, batch_index, on_progress,
     return out.images
 
 
-def _seed_brownian_noise(pipe, seed: int) -> None:
+def seed_brownian_noise(pipe, seed: int) -> None:
     # DPM++ SDE draws its noise from a Brownian tree seeded at construction, not from the
     # generators: seed it from the image seed so the same seed gives the same picture.
     sched = pipe.scheduler
@@ -164,7 +170,7 @@ def _seed_brownian_noise(pipe, seed: int) -> None:
         pipe.scheduler = type(sched).from_config(sched.config, noise_sampler_seed=seed)
 
 
-def _latent_dtype(pipe):
+def latent_dtype(pipe):
     for comp in ("unet", "transformer"):
         m = getattr(pipe, comp, None)
         if m is not None:
