@@ -75,10 +75,13 @@ def test_run_layout_metadata_and_events(trained):
     assert (md["sshs_model_hash"], md["sshs_legacy_hash"]) == expect
 
 
-def test_lora_loads_in_diffusers_and_changes_output(trained, world):
+def test_lora_loads_in_diffusers_and_changes_output(trained, world, caplog):
+    import logging
+
     from lorastudio.testing.tiny_sd import tiny_sd1_pipeline
 
     result, _ = trained
+    caplog.set_level(logging.WARNING)
 
     def render(pipe):
         pipe.set_progress_bar_config(disable=True)
@@ -88,7 +91,11 @@ def test_lora_loads_in_diffusers_and_changes_output(trained, world):
     plain = render(tiny_sd1_pipeline(0))
     for source in (str(result.lora_path), str(result.diffusers_lora_dir)):
         pipe = tiny_sd1_pipeline(0)
+        caplog.clear()
         pipe.load_lora_weights(source, adapter_name="t")
+        leftovers = [r.getMessage() for r in caplog.records
+                     if "unexpected key" in r.getMessage().lower() or "not used" in r.getMessage().lower()]
+        assert leftovers == []  # no key of the file left over
         assert any("lora_A" in n for n, _ in pipe.unet.named_parameters())
         assert not np.allclose(render(pipe), plain, atol=1e-5)
 
