@@ -33,6 +33,7 @@ from lorastudio.models.formats.flux_checkpoint import (
     infer_flux_configs,
     join_flux_checkpoint,
 )
+from lorastudio.testing.tiny_sd import TINY_CLIP
 from lorastudio.models.formats.flux_components import (
     ae_from_diffusers,
     clip_l_from_transformers,
@@ -75,19 +76,8 @@ _VAE: dict[str, Any] = dict(
     scaling_factor=0.3611,
     shift_factor=0.1159,
 )
-_CLIP: dict[str, Any] = dict(
-    vocab_size=49408,
-    max_position_embeddings=77,
-    hidden_size=32,
-    intermediate_size=37,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    projection_dim=32,
-    hidden_act="quick_gelu",
-    bos_token_id=0,
-    eos_token_id=2,
-    pad_token_id=1,
-)
+# FLUX.1's text encoder is SD's CLIP-L: the same tiny stand-in.
+_CLIP = TINY_CLIP
 _T5: dict[str, Any] = dict(
     vocab_size=32128,  # T5 v1.1 pads the 32100-token vocabulary to 32128 rows
     d_model=32,

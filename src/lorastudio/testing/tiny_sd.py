@@ -82,7 +82,7 @@ _VAE: dict[str, Any] = dict(
     latent_channels=4,
     layers_per_block=1,
 )
-_CLIP: dict[str, Any] = dict(
+TINY_CLIP: dict[str, Any] = dict(
     vocab_size=49408,
     max_position_embeddings=77,
     hidden_size=32,
@@ -98,7 +98,7 @@ _CLIP: dict[str, Any] = dict(
 )
 # te2 must differ in width from te1: diffusers' single-file loader tells the SDXL encoders apart by
 # the width of their position embeddings.
-_CLIP2: dict[str, Any] = {**_CLIP, "hidden_size": 48, "projection_dim": 24, "hidden_act": "gelu"}
+_CLIP2: dict[str, Any] = {**TINY_CLIP, "hidden_size": 48, "projection_dim": 24, "hidden_act": "gelu"}
 
 
 @contextlib.contextmanager
@@ -140,7 +140,7 @@ def tiny_sd1_pipeline(seed: int = 0):
         unet = UNet2DConditionModel(**_SD1_UNET).eval()
     pipe = StableDiffusionPipeline(
         vae=_vae(seed + 1, 0.18215),
-        text_encoder=_clip(seed + 2, _CLIP, with_projection=False),
+        text_encoder=_clip(seed + 2, TINY_CLIP, with_projection=False),
         tokenizer=tiny_clip_tokenizer("<|endoftext|>"),
         unet=unet,
         scheduler=PNDMScheduler.from_config(SD1_SCHEDULER),
@@ -160,7 +160,7 @@ def tiny_sdxl_pipeline(seed: int = 0):
         unet = UNet2DConditionModel(**_SDXL_UNET).eval()
     pipe = StableDiffusionXLPipeline(
         vae=_vae(seed + 1, 0.13025),
-        text_encoder=_clip(seed + 2, _CLIP, with_projection=False),
+        text_encoder=_clip(seed + 2, TINY_CLIP, with_projection=False),
         text_encoder_2=_clip(seed + 3, _CLIP2, with_projection=True),
         tokenizer=tiny_clip_tokenizer("<|endoftext|>"),
         tokenizer_2=tiny_clip_tokenizer("!"),
