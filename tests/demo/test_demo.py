@@ -1,0 +1,19 @@
+"""`make demo` end to end on the bundled base (few training steps, so it stays fast)."""
+
+from PIL import Image
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    from lorastudio.core.png_text import read_infotext
+    from lorastudio.services.demo import run_demo
+
+    lines = []
+    result = run_demo(tmp_path / "ws", steps=4, say=lines.append)
+    assert Image.open(result.base_grid).size[0] > 4 * 128
+    assert Image.open(result.xy_grid).size[0] > 3 * 128
+    assert len(list(result.dataset.glob("*.png"))) == 12 and len(list(result.dataset.glob("*.txt"))) == 12
+    assert result.lora.exists() and (result.workspace / "models" / "Lora" / "deltamon.safetensors").exists()
+    assert 0.0 < result.concept_without < 1.0 and 0.0 < result.concept_with < 1.0
+    assert any(line.startswith("5. concept score") for line in lines)
+    outputs = list((result.workspace / "outputs" / "txt2img-images").rglob("*.png"))
+    assert outputs and all("Lora hashes" in read_infotext(p) for p in outputs if "<lora:deltamon:1>" in read_infotext(p))
