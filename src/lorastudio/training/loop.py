@@ -92,6 +92,7 @@ class Trainer:
         names = list(modules)
         prepared = acc.prepare(*[modules[n] for n in names], self.optimizer, self.lr_scheduler)
         self.modules = dict(zip(names, prepared[:len(names)]))
+        self.trainable = [p for m in self.modules.values() for p in m.parameters() if p.requires_grad]
         self.optimizer, self.lr_scheduler = prepared[len(names)], prepared[len(names) + 1]
 
     def _prepare_caches(self) -> None:
@@ -180,8 +181,7 @@ class Trainer:
             acc.backward(loss / len(micro))
             total += float(loss.detach()) / len(micro)
         if c.max_grad_norm > 0:
-            params = [p for m in self.modules.values() for p in m.parameters() if p.requires_grad]
-            acc.clip_grad_norm_(params, c.max_grad_norm)
+            acc.clip_grad_norm_(self.trainable, c.max_grad_norm)
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

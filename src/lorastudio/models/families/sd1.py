@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -167,10 +168,18 @@ def _dtype_of(module):
     return next(module.parameters()).dtype
 
 
+_NOISE_SCHEDULERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def noise_scheduler(pipe):
+    """The training noise schedule, built once per pipeline from the config it was loaded with
+    (previews swap `pipe.scheduler` for samplers; training must not follow them)."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler.from_config(pipe.scheduler.config)
+    sched = _NOISE_SCHEDULERS.get(pipe)
+    if sched is None:
+        sched = _NOISE_SCHEDULERS[pipe] = DDPMScheduler.from_config(pipe.scheduler.config)
+    return sched
 
 
 def encode_sd_latents(pipe, pixels):
