@@ -50,7 +50,8 @@ class Trainer:
         self.state = LoopState()
         world = accelerator.num_processes
         self.global_batch = config.batch_size * world
-        self.batches_per_epoch = len(epoch_batches(items, self.global_batch, config.seed, 0))
+        self._epoch_order = (0, epoch_batches(items, self.global_batch, config.seed, 0))
+        self.batches_per_epoch = len(self._epoch_order[1])
         self.total_steps = self._total_steps()
 
     # --- set-up -----------------------------------------------------------------------------
@@ -157,7 +158,9 @@ class Trainer:
         for k in range(self.config.grad_accum):
             m = step * self.config.grad_accum + k
             epoch, pos = divmod(m, self.batches_per_epoch)
-            out.append(epoch_batches(self.items, self.global_batch, self.config.seed, epoch)[pos])
+            if self._epoch_order[0] != epoch:  # one shuffle per epoch, not per step
+                self._epoch_order = (epoch, epoch_batches(self.items, self.global_batch, self.config.seed, epoch))
+            out.append(self._epoch_order[1][pos])
         return out
 
     def step(self, step: int) -> float:
