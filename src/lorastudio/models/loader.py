@@ -53,8 +53,6 @@ def detect_folder_family(path: Path) -> tuple[ModelFamily, dict]:
 
 
 def load_model(path: Path, options: LoadOptions, *, name: str | None = None, sha256: str | None = None) -> LoadedModel:
-    import torch
-
     path = Path(path)
     # Library errors (shape mismatches, missing configs, unreadable data) are reported against
     # the user's file; our own errors already name it.
@@ -74,7 +72,6 @@ def load_model(path: Path, options: LoadOptions, *, name: str | None = None, sha
             raise ModelFileError(path, f"could not load as {family.title}: {exc}") from exc
     pipe.set_progress_bar_config(disable=True)
     pipe.to(options.device)
-    _ = torch  # imported for its side effect of being ready before generation
     return LoadedModel(family=family, pipe=pipe, path=path, name=name or path.name, sha256=sha256)
 
 
