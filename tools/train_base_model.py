@@ -372,7 +372,7 @@ def parse_args(argv=None):
     p.add_argument("--vae-groups", type=int, default=4, help="VAE GroupNorm groups")
     p.add_argument("--unet-groups", type=int, default=8, help="UNet GroupNorm groups")
     p.add_argument("--images", type=int, default=12000)
-    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--steps", type=int, default=2500)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--warmup", type=int, default=50)
