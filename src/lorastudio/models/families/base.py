@@ -158,7 +158,11 @@ class TrainableFamily(ABC):
                      rank: int) -> dict[str, "torch.Tensor"]:
         """peft state dicts per component -> the kohya-format LoRA A1111 / Forge / ComfyUI load."""
 
-    @abstractmethod
     def save_diffusers_lora(self, pipe: "DiffusionPipeline", lora: dict[str, dict[str, "torch.Tensor"]],
                             folder: Path) -> Path:
-        """Write the diffusers / PEFT-format LoRA that `pipe.load_lora_weights(folder)` reads."""
+        """Write the diffusers / PEFT-format LoRA that `pipe.load_lora_weights(folder)` reads.
+
+        Every pipeline class saves its own components, so one implementation serves all families."""
+        from lorastudio.training.export import save_diffusers_lora
+
+        return save_diffusers_lora(type(pipe), pipe, lora, folder)

@@ -222,10 +222,6 @@ class FluxFamily(ModelFamily, TrainableFamily):
 
         return kohya_flux_lora_from_peft(lora["transformer"], lora.get("text_encoder"), alpha=alpha, rank=rank)
 
-    def save_diffusers_lora(self, pipe, lora, folder: Path) -> Path:
-        from lorastudio.training.export import save_diffusers_lora
-
-        return save_diffusers_lora(type(pipe), pipe, lora, folder)
 
 
 def _unwrap(m):

@@ -150,10 +150,6 @@ class SD1Family(ModelFamily, TrainableFamily):
         tes = {k: v for k, v in lora.items() if k != "unet"}
         return kohya_lora_from_peft(lora["unet"], tes, alpha=alpha, rank=rank, unet_naming="diffusers", layout=None)
 
-    def save_diffusers_lora(self, pipe, lora, folder: Path) -> Path:
-        from lorastudio.training.export import save_diffusers_lora
-
-        return save_diffusers_lora(type(pipe), pipe, lora, folder)
 
 
 UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")

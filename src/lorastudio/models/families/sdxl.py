@@ -130,11 +130,10 @@ class SDXLFamily(ModelFamily, TrainableFamily):
 
     # --- training --------------------------------------------------------------------------
     def training_defaults(self, pipe) -> dict[str, Any]:
-        # kohya's SDXL LoRA defaults for a character: rank 16, lr 1e-4, 1024 px.
-        from lorastudio.models.families.sd1 import native_resolution
+        # kohya's SDXL character-LoRA values are SD 1.5's at the model's own size (1024 px).
+        from lorastudio.models.families.sd1 import SD1Family
 
-        return {"rank": 16, "alpha": 8.0, "lr": 1e-4, "te_lr": 5e-5, "steps": 1000,
-                "resolution": [native_resolution(pipe)], "train_text_encoder": False}
+        return SD1Family().training_defaults(pipe)
 
     def trainable_modules(self, pipe, *, text_encoders: bool):
         mods = {"unet": pipe.unet}
@@ -190,7 +189,3 @@ class SDXLFamily(ModelFamily, TrainableFamily):
         return kohya_lora_from_peft(lora["unet"], tes, alpha=alpha, rank=rank, unet_naming="ldm",
                                     layout=layout_from_unet_config(pipe.unet.config))
 
-    def save_diffusers_lora(self, pipe, lora, folder: Path) -> Path:
-        from lorastudio.training.export import save_diffusers_lora
-
-        return save_diffusers_lora(type(pipe), pipe, lora, folder)
