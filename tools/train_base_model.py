@@ -79,14 +79,14 @@ def text_encoder_config():
     )
 
 
-def vae_kwargs(size: int, groups: int = 4) -> dict:
+def vae_kwargs(size: int, groups: int = 4, channels: tuple[int, ...] = (16, 32, 64), layers: int = 1) -> dict:
     return dict(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 64),
-        layers_per_block=1,
+        block_out_channels=tuple(channels),
+        layers_per_block=layers,
         latent_channels=4,
         # few groups: with one channel per group GroupNorm would strip each channel's mean,
         # i.e. the flat colours this VAE must carry
@@ -144,7 +144,7 @@ def lr_at(step: int, total: int, base: float, warmup: int, floor: float = 0.1) -
 
 def vae_cache_dir(args) -> Path:
     keys = ("seed", "size", "vae_images", "vae_steps", "vae_batch", "vae_lr", "vae_kl")
-    blob = json.dumps({k: getattr(args, k) for k in keys} | {"arch": vae_kwargs(args.size, args.vae_groups)}, sort_keys=True)
+    blob = json.dumps({k: getattr(args, k) for k in keys} | {"arch": vae_kwargs(args.size, args.vae_groups, args.vae_channels, args.vae_layers)}, sort_keys=True)
     return Path(args.cache) / ("vae-" + hashlib.sha256(blob.encode()).hexdigest()[:12])
 
 
@@ -169,7 +169,7 @@ def train_vae(args, rng: np.random.Generator):
     data = to_tensor(imgs)
     log(f"VAE data: {n} pictures rendered in {time.time() - t0:.1f}s")
 
-    vae = AutoencoderKL(**vae_kwargs(args.size, args.vae_groups))
+    vae = AutoencoderKL(**vae_kwargs(args.size, args.vae_groups, args.vae_channels, args.vae_layers))
     log(f"VAE: {n_params(vae) / 1e6:.3f} M parameters")
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(args.seed + 1)
@@ -348,11 +348,15 @@ def export_single_file(pipe, path: Path, dtype: str = "float16") -> None:
     for name in ("unet", "vae", "scheduler"):
         (cfg / name).mkdir(parents=True, exist_ok=True)
         obj = getattr(pipe, name)
-        (cfg / name / ("scheduler_config.json" if name == "scheduler" else "config.json")).write_text(obj.to_json_string())
+        data = json.loads(obj.to_json_string())
+        data.pop("_name_or_path", None)  # a path on the machine that trained it
+        (cfg / name / ("scheduler_config.json" if name == "scheduler" else "config.json")).write_text(
+            json.dumps(data, indent=2, sort_keys=True) + "\n")
     (cfg / "text_encoder").mkdir(parents=True, exist_ok=True)
     te_cfg = pipe.text_encoder.config.to_dict()
     te_cfg.pop("torch_dtype", None)
     te_cfg.pop("dtype", None)
+    te_cfg.pop("_name_or_path", None)
     (cfg / "text_encoder" / "config.json").write_text(json.dumps(te_cfg, indent=2, sort_keys=True))
     log(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {dtype}) and {cfg}")
 
@@ -365,15 +369,18 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
     p.add_argument("--size", type=int, default=32, help="picture side in pixels (latents are size/4)")
     p.add_argument("--vae-images", type=int, default=6000)
-    p.add_argument("--vae-steps", type=int, default=1200)
-    p.add_argument("--vae-batch", type=int, default=12)
+    p.add_argument("--vae-steps", type=int, default=4000)
+    p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--vae-kl", type=float, default=1e-4)
     p.add_argument("--vae-groups", type=int, default=4, help="VAE GroupNorm groups")
+    p.add_argument("--vae-channels", type=lambda v: tuple(int(x) for x in v.split(",")), default=(16, 32, 64),
+                   help="VAE block widths, comma-separated (3 blocks -> 4x downsampling)")
+    p.add_argument("--vae-layers", type=int, default=1, help="VAE resnet layers per block")
     p.add_argument("--unet-groups", type=int, default=8, help="UNet GroupNorm groups")
     p.add_argument("--images", type=int, default=12000)
-    p.add_argument("--steps", type=int, default=2500)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=48)
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--ema", type=float, default=0.99)

@@ -8,10 +8,13 @@ def test_demo_runs_end_to_end(tmp_path):
     from lorastudio.services.demo import run_demo
 
     lines = []
-    result = run_demo(tmp_path / "ws", steps=4, say=lines.append)
+    result = run_demo(tmp_path / "ws", steps=4, reg_pictures=4, say=lines.append)
     assert Image.open(result.base_grid).size[0] > 4 * 128
     assert Image.open(result.xy_grid).size[0] > 3 * 128
     assert len(list(result.dataset.glob("*.png"))) == 12 and len(list(result.dataset.glob("*.txt"))) == 12
+    reg = result.workspace / "reg"
+    assert len(list(reg.glob("*.png"))) == 4 and len(list(reg.glob("*.txt"))) == 4
+    assert len(list((result.workspace / "projects").rglob("reg/*.png"))) == 4  # trained with them
     assert result.lora.exists() and (result.workspace / "models" / "Lora" / "deltamon.safetensors").exists()
     assert 0.0 < result.concept_without < 1.0 and 0.0 < result.concept_with < 1.0
     assert any(line.startswith("5. concept score") for line in lines)

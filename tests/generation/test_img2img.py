@@ -82,9 +82,12 @@ def test_strength_zero_keeps_the_image_and_more_strength_changes_more(shapes, sq
            for s in (0.0, 0.2, 0.5, 0.9)}
     dist = {s: mad(im, round_trip) for s, im in out.items()}
     # Strength 0 runs one step from the smallest noise level (as A1111): the VAE round trip, nearly.
-    assert dist[0.0] < 4, dist
+    # Without guidance it is that step alone; at CFG 5 the red prompt tints even that one step
+    # a little (about 10 levels on this model), which the ordering below still bounds.
+    plain = shapes.img2img({**BASE, "denoising_strength": 0.0, "cfg_scale": 1.0}, [square], save=False)
+    assert mad(plain.images[0].image, round_trip) < 4
     assert dist[0.0] < dist[0.2] < dist[0.5] < dist[0.9], dist
-    assert classify_image(out[0.0])["colour"] == "yellow"
+    assert classify_image(plain.images[0].image)["colour"] == "yellow"
     assert classify_image(out[0.9])["colour"] == "red"  # the prompt wins at high strength
 
 

@@ -1,7 +1,8 @@
 """`make demo`: the whole story on the bundled small model, on a CPU, in minutes.
 
 1. a labelled grid of what the base model draws;
-2. a dataset of 12 transparent "sticker" pictures of a character it has never seen;
+2. a dataset of 12 transparent "sticker" pictures of a character it has never seen, and
+   regularisation pictures the base draws for its own prompts (prior preservation);
 3. a LoRA trained on them, with progress;
 4. an X/Y grid of prompts × LoRA weights 0, 0.5, 1 through `<lora:NAME:w>`;
 5. where everything is, and the concept score with and without the LoRA.
@@ -24,6 +25,7 @@ BASE_PROMPTS = ["a red circle on a blue background", "a yellow square on a green
 TRIGGER = "DeltamonStamp"
 LORA_PROMPTS = [TRIGGER, f"{TRIGGER}, waving", f"{TRIGGER}, sticker"]
 WEIGHTS = (0.0, 0.5, 1.0)
+REG_PICTURES = 48
 
 
 @dataclass
@@ -38,11 +40,13 @@ class DemoResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def run_demo(workspace: Path, *, steps: int = 600, say: Callable[[str], None] = print,
-             on_training_event=None) -> DemoResult:
+def run_demo(workspace: Path, *, steps: int = 300, reg_pictures: int = REG_PICTURES,
+             say: Callable[[str], None] = print, on_training_event=None) -> DemoResult:
     from lorastudio.evaluation.scores import concept_score
     from lorastudio.generation.engine import GenerationEngine
     from lorastudio.generation.grids import image_grid
+    from lorastudio.services.class_images import write_class_images
+    from lorastudio.testing.shapes import random_captions
     from lorastudio.training.api import train
     from lorastudio.training.dataset.fixtures import draw_sticker_dataset
 
@@ -71,13 +75,21 @@ def run_demo(workspace: Path, *, steps: int = 600, say: Callable[[str], None] = 
     if not dataset.exists():
         draw_sticker_dataset(dataset, n=12, trigger=TRIGGER, seed=0, size=128)
     say(f"2. sticker dataset (12 transparent PNGs + captions): {dataset}")
+    t = time.monotonic()
+    reg = workspace / "reg"
+    write_class_images(engine, random_captions(reg_pictures, seed=77), reg, seed=5000,
+                       **{k: v for k, v in common.items() if k != "seed"})
+    seconds["reg"] = time.monotonic() - t
+    say(f"   {reg_pictures} regularisation pictures drawn by the base for its own prompts "
+        f"(they keep the LoRA from changing what the base draws without the trigger): {reg}")
 
     # 3. the LoRA
     t = time.monotonic()
     result = train(dict(images=dataset, trigger=TRIGGER, base=base.name, models_dir=models,
                         projects_dir=settings.projects_dir, project="deltamon", steps=steps, batch_size=4,
                         rank=8, alpha=8.0, lr=1e-3, resolution=[size], seed=0, save_every=max(1, steps // 2),
-                        sample_every=max(1, steps // 2), sample_steps=20), on_event=on_training_event)
+                        sample_every=max(1, steps // 2), sample_steps=20,
+                        reg_images=reg if reg_pictures else None), on_event=on_training_event)
     seconds["training"] = time.monotonic() - t
     lora = models / "Lora" / "deltamon.safetensors"
     with atomic_path(lora) as tmp:

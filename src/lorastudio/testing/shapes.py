@@ -209,6 +209,13 @@ def caption_for(spec: ShapeSpec, rng: np.random.Generator | None = None, templat
     )
 
 
+def random_captions(n: int, seed: int = 0) -> list[str]:
+    """``n`` captions of random pictures, in the training templates' mix (class prompts for
+    regularisation pictures; the benchmark prompts come from :func:`benchmark_prompts`)."""
+    rng = np.random.default_rng(seed)
+    return [caption_for(sample_spec(rng), rng) for _ in range(n)]
+
+
 def benchmark_prompts(n_per_pair: int = 2, seed: int = 1234) -> list[dict[str, str]]:
     """Prompts covering every colour x shape ``n_per_pair`` times, with varied backgrounds.
 

@@ -17,16 +17,18 @@ from lorastudio.core.paths import ModelsRoot
 from lorastudio.training.config import TrainingConfig, training_config
 from lorastudio.training.data import Item
 from lorastudio.training.events import EventSink, TrainingEvent, TrainingResult
-from lorastudio.training.project import VersionDir, project_name, version_dir
+from lorastudio.training.project import project_name, version_dir
 
 
-def prepare_items(config: TrainingConfig, resolution: int):
-    """Check the dataset and return (items, report); raises DatasetError listing every problem."""
+def prepare_items(config: TrainingConfig, resolution: int, *, regularisation: bool = False):
+    """Check the dataset (or the regularisation pictures) and return (source, items, report);
+    raises DatasetError listing every problem."""
     from lorastudio.training.dataset.checks import build_dataset, check_dataset
     from lorastudio.training.dataset.ingest import open_source
 
-    dcfg = config.dataset_config(resolution)
-    source = open_source(config.images, max_unzipped_bytes=dcfg.max_unzipped_bytes)
+    dcfg = config.dataset_config(resolution, regularisation=regularisation)
+    source = open_source(config.reg_images if regularisation else config.images,
+                         max_unzipped_bytes=dcfg.max_unzipped_bytes)
     report = check_dataset(source, dcfg)
     items = build_dataset(source, dcfg, skip_bad=config.skip_bad_images, report=report)
     return source, items, report
@@ -45,6 +47,8 @@ def train(config: TrainingConfig | dict, on_event: EventSink | None = None, *,
     images = Path(config.images)
     if not images.exists():
         raise InvalidParameter("images", str(images), "no such folder or .zip file")
+    if config.reg_images is not None and not Path(config.reg_images).exists():
+        raise InvalidParameter("reg_images", str(config.reg_images), "no such folder or .zip file")
 
     # 2. the model (its family decides the defaults and the dataset resolution)
     from accelerate import Accelerator
@@ -66,6 +70,10 @@ def train(config: TrainingConfig | dict, on_event: EventSink | None = None, *,
     # 3. every dataset problem, before training starts
     source, titems, report = prepare_items(config, config.resolution[0])
     emit(TrainingEvent("log", message=report.render()))
+    reg_source, reg_titems = None, []
+    if config.reg_images is not None:
+        reg_source, reg_titems, reg_report = prepare_items(config, config.resolution[0], regularisation=True)
+        emit(TrainingEvent("log", message="regularisation pictures:\n" + reg_report.render()))
 
     # 4. the version folder (decided by the main process; the others follow it)
     project = project_name(config.project, config.trigger)
@@ -78,9 +86,12 @@ def train(config: TrainingConfig | dict, on_event: EventSink | None = None, *,
     if not acc.is_main_process:
         vdir = version_dir(config.projects_dir, project, config.version, resume=True)
     config = config.model_copy(update={"project": project, "version": vdir.root.name})
-    items = _copy_dataset(titems, vdir, write=acc.is_main_process)
+    items = _copy_dataset(titems, vdir.dataset, write=acc.is_main_process)
+    items += _copy_dataset(reg_titems, vdir.reg, write=acc.is_main_process, regularisation=True)
     acc.wait_for_everyone()
     source.close()
+    if reg_source is not None:
+        reg_source.close()
     name = config.output_name or project
     if acc.is_main_process:
         atomic_write_text(vdir.config, config.model_dump_json(indent=2))
@@ -108,8 +119,11 @@ def train(config: TrainingConfig | dict, on_event: EventSink | None = None, *,
         md = kohya_metadata(config=config, family=family, output_name=name, rank=config.rank, alpha=config.alpha,
                             base_name=entry.name, base_sha256=sha, started=started, finished=time.time(),
                             steps=state.step, epochs=max(1, state.step * config.grad_accum // max(1, trainer.batches_per_epoch)),
-                            num_images=len({i.image_path for i in items}), resolution=config.resolution[0],
-                            captions=[i.caption for i in items], mixed_precision=acc.mixed_precision)
+                            num_images=len({i.image_path for i in items if not i.regularisation}),
+                            num_reg_images=len({i.image_path for i in items if i.regularisation}),
+                            resolution=config.resolution[0],
+                            captions=[i.caption for i in items if not i.regularisation],
+                            mixed_precision=acc.mixed_precision)
         write_kohya_lora(lora_path, family.export_kohya(pipe, sds, alpha=config.alpha, rank=config.rank), md)
         family.save_diffusers_lora(pipe, sds, vdir.diffusers)
         write_loss_curve(vdir.logs / "metrics.jsonl", vdir.logs / "loss.png")
@@ -152,24 +166,26 @@ def _resolve(config: TrainingConfig, defaults: dict) -> TrainingConfig:
     return resolved
 
 
-def _copy_dataset(titems, vdir: VersionDir, *, write: bool = True) -> list[Item]:
+def _copy_dataset(titems, folder: Path, *, write: bool = True, regularisation: bool = False) -> list[Item]:
     """Keep the pictures actually trained on beside the LoRA, so a version can be re-run or resumed."""
     out: list[Item] = []
     seen: dict[Path, Path] = {}
+    if write and titems:
+        folder.mkdir(parents=True, exist_ok=True)
     for ti in titems:
         src = Path(ti.image_path)
         dst = seen.get(src)
         if dst is None:
             # Names are made unique from the source order alone, so every process derives the same.
-            dst = vdir.dataset / src.name
+            dst = folder / src.name
             n = 1
             while dst in seen.values():
-                dst = vdir.dataset / f"{src.stem}-{n}{src.suffix}"
+                dst = folder / f"{src.stem}-{n}{src.suffix}"
                 n += 1
             if write:
                 with atomic_path(dst) as tmp:
                     shutil.copyfile(src, tmp)
                 atomic_write_text(dst.with_suffix(".txt"), ti.caption)
             seen[src] = dst
-        out.append(Item(dst, ti.caption, ti.bucket.width, ti.bucket.height, ti.repeats))
+        out.append(Item(dst, ti.caption, ti.bucket.width, ti.bucket.height, ti.repeats, regularisation))
     return out

@@ -86,6 +86,11 @@ class TrainingConfig(BaseModel):
     keep_tokens: int = Field(1, ge=0)
     skip_bad_images: bool = False
     background: tuple[int, int, int] | str = (255, 255, 255)
+    # --- regularisation (kohya's reg_data_dir, DreamBooth's prior preservation) ---------------
+    reg_images: Path | None = Field(None, description="Folder or .zip of pictures of the class without the concept "
+                                                      "(captions as written, no trigger): keeps the base's other "
+                                                      "prompts as they were")
+    prior_loss_weight: float = Field(1.0, gt=0, le=100, description="Loss weight of regularisation pictures")
 
     @field_validator("resolution", mode="before")
     @classmethod
@@ -99,7 +104,7 @@ class TrainingConfig(BaseModel):
             raise ValueError(f"{v!r} cannot be used as a folder or file name")
         return v
 
-    @field_validator("lr", "te_lr", "alpha", "min_snr_gamma")
+    @field_validator("lr", "te_lr", "alpha", "min_snr_gamma", "prior_loss_weight")
     @classmethod
     def _finite(cls, v):
         if v is not None and not math.isfinite(v):
@@ -112,14 +117,16 @@ class TrainingConfig(BaseModel):
             raise ValueError("give steps or epochs, not both")
         return self
 
-    def dataset_config(self, default_resolution: int) -> DatasetConfig:
+    def dataset_config(self, default_resolution: int, *, regularisation: bool = False) -> DatasetConfig:
         from lorastudio.training.dataset.config import dataset_config
 
         return dataset_config(dict(
+            add_trigger=not regularisation,
             trigger_word=self.trigger, class_word=self.class_word,
             resolutions=tuple(self.resolution or [default_resolution]),
             caption_dropout=self.caption_dropout, shuffle_tags=self.shuffle_tags, keep_tokens=self.keep_tokens,
-            background=self.background, use_alpha_mask=self.masked_loss, repeats=self.repeats or 1,
+            background=self.background, use_alpha_mask=self.masked_loss,
+            repeats=1 if regularisation else self.repeats or 1,
             min_size=min(64, min(self.resolution or [default_resolution])),
             bucket_step=_step_for(self.resolution or [default_resolution]),
         ))
@@ -147,7 +154,7 @@ def load_toml(path: Path) -> TrainingConfig:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise InvalidParameter("config", str(path), f"cannot read TOML: {exc}") from None
     base = Path(path).parent
-    for key in ("images", "projects_dir", "models_dir"):
+    for key in ("images", "reg_images", "projects_dir", "models_dir"):
         if key in data and not Path(data[key]).is_absolute():
             data[key] = str(base / data[key])
     return training_config(data)

@@ -32,14 +32,32 @@ class Item:
     width: int
     height: int
     repeats: int
+    regularisation: bool = False
 
 
 def epoch_batches(items: list[Item], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Indices per batch for one epoch; every batch holds one bucket size only."""
+    """Indices per batch for one epoch; every batch holds one bucket size only.
+
+    Regularisation pictures fill as many places as the training pictures (repeats counted),
+    as kohya does: cycled when there are fewer, a different subset each epoch when there are
+    more. Each bucket's share is fixed, so every epoch has the same number of batches.
+    """
     rng = random.Random(f"{seed}:{epoch}")
     by_bucket: dict[tuple[int, int], list[int]] = defaultdict(list)
+    reg_pools: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, it in enumerate(items):
-        by_bucket[(it.width, it.height)].extend([i] * it.repeats)
+        (reg_pools if it.regularisation else by_bucket)[(it.width, it.height)].extend([i] * it.repeats)
+    if reg_pools:
+        n_train = sum(len(v) for v in by_bucket.values())
+        n_reg = sum(len(v) for v in reg_pools.values())
+        for key in sorted(reg_pools):
+            pool = reg_pools[key]
+            want = round(n_train * len(pool) / n_reg)
+            # Which ones an epoch sees comes from the seed and the epoch only; this
+            # bucket's own counter keeps the cycle going across epochs.
+            order = random.Random(f"{seed}:reg:{key}").sample(pool, len(pool))
+            start = epoch * want
+            by_bucket[key].extend(order[(start + j) % len(order)] for j in range(want))
     batches: list[list[int]] = []
     for key in sorted(by_bucket):
         idx = by_bucket[key]

@@ -23,6 +23,7 @@ from lorastudio.core.hashes import kohya_sshs_hashes
 def kohya_metadata(*, config, family, output_name: str, rank: int, alpha: float, base_name: str,
                    base_sha256: str | None, started: float, finished: float, steps: int, epochs: int,
                    num_images: int, resolution: int, captions: list[str], mixed_precision: str,
+                   num_reg_images: int = 0,
                    clip_skip: int = 1) -> dict[str, str]:
     tags = Counter(t.strip() for c in captions for t in c.split(",") if t.strip())
     md: dict[str, Any] = {
@@ -51,7 +52,8 @@ def kohya_metadata(*, config, family, output_name: str, rank: int, alpha: float,
         "ss_epoch": epochs,
         "ss_num_epochs": epochs,
         "ss_num_train_images": num_images,
-        "ss_num_reg_images": 0,
+        "ss_num_reg_images": num_reg_images,
+        "ss_prior_loss_weight": config.prior_loss_weight,
         "ss_batch_size_per_device": config.batch_size,
         "ss_gradient_accumulation_steps": config.grad_accum,
         "ss_gradient_checkpointing": bool(config.gradient_checkpointing),

@@ -178,9 +178,13 @@ class Trainer:
                                      shuffle=c.shuffle_tags, keep_tokens=c.keep_tokens) for i, j in zip(local, ids)]
             cond = self._conditioning(captions)
             gens = sample_generators(c.seed, step, k, ids)
+            weights = None
+            if any(self.items[i].regularisation for i in local):
+                weights = torch.tensor([c.prior_loss_weight if self.items[i].regularisation else 1.0 for i in local],
+                                       device=acc.device)
             with acc.autocast():
                 loss = self.family.training_loss(self.pipe, self.modules, latents, cond, gens, c,
-                                                 mask=mask if c.masked_loss else None)
+                                                 mask=mask if c.masked_loss else None, sample_weights=weights)
             acc.backward(loss / len(micro))
             total += float(loss.detach()) / len(micro)
         if c.max_grad_norm > 0:

@@ -82,11 +82,13 @@ def flow_noised(latents: torch.Tensor, gens: list[torch.Generator], *, sampling:
 
 
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
-                 mask: torch.Tensor | None = None) -> torch.Tensor:
+                 mask: torch.Tensor | None = None, sample_weights: torch.Tensor | None = None) -> torch.Tensor:
     err = (pred.float() - target.float()) ** 2
     if mask is not None:
         mask = mask.to(err.device, err.dtype).expand_as(err)
         per_sample = (err * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1e-6)
     else:
         per_sample = err.flatten(1).mean(1)
+    if sample_weights is not None:
+        weights = weights * sample_weights.to(weights.device, weights.dtype)
     return (per_sample * weights.to(per_sample.dtype)).mean()

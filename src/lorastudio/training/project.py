@@ -2,6 +2,7 @@
 
 projects/<project>/versions/<version>/
     dataset/        the prepared pictures and captions actually trained on
+    reg/            the regularisation pictures, when the run has them
     cache/          latents and text embeddings
     checkpoints/    step-000100/ … (resumable state)
     samples/        preview PNGs with infotext
@@ -27,6 +28,10 @@ class VersionDir:
     @property
     def dataset(self) -> Path:
         return self.root / "dataset"
+
+    @property
+    def reg(self) -> Path:
+        return self.root / "reg"
 
     @property
     def cache(self) -> Path:

@@ -150,6 +150,14 @@ def _payload(state, fields: dict[str, Any], images: Path, upload_dir: Path | Non
         check_webhook_url(webhook, state.webhook_hosts)
     if isinstance(fields.get("base"), str):
         fields["base"] = str(state.checkpoint_entry(fields["base"], "base").path)
+    if fields.get("reg_images") is not None:
+        # the same confinement as the dataset: a request names folders under the dataset roots only
+        if not isinstance(fields["reg_images"], str):
+            raise InvalidParameter("reg_images", fields["reg_images"], "a folder or .zip path on the server")
+        reg = resolve_inside(fields["reg_images"], state.dataset_roots, field="reg_images", base=state.projects_root)
+        if not reg.exists():
+            raise InvalidParameter("reg_images", str(reg), "no such folder or .zip on the server")
+        fields["reg_images"] = str(reg)
     config = training_config({**fields, "images": str(images), "projects_dir": str(state.projects_root),
                               "models_dir": str(state.catalog.root.root)})
     return {"config": config.model_dump(mode="json"), "webhook_url": webhook,

@@ -167,6 +167,10 @@ def train(
     models_dir: Optional[Path] = ModelsDir,
     resume: bool = typer.Option(False, "--resume", help="Continue from the last complete checkpoint"),
     skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="Leave out pictures with problems"),
+    class_word: Optional[str] = typer.Option(None, "--class-word", help='Added after the trigger in default captions ("sticker")'),
+    reg_images: Optional[Path] = typer.Option(None, "--reg-images",
+                                              help="Regularisation pictures of the class (folder or zip; captions as written, no trigger)"),
+    prior_loss_weight: Optional[float] = typer.Option(None, "--prior-loss-weight", help="Loss weight of regularisation pictures [1.0]"),
     num_processes: Optional[int] = typer.Option(None, "--num-processes", help="Data-parallel processes (accelerate)"),
 ):
     """Train a LoRA from a folder or zip of pictures."""
@@ -182,7 +186,8 @@ def train(
                  "seed": seed, "project": project, "version": version, "projects_dir": projects_dir,
                  "models_dir": models_dir or (None if "models_dir" in data else
                                               Path(os.environ.get("LORASTUDIO_MODELS_DIR", "models"))),
-                 "num_processes": num_processes}
+                 "num_processes": num_processes, "class_word": class_word, "reg_images": reg_images,
+                 "prior_loss_weight": prior_loss_weight}
         data.update({k: v for k, v in flags.items() if v is not None})
         if resume:
             data["resume"] = True
@@ -246,7 +251,7 @@ def dataset_check(
 
 @app.command()
 def demo(workspace: Path = typer.Option(Path("demo"), "--workspace", help="Where the demo writes everything"),
-         steps: int = typer.Option(600, "--steps", help="LoRA training steps")):
+         steps: int = typer.Option(300, "--steps", help="LoRA training steps")):
     """Run the whole story on the bundled small model: generate, train a LoRA, compare."""
     from lorastudio.interfaces.cli.progress import TrainingProgress
     from lorastudio.services.demo import run_demo

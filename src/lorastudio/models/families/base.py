@@ -150,8 +150,12 @@ class TrainableFamily(ABC):
 
     @abstractmethod
     def training_loss(self, pipe: "DiffusionPipeline", modules: dict[str, "torch.nn.Module"], latents: "torch.Tensor",
-                      cond: dict[str, "torch.Tensor"], gens: list, config, mask=None) -> "torch.Tensor":
-        """One batch's loss: noise the latents, predict, compare with the target."""
+                      cond: dict[str, "torch.Tensor"], gens: list, config, mask=None,
+                      sample_weights: "torch.Tensor | None" = None) -> "torch.Tensor":
+        """One batch's loss: noise the latents, predict, compare with the target.
+
+        `sample_weights` (one per sample, e.g. the prior-loss weight of regularisation pictures)
+        multiply the per-sample losses before the batch mean."""
 
     @abstractmethod
     def export_kohya(self, pipe: "DiffusionPipeline", lora: dict[str, dict[str, "torch.Tensor"]], *, alpha: float,

@@ -196,7 +196,7 @@ class FluxFamily(ModelFamily, TrainableFamily):
                                                num_images_per_prompt=1, max_sequence_length=self._max_seq(pipe))
         return {"embeds": embeds, "pooled": pooled}
 
-    def training_loss(self, pipe, modules, latents, cond, gens, config, mask=None):
+    def training_loss(self, pipe, modules, latents, cond, gens, config, mask=None, sample_weights=None):
         import torch
 
         from lorastudio.training.objectives import flow_noised, weighted_mse
@@ -215,7 +215,7 @@ class FluxFamily(ModelFamily, TrainableFamily):
                      pooled_projections=cond["pooled"].to(dtype), encoder_hidden_states=cond["embeds"].to(dtype),
                      txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
         pred = pipe._unpack_latents(pred, h * pipe.vae_scale_factor, w * pipe.vae_scale_factor, pipe.vae_scale_factor)
-        return weighted_mse(pred, nb.target, nb.weights, mask)
+        return weighted_mse(pred, nb.target, nb.weights, mask, sample_weights)
 
     def export_kohya(self, pipe, lora, *, alpha: float, rank: int):
         from lorastudio.models.formats.kohya_lora_flux import kohya_flux_lora_from_peft

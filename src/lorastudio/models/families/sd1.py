@@ -135,14 +135,14 @@ class SD1Family(ModelFamily, TrainableFamily):
         hidden = [encode_clip(pipe.tokenizer, pipe.text_encoder, c, spec)[0][:, :77] for c in captions]
         return {"hidden": torch.cat(hidden)}
 
-    def training_loss(self, pipe, modules, latents, cond, gens, config, mask=None):
+    def training_loss(self, pipe, modules, latents, cond, gens, config, mask=None, sample_weights=None):
         from lorastudio.training.objectives import ddpm_noised, weighted_mse
 
         nb = ddpm_noised(noise_scheduler(pipe), latents, gens, noise_offset=config.noise_offset,
                          min_snr_gamma=config.min_snr_gamma)
         unet = modules["unet"]
         pred = unet(nb.noisy.to(_dtype_of(unet)), nb.timesteps, encoder_hidden_states=cond["hidden"].to(_dtype_of(unet))).sample
-        return weighted_mse(pred, nb.target, nb.weights, mask)
+        return weighted_mse(pred, nb.target, nb.weights, mask, sample_weights)
 
     def export_kohya(self, pipe, lora, *, alpha: float, rank: int):
         from lorastudio.models.formats.kohya_lora_sd import kohya_lora_from_peft

@@ -163,7 +163,7 @@ class SDXLFamily(ModelFamily, TrainableFamily):
             pooled.append(p)
         return {"hidden": torch.cat(hidden), "pooled": torch.cat(pooled)}
 
-    def training_loss(self, pipe, modules, latents, cond, gens, config, mask=None):
+    def training_loss(self, pipe, modules, latents, cond, gens, config, mask=None, sample_weights=None):
         import torch
 
         from lorastudio.models.families.sd1 import noise_scheduler
@@ -179,7 +179,7 @@ class SDXLFamily(ModelFamily, TrainableFamily):
         time_ids = torch.tensor([[px_h, px_w, 0, 0, px_h, px_w]], dtype=dtype, device=latents.device).repeat(b, 1)
         pred = unet(nb.noisy.to(dtype), nb.timesteps, encoder_hidden_states=cond["hidden"].to(dtype),
                     added_cond_kwargs={"text_embeds": cond["pooled"].to(dtype), "time_ids": time_ids}).sample
-        return weighted_mse(pred, nb.target, nb.weights, mask)
+        return weighted_mse(pred, nb.target, nb.weights, mask, sample_weights)
 
     def export_kohya(self, pipe, lora, *, alpha: float, rank: int):
         from lorastudio.models.formats.kohya_lora_sd import kohya_lora_from_peft

@@ -16,6 +16,7 @@ from collections import defaultdict
 from pathlib import PurePosixPath
 
 from lorastudio.core.errors import DatasetError
+from lorastudio.core.prompt_syntax import escape_prompt_text
 from lorastudio.training.dataset.buckets import Bucket, BucketPlan, assign_bucket, cropped_fraction
 from lorastudio.training.dataset.captions import default_caption, ensure_trigger, read_caption_file
 from lorastudio.training.dataset.config import DatasetConfig
@@ -212,7 +213,10 @@ def _check_picture(out: _Collector, f: SourceFile, config: DatasetConfig, seen_b
 
 def _caption_for(out: _Collector, f: SourceFile, files: list[SourceFile], any_captioned: bool,
                  config: DatasetConfig) -> str | None:
-    fallback = default_caption(config.trigger_word, config.class_word)
+    if config.add_trigger:
+        fallback = default_caption(config.trigger_word, config.class_word)
+    else:  # a regularisation picture shows the class without the concept: no trigger
+        fallback = escape_prompt_text(config.class_word) if config.class_word else ""
     if not files:
         if any_captioned:
             exts = " / ".join(PurePosixPath(f.rel).stem + e for e in config.caption_extensions)
@@ -233,7 +237,7 @@ def _caption_for(out: _Collector, f: SourceFile, files: list[SourceFile], any_ca
         out.add(chosen.rel, "empty_caption", f"is empty; {PurePosixPath(f.rel).name} is captioned {fallback!r}",
                 "warning")
         return fallback
-    return ensure_trigger(text, config.trigger_word)
+    return ensure_trigger(text, config.trigger_word) if config.add_trigger else text
 
 
 def _buckets_for(out: _Collector, f: SourceFile, size: tuple[int, int], config: DatasetConfig) -> list[Bucket]:

@@ -37,6 +37,8 @@ class DatasetConfig(BaseModel):
     max_unzipped_bytes: int = Field(DEFAULT_MAX_UNZIPPED_BYTES, ge=1)
     repeats: int = Field(1, ge=1, le=10_000, description="Used where no kohya `N_name` folder says otherwise")
     use_alpha_mask: bool = Field(False, description="Mask the loss with the alpha channel of transparent images")
+    add_trigger: bool = Field(True, description="Put the trigger first in every caption; off for regularisation "
+                                                "pictures, whose captions are used as written")
 
     @field_validator("trigger_word")
     @classmethod
