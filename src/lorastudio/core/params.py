@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lorastudio.core.errors import InvalidParameter
+
+M = TypeVar("M", bound=BaseModel)
 
 MAX_SIDE = 4096
 MAX_BATCH_SIZE = 64
@@ -67,14 +69,19 @@ class GenerationParams(BaseModel):
         return self
 
 
-def validate_params(data: dict[str, Any] | GenerationParams) -> GenerationParams:
-    """Build GenerationParams, turning pydantic's error into one that names field and value."""
-    if isinstance(data, GenerationParams):
+def build_model(cls: type[M], data: "dict[str, Any] | M") -> M:
+    """`cls(**data)` (an instance passes through), with pydantic's error turned into an
+    InvalidParameter that names the field and the value."""
+    if isinstance(data, cls):
         return data
     try:
-        return GenerationParams(**data)
+        return cls(**data)
     except ValidationError as exc:
         raise invalid_from_validation(exc) from None
+
+
+def validate_params(data: dict[str, Any] | GenerationParams) -> GenerationParams:
+    return build_model(GenerationParams, data)
 
 
 def invalid_from_validation(exc: ValidationError) -> InvalidParameter:
@@ -108,14 +115,7 @@ class Img2ImgOptions(BaseModel):
 
 
 def validate_img2img_options(data: dict[str, Any] | Img2ImgOptions | None) -> Img2ImgOptions:
-    if data is None:
-        return Img2ImgOptions()
-    if isinstance(data, Img2ImgOptions):
-        return data
-    try:
-        return Img2ImgOptions(**data)
-    except ValidationError as exc:
-        raise invalid_from_validation(exc) from None
+    return build_model(Img2ImgOptions, {} if data is None else data)
 
 
 def img2img_steps(steps: int, denoising_strength: float) -> int:

@@ -11,10 +11,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lorastudio.core.errors import InvalidParameter
-from lorastudio.core.params import invalid_from_validation
+from lorastudio.core.params import build_model
 from lorastudio.training.dataset.config import DatasetConfig
 
 CONFIG_VERSION = 1
@@ -138,12 +138,7 @@ def _step_for(resolutions: list[int]) -> int:
 
 
 def training_config(data: dict[str, Any] | TrainingConfig) -> TrainingConfig:
-    if isinstance(data, TrainingConfig):
-        return data
-    try:
-        return TrainingConfig(**data)
-    except ValidationError as exc:
-        raise invalid_from_validation(exc) from None
+    return build_model(TrainingConfig, data)
 
 
 def load_toml(path: Path) -> TrainingConfig:

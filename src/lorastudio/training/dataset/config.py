@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lorastudio.core.params import invalid_from_validation
+from lorastudio.core.params import build_model
 
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_MAX_UNZIPPED_BYTES = 2 * 1024**3
@@ -138,10 +138,4 @@ class DatasetConfig(BaseModel):
 
 
 def dataset_config(data: dict[str, Any] | DatasetConfig) -> DatasetConfig:
-    """Build a DatasetConfig, turning pydantic's error into InvalidParameter naming the field."""
-    if isinstance(data, DatasetConfig):
-        return data
-    try:
-        return DatasetConfig(**data)
-    except ValidationError as exc:
-        raise invalid_from_validation(exc) from None
+    return build_model(DatasetConfig, data)
