@@ -1,0 +1,1 @@
+"""Publishing a trained LoRA to the Hugging Face Hub (`lorastudio publish`, POST .../publish)."""
