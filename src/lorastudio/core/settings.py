@@ -20,3 +20,4 @@ class StudioSettings(BaseModel):
         "fused", description="fused: merge LoRA weights into the model (fast); unfused: keep adapters separate")
     allow_pickle: bool = Field(False, description="Load .ckpt/.pt files with torch.load(weights_only=True)")
     include_bundled: bool = Field(True, description="List the bundled demo base model beside the user's models")
+    report_after_training: bool = Field(True, description="Write the LoRA report (weight sweep) after every training")

@@ -5,7 +5,9 @@
    regularisation pictures the base draws for its own prompts (prior preservation);
 3. a LoRA trained on them, with progress;
 4. an X/Y grid of prompts × LoRA weights 0, 0.5, 1 through `<lora:NAME:w>`;
-5. where everything is, and the concept score with and without the LoRA.
+5. where everything is, and the concept score with and without the LoRA;
+6. the LoRA report (weight sweep) and its recommended weight;
+7. a `--to-folder` preview of the Hugging Face repo `lorastudio publish` would upload.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class DemoResult:
     concept_without: float
     concept_with: float
     seconds: dict[str, float] = field(default_factory=dict)
+    report: dict | None = None
+    hub_preview: Path | None = None
 
 
 def run_demo(workspace: Path, *, steps: int = 300, reg_pictures: int = REG_PICTURES,
@@ -117,7 +121,25 @@ def run_demo(workspace: Path, *, steps: int = 300, reg_pictures: int = REG_PICTU
     say(f"5. concept score (similarity to the training pictures, 0..1): without LoRA {without:.3f}, "
         f"with LoRA {with_:.3f}")
     say(f"   outputs: {settings.outdir}   project: {result.version_dir}")
-    return DemoResult(workspace, base_grid, dataset, result.lora_path, xy_grid, without, with_, seconds)
+
+    # 6. the report: at which weight to use it
+    from lorastudio.services.publish.publish import publish
+    from lorastudio.services.report import summary_line, write_report
+
+    t = time.monotonic()
+    report = write_report(result.version_dir, settings, {"seeds": 1, "base_prompts": BASE_PROMPTS[:2]})
+    seconds["report"] = time.monotonic() - t
+    say(f"6. LoRA report: {result.version_dir / 'report.json'} and report.png")
+    say(f"   {summary_line(report)}")
+
+    # 7. what `lorastudio publish` would upload, written locally (no network)
+    preview = workspace / "hub-preview"
+    published = publish(result.version_dir, {"repo": "your-name/deltamon", "to_folder": preview,
+                                             "description": "DeltamonStamp stickers, trained with `make demo`."})
+    say(f"7. Hugging Face repo preview ({len(published.files)} files, {published.total_bytes / 1e6:.1f} MB): {preview}")
+    say(f"   publish it: lorastudio publish {result.version_dir} --repo YOUR-NAME/deltamon")
+    return DemoResult(workspace, base_grid, dataset, result.lora_path, xy_grid, without, with_, seconds,
+                      report=report, hub_preview=preview)
 
 
 def _native_size(pipe) -> int:

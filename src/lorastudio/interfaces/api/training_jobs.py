@@ -74,9 +74,24 @@ def make_training_handler(settings: StudioSettings, *, train_fn: Callable | None
             upload = job.payload.get("upload_dir")
             if upload and not ctx.lease_lost.is_set() and Path(upload).resolve().is_relative_to(uploads_root):
                 shutil.rmtree(upload, ignore_errors=True)
+        if settings.report_after_training:
+            _write_report(result, settings, ctx)
         return result_payload(result, projects_root)
 
     return handle
+
+
+def _write_report(result, settings: StudioSettings, ctx) -> None:
+    """The LoRA report after the run; a failure is logged, never fatal: the LoRA is saved."""
+    from lorastudio.core.errors import LorastudioError
+    from lorastudio.services.report import summary_line, write_report
+
+    try:
+        report = write_report(result.version_dir, settings, say=ctx.log)
+    except (LorastudioError, OSError) as exc:
+        ctx.log(f"report not written: {exc}", "WARNING")
+        return
+    ctx.log(summary_line(report))
 
 
 def result_payload(result, projects_root: Path) -> dict[str, Any]:
@@ -101,11 +116,15 @@ def result_payload(result, projects_root: Path) -> dict[str, Any]:
     diffusers = add(Path(diffusers_dir) / "pytorch_lora_weights.safetensors", "diffusers_lora_weights.safetensors") \
         if diffusers_dir else None
     samples = [n for n in (add(p) for p in (result.samples or [])) if n]
+    report = add(Path(result.version_dir) / "report.json")
+    report_grid = add(Path(result.version_dir) / "report.png")
     return {
         "lora": lora,
         "config": config,
         "diffusers_lora": diffusers,
         "samples": samples,
+        "report": report,
+        "report_grid": report_grid,
         "files": files,
         "version_dir": str(result.version_dir),
         "steps": getattr(result, "steps", None),

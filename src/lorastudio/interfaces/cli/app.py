@@ -172,6 +172,7 @@ def train(
                                               help="Regularisation pictures of the class (folder or zip; captions as written, no trigger)"),
     prior_loss_weight: Optional[float] = typer.Option(None, "--prior-loss-weight", help="Loss weight of regularisation pictures [1.0]"),
     num_processes: Optional[int] = typer.Option(None, "--num-processes", help="Data-parallel processes (accelerate)"),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write the LoRA report (weight sweep) after training"),
 ):
     """Train a LoRA from a folder or zip of pictures."""
     from lorastudio.training.config import load_toml, training_config
@@ -207,6 +208,10 @@ def train(
     typer.echo(f"LoRA (A1111/Forge/ComfyUI): {result.lora_path}")
     typer.echo(f"LoRA (diffusers/PEFT):      {result.diffusers_lora_dir}")
     typer.echo(f"config:                     {result.config_path}")
+    if report:
+        from lorastudio.interfaces.cli.report_cmd import report_after_training
+
+        report_after_training(result.version_dir, models_dir)
 
 
 def _relaunch_with_accelerate(config) -> None:
