@@ -94,7 +94,8 @@ class FakeHub:
             with self._lock:
                 if repo_id in self.repos:
                     return 409, {"error": "You already created this model repo", "url": f"{self.url}/{repo_id}"}
-                self.repos[repo_id] = FakeRepo(private=bool(req.get("private")))
+                # huggingface_hub 2.x sends "visibility"; older clients sent "private"
+                self.repos[repo_id] = FakeRepo(private=req.get("visibility") == "private" or bool(req.get("private")))
             return 200, {"url": f"{self.url}/{repo_id}", "name": repo_id}
         parts = path.split("/")  # "", "api", "models", ns, name, action, rev
         if len(parts) >= 5 and parts[1:3] == ["api", "models"]:

@@ -113,7 +113,6 @@ def write_folder(files, folder: Path) -> Path:
 
 
 def _upload(files, options: PublishOptions, token: str, endpoint: str | None) -> str:
-    import httpx
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -140,9 +139,23 @@ def _upload(files, options: PublishOptions, token: str, endpoint: str | None) ->
                                f"nothing was published") from None
         raise PublishError(f"the Hub refused the upload to {options.repo} ({status}): {_first_line(exc)}; "
                            f"nothing was published") from None
-    except (httpx.TransportError, OSError) as exc:
+    except _transport_errors() as exc:
         raise PublishError(f"cannot reach the Hub at {host} ({type(exc).__name__}); nothing was published") from None
     return str(info.commit_url)
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    # huggingface_hub 2.x talks through httpx2, 1.x through httpx: a connection failure is
+    # either's TransportError (or an OSError from below them).
+    import importlib
+
+    out: list[type[BaseException]] = [OSError]
+    for name in ("httpx2", "httpx"):
+        try:
+            out.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(out)
 
 
 def _check_namespace(who: dict, namespace: str) -> None:
