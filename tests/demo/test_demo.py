@@ -18,5 +18,10 @@ def test_demo_runs_end_to_end(tmp_path):
     assert result.lora.exists() and (result.workspace / "models" / "Lora" / "deltamon.safetensors").exists()
     assert 0.0 < result.concept_without < 1.0 and 0.0 < result.concept_with < 1.0
     assert any(line.startswith("5. concept score") for line in lines)
+    # 6-7: the report's verdict is printed, and the Hub preview holds the repo's files
+    assert (result.lora.parent / "report.json").exists() and result.report is not None
+    assert any(line.strip().startswith(("recommended weight:", "no recommended weight:")) for line in lines)
+    preview = {p.relative_to(result.hub_preview).as_posix() for p in result.hub_preview.rglob("*") if p.is_file()}
+    assert {"README.md", "deltamon.safetensors", "pytorch_lora_weights.safetensors", "report.json"} <= preview
     outputs = list((result.workspace / "outputs" / "txt2img-images").rglob("*.png"))
     assert outputs and all("Lora hashes" in read_infotext(p) for p in outputs if "<lora:deltamon:1>" in read_infotext(p))

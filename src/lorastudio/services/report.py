@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -101,7 +102,8 @@ def write_report(version_dir: Path, settings: StudioSettings, options: ReportOpt
     state = LoraState()
 
     def activate_loras(tags):
-        active = tags_to_active(tags, lambda _n: type("E", (), {"path": lora_path})(), lambda _p: short)
+        # every <lora:…> tag of the sweep names this version's file, not one from models/Lora
+        active = tags_to_active(tags, lambda _name: SimpleNamespace(path=lora_path), lambda _path: short)
         activate(model.pipe, model.family, active, state, fuse=settings.lora_mode == "fused",
                  allow_pickle=settings.allow_pickle)
         return active
