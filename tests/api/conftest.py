@@ -54,8 +54,9 @@ def engine(models_root, tmp_path_factory):
 def settings(models_root, tmp_path):
     from lorastudio.core.settings import StudioSettings
 
+    # The LoRA report after each training is tested in tests/report (on the tiny model it takes minutes).
     return StudioSettings(models_dir=models_root, outdir=tmp_path / "outputs", projects_dir=tmp_path / "projects",
-                          device="cpu", include_bundled=False)
+                          device="cpu", include_bundled=False, report_after_training=False)
 
 
 @pytest.fixture

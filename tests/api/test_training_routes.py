@@ -398,7 +398,8 @@ def test_sigkill_of_a_real_server_mid_training_then_restart_resumes(server_proce
     folder.mkdir(parents=True)
     for i, color in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
         (folder / f"{i}.png").write_bytes(base64.b64decode(imgs.png((64, 64), color=color)))
-    args = ["--models-dir", str(models_root), "--outdir", str(tmp_path / "out"), "--projects-dir", str(projects)]
+    args = ["--models-dir", str(models_root), "--outdir", str(tmp_path / "out"), "--projects-dir", str(projects),
+            "--no-report"]
     first = server_process(args)
     first.wait_up()
     rid = httpx.post(first.url + "/v1/trainings", timeout=30, json={

@@ -166,7 +166,7 @@ def test_command_line_flags(world):
     args = ["train", "--images", world / "data", "--trigger", "DeltamonStamp", "--base", "tiny", "--steps", "1",
             "--resolution", "64", "--rank", "2", "--models-dir", world / "models", "--projects-dir",
             world / "projects", "--project", "cli", "--reg-images", world / "reg", "--prior-loss-weight", "0.25",
-            "--class-word", "shape"]
+            "--class-word", "shape", "--no-report"]
     result = CliRunner().invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     v = world / "projects" / "cli" / "versions" / "v1"

@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
         models_dir: Optional[Path] = typer.Option(None, "--models-dir",
                                                   help="A1111/Forge `models` folder [the one the run trained with]"),
         seeds: int = typer.Option(2, "--seeds", help="Seeds per prompt (the same in every cell)"),
+        steps: int = typer.Option(20, "--steps", help="Sampling steps per picture"),
         scorer: str = typer.Option("auto", "--scorer", help="auto | clip | pixel (clip: models/clip_vision/)"),
         device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | mps"),
     ):
@@ -27,7 +28,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             rep = run_report(version_dir, models_dir=models_dir, device=device,
-                             options={"seeds": seeds, "scorer": scorer}, say=typer.echo)
+                             options={"seeds": seeds, "steps": steps, "scorer": scorer}, say=typer.echo)
         except LorastudioError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None

@@ -25,12 +25,14 @@ def register(app: typer.Typer) -> None:
                                                help="USER:PASS for HTTP Basic auth on every route "
                                                     "(or $LORASTUDIO_API_AUTH, kept out of the process list)"),
         device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | mps"),
+        report: bool = typer.Option(True, "--report/--no-report", help="Write the LoRA report after each training"),
     ):
         """Serve /sdapi/v1 (A1111 clients: webuiapi, Krita, SillyTavern...) and /v1/trainings."""
         from lorastudio.core.errors import LorastudioError
         from lorastudio.core.settings import StudioSettings
 
-        values: dict = {"models_dir": models_dir or Path(os.environ.get("LORASTUDIO_MODELS_DIR", "models"))}
+        values: dict = {"models_dir": models_dir or Path(os.environ.get("LORASTUDIO_MODELS_DIR", "models")),
+                        "report_after_training": report}
         for key, value in (("outdir", outdir), ("projects_dir", projects_dir), ("device", device)):
             if value is not None:
                 values[key] = value
