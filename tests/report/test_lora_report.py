@@ -121,3 +121,58 @@ def test_a_clip_vision_model_in_models_clip_vision_is_used(trained, tmp_path):
     report = write_report(copy, settings, {"seeds": 1, "weights": (0.0, 1.0)}, models_dir=models)
     assert report["concept_score"]["scorer"] == "clip" and "tiny-clip" in report["concept_score"]["method"]
     assert set(report["concept_score"]["by_weight"]) == {"0", "1"}
+
+
+class _Ctx:
+    """The JobContext surface the training handler uses, recording logs."""
+
+    def __init__(self):
+        import threading
+
+        self.logs: list[tuple[str, str]] = []
+        self.lease_lost = threading.Event()
+
+    def progress(self, **fields):
+        pass
+
+    def log(self, message, level="INFO"):
+        self.logs.append((level, message))
+
+    def cancelled(self):
+        return False
+
+    def yield_point(self):
+        return 0
+
+
+def test_the_job_worker_writes_the_report_after_a_training(trained, tmp_path):
+    from types import SimpleNamespace
+
+    from lorastudio.interfaces.api.training_jobs import make_training_handler
+    from lorastudio.training.events import TrainingResult
+
+    settings, vdir = trained
+    projects = tmp_path / "projects"
+    copy = projects / "DeltamonStamp" / "versions" / "v1"
+    shutil.copytree(vdir, copy, ignore=shutil.ignore_patterns("report*", "cache", "checkpoints"))
+    lora = copy / "DeltamonStamp.safetensors"
+
+    def train(config, on_event=None, **_):  # the run already happened: hand back its folder
+        return TrainingResult(copy, lora, copy / "diffusers", copy / "config.json", [], 150, 0.1)
+
+    job = SimpleNamespace(id="j1", attempts=0, progress={}, payload={"config": {
+        "images": str(tmp_path), "trigger": "DeltamonStamp", "base": BUNDLED.name, "version": "v1"}})
+    on = settings.model_copy(update={"projects_dir": projects})
+    ctx = _Ctx()
+    result = make_training_handler(on, train_fn=train)(job, ctx)
+    assert result["report"] == "report.json" and result["report_grid"] == "report.png"
+    assert (copy / "report.json").is_file() and any("recommended weight" in m for _, m in ctx.logs)
+
+    # turned off: no report; a broken LoRA: the job still succeeds and the log says why
+    (copy / "report.json").unlink()
+    off = make_training_handler(on.model_copy(update={"report_after_training": False}), train_fn=train)(job, _Ctx())
+    assert off["report"] is None and not (copy / "report.json").exists()
+    lora.write_bytes(b"not a safetensors file")
+    ctx = _Ctx()
+    broken = make_training_handler(on, train_fn=train)(job, ctx)
+    assert broken["report"] is None and any(level == "WARNING" and "report not written" in m for level, m in ctx.logs)
