@@ -72,7 +72,7 @@ def test_models_lists_a1111_titles(sd1_models_root):
     path = sd1_models_root / "Stable-diffusion" / "tiny-sd1.safetensors"
     short = hashlib.sha256(path.read_bytes()).hexdigest()[:10]
     code, text = cli("models", "--models-dir", sd1_models_root)
-    assert code == 0 and f"  tiny-sd1.safetensors [{short}]\n" in text
+    assert code == 0 and f"  tiny-sd1.safetensors [{short}]  (float32)\n" in text
 
 
 @pytest.mark.parametrize("bad, named", [

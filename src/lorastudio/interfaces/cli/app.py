@@ -123,6 +123,7 @@ def models(models_dir: Optional[Path] = ModelsDir,
            no_hash: bool = typer.Option(False, "--no-hash", help="Do not hash files that are not in the cache yet")):
     """List checkpoints (with A1111 titles), LoRAs, VAEs and embeddings."""
     from lorastudio.models.catalog import Catalog
+    from lorastudio.models.formats.checkpoint_facts import listing_summary
     from lorastudio.core.paths import ModelsRoot
 
     settings = _settings(models_dir)
@@ -132,7 +133,11 @@ def models(models_dir: Optional[Path] = ModelsDir,
                           ("Embeddings", cat.embeddings())):
         typer.echo(f"{head}:")
         for e in entries:
-            typer.echo(f"  {cat.title(e, compute=not no_hash) if head == 'Checkpoints' else e.name}")
+            if head == "Checkpoints":
+                # storage dtype (fp8 / fp16 / ...) and how the file is read, from its header alone
+                typer.echo(f"  {cat.title(e, compute=not no_hash)}  ({listing_summary(e.path)})")
+            else:
+                typer.echo(f"  {e.name}")
         if not entries:
             typer.echo("  (none)")
 
