@@ -108,6 +108,11 @@ class ModelFamily(ABC):
 
         raise InvalidParameter("init_images", "<image>", f"img2img is not available for {self.title} models")
 
+    def is_inpainting_model(self, pipe: "DiffusionPipeline") -> bool:
+        """True for a denoiser that takes the masked image and the mask as extra input channels
+        (SD 1.x inpainting: 4 latent + 1 mask + 4 masked-image channels)."""
+        return False
+
     def textual_inversion_targets(self, pipe: "DiffusionPipeline") -> list[tuple[str | None, Any, Any]]:
         """(key in an embedding file, tokenizer, text encoder) per encoder that takes A1111 embeddings.
 
