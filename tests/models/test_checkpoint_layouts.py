@@ -148,6 +148,11 @@ def test_state_dict_wrapped_pickle_with_ema_uses_the_regular_weights(reference, 
     loaded = _state(model)
     assert all(torch.equal(loaded[k], standard[k]) for k in standard)
     assert "'state_dict' key" in caplog.text and "EMA" in caplog.text
+    # the converted copy in the cache does not let the pickle in without the user's consent
+    from lorastudio.core.errors import PickleRefused
+
+    with pytest.raises(PickleRefused):
+        _load(ckpt, tmp_path)
 
 
 # --- fp8 storage --------------------------------------------------------------------------------
@@ -187,6 +192,22 @@ def test_models_command_names_the_storage_dtype(reference, tmp_path):
     assert result.exit_code == 0, result.output
     assert "  a-fp8.safetensors  (float8_e4m3fn)\n" in result.output
     assert "  b-fp16.safetensors  (float16)\n" in result.output
+
+
+def test_fp8_sdxl_checkpoint_loads_upcast(tmp_path):
+    from lorastudio.testing.tiny_sd import save_sdxl_single_file, tiny_sdxl_pipeline
+
+    path = save_sdxl_single_file(tiny_sdxl_pipeline(0), tmp_path / "sdxl.safetensors")
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    fp8 = {k: v.to(torch.float8_e4m3fn) if v.is_floating_point() and v.ndim >= 2 else v
+           for k, v in load_file(str(path)).items()}
+    model = _load(_write(tmp_path / "sdxl-fp8.safetensors", fp8, metadata), tmp_path)
+    assert model.family.name == "sdxl"
+    te2 = model.pipe.text_encoder_2.get_input_embeddings().weight
+    assert te2.dtype == torch.float32
+    assert torch.equal(te2, fp8["conditioner.embedders.1.model.token_embedding.weight"].to(torch.float32))
+    assert torch.equal(model.pipe.unet.conv_in.weight, fp8["model.diffusion_model.input_blocks.0.0.weight"].float())
 
 
 def test_fp8_flux_transformer_loads_upcast(tmp_path):

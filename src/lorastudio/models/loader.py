@@ -197,6 +197,8 @@ def _pickle_to_safetensors(path: Path, options: LoadOptions) -> Path:
 
     from lorastudio.core.atomic import atomic_path
 
+    if not options.allow_pickle:  # a conversion made earlier with permission does not grant it now
+        raise PickleRefused(path, PICKLE_HELP)
     out = _cache_file(path, options, "converted")
     if out.exists():
         return out
