@@ -21,6 +21,7 @@ from lorastudio.core.errors import ModelFileError, PickleRefused, UnknownModelFa
 from lorastudio.core.paths import PICKLE_EXTENSIONS
 from lorastudio.core.safetensors_header import SafetensorsHeader, read_header
 from lorastudio.models.formats.checkpoint_facts import (
+    OLD_NAMES_NOTE,
     SOURCE_NOTE_KEY,
     checkpoint_notes,
     legacy_sd1_text_encoder_renames,
@@ -54,28 +55,27 @@ def open_checkpoint(path: Path, options: LoadOptions) -> tuple[Path, Safetensors
     what = identify_by_magic(path)
     if what:
         raise UnknownModelFamily(path, f"this is {what}")
+    source = path  # errors name the user's file, not a converted copy
     if path.suffix.lower() in PICKLE_EXTENSIONS:
         path = _pickle_to_safetensors(path, options)
     header = read_header(path)
     what = identify_unsupported(header.tensors.keys())
     if what:
-        raise UnknownModelFamily(path, f"this is {what}")
+        raise UnknownModelFamily(source, f"this is {what}")
     renames = legacy_sd1_text_encoder_renames(header.tensors.keys())
     if renames:
         from lorastudio.models.formats.renamed_copy import write_renamed_copy
 
         if not rename_map_is_safe(header.tensors.keys(), renames):
-            raise ModelFileError(path, "holds the text encoder under both the old and the current names")
+            raise ModelFileError(source, "holds the text encoder under both the old and the current names")
         out = _cache_file(path, options, "renamed")
         if not out.exists():
             write_renamed_copy(path, header, renames, out, extra_metadata={SOURCE_NOTE_KEY: _joined(
-                header.metadata.get(SOURCE_NOTE_KEY), _OLD_NAMES_NOTE)})
+                header.metadata.get(SOURCE_NOTE_KEY), OLD_NAMES_NOTE)})
         path, header = out, read_header(out)
     return path, header
 
 
-_OLD_NAMES_NOTE = ("text encoder stored under the old names (cond_stage_model.transformer.encoder.* without "
-                   "text_model.); renamed as A1111 does")
 _STATE_DICT_NOTE = ("weights stored under a 'state_dict' key (a PyTorch Lightning checkpoint); those are used, "
                     "as A1111 does")
 
@@ -215,7 +215,7 @@ def _pickle_to_safetensors(path: Path, options: LoadOptions) -> Path:
     renames = legacy_sd1_text_encoder_renames(tensors.keys())
     if renames and rename_map_is_safe(tensors.keys(), renames):
         tensors = {renames.get(k, k): v for k, v in tensors.items()}
-        notes.append(_OLD_NAMES_NOTE)
+        notes.append(OLD_NAMES_NOTE)
     metadata = {SOURCE_NOTE_KEY: _joined(*notes)} if notes else None
     with atomic_path(out) as tmp:
         # clone: checkpoints share storage between entries (EMA copies, tied weights)

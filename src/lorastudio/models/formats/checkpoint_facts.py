@@ -30,6 +30,9 @@ __all__ = [
     "ema_tensor_count",
     "legacy_sd1_text_encoder_renames",
     "checkpoint_notes",
+    "rename_map_is_safe",
+    "listing_summary",
+    "OLD_NAMES_NOTE",
 ]
 
 # Metadata entry of a file we converted (from a pickle), saying what the original looked like.
@@ -47,6 +50,8 @@ _SD1_TEXT_ENCODER_RENAMES = {
     f"cond_stage_model.transformer.{part}.": f"cond_stage_model.transformer.text_model.{part}."
     for part in ("embeddings", "encoder", "final_layer_norm")
 }
+OLD_NAMES_NOTE = ("text encoder stored under the old names (cond_stage_model.transformer.encoder.* without "
+                  "text_model.); renamed as A1111 does")
 _EMA_PREFIX = "model_ema."
 _EMA_BOOKKEEPING = {"model_ema.decay", "model_ema.num_updates"}
 
@@ -99,8 +104,7 @@ def checkpoint_notes(header: SafetensorsHeader, *, compute_dtype: str | None = N
         notes.append(f"also holds EMA weights ({ema} model_ema.* tensors); the regular weights are used, "
                      f"as A1111 does")
     if legacy_sd1_text_encoder_renames(keys):
-        notes.append("text encoder stored under the old names (cond_stage_model.transformer.encoder.* without "
-                     "text_model.); renamed as A1111 does")
+        notes.append(OLD_NAMES_NOTE)
     if is_fp8(header):
         target = f" to {compute_dtype}" if compute_dtype else ""
         notes.append(f"stored as {storage_dtype(header)}; upcast{target} for compute")
