@@ -148,6 +148,9 @@ def test_state_dict_wrapped_pickle_with_ema_uses_the_regular_weights(reference, 
     loaded = _state(model)
     assert all(torch.equal(loaded[k], standard[k]) for k in standard)
     assert "'state_dict' key" in caplog.text and "EMA" in caplog.text
+    converted = next((tmp_path / "cache" / "converted").glob("lightning-*.safetensors"))
+    with safe_open(str(converted), "pt") as f:
+        assert not any(k.startswith("model_ema.") for k in f.keys())  # EMA copies are not cached
     # the converted copy in the cache does not let the pickle in without the user's consent
     from lorastudio.core.errors import PickleRefused
 

@@ -24,6 +24,9 @@ from lorastudio.models.formats.checkpoint_facts import (
     OLD_NAMES_NOTE,
     SOURCE_NOTE_KEY,
     checkpoint_notes,
+    ema_note,
+    ema_tensor_count,
+    is_ema_key,
     legacy_sd1_text_encoder_renames,
     rename_map_is_safe,
 )
@@ -212,6 +215,11 @@ def _pickle_to_safetensors(path: Path, options: LoadOptions) -> Path:
     tensors = {k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise ModelFileError(path, "the pickle holds no tensors")
+    ema = ema_tensor_count(tensors.keys())
+    if ema:
+        # not copied into the cache: nothing reads them (A1111 neither), and they double its size
+        tensors = {k: v for k, v in tensors.items() if not is_ema_key(k)}
+        notes.append(ema_note(ema))
     renames = legacy_sd1_text_encoder_renames(tensors.keys())
     if renames and rename_map_is_safe(tensors.keys(), renames):
         tensors = {renames.get(k, k): v for k, v in tensors.items()}

@@ -28,6 +28,8 @@ __all__ = [
     "storage_dtype",
     "is_fp8",
     "ema_tensor_count",
+    "ema_note",
+    "is_ema_key",
     "legacy_sd1_text_encoder_renames",
     "checkpoint_notes",
     "rename_map_is_safe",
@@ -80,6 +82,14 @@ def ema_tensor_count(keys: Collection[str]) -> int:
     return sum(1 for k in keys if k.startswith(_EMA_PREFIX) and k not in _EMA_BOOKKEEPING)
 
 
+def is_ema_key(key: str) -> bool:
+    return key.startswith(_EMA_PREFIX)
+
+
+def ema_note(count: int) -> str:
+    return f"also holds EMA weights ({count} model_ema.* tensors); the regular weights are used, as A1111 does"
+
+
 def legacy_sd1_text_encoder_renames(keys: Collection[str]) -> dict[str, str]:
     """{old key: new key} for an SD 1.x file that stores CLIP without the `text_model.` level."""
     if "model.diffusion_model.input_blocks.0.0.weight" not in keys:
@@ -101,8 +111,7 @@ def checkpoint_notes(header: SafetensorsHeader, *, compute_dtype: str | None = N
     keys = header.tensors.keys()
     ema = ema_tensor_count(keys)
     if ema:
-        notes.append(f"also holds EMA weights ({ema} model_ema.* tensors); the regular weights are used, "
-                     f"as A1111 does")
+        notes.append(ema_note(ema))
     if legacy_sd1_text_encoder_renames(keys):
         notes.append(OLD_NAMES_NOTE)
     if is_fp8(header):
