@@ -84,10 +84,12 @@ def kohya_metadata(*, config, family, output_name: str, rank: int, alpha: float,
         "modelspec.date": date,
         "modelspec.resolution": f"{resolution}x{resolution}",
         "modelspec.trigger_phrase": config.trigger,
-        "modelspec.prediction_type": "epsilon",
+        "modelspec.prediction_type": family.modelspec_prediction_type,
         "modelspec.encoder_layer": str(clip_skip),
         "modelspec.description": f"LoRA trained with lorastudio on {num_images} images; trigger word: {config.trigger}",
     })
+    if md["modelspec.prediction_type"] is None:
+        del md["modelspec.prediction_type"]
     return {k: ("None" if v is None else str(v)) for k, v in md.items()}
 
 

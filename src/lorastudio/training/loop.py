@@ -99,8 +99,7 @@ class Trainer:
     def _prepare_caches(self) -> None:
         c = self.config
         dev = self.acc.device
-        self.latents = LatentCache(self.vdir.cache, self.model_id, c.background if isinstance(c.background, tuple)
-                                   else (255, 255, 255))
+        self.latents = LatentCache(self.vdir.cache, self.model_id, c.background)
         self._log("caching latents")
         with torch.no_grad():
             self.latents.fill(self.items, lambda px: self.family.encode_images(self.pipe, px.to(dev)))
