@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lorastudio.core.atomic import atomic_path, atomic_write_text
-from lorastudio.core.errors import InvalidParameter
+from lorastudio.core.errors import DiskFullError, InvalidParameter
 from lorastudio.core.paths import ModelsRoot
 from lorastudio.training.config import TrainingConfig, training_config
 from lorastudio.training.data import Item
@@ -42,8 +42,20 @@ def prepare_items(config: TrainingConfig, resolution: int, *, regularisation: bo
 def train(config: TrainingConfig | dict, on_event: EventSink | None = None, *,
           should_stop: Callable[[], bool] | None = None, yield_point: Callable[[], None] | None = None,
           accelerator=None) -> TrainingResult:
-    emit = on_event or (lambda e: None)
     config = training_config(config)
+    try:
+        return _train(config, on_event, should_stop=should_stop, yield_point=yield_point, accelerator=accelerator)
+    except DiskFullError as exc:
+        # Every write went to a temporary name first: nothing incomplete is under a final name, and the
+        # last complete checkpoint is still the one --resume continues from.
+        raise DiskFullError(exc.path, f"free space on that disk (the cache/ and checkpoints/ folders of finished "
+                                      f"versions under {config.projects_dir} can be deleted), then run again with "
+                                      f"--resume to continue from the last complete checkpoint") from exc
+
+
+def _train(config: TrainingConfig, on_event: EventSink | None, *, should_stop, yield_point,
+           accelerator) -> TrainingResult:
+    emit = on_event or (lambda e: None)
     # 1. the base model must exist before anything else happens
     from lorastudio.models.catalog import Catalog
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from lorastudio.core.atomic import atomic_path
+from lorastudio.core.atomic import atomic_write_bytes, disk_space_checked
 from lorastudio.core.hashes import kohya_sshs_hashes
 
 
@@ -97,14 +97,12 @@ def write_kohya_lora(path: Path, tensors: dict[str, torch.Tensor], metadata: dic
                      dtype: torch.dtype = torch.float16) -> Path:
     """Save atomically with kohya's sshs hashes added to the metadata."""
     from safetensors.torch import save as st_save
-    from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu", dtype if v.dim() else torch.float32).contiguous() for k, v in tensors.items()}
     ss_only = {k: v for k, v in metadata.items() if k.startswith("ss_")}
     model_hash, legacy_hash = kohya_sshs_hashes(st_save(tensors, ss_only))
     full = dict(metadata) | {"sshs_model_hash": model_hash, "sshs_legacy_hash": legacy_hash}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=full)
+    atomic_write_bytes(path, st_save(tensors, full))
     return path
 
 
@@ -119,16 +117,19 @@ def save_diffusers_lora(pipeline_cls, pipe, lora: dict[str, dict[str, torch.Tens
         cfg = getattr(module, "peft_config", {}).get("default")
         if cfg is not None:
             kwargs[f"{comp}_lora_adapter_metadata"] = cfg.to_dict()
+    import shutil
+
     folder = Path(folder)
     staging = folder.with_name(folder.name + ".partial")
-    if staging.exists():
-        import shutil
-
-        shutil.rmtree(staging)
-    pipeline_cls.save_lora_weights(str(staging), safe_serialization=True, **kwargs)
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    staging.rename(folder)
+    with disk_space_checked(folder.parent):
+        if staging.exists():
+            shutil.rmtree(staging)
+        try:
+            pipeline_cls.save_lora_weights(str(staging), safe_serialization=True, **kwargs)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
     return folder / "pytorch_lora_weights.safetensors"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from lorastudio.core.atomic import disk_space_checked, write_all
 from lorastudio.training.checkpoints import (TrainingState, capture_rng, latest_checkpoint, load_checkpoint,
                                              restore_rng, save_checkpoint)
 from lorastudio.training.config import TrainingConfig
@@ -224,8 +225,9 @@ class Trainer:
             eta = (self.total_steps - st.step) / rate if rate > 0 else None
             lr = self.lr_scheduler.get_last_lr()[0]
             if self.acc.is_main_process:
-                with open(metrics, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps({"step": st.step, "loss": loss, "smoothed": st.smoothed, "lr": lr}) + "\n")
+                with disk_space_checked(metrics.parent), open(metrics, "ab") as fh:
+                    row = {"step": st.step, "loss": loss, "smoothed": st.smoothed, "lr": lr}
+                    write_all(fh, (json.dumps(row) + "\n").encode("utf-8"))
                 if self.tensorboard is not None:
                     self.tensorboard.add_scalar("loss", loss, st.step)
                     self.tensorboard.add_scalar("lr", lr, st.step)
