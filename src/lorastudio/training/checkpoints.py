@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from lorastudio.core.atomic import disk_space_checked, write_all
+from lorastudio.core import atomic
+from lorastudio.core.atomic import disk_space_checked
 
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
@@ -62,7 +63,7 @@ def save_checkpoint(folder: Path, state: TrainingState, *, keep: int) -> Path:
 
 def _write(path: Path, data: bytes) -> None:
     with open(path, "wb") as fh:
-        write_all(fh, data)
+        atomic.write_all(fh, data)
         fh.flush()
         os.fsync(fh.fileno())
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from lorastudio.core.atomic import disk_space_checked, write_all
+from lorastudio.core import atomic
+from lorastudio.core.atomic import disk_space_checked
 from lorastudio.training.checkpoints import (TrainingState, capture_rng, latest_checkpoint, load_checkpoint,
                                              restore_rng, save_checkpoint)
 from lorastudio.training.config import TrainingConfig
@@ -227,7 +228,7 @@ class Trainer:
             if self.acc.is_main_process:
                 with disk_space_checked(metrics.parent), open(metrics, "ab") as fh:
                     row = {"step": st.step, "loss": loss, "smoothed": st.smoothed, "lr": lr}
-                    write_all(fh, (json.dumps(row) + "\n").encode("utf-8"))
+                    atomic.write_all(fh, (json.dumps(row) + "\n").encode("utf-8"))
                 if self.tensorboard is not None:
                     self.tensorboard.add_scalar("loss", loss, st.step)
                     self.tensorboard.add_scalar("lr", lr, st.step)
