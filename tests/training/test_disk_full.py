@@ -112,3 +112,22 @@ def test_the_helper_passes_other_errors_through(tmp_path):
         with atomic.disk_space_checked(tmp_path):
             raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
     assert str(err.value).startswith(f"no space left on {tmp_path}: ")
+
+
+def test_disk_full_before_the_diffusers_copy_is_written(tmp_path, monkeypatch):
+    """diffusers writes that file itself (its writer has its own error type), so the free space is
+    checked first; here the disk reports 1 KiB free."""
+    import shutil
+    from collections import namedtuple
+
+    from lorastudio.testing.tiny_sd import tiny_sd1_pipeline
+    from lorastudio.training.export import save_diffusers_lora
+
+    pipe = tiny_sd1_pipeline(0)
+    lora = {"unet": {"down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.zeros(4, 32)}}
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1024, 1024))
+    with pytest.raises(DiskFullError) as err:
+        save_diffusers_lora(type(pipe), pipe, lora, tmp_path / "v1" / "diffusers")
+    assert str(err.value).startswith(f"no space left on {tmp_path / 'v1'}: ")
+    assert not (tmp_path / "v1" / "diffusers").exists() and not (tmp_path / "v1" / "diffusers.partial").exists()

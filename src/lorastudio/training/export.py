@@ -9,7 +9,9 @@ index LoRAs by hash recognise it.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -122,6 +124,12 @@ def save_diffusers_lora(pipeline_cls, pipe, lora: dict[str, dict[str, torch.Tens
     folder = Path(folder)
     staging = folder.with_name(folder.name + ".partial")
     with disk_space_checked(folder.parent):
+        # diffusers writes this file itself, and its writer reports a full disk in its own words;
+        # so the space is checked first (tensor bytes plus room for the header).
+        needed = sum(t.numel() * t.element_size() for sd in lora.values() for t in sd.values()) + 1024**2
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        if shutil.disk_usage(folder.parent).free < needed:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder.parent))
         if staging.exists():
             shutil.rmtree(staging)
         try:
