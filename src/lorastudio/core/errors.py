@@ -42,3 +42,11 @@ class NotFound(LorastudioError, LookupError):
 
 class DatasetError(LorastudioError):
     pass
+
+
+class DiskFullError(LorastudioError):
+    """A write failed because the disk (or the user's quota) is full; `path` is where we were writing."""
+
+    def __init__(self, path: object, what_to_free: str = "free some space on that disk and try again"):
+        self.path, self.what_to_free = path, what_to_free
+        super().__init__(f"no space left on {path}: {what_to_free}")

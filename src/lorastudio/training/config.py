@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from lorastudio.core.errors import InvalidParameter
 from lorastudio.core.params import build_model
-from lorastudio.training.dataset.config import DatasetConfig
+from lorastudio.training.dataset.config import DatasetConfig, check_colour, parse_colour
 
 CONFIG_VERSION = 1
 
@@ -27,7 +27,8 @@ _NAME = re.compile(r"^[^/\\\x00]{1,100}$")
 class TrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
 
-    config_version: int = CONFIG_VERSION
+    config_version: int = Field(CONFIG_VERSION, ge=1, description="Format of this settings file; a file from a "
+                                                                    "newer lorastudio is refused, not misread")
     # --- the three required inputs --------------------------------------------------------
     images: Path = Field(..., description="Folder or .zip of training pictures (+ optional same-name .txt captions)")
     trigger: str = Field(..., description="Trigger word, e.g. DeltamonStamp")
@@ -85,7 +86,8 @@ class TrainingConfig(BaseModel):
     shuffle_tags: bool = False
     keep_tokens: int = Field(1, ge=0)
     skip_bad_images: bool = False
-    background: tuple[int, int, int] | str = (255, 255, 255)
+    background: tuple[int, int, int] = Field((255, 255, 255), description="RGB behind transparent pixels: "
+                                             "'#rrggbb' or [r, g, b]")
     # --- regularisation (kohya's reg_data_dir, DreamBooth's prior preservation) ---------------
     reg_images: Path | None = Field(None, description="Folder or .zip of pictures of the class without the concept "
                                                       "(captions as written, no trigger): keeps the base's other "
@@ -103,6 +105,27 @@ class TrainingConfig(BaseModel):
         if v is not None and (not _NAME.match(v) or v in (".", "..")):
             raise ValueError(f"{v!r} cannot be used as a folder or file name")
         return v
+
+    @field_validator("config_version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        # Version 1 is the first format; when a version 2 comes, older files are migrated here.
+        if v > CONFIG_VERSION:
+            raise ValueError(f"this settings file has format {v}, written by a newer lorastudio; this one reads "
+                             f"format {CONFIG_VERSION} and older: upgrade lorastudio, or remove settings it does not know")
+        return v
+
+    @field_validator("background", mode="before")
+    @classmethod
+    def _colour(cls, v: Any) -> Any:
+        # Parsed here, once, so every user of the config (the dataset check, the latent cache)
+        # sees the same RGB triple.
+        return parse_colour(v)
+
+    @field_validator("background")
+    @classmethod
+    def _colour_range(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        return check_colour(v)
 
     @field_validator("lr", "te_lr", "alpha", "min_snr_gamma", "prior_loss_weight")
     @classmethod
@@ -127,14 +150,7 @@ class TrainingConfig(BaseModel):
             caption_dropout=self.caption_dropout, shuffle_tags=self.shuffle_tags, keep_tokens=self.keep_tokens,
             background=self.background, use_alpha_mask=self.masked_loss,
             repeats=1 if regularisation else self.repeats or 1,
-            min_size=min(64, min(self.resolution or [default_resolution])),
-            bucket_step=_step_for(self.resolution or [default_resolution]),
         ))
-
-
-def _step_for(resolutions: list[int]) -> int:
-    # Small demo models train at 64–128 px where 64-px buckets would leave one bucket only.
-    return 64 if min(resolutions) >= 256 else 8
 
 
 def training_config(data: dict[str, Any] | TrainingConfig) -> TrainingConfig:

@@ -9,14 +9,16 @@ index LoRAs by hash recognise it.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lorastudio.core.atomic import atomic_path
+from lorastudio.core.atomic import atomic_write_bytes, disk_space_checked
 from lorastudio.core.hashes import kohya_sshs_hashes
 
 
@@ -84,10 +86,12 @@ def kohya_metadata(*, config, family, output_name: str, rank: int, alpha: float,
         "modelspec.date": date,
         "modelspec.resolution": f"{resolution}x{resolution}",
         "modelspec.trigger_phrase": config.trigger,
-        "modelspec.prediction_type": "epsilon",
+        "modelspec.prediction_type": family.modelspec_prediction_type,
         "modelspec.encoder_layer": str(clip_skip),
         "modelspec.description": f"LoRA trained with lorastudio on {num_images} images; trigger word: {config.trigger}",
     })
+    if md["modelspec.prediction_type"] is None:
+        del md["modelspec.prediction_type"]
     return {k: ("None" if v is None else str(v)) for k, v in md.items()}
 
 
@@ -95,14 +99,12 @@ def write_kohya_lora(path: Path, tensors: dict[str, torch.Tensor], metadata: dic
                      dtype: torch.dtype = torch.float16) -> Path:
     """Save atomically with kohya's sshs hashes added to the metadata."""
     from safetensors.torch import save as st_save
-    from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu", dtype if v.dim() else torch.float32).contiguous() for k, v in tensors.items()}
     ss_only = {k: v for k, v in metadata.items() if k.startswith("ss_")}
     model_hash, legacy_hash = kohya_sshs_hashes(st_save(tensors, ss_only))
     full = dict(metadata) | {"sshs_model_hash": model_hash, "sshs_legacy_hash": legacy_hash}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=full)
+    atomic_write_bytes(path, st_save(tensors, full))
     return path
 
 
@@ -117,16 +119,25 @@ def save_diffusers_lora(pipeline_cls, pipe, lora: dict[str, dict[str, torch.Tens
         cfg = getattr(module, "peft_config", {}).get("default")
         if cfg is not None:
             kwargs[f"{comp}_lora_adapter_metadata"] = cfg.to_dict()
+    import shutil
+
     folder = Path(folder)
     staging = folder.with_name(folder.name + ".partial")
-    if staging.exists():
-        import shutil
-
-        shutil.rmtree(staging)
-    pipeline_cls.save_lora_weights(str(staging), safe_serialization=True, **kwargs)
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    staging.rename(folder)
+    with disk_space_checked(folder.parent):
+        # diffusers writes this file itself, and its writer reports a full disk in its own words;
+        # so the space is checked first (tensor bytes plus room for the header).
+        needed = sum(t.numel() * t.element_size() for sd in lora.values() for t in sd.values()) + 1024**2
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        if shutil.disk_usage(folder.parent).free < needed:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder.parent))
+        if staging.exists():
+            shutil.rmtree(staging)
+        try:
+            pipeline_cls.save_lora_weights(str(staging), safe_serialization=True, **kwargs)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
     return folder / "pytorch_lora_weights.safetensors"

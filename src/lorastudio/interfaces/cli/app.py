@@ -243,8 +243,7 @@ def dataset_check(
     from lorastudio.training.dataset.ingest import open_source
 
     try:
-        cfg = dataset_config({"trigger_word": trigger, "resolutions": resolution,
-                              "bucket_step": 64 if min(resolution) >= 256 else 8})
+        cfg = dataset_config({"trigger_word": trigger, "resolutions": resolution})
         with open_source(source) as src:
             report = check_dataset(src, cfg)
     except LorastudioError as exc:

@@ -47,6 +47,12 @@ class ModelFamily(ABC):
     default_cfg: ClassVar[float] = 7.0
     # Precision on GPUs; CPUs always run float32.
     gpu_dtype: ClassVar[str] = "float16"
+    # `modelspec.prediction_type` written into LoRAs trained on this family (None: left out).
+    modelspec_prediction_type: ClassVar[str | None] = "epsilon"
+
+    def preferred_dtype(self, device: str) -> str:
+        """The compute precision on `device`: float32 on CPUs, `gpu_dtype` on accelerators."""
+        return "float32" if device == "cpu" else self.gpu_dtype
 
     # --- recognising files -------------------------------------------------------------
     @abstractmethod

@@ -38,6 +38,9 @@ class FluxFamily(ModelFamily, TrainableFamily):
     default_sampler = "Euler (flow)"
     default_cfg = 1.0
     gpu_dtype = "bfloat16"
+    # Flow matching has no epsilon / v prediction type: the key is left out of a LoRA's metadata,
+    # as kohya's sd-scripts does for its flow-matching models.
+    modelspec_prediction_type = None
 
     def claims_checkpoint(self, keys: Collection[str]) -> bool:
         from lorastudio.models.formats.flux_checkpoint import detect_flux_layout
@@ -209,7 +212,9 @@ class FluxFamily(ModelFamily, TrainableFamily):
         img_ids = pipe._prepare_latent_image_ids(b, h // 2, w // 2, latents.device, dtype)
         txt_ids = torch.zeros(cond["embeds"].shape[1], 3, device=latents.device, dtype=dtype)
         guidance = None
-        if getattr(model, "config", None) is not None and _unwrap(model).config.guidance_embeds:
+        # accelerate wraps the transformer in DistributedDataParallel on several processes; the
+        # config lives on the wrapped module.
+        if _unwrap(model).config.guidance_embeds:
             guidance = torch.full((b,), float(config.guidance), device=latents.device, dtype=dtype)
         pred = model(hidden_states=packed, timestep=nb.timesteps.to(dtype), guidance=guidance,
                      pooled_projections=cond["pooled"].to(dtype), encoder_hidden_states=cond["embeds"].to(dtype),
