@@ -42,3 +42,7 @@ class NotFound(LorastudioError, LookupError):
 
 class DatasetError(LorastudioError):
     pass
+
+
+class NonFiniteResult(LorastudioError):
+    """Generation produced NaN or infinity: reported, never saved as a black picture."""
