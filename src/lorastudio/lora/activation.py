@@ -28,8 +28,8 @@ from lorastudio.core.errors import InvalidParameter, LoraError
 from lorastudio.core.prompt_syntax import MAX_LORA_WEIGHT, LoraTag
 
 # How many adapters stay loaded when no prompt uses them: a prompt that switches back to a recent
-# LoRA does not read its file again, and memory stays bounded (each full-size SDXL LoRA is
-# ~200 MB of parameters). StudioSettings.lora_cache_size passes the user's choice.
+# LoRA does not read its file again, and memory stays bounded (a high-rank SDXL or FLUX LoRA holds
+# hundreds of MB). StudioSettings.lora_cache_size passes the user's choice.
 DEFAULT_KEEP_LOADED = 4
 
 
