@@ -315,6 +315,12 @@ def test_an_overflowing_lora_is_an_error_not_a_black_png_and_the_base_survives(f
             engine.txt2img({**SMALL, "prompt": "a red circle <lora:sd1-overflow:1>"}, outdir=tmp_path / "out")
         assert "NaN or infinite" in str(e.value)
         assert not (tmp_path / "out").exists()
+    from PIL import Image
+
+    with pytest.raises(NonFiniteResult):
+        engine.img2img({**SMALL, "prompt": "a red circle <lora:sd1-overflow:1>", "denoising_strength": 0.5},
+                       [Image.new("RGB", (32, 32), (200, 30, 30))], outdir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
     assert np.array_equal(pixels(engine, "a red circle"), base)
     assert _same_weights(_base_weights(engine.model.pipe), before)
 
