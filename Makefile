@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	# The SIGKILL-a-real-server test is part of CI on purpose: restarts must never lose a job.
 	LORASTUDIO_CRASH_TEST=1 $(PY) -m pytest -q -n 2 --timeout 600
+	# Tests that compare two computations of one picture, again on ATen's portable kernels: a suite
+	# that passes only with this CPU's AVX-512 / AVX2 code cannot land.
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -n 2 --timeout 600 -m pixels
 
 demo: $(STAMP)
 	$(VENV)/bin/lorastudio demo --workspace demo

@@ -103,3 +103,11 @@ def test_help_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_lora_weight_past_the_limit_is_a_usage_error_and_nothing_is_written(sd1_models_root, tmp_path):
+    code, text = cli("generate", "a red circle <lora:anything:1e39>", "--models-dir", sd1_models_root, *ARGS,
+                     "--outdir", tmp_path)
+    assert code == 2, text
+    assert "<lora:anything:1e39>" in text and "outside ±10" in text
+    assert not list(tmp_path.iterdir())

@@ -67,6 +67,7 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+@pytest.mark.pixels
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_kohya_export_loads_in_diffusers_and_matches_peft(family):
     from peft import get_peft_model_state_dict
@@ -115,6 +116,8 @@ def test_kohya_export_loads_in_diffusers_and_matches_peft(family):
     for name in ["unet", *encoders]:
         assert _lora_modules(getattr(fresh, name)) == _lora_modules(getattr(trained, name)), name
     got = _generate(fresh)
+    # peft's adapters vs diffusers' reading of the kohya file: the same update computed in another
+    # order; float images in [0, 1], far below one 8-bit level (0.0039)
     assert abs(got - want).max() < 1e-4
 
 

@@ -22,6 +22,7 @@ from lorastudio.models.formats.ldm_unet_names import (
     ldm_to_diffusers_unet_key,
 )
 from lorastudio.models.formats.sd_checkpoint import sd1_checkpoint_from_diffusers, sdxl_checkpoint_from_diffusers
+from lorastudio.testing.pixels import assert_same_picture
 from lorastudio.models.formats.sd_config_inference import (
     CONFIG_METADATA_KEY,
     SD1_SCHEDULER,
@@ -351,6 +352,7 @@ _ALLOWED_OVERRIDES = {
 }
 
 
+@pytest.mark.pixels
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_tiny_single_file_loads_back_identically(family, tmp_path, no_network):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
@@ -393,7 +395,8 @@ def test_tiny_single_file_loads_back_identically(family, tmp_path, no_network):
     a = pipe(**kwargs, generator=torch.Generator().manual_seed(7)).images
     b = loaded(**kwargs, generator=torch.Generator().manual_seed(7)).images
     assert a.shape == (1, 32, 32, 3) and a.std() > 0
-    assert (a == b).all()
+    # equal weights (above), modules built by two loaders: equal within the kernels' rounding
+    assert_same_picture(a, b)
 
 
 def test_tiny_pipelines_are_deterministic_and_seeded():

@@ -50,3 +50,7 @@ class DiskFullError(LorastudioError):
     def __init__(self, path: object, what_to_free: str = "free some space on that disk and try again"):
         self.path, self.what_to_free = path, what_to_free
         super().__init__(f"no space left on {path}: {what_to_free}")
+
+
+class NonFiniteResult(LorastudioError):
+    """Generation produced NaN or infinity: reported, never saved as a black picture."""

@@ -18,5 +18,8 @@ class StudioSettings(BaseModel):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     lora_mode: Literal["fused", "unfused"] = Field(
         "fused", description="fused: merge LoRA weights into the model (fast); unfused: keep adapters separate")
+    lora_cache_size: int = Field(
+        4, ge=0, le=64, description="LoRAs kept loaded while no prompt uses them (least recently used ones are "
+                                    "unloaded past this)")
     allow_pickle: bool = Field(False, description="Load .ckpt/.pt files with torch.load(weights_only=True)")
     include_bundled: bool = Field(True, description="List the bundled demo base model beside the user's models")

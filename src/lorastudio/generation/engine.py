@@ -146,7 +146,7 @@ class GenerationEngine:
         active = tags_to_active(tags, self.catalog.find_lora,
                                 lambda p: lora_hash_for_infotext(p, self.catalog.hashes))
         activate(model.pipe, model.family, active, self._lora, fuse=self.settings.lora_mode == "fused",
-                 allow_pickle=self.settings.allow_pickle)
+                 allow_pickle=self.settings.allow_pickle, keep_loaded=self.settings.lora_cache_size)
         return active
 
     def _apply_embeddings(self, prompt: str, negative: str):

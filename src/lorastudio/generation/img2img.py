@@ -38,6 +38,7 @@ from lorastudio.core.errors import InvalidParameter
 from lorastudio.core.params import GenerationParams, Img2ImgOptions, img2img_steps
 from lorastudio.core.prompt_syntax import extract_lora_tags
 from lorastudio.core.samplers import resolve_sampler
+from lorastudio.generation.finite import check_latents, finite_pil
 from lorastudio.generation.img2img_inputs import apply_overlay, prepare_inputs
 from lorastudio.generation.noise import all_seeds, initial_noise, resolve_seed, seeded_generators
 from lorastudio.generation.txt2img import (
@@ -204,6 +205,7 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
 def _denoise(pipe, cond_kwargs, params, latents, strength, run, mask_image, gens, batch_index, on_progress,
              should_stop, masked_latents=None):
     def on_step_end(p, step, timestep, kwargs):
+        check_latents(kwargs.get("latents"), step + 1)
         if on_progress:
             on_progress(batch_index, step + 1, run)
         if should_stop and should_stop():
@@ -213,7 +215,7 @@ def _denoise(pipe, cond_kwargs, params, latents, strength, run, mask_image, gens
     latents = latents.to(pipe.device, dtype=latent_dtype(pipe))
     kwargs = dict(image=latents, strength=strength, num_inference_steps=params.steps,
                   num_images_per_prompt=len(gens), generator=gens, callback_on_step_end=on_step_end,
-                  output_type="pil")
+                  output_type="np")
     if mask_image is not None:
         # A 4-channel denoiser does not read masked_image_latents; it is given so the pipeline does
         # not mask the (already encoded) image itself. An inpainting model reads the real ones.
@@ -223,4 +225,4 @@ def _denoise(pipe, cond_kwargs, params, latents, strength, run, mask_image, gens
         # FLUX and inpaint pipelines take the size; SD img2img ones read it off the latents.
         kwargs.update(height=params.height, width=params.width)
     with torch.inference_mode():
-        return pipe(**cond_kwargs, **kwargs).images
+        return finite_pil(pipe, pipe(**cond_kwargs, **kwargs).images)
