@@ -208,6 +208,34 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(world):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_in_the_second_epoch_with_caption_dropout_and_tag_shuffle_is_bit_identical(world):
+    """4 pictures, batch 2: 2 steps an epoch. Stopped after step 3 (inside epoch 2), resumed to step 6:
+    the epoch order, each step's caption dropout and tag shuffle, and the noise must all continue."""
+    from safetensors.torch import load_file
+
+    from lorastudio.training.api import train
+    from lorastudio.training.events import TrainingStopped
+
+    aug = dict(steps=6, batch_size=2, caption_dropout=0.3, shuffle_tags=True, keep_tokens=1, save_every=100)
+    full = train(cfg(world, project="aug-full", **aug))
+    seen = []
+    with pytest.raises(TrainingStopped):
+        train(cfg(world, project="aug-cut", **aug), on_event=lambda e: e.kind == "progress" and seen.append(e.step),
+              should_stop=lambda: len(seen) >= 3)
+    ckpts = sorted(p.name for p in (world / "projects" / "aug-cut" / "versions" / "v1" / "checkpoints").iterdir())
+    assert ckpts == ["step-000003"]
+    resumed_steps = []
+    resumed = train(cfg(world, project="aug-cut", resume=True, **aug),
+                    on_event=lambda e: e.kind == "progress" and resumed_steps.append(e.step))
+    assert resumed_steps == [4, 5, 6]
+    a, b = load_file(str(full.lora_path)), load_file(str(resumed.lora_path))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(line) for line in (resumed.version_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(line) for line in (full.version_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in rows if r["step"] > 3] == [r["loss"] for r in ref if r["step"] > 3]
+
+
 @pytest.mark.parametrize("change, field", [
     (dict(rank=0), "rank"), (dict(lr=float("nan")), "lr"), (dict(steps=-1), "steps"),
     (dict(rnak=4), "rnak"),
