@@ -401,7 +401,7 @@ def test_sigkill_of_a_real_server_mid_training_then_restart_resumes(server_proce
     first = server_process(args)
     first.wait_up()
     rid = httpx.post(first.url + "/v1/trainings", timeout=30, json={
-        "images": "datasets/real", "trigger": "zzkill", "base": "tiny", "steps": 6, "save_every": 2,
+        "images": "datasets/real", "trigger": "zzkill", "base": "tiny", "steps": 12, "save_every": 2,
         "resolution": 64, "rank": 2}).json()["request_id"]
 
     def checkpointed():
@@ -418,7 +418,7 @@ def test_sigkill_of_a_real_server_mid_training_then_restart_resumes(server_proce
                                          timeout=30).json()) and s["status"] in ("COMPLETED", "FAILED") and s,
                  timeout=180, what="the resumed training to end")
     assert done["status"] == "COMPLETED", done.get("reason")
-    assert done["attempts"] == 1 and done["progress"]["step"] == 6
+    assert done["attempts"] == 1 and done["progress"]["step"] == 12
     assert any("resuming zzkill/v1" in line["message"] for line in done["logs"])
     result = httpx.get(f"{second.url}/v1/trainings/{rid}/result", timeout=30).json()
     assert result["lora"]["name"] == "zzkill.safetensors"
