@@ -121,8 +121,9 @@ def test_schedule_types_give_k_diffusion_noise_levels(engine, name, schedule):
     if schedule == "SGM Uniform":
         # A1111 places the n levels at t = linspace(999, 0, n+1)[:-1] (fractional timesteps,
         # log-sigma interpolated); diffusers' "trailing" spacing puts them on the integer timesteps
-        # below (999, 749, 499, 249 for 4 steps): up to 0.75 of a timestep apart, which moves sigma
-        # by under 0.5 % on this schedule. The first level is sigma_max exactly in both.
+        # below (999, 749, 499, 249 for 4 steps): up to one timestep apart, which moves sigma by
+        # 0.3 % at the 4 steps used here (measured: 1.1 % at 20 steps, 2.1 % at 30, at the lowest
+        # levels). The first level is sigma_max exactly in both.
         np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-6)
         assert got[0] == pytest.approx(want[0], rel=1e-6)
     else:
@@ -139,6 +140,17 @@ def test_automatic_schedule_is_a1111s_default_for_the_sampler(engine, name):
     sched = _used_scheduler(engine, name, "Automatic")
     want = expected_sigmas(A1111_SAMPLERS[name][4], STEPS, discard=A1111_SAMPLERS[name][5])
     np.testing.assert_allclose(_distinct(sched.sigmas), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.xfail(strict=True, reason="SDXL checkpoints ship timestep_spacing='leading', which 'Automatic' keeps: "
+                                       "4 steps start at t=751 where A1111 starts at t=999 (sigma_max)")
+def test_sdxl_euler_starts_from_sigma_max_as_a1111(family_engine):
+    engine = family_engine("tiny-sdxl.safetensors")
+    engine.txt2img(dict(prompt="a red circle", width=32, height=32, steps=STEPS, cfg_scale=5.0, seed=3,
+                        sampler="Euler"), save=False)
+    # SDXL trains on the same betas as SD 1.x, so A1111's Euler levels are the same numbers.
+    np.testing.assert_allclose(_distinct(engine.model.pipe.scheduler.sigmas), expected_sigmas("uniform", STEPS),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_ddim_uses_a1111s_uniform_timesteps(engine):
