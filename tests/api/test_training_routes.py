@@ -383,9 +383,8 @@ def test_a_real_training_through_the_api(make_client, settings, imgs):
     assert any(k.startswith("lora_unet_") for k in read_header(path).tensors)
 
 
+# Two real servers and a real training; it runs with every `pytest`: restarts must never lose a job.
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("LORASTUDIO_CRASH_TEST") != "1",
-                    reason="two real servers and a real training: about 1-3 min; set LORASTUDIO_CRASH_TEST=1")
 def test_sigkill_of_a_real_server_mid_training_then_restart_resumes(server_process, models_root, tmp_path, imgs):
     """A real server process trains for real, is SIGKILLed after a checkpoint, and a new server
     on the same folders finishes the job from that checkpoint."""

@@ -19,13 +19,7 @@ TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 RANK, ALPHA = 4, 8.0  # alpha != rank so that a lost or doubled scale shows
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # tiny ops on a shared 2-core box: a second OpenMP thread mostly spins (measured 10-30x slower)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _pipeline(family: str):

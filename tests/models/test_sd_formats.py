@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -34,13 +33,7 @@ from lorastudio.models.formats.sd_config_inference import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # tiny ops on a shared 2-core box: a second OpenMP thread mostly spins (measured 10-30x slower)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 # config.json of stable-diffusion-v1-5 and stable-diffusion-xl-base-1.0 (fields as published)
@@ -332,15 +325,6 @@ def test_config_dir_is_content_addressed_and_reused(tmp_path):
 
 
 # --- tiny models: write, load offline with diffusers, compare ----------------------------------------
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args[1:] if len(args) > 1 else kwargs}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 # fields the tiny models are allowed to take from metadata: anything else must come from shapes
