@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 from urllib.parse import unquote
 
-from lorastudio.core.errors import InvalidParameter
+from lorastudio.core.errors import InvalidParameter, NotFound
 from lorastudio.core.settings import StudioSettings
 from lorastudio.interfaces.api.options import OptionsStore
 from lorastudio.interfaces.api.progress import GenerationProgress
@@ -167,8 +167,10 @@ class ApiState:
         chosen = self.options.get("sd_model_checkpoint")
         if chosen:
             return chosen
-        entries = self.catalog.checkpoints()
-        return self.checkpoint_title(entries[0]) if entries else None
+        try:
+            return self.checkpoint_title(self.catalog.default_checkpoint(allow_pickle=self.settings.allow_pickle))
+        except NotFound:
+            return None
 
     # --- LoRA / embedding headers -------------------------------------------------------------------
     def lora_metadata(self, path: Path) -> dict[str, Any]:

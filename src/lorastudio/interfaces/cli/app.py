@@ -131,7 +131,11 @@ def models(models_dir: Optional[Path] = ModelsDir,
     for head, entries in (("Checkpoints", cat.checkpoints()), ("LoRA", cat.loras()), ("VAE", cat.vaes()),
                           ("Embeddings", cat.embeddings())):
         typer.echo(f"{head}:")
+        broken = dict(cat.broken_checkpoints(allow_pickle=settings.allow_pickle)) if head == "Checkpoints" else {}
         for e in entries:
+            if e in broken:
+                typer.echo(f"  {e.name}  (broken: {broken[e]})")
+                continue
             typer.echo(f"  {cat.title(e, compute=not no_hash) if head == 'Checkpoints' else e.name}")
         if not entries:
             typer.echo("  (none)")
