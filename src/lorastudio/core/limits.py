@@ -33,6 +33,9 @@ MAX_LABEL_CHARS = 200  # sampler, scheduler, upscaler and other names picked fro
 MAX_NAME_BYTES = 255
 # Linux's PATH_MAX; a longer path fails in every system call that takes it.
 MAX_PATH_BYTES = 4096
+# A project, version or LoRA output name becomes `NAME.safetensors`, `NAME-v12.safetensors`,
+# `NAME_diffusers`...: room is left under MAX_NAME_BYTES for what is appended to it.
+MAX_OUTPUT_NAME_BYTES = MAX_NAME_BYTES - 32
 
 # --- echoing input back -------------------------------------------------------------------------
 # Error messages and logs show at most this much of a value a user sent (a field can be 100 MB).

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lorastudio.core.errors import InvalidParameter
+from lorastudio.core.limits import MAX_OUTPUT_NAME_BYTES, MAX_SAMPLE_PROMPTS, ModelRef, Prompt, check_path
 from lorastudio.core.params import build_model
 from lorastudio.training.dataset.config import DatasetConfig
 
@@ -30,8 +31,8 @@ class TrainingConfig(BaseModel):
     config_version: int = CONFIG_VERSION
     # --- the three required inputs --------------------------------------------------------
     images: Path = Field(..., description="Folder or .zip of training pictures (+ optional same-name .txt captions)")
-    trigger: str = Field(..., description="Trigger word, e.g. DeltamonStamp")
-    base: str = Field(..., description="Base model: name, title, hash or path (.safetensors or diffusers folder)")
+    trigger: Prompt = Field(..., description="Trigger word, e.g. DeltamonStamp")
+    base: ModelRef = Field(..., description="Base model: name, title, hash or path (.safetensors or diffusers folder)")
     # --- where ---------------------------------------------------------------------------
     project: str | None = Field(None, description="Project name [the trigger word]")
     version: str | None = Field(None, description="Version name [v1, v2, … the next free]")
@@ -73,14 +74,14 @@ class TrainingConfig(BaseModel):
     save_every: int | None = Field(None, ge=1)
     keep_checkpoints: int = Field(3, ge=1)
     sample_every: int | None = Field(None, ge=1)
-    sample_prompts: list[str] = Field(default_factory=list)
+    sample_prompts: list[Prompt] = Field(default_factory=list, max_length=MAX_SAMPLE_PROMPTS)
     sample_steps: int = Field(20, ge=1, le=200)
     sample_seed: int = Field(1234, ge=0)
     seed: int = Field(42, ge=0, le=2**32 - 1)
     num_processes: int = Field(1, ge=1, le=64)
     # --- dataset -----------------------------------------------------------------------------
     resolution: list[int] | None = None
-    class_word: str | None = None
+    class_word: Prompt | None = None
     caption_dropout: float = Field(0.0, ge=0, le=1)
     shuffle_tags: bool = False
     keep_tokens: int = Field(1, ge=0)
@@ -102,7 +103,15 @@ class TrainingConfig(BaseModel):
     def _name(cls, v: str | None) -> str | None:
         if v is not None and (not _NAME.match(v) or v in (".", "..")):
             raise ValueError(f"{v!r} cannot be used as a folder or file name")
+        if v is not None and len(v.encode("utf-8", "surrogatepass")) > MAX_OUTPUT_NAME_BYTES:
+            raise ValueError(f"is {len(v.encode('utf-8', 'surrogatepass'))} bytes in UTF-8; names of files and "
+                             f"folders made from it hold at most {MAX_OUTPUT_NAME_BYTES}")
         return v
+
+    @field_validator("images", "reg_images", "projects_dir", "models_dir")
+    @classmethod
+    def _path(cls, v: Path | None) -> Path | None:
+        return None if v is None else check_path(v)
 
     @field_validator("lr", "te_lr", "alpha", "min_snr_gamma", "prior_loss_weight")
     @classmethod

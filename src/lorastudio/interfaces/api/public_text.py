@@ -18,6 +18,7 @@ from lorastudio.core.limits import MAX_ECHO_CHARS
 _TRACEBACK = "Traceback (most recent call last):"
 # An absolute POSIX path of two parts or more, not part of a URL ("http://h/x") or a word.
 _ABS_PATH = re.compile(r"(?<![\w.:/<>~-])/(?:[^\s/'\"<>:]+/)+[^\s/'\"<>:,;)\]]*")
+_QUALIFIED = re.compile(r"^(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)(?=:|$)")
 MAX_PUBLIC_CHARS = 2000
 
 
@@ -39,6 +40,7 @@ def public_text(text: object, roots: Iterable[tuple[Path, str]] = (), limit: int
         # Keep the exception line, the last non-indented line of the traceback.
         lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith((" ", "\t"))]
         text = lines[-1] if lines and lines[-1] != _TRACEBACK else "internal error"
+        text = _QUALIFIED.sub(r"\1", text)  # "lorastudio.core.errors.DatasetError: x" -> "DatasetError: x"
     for root, label in sorted(roots, key=lambda r: len(str(r[0])), reverse=True):
         root_text = str(root)
         if len(root_text) > 1:

@@ -20,13 +20,14 @@ ModelsDir = typer.Option(None, "--models-dir", help="A1111/Forge `models` folder
 
 
 def _settings(models_dir: Optional[Path] = None, outdir: Optional[Path] = None, **extra):
+    from lorastudio.core.params import build_model
     from lorastudio.core.settings import StudioSettings
 
     values = {"models_dir": models_dir or Path(os.environ.get("LORASTUDIO_MODELS_DIR", "models"))}
     if outdir is not None:
         values["outdir"] = outdir
     values.update({k: v for k, v in extra.items() if v is not None})
-    return StudioSettings(**values)
+    return build_model(StudioSettings, values)  # a bad value is a usage error naming the flag
 
 
 def _fail(exc: Exception) -> None:
@@ -93,7 +94,10 @@ def _params_from_png(path: Path) -> dict:
     from lorastudio.core.infotext_params import params_from_infotext
     from lorastudio.core.png_text import read_infotext
 
-    text = read_infotext(path)
+    try:
+        text = read_infotext(path)
+    except OSError as exc:  # missing, unreadable or not an image
+        raise InvalidParameter("--from-png", str(path), f"cannot read the image ({exc})") from None
     if not text:
         raise InvalidParameter("--from-png", str(path), "the image has no A1111 parameters text")
     return params_from_infotext(text)
@@ -125,7 +129,10 @@ def models(models_dir: Optional[Path] = ModelsDir,
     from lorastudio.models.catalog import Catalog
     from lorastudio.core.paths import ModelsRoot
 
-    settings = _settings(models_dir)
+    try:
+        settings = _settings(models_dir)
+    except LorastudioError as exc:
+        _fail(exc)
     cat = Catalog(ModelsRoot.at(settings.models_dir), include_bundled=settings.include_bundled)
     typer.echo(f"models root: {cat.root.root}")
     for head, entries in (("Checkpoints", cat.checkpoints()), ("LoRA", cat.loras()), ("VAE", cat.vaes()),
