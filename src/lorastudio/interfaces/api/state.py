@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence, TypeVar
 from urllib.parse import unquote
 
 from lorastudio.core.errors import InvalidParameter, NotFound
+from lorastudio.core.limits import check_path
 from lorastudio.core.settings import StudioSettings
 from lorastudio.interfaces.api.options import OptionsStore
 from lorastudio.interfaces.api.progress import GenerationProgress
@@ -146,6 +147,10 @@ class ApiState:
     def _path_like(ref: str, roots: list[Path], field: str, *, base: Path) -> Path | None:
         if "\x00" in ref or any(".." in _SEP.split(form) for form in (ref, unquote(unquote(unquote(ref))))):
             raise InvalidParameter(field, ref, "'..' is not allowed in a model reference")
+        try:
+            check_path(ref)  # a 300-byte name makes the exists() below fail with ENAMETOOLONG
+        except ValueError as exc:
+            raise InvalidParameter(field, ref, str(exc)) from None
         p = Path(ref)
         if p.is_absolute() or ref.startswith("~") or p.exists():
             return resolve_inside(ref, roots, field=field, base=base)
