@@ -205,3 +205,14 @@ def test_memory_reports_the_machines_ram(client):
     # sysconf asks the kernel directly (sysinfo), not /proc/meminfo: an independent figure.
     assert ram["total"] == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert 0 < ram["free"] <= ram["total"] and ram["used"] == ram["total"] - ram["free"]
+
+
+@pytest.mark.parametrize("path, body, words", [
+    ("/sdapi/v1/img2img", {**TINY, "init_images": ["aGVsbG8="]}, "PNG, JPEG"),
+    ("/sdapi/v1/png-info", {"image": "aGVsbG8="}, "PNG, JPEG"),
+    ("/sdapi/v1/options", {"sd_model_checkpoint": "a\x00b"}, "NUL byte"),
+])
+def test_messages_say_what_is_wrong_without_internal_reprs(client, path, body, words):
+    r = client.post(path, json=body)
+    assert r.status_code == 422 and words in r.text, r.text
+    assert "_io.BytesIO" not in r.text and " at 0x" not in r.text

@@ -93,3 +93,14 @@ def test_disk_full_errors_name_the_folder_and_only_enospc_is_converted(tmp_path)
         raise_if_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"), tmp_path)
     raise_if_disk_full(OSError(errno.EACCES, "Permission denied"), tmp_path)  # not ours to rename
     raise_if_disk_full(ValueError("x"), tmp_path)
+
+
+@pytest.mark.parametrize("change", [{"resolution": [10**9]}, {"resolution": [0]}, {"resolution": []},
+                                    {"sample_seed": 2**70}, {"warmup": 2**70}, {"save_every": 2**70},
+                                    {"steps": 2**70}])
+def test_training_numbers_that_would_fail_later_are_refused_up_front(change):
+    from lorastudio.training.config import training_config
+
+    with pytest.raises(InvalidParameter) as err:
+        training_config({"images": "/tmp/x", "trigger": "t", "base": "b", **change})
+    assert err.value.field.split(".")[0] in change

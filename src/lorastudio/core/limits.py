@@ -25,6 +25,11 @@ MAX_PIXELS_PER_BATCH = 64 * 1024 * 1024
 # CLIP tokens (over 300 chunks of 75), far past any real prompt, and still encodes in seconds.
 MAX_PROMPT_CHARS = 100_000
 MAX_SAMPLE_PROMPTS = 64  # training preview prompts
+
+# --- training ---------------------------------------------------------------------------------
+MAX_TRAINING_STEPS = 1_000_000
+# The bundled demo base trains at 32 px; nothing smaller has a latent to learn from.
+MIN_TRAINING_SIDE = 32
 MAX_LABEL_CHARS = 200  # sampler, scheduler, upscaler and other names picked from a list
 
 # --- names that become files or folders ---------------------------------------------------------

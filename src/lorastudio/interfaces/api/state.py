@@ -145,7 +145,9 @@ class ApiState:
 
     @staticmethod
     def _path_like(ref: str, roots: list[Path], field: str, *, base: Path) -> Path | None:
-        if "\x00" in ref or any(".." in _SEP.split(form) for form in (ref, unquote(unquote(unquote(ref))))):
+        if "\x00" in ref:
+            raise InvalidParameter(field, ref, "a NUL byte is not allowed in a model reference")
+        if any(".." in _SEP.split(form) for form in (ref, unquote(unquote(unquote(ref))))):
             raise InvalidParameter(field, ref, "'..' is not allowed in a model reference")
         try:
             check_path(ref)  # a 300-byte name makes the exists() below fail with ENAMETOOLONG
