@@ -216,3 +216,23 @@ def test_messages_say_what_is_wrong_without_internal_reprs(client, path, body, w
     r = client.post(path, json=body)
     assert r.status_code == 422 and words in r.text, r.text
     assert "_io.BytesIO" not in r.text and " at 0x" not in r.text
+
+
+def test_a_full_job_database_is_507_not_500(settings, engine, tmp_path, monkeypatch):
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+
+    from lorastudio.interfaces.api.server import create_app
+
+    data = Path(settings.projects_dir) / "datasets" / "d"
+    data.mkdir(parents=True)
+    app = create_app(settings, engine=engine, poll_interval_s=0.05)
+
+    def full(*_a, **_k):
+        raise sqlite3.OperationalError("database or disk is full")  # SQLite's own text for SQLITE_FULL
+
+    with TestClient(app, base_url="http://127.0.0.1:7860", raise_server_exceptions=False) as c:
+        monkeypatch.setattr(app.state.api.store, "submit", full)
+        r = c.post("/v1/trainings", json={"images": str(data), "trigger": "zz", "base": "tiny"})
+    assert r.status_code == 507 and r.json()["detail"].startswith("no space left on"), r.text

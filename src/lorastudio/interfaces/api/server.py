@@ -104,7 +104,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception):
-        if DiskFullError.is_disk_full(exc):  # ENOSPC from a library that wrote on our behalf
+        # ENOSPC from a library that wrote on our behalf (multipart spooling, SQLite's job store).
+        if DiskFullError.is_disk_full(exc) or "database or disk is full" in str(exc):
             log.error("disk full", exc_info=exc)
             return await disk_full(request, DiskFullError(getattr(exc, "filename", None) or "the server's disk"))
         incident = uuid.uuid4().hex[:12]
