@@ -96,3 +96,13 @@ def test_generate_on_a_full_disk_names_the_folder(tmp_path, sd1_models_root, mon
     assert code == 2, out
     assert f"error: no space left on {tmp_path / 'out' / 'txt2img-images'}" in out and "free space" in out, out
     assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize("args, field", [
+    (["dataset", "check", "/tmp/" + "a" * 300], "source"),
+    (["demo", "--workspace", "/tmp/" + CJK_258], "--workspace"),
+    (["info", "/tmp/" + "a" * 300], "image"),
+])
+def test_path_arguments_past_255_bytes_are_usage_errors(args, field):
+    code, out = cli(*args)  # before: OSError(36, 'File name too long') with a traceback, exit 1
+    assert code == 2 and out.startswith(f"error: {field}=") and "255" in out, out

@@ -30,6 +30,17 @@ def _settings(models_dir: Optional[Path] = None, outdir: Optional[Path] = None, 
     return build_model(StudioSettings, values)  # a bad value is a usage error naming the flag
 
 
+def _check_path_arg(field: str, path: Path) -> None:
+    """A path argument whose parts fit the filesystem (255 bytes each), as a usage error."""
+    from lorastudio.core.errors import InvalidParameter
+    from lorastudio.core.limits import check_path
+
+    try:
+        check_path(path)
+    except ValueError as exc:
+        raise InvalidParameter(field, str(path), str(exc)) from None
+
+
 def _fail(exc: Exception) -> None:
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
@@ -111,6 +122,7 @@ def info(image: Path = typer.Argument(..., help="A PNG (or JPEG/WebP) written by
     from lorastudio.core.png_text import read_infotext
 
     try:
+        _check_path_arg("image", image)
         text = read_infotext(image)
     except (OSError, LorastudioError) as exc:
         _fail(exc)
@@ -249,6 +261,7 @@ def dataset_check(
     from lorastudio.training.dataset.ingest import open_source
 
     try:
+        _check_path_arg("source", source)
         cfg = dataset_config({"trigger_word": trigger, "resolutions": resolution,
                               "bucket_step": 64 if min(resolution) >= 256 else 8})
         with open_source(source) as src:
@@ -268,6 +281,7 @@ def demo(workspace: Path = typer.Option(Path("demo"), "--workspace", help="Where
     from lorastudio.services.demo import run_demo
 
     try:
+        _check_path_arg("--workspace", workspace)
         with TrainingProgress() as progress:
             run_demo(workspace, steps=steps, say=typer.echo, on_training_event=progress)
     except LorastudioError as exc:
