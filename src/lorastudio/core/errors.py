@@ -51,7 +51,7 @@ class DatasetError(LorastudioError):
 
 
 # errno values that mean "the disk (or the user's quota) is full".
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT} - {None})
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", None)} - {None})  # no EDQUOT on Windows
 
 
 class DiskFullError(LorastudioError):
