@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lorastudio.core.limits import check_path
 
 
 class StudioSettings(BaseModel):
@@ -23,3 +25,8 @@ class StudioSettings(BaseModel):
                                     "unloaded past this)")
     allow_pickle: bool = Field(False, description="Load .ckpt/.pt files with torch.load(weights_only=True)")
     include_bundled: bool = Field(True, description="List the bundled demo base model beside the user's models")
+
+    @field_validator("models_dir", "outdir", "projects_dir")
+    @classmethod
+    def _fits_the_filesystem(cls, v: Path) -> Path:
+        return check_path(v)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from lorastudio.core.errors import InvalidParameter, NotFound
+from lorastudio.core.errors import InvalidParameter
 from lorastudio.core.hashes import lora_hash_for_infotext
 from lorastudio.core.params import GenerationParams, Img2ImgOptions, validate_img2img_options, validate_params
 from lorastudio.core.paths import ModelsRoot
@@ -67,10 +67,7 @@ class GenerationEngine:
         return self.options()
 
     def default_checkpoint(self) -> ModelEntry:
-        entries = self.catalog.checkpoints()
-        if not entries:
-            raise NotFound("model", "(default)", [])
-        return entries[0]
+        return self.catalog.default_checkpoint(allow_pickle=self.settings.allow_pickle)
 
     @property
     def model(self) -> LoadedModel | None:

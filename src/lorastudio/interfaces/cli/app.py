@@ -20,13 +20,25 @@ ModelsDir = typer.Option(None, "--models-dir", help="A1111/Forge `models` folder
 
 
 def _settings(models_dir: Optional[Path] = None, outdir: Optional[Path] = None, **extra):
+    from lorastudio.core.params import build_model
     from lorastudio.core.settings import StudioSettings
 
     values = {"models_dir": models_dir or Path(os.environ.get("LORASTUDIO_MODELS_DIR", "models"))}
     if outdir is not None:
         values["outdir"] = outdir
     values.update({k: v for k, v in extra.items() if v is not None})
-    return StudioSettings(**values)
+    return build_model(StudioSettings, values)  # a bad value is a usage error naming the flag
+
+
+def _check_path_arg(field: str, path: Path) -> None:
+    """A path argument whose parts fit the filesystem (255 bytes each), as a usage error."""
+    from lorastudio.core.errors import InvalidParameter
+    from lorastudio.core.limits import check_path
+
+    try:
+        check_path(path)
+    except ValueError as exc:
+        raise InvalidParameter(field, str(path), str(exc)) from None
 
 
 def _fail(exc: Exception) -> None:
@@ -93,7 +105,10 @@ def _params_from_png(path: Path) -> dict:
     from lorastudio.core.infotext_params import params_from_infotext
     from lorastudio.core.png_text import read_infotext
 
-    text = read_infotext(path)
+    try:
+        text = read_infotext(path)
+    except OSError as exc:  # missing, unreadable or not an image
+        raise InvalidParameter("--from-png", str(path), f"cannot read the image ({exc})") from None
     if not text:
         raise InvalidParameter("--from-png", str(path), "the image has no A1111 parameters text")
     return params_from_infotext(text)
@@ -107,6 +122,7 @@ def info(image: Path = typer.Argument(..., help="A PNG (or JPEG/WebP) written by
     from lorastudio.core.png_text import read_infotext
 
     try:
+        _check_path_arg("image", image)
         text = read_infotext(image)
     except (OSError, LorastudioError) as exc:
         _fail(exc)
@@ -126,14 +142,20 @@ def models(models_dir: Optional[Path] = ModelsDir,
     from lorastudio.models.formats.checkpoint_facts import listing_summary
     from lorastudio.core.paths import ModelsRoot
 
-    settings = _settings(models_dir)
+    try:
+        settings = _settings(models_dir)
+    except LorastudioError as exc:
+        _fail(exc)
     cat = Catalog(ModelsRoot.at(settings.models_dir), include_bundled=settings.include_bundled)
     typer.echo(f"models root: {cat.root.root}")
     for head, entries in (("Checkpoints", cat.checkpoints()), ("LoRA", cat.loras()), ("VAE", cat.vaes()),
                           ("Embeddings", cat.embeddings())):
         typer.echo(f"{head}:")
+        broken = dict(cat.broken_checkpoints(allow_pickle=settings.allow_pickle)) if head == "Checkpoints" else {}
         for e in entries:
-            if head == "Checkpoints":
+            if e in broken:
+                typer.echo(f"  {e.name}  (broken: {broken[e]})")
+            elif head == "Checkpoints":
                 # storage dtype (fp8 / fp16 / ...) and how the file is read, from its header alone
                 typer.echo(f"  {cat.title(e, compute=not no_hash)}  ({listing_summary(e.path)})")
             else:
@@ -243,6 +265,7 @@ def dataset_check(
     from lorastudio.training.dataset.ingest import open_source
 
     try:
+        _check_path_arg("source", source)
         cfg = dataset_config({"trigger_word": trigger, "resolutions": resolution})
         with open_source(source) as src:
             report = check_dataset(src, cfg)
@@ -261,6 +284,7 @@ def demo(workspace: Path = typer.Option(Path("demo"), "--workspace", help="Where
     from lorastudio.services.demo import run_demo
 
     try:
+        _check_path_arg("--workspace", workspace)
         with TrainingProgress() as progress:
             run_demo(workspace, steps=steps, say=typer.echo, on_training_event=progress)
     except LorastudioError as exc:

@@ -28,6 +28,7 @@ def register(app: typer.Typer) -> None:
     ):
         """Serve /sdapi/v1 (A1111 clients: webuiapi, Krita, SillyTavern...) and /v1/trainings."""
         from lorastudio.core.errors import LorastudioError
+        from lorastudio.core.params import build_model
         from lorastudio.core.settings import StudioSettings
 
         values: dict = {"models_dir": models_dir or Path(os.environ.get("LORASTUDIO_MODELS_DIR", "models"))}
@@ -37,7 +38,7 @@ def register(app: typer.Typer) -> None:
         try:
             from lorastudio.interfaces.api.server import run_server
 
-            run_server(StudioSettings(**values), host=host, port=port, api_auth=api_auth or None)
+            run_server(build_model(StudioSettings, values), host=host, port=port, api_auth=api_auth or None)
         except LorastudioError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
