@@ -85,9 +85,13 @@ def test_train_toml_gets_the_same_limits(tmp_path):
 def test_generate_on_a_full_disk_names_the_folder(tmp_path, sd1_models_root, monkeypatch):
     real_fsync = os.fsync
 
+    out_dir = str(tmp_path / "out")
+
     def full(fd):
         real_fsync(fd)
-        raise OSError(errno.ENOSPC, "No space left on device")
+        # Only the output folder's disk is full (the hash cache beside the models is written too).
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(out_dir):
+            raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)  # where atomic writes meet the disk
     code, out = cli("generate", "a red circle", "--models-dir", sd1_models_root, "--steps", "1", "--width", "32",
