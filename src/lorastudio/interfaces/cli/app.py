@@ -12,8 +12,11 @@ from typing import Optional
 import typer
 
 from lorastudio.core.errors import LorastudioError
+from lorastudio.interfaces.cli.quiet import library_output, verbose_option
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# rich_markup_mode=None: help texts are plain text, so A1111 syntax such as `[word]` is shown as
+# written instead of being taken for a rich style tag and dropped.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Train LoRA adapters and generate images, locally (SD 1.x, SDXL, FLUX.1).")
 
 ModelsDir = typer.Option(None, "--models-dir", help="A1111/Forge `models` folder (default: ./models or $LORASTUDIO_MODELS_DIR)")
@@ -45,8 +48,8 @@ def generate(
     sampler: Optional[str] = typer.Option(None, help="A1111 sampler name, e.g. 'DPM++ 2M' or 'DPM++ 2M Karras'"),
     scheduler: Optional[str] = typer.Option(None, help="Schedule type: Automatic, Karras, Exponential, SGM Uniform"),
     seed: Optional[int] = typer.Option(None, help="Seed; -1 draws a random one [-1]"),
-    width: Optional[int] = typer.Option(None, help="Width, a multiple of 8"),
-    height: Optional[int] = typer.Option(None, help="Height, a multiple of 8"),
+    width: Optional[int] = typer.Option(None, help="Width, a multiple of 8 [the checkpoint's native size]"),
+    height: Optional[int] = typer.Option(None, help="Height, a multiple of 8 [the checkpoint's native size]"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch"),
     batch_count: Optional[int] = typer.Option(None, "--batch-count", help="Number of batches"),
     clip_skip: Optional[int] = typer.Option(None, "--clip-skip", help="CLIP skip (A1111 numbering: 1 = none)"),
@@ -56,8 +59,12 @@ def generate(
     from_png: Optional[Path] = typer.Option(None, "--from-png", help="Reproduce the image whose infotext this PNG holds"),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | mps"),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .ckpt/.pt (loaded with weights_only=True)"),
+    verbose: bool = verbose_option(),
 ):
-    """txt2img with the A1111 conventions; every PNG carries its `parameters` text."""
+    """txt2img with the A1111 conventions; every PNG carries its `parameters` text.
+
+    Without --width/--height it draws at the checkpoint's native size (SD 1.x 512, SDXL and
+    FLUX 1024, the bundled base 32), as Forge does per model."""
     try:
         from lorastudio.core.params import validate_params
 
@@ -71,15 +78,22 @@ def generate(
                  "batch_size": batch_size, "batch_count": batch_count, "clip_skip": clip_skip,
                  "guidance": guidance, "vae": vae}
         values.update({k: v for k, v in given.items() if v is not None})
-        params = validate_params(values)
+        params = validate_params(values)  # a bad value fails before any model loads
         settings = _settings(models_dir, outdir, device=device, allow_pickle=allow_pickle or None)
 
         from lorastudio.generation.engine import GenerationEngine
         from lorastudio.interfaces.cli.progress import step_progress
 
-        engine = GenerationEngine(settings)
-        with step_progress(params.steps * params.batch_count) as advance:
-            result = engine.txt2img(params, on_progress=advance)
+        with library_output(verbose):
+            engine = GenerationEngine(settings)
+            loaded = engine.load(params.model, params.vae)
+            if "width" not in values or "height" not in values:
+                side = loaded.family.native_resolution(loaded.pipe)
+                values.setdefault("width", side)
+                values.setdefault("height", side)
+                params = validate_params(values)
+            with step_progress(params.steps * params.batch_count) as advance:
+                result = engine.txt2img(params, on_progress=advance)
     except LorastudioError as exc:
         _fail(exc)
     for im in result.images:
@@ -222,7 +236,7 @@ def _relaunch_with_accelerate(config) -> None:
     raise typer.Exit(subprocess.call(cmd))
 
 
-dataset_app = typer.Typer(help="Inspect a training dataset.", no_args_is_help=True)
+dataset_app = typer.Typer(help="Inspect a training dataset.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(dataset_app, name="dataset")
 
 
