@@ -186,6 +186,9 @@ def train(
                                               help="Regularisation pictures of the class (folder or zip; captions as written, no trigger)"),
     prior_loss_weight: Optional[float] = typer.Option(None, "--prior-loss-weight", help="Loss weight of regularisation pictures [1.0]"),
     num_processes: Optional[int] = typer.Option(None, "--num-processes", help="Data-parallel processes (accelerate)"),
+    no_install: bool = typer.Option(False, "--no-install",
+                                    help="Do not copy the finished LoRA into the models folder's Lora/"),
+    verbose: bool = verbose_option(),
 ):
     """Train a LoRA from a folder or zip of pictures."""
     from lorastudio.training.config import load_toml, training_config
@@ -207,20 +210,27 @@ def train(
             data["resume"] = True
         if skip_bad_images:
             data["skip_bad_images"] = True
+        if no_install:
+            data["install_lora"] = False
         config = training_config(data)
         if config.num_processes > 1 and "LOCAL_RANK" not in os.environ:
             _relaunch_with_accelerate(config)
             return
         from lorastudio.interfaces.cli.progress import TrainingProgress
+        from lorastudio.services.lora_install import install_trained_lora
         from lorastudio.training.api import train as run_training
 
-        with TrainingProgress() as progress:
+        with library_output(verbose), TrainingProgress() as progress:
             result = run_training(config, on_event=progress)
+        installed = install_trained_lora(config, result)
     except LorastudioError as exc:
         _fail(exc)
     typer.echo(f"LoRA (A1111/Forge/ComfyUI): {result.lora_path}")
     typer.echo(f"LoRA (diffusers/PEFT):      {result.diffusers_lora_dir}")
     typer.echo(f"config:                     {result.config_path}")
+    if installed is not None:
+        typer.echo(f"installed as {installed.path}")
+        typer.echo(f"use it with: {installed.tag}")
 
 
 def _relaunch_with_accelerate(config) -> None:
@@ -265,13 +275,14 @@ def dataset_check(
 
 @app.command()
 def demo(workspace: Path = typer.Option(Path("demo"), "--workspace", help="Where the demo writes everything"),
-         steps: int = typer.Option(300, "--steps", help="LoRA training steps")):
+         steps: int = typer.Option(300, "--steps", help="LoRA training steps"),
+         verbose: bool = verbose_option()):
     """Run the whole story on the bundled small model: generate, train a LoRA, compare."""
     from lorastudio.interfaces.cli.progress import TrainingProgress
     from lorastudio.services.demo import run_demo
 
     try:
-        with TrainingProgress() as progress:
+        with library_output(verbose), TrainingProgress() as progress:
             run_demo(workspace, steps=steps, say=typer.echo, on_training_event=progress)
     except LorastudioError as exc:
         _fail(exc)

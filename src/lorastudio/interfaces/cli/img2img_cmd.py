@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from lorastudio.interfaces.cli.quiet import library_output, verbose_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
@@ -48,6 +50,7 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | mps"),
         allow_pickle: bool = typer.Option(False, "--allow-pickle",
                                           help="Allow .ckpt/.pt (loaded with weights_only=True)"),
+        verbose: bool = verbose_option(),
     ):
         """img2img (inpainting with --mask); PNGs go to outputs/img2img-images and carry their parameters."""
         from lorastudio.core.errors import LorastudioError
@@ -81,10 +84,12 @@ def register(app: typer.Typer) -> None:
             from lorastudio.generation.engine import GenerationEngine
             from lorastudio.interfaces.cli.progress import step_progress
 
-            engine = GenerationEngine(settings)
             total = img2img_steps(params.steps, params.denoising_strength) * params.batch_count
-            with step_progress(total) as advance:
-                result = engine.img2img(params, [init_image], mask_image, options=options, on_progress=advance)
+            with library_output(verbose):
+                engine = GenerationEngine(settings)
+                engine.load(params.model, params.vae)  # loading happens before the bar starts
+                with step_progress(total) as advance:
+                    result = engine.img2img(params, [init_image], mask_image, options=options, on_progress=advance)
         except LorastudioError as exc:
             _fail(exc)
         for im in result.images:
