@@ -17,8 +17,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lorastudio.core.paths import ModelsRoot
+
+if TYPE_CHECKING:
+    from lorastudio.training.config import TrainingConfig
 
 MAX_VERSIONS = 10_000
 
@@ -34,9 +38,12 @@ class InstalledLora:
         return f"<lora:{self.name}:1>"
 
 
-def install_trained_lora(config, result) -> InstalledLora | None:
+def install_trained_lora(config: "TrainingConfig | dict", result) -> InstalledLora | None:
     """Install `result.lora_path` into `config.models_dir`/Lora unless `config.install_lora` is off."""
-    if not getattr(config, "install_lora", True):
+    from lorastudio.training.config import training_config
+
+    config = training_config(config)
+    if not config.install_lora:
         return None
     return install_lora(Path(result.lora_path), ModelsRoot.at(config.models_dir).lora)
 

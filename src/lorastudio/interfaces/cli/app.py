@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from lorastudio.core.errors import LorastudioError
+from lorastudio.interfaces.cli.memory import GENERATE_HINT, TRAIN_HINT, out_of_memory_message
 from lorastudio.interfaces.cli.quiet import library_output, verbose_option
 
 # rich_markup_mode=None: help texts are plain text, so A1111 syntax such as `[word]` is shown as
@@ -35,6 +36,15 @@ def _settings(models_dir: Optional[Path] = None, outdir: Optional[Path] = None, 
 def _fail(exc: Exception) -> None:
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+def _fail_if_out_of_memory(exc: BaseException, hint: str) -> None:
+    """An allocation failure becomes one error line saying what to change; anything else re-raises."""
+    message = out_of_memory_message(exc, hint)
+    if message is None:
+        raise exc
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(3)
 
 
 @app.command()
@@ -96,6 +106,8 @@ def generate(
                 result = engine.txt2img(params, on_progress=advance)
     except LorastudioError as exc:
         _fail(exc)
+    except (MemoryError, RuntimeError) as exc:
+        _fail_if_out_of_memory(exc, GENERATE_HINT)
     for im in result.images:
         typer.echo(f"{im.path}  seed={im.seed}")
     if result.interrupted:
@@ -225,6 +237,8 @@ def train(
         installed = install_trained_lora(config, result)
     except LorastudioError as exc:
         _fail(exc)
+    except (MemoryError, RuntimeError) as exc:
+        _fail_if_out_of_memory(exc, TRAIN_HINT)
     typer.echo(f"LoRA (A1111/Forge/ComfyUI): {result.lora_path}")
     typer.echo(f"LoRA (diffusers/PEFT):      {result.diffusers_lora_dir}")
     typer.echo(f"config:                     {result.config_path}")

@@ -54,7 +54,8 @@ def register(app: typer.Typer) -> None:
     ):
         """img2img (inpainting with --mask); PNGs go to outputs/img2img-images and carry their parameters."""
         from lorastudio.core.errors import LorastudioError
-        from lorastudio.interfaces.cli.app import _fail, _params_from_png, _settings
+        from lorastudio.interfaces.cli.app import _fail, _fail_if_out_of_memory, _params_from_png, _settings
+        from lorastudio.interfaces.cli.memory import GENERATE_HINT
 
         try:
             from lorastudio.core.params import validate_img2img_options, validate_params
@@ -92,6 +93,8 @@ def register(app: typer.Typer) -> None:
                     result = engine.img2img(params, [init_image], mask_image, options=options, on_progress=advance)
         except LorastudioError as exc:
             _fail(exc)
+        except (MemoryError, RuntimeError) as exc:
+            _fail_if_out_of_memory(exc, GENERATE_HINT)
         for im in result.images:
             typer.echo(f"{im.path}  seed={im.seed}")
         if result.interrupted:

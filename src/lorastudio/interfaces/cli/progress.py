@@ -19,9 +19,9 @@ def _bar(**kwargs):
     return tqdm(leave=True, dynamic_ncols=True, file=None if tty else io.StringIO(), **kwargs), tty
 
 
-def _close(bar, tty: bool) -> None:
+def _close(bar, tty: bool, failed: bool = False) -> None:
     bar.close()
-    if not tty:
+    if not tty and not failed:  # after an error, the error line says what happened, not a stale bar
         print(str(bar), file=sys.stderr)
 
 
@@ -38,8 +38,10 @@ def step_progress(total: int, desc: str = "sampling"):
 
     try:
         yield advance
-    finally:
-        _close(bar, tty)
+    except BaseException:
+        _close(bar, tty, failed=True)
+        raise
+    _close(bar, tty)
 
 
 class TrainingProgress:
@@ -62,7 +64,7 @@ class TrainingProgress:
         elif event.message:
             (tqdm.write if self.bar is not None and self.tty else print)(event.message)
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         if self.bar is not None:
-            _close(self.bar, self.tty)
+            _close(self.bar, self.tty, failed=exc_type is not None)
         return False
