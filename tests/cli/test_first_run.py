@@ -118,3 +118,40 @@ def test_japanese_project_trains_installs_and_generates_with_its_tag(tmp_path, m
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in installed.parent.iterdir()) == [f"{name}-v2.safetensors", f"{name}.safetensors"]
     assert "installed" not in result.output
+
+
+NOISE = ("Loading pipeline components", "should be kept in float32", "No LoRA keys associated", "[transformers]",
+         "torchvision", "steps_offset", "Warning", "warn(")
+
+
+def test_serve_keeps_the_libraries_quiet_too(tmp_path):
+    import signal
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "lorastudio.interfaces.cli.app", "serve", "--port", str(port),
+                                 "--device", "cpu"], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+            try:
+                r = httpx.post(f"http://127.0.0.1:{port}/sdapi/v1/txt2img", timeout=120,
+                               json={"prompt": "a red circle", "steps": 2, "width": 32, "height": 32})
+                break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        assert r.status_code == 200, r.text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    text = log.read_text(errors="replace")
+    assert "POST /sdapi/v1/txt2img" in text  # the server's own access log is there...
+    assert not [n for n in NOISE if n in text], text  # ...and nothing from the libraries underneath
