@@ -155,3 +155,18 @@ def test_serve_keeps_the_libraries_quiet_too(tmp_path):
     text = log.read_text(errors="replace")
     assert "POST /sdapi/v1/txt2img" in text  # the server's own access log is there...
     assert not [n for n in NOISE if n in text], text  # ...and nothing from the libraries underneath
+
+
+def test_a_two_process_training_from_the_cli_installs_its_lora_too(tmp_path, monkeypatch):
+    from lorastudio.training.dataset.fixtures import draw_sticker_dataset
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(SRC))
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    draw_sticker_dataset(tmp_path / "data", n=4, trigger="zzduo", seed=0, size=64)
+    result = CliRunner().invoke(app, ["train", "--images", "data", "--trigger", "zzduo", "--base",
+                                      "lorastudio-shapes-v1", "--steps", "2", "--num-processes", "2"])
+    assert result.exit_code == 0, result.output
+    installed = tmp_path / "models" / "Lora" / "zzduo.safetensors"
+    assert installed.read_bytes() == (tmp_path / "projects" / "zzduo" / "versions" / "v1" / "zzduo.safetensors").read_bytes()
+    assert "use it with: <lora:zzduo:1>" in result.output

@@ -226,7 +226,7 @@ def train(
             data["install_lora"] = False
         config = training_config(data)
         if config.num_processes > 1 and "LOCAL_RANK" not in os.environ:
-            _relaunch_with_accelerate(config)
+            _train_in_processes(config)
             return
         from lorastudio.interfaces.cli.progress import TrainingProgress
         from lorastudio.services.lora_install import install_trained_lora
@@ -247,17 +247,37 @@ def train(
         typer.echo(f"use it with: {installed.tag}")
 
 
-def _relaunch_with_accelerate(config) -> None:
+def _train_in_processes(config) -> None:
     """`--num-processes N`: one process per device under torch's launcher; accelerate reads its
-    environment (NCCL on GPUs, gloo on CPUs), so there is no home-made distribution code."""
+    environment (NCCL on GPUs, gloo on CPUs), so there is no home-made distribution code.
+
+    The version folder is decided here, before the launch, so this process knows which LoRA to
+    install once the processes are done."""
     import subprocess
     import tempfile
 
+    from lorastudio.services.lora_install import install_lora
+    from lorastudio.training.project import project_name, version_dir
+
+    project = project_name(config.project, config.trigger)
+    vdir = version_dir(config.projects_dir, project, config.version, resume=config.resume)
+    config = config.model_copy(update={"project": project, "version": vdir.root.name})
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         fh.write(config.model_dump_json())
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            str(config.num_processes), "-m", "lorastudio.training.launch", fh.name]
-    raise typer.Exit(subprocess.call(cmd))
+    try:
+        code = subprocess.call(cmd)
+    finally:
+        os.unlink(fh.name)
+    if code != 0:
+        raise typer.Exit(code)
+    if config.install_lora:
+        from lorastudio.core.paths import ModelsRoot
+
+        installed = install_lora(vdir.lora(config.output_name or project), ModelsRoot.at(config.models_dir).lora)
+        typer.echo(f"installed as {installed.path}")
+        typer.echo(f"use it with: {installed.tag}")
 
 
 dataset_app = typer.Typer(help="Inspect a training dataset.", no_args_is_help=True, rich_markup_mode=None)
