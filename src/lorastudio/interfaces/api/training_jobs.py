@@ -66,7 +66,11 @@ def make_training_handler(settings: StudioSettings, *, train_fn: Callable | None
 
         try:
             result = train(config, on_event, should_stop=ctx.cancelled, yield_point=ctx.yield_point)
-            installed = install_trained_lora(config, result)
+            try:
+                installed = install_trained_lora(config, result)
+            except OSError as exc:  # the run succeeded; its files stay downloadable
+                installed = None
+                ctx.log(f"the LoRA was not copied into the models folder: {exc}", "WARNING")
             if installed is not None:
                 ctx.log(f"installed as {installed.path}; use it with {installed.tag}")
         except TrainingStopped:

@@ -234,7 +234,12 @@ def train(
 
         with library_output(verbose), TrainingProgress() as progress:
             result = run_training(config, on_event=progress)
-        installed = install_trained_lora(config, result)
+        try:
+            installed = install_trained_lora(config, result)
+        except OSError as exc:  # the run succeeded: say what went wrong, keep the exit status
+            installed = None
+            typer.secho(f"warning: the LoRA was not copied into the models folder: {exc}", fg=typer.colors.YELLOW,
+                        err=True)
     except LorastudioError as exc:
         _fail(exc)
     except (MemoryError, RuntimeError) as exc:
@@ -275,7 +280,12 @@ def _train_in_processes(config) -> None:
     if config.install_lora:
         from lorastudio.core.paths import ModelsRoot
 
-        installed = install_lora(vdir.lora(config.output_name or project), ModelsRoot.at(config.models_dir).lora)
+        try:
+            installed = install_lora(vdir.lora(config.output_name or project), ModelsRoot.at(config.models_dir).lora)
+        except OSError as exc:
+            typer.secho(f"warning: the LoRA was not copied into the models folder: {exc}", fg=typer.colors.YELLOW,
+                        err=True)
+            return
         typer.echo(f"installed as {installed.path}")
         typer.echo(f"use it with: {installed.tag}")
 
