@@ -51,6 +51,8 @@ class TrainingConfig(BaseModel):
     models_dir: Path = Path("models")
     output_name: str | None = Field(None, description="LoRA file stem [project name]")
     resume: bool = Field(False, description="Continue the version from its last complete checkpoint")
+    install_lora: bool = Field(True, description="Copy the finished LoRA into models_dir/Lora (as NAME, or "
+                                                 "NAME-v2... when the name is taken) so <lora:NAME:1> works at once")
     # --- length ----------------------------------------------------------------------------
     steps: int | None = Field(None, ge=1, le=MAX_TRAINING_STEPS)
     epochs: int | None = Field(None, ge=1, le=100_000)

@@ -73,8 +73,14 @@ class _ProcessingRequest(BaseModel):
     n_iter: int | None = Field(1, ge=1, le=MAX_BATCH_COUNT)
     steps: int | None = Field(50, ge=1, le=MAX_STEPS)
     cfg_scale: float | None = Field(7.0, ge=0, le=100)
-    width: int | None = Field(512, ge=8, le=MAX_SIDE, multiple_of=8)
-    height: int | None = Field(512, ge=8, le=MAX_SIDE, multiple_of=8)
+    # A1111's API defaults, whatever the checkpoint: API clients send their sizes. (The CLI, which
+    # people type by hand, draws at the checkpoint's native size instead.)
+    width: int | None = Field(512, ge=8, le=MAX_SIDE, multiple_of=8,
+                              description="Width in pixels; 512 when absent, as in A1111's API, whatever the "
+                                          "checkpoint's native size (the CLI uses the native size instead)")
+    height: int | None = Field(512, ge=8, le=MAX_SIDE, multiple_of=8,
+                               description="Height in pixels; 512 when absent, as in A1111's API, whatever the "
+                                           "checkpoint's native size (the CLI uses the native size instead)")
     restore_faces: bool | None = None
     tiling: bool | None = None
     do_not_save_samples: bool | None = False

@@ -39,6 +39,12 @@ def _state(request: Request):
 # --- generation ------------------------------------------------------------------------------------
 @router.post("/txt2img", response_model=m.GenerationResponse)
 async def txt2img(request: Request, body: m.Txt2ImgRequest) -> dict:
+    """txt2img with A1111's request fields and defaults.
+
+    A field left out takes A1111's API default: width and height are 512 whatever the
+    checkpoint's native size (SDXL and FLUX clients send 1024), as A1111 does. Only the command
+    line, typed by hand, draws at the checkpoint's native size when no size is given.
+    """
     state = _state(request)
     hires = bool(getattr(state.engine, "supports_hires", False))
     plan = await run_in_threadpool(plan_generation, body, state, "txt2img", hires_supported=hires)

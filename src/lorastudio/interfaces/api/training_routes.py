@@ -286,7 +286,9 @@ async def training_result(request: Request, request_id: RequestId):
     return {"request_id": job.id, "status": job.status.value, "lora": link(res.get("lora")),
             "diffusers_lora": link(res.get("diffusers_lora")), "config": link(res.get("config")),
             "samples": [link(n) for n in res.get("samples", []) if n in files],
-            "files": [link(n) for n in files], "steps": res.get("steps"), "final_loss": res.get("final_loss")}
+            "files": [link(n) for n in files], "steps": res.get("steps"), "final_loss": res.get("final_loss"),
+            # where the finished LoRA was installed in the models folder, and the prompt tag that uses it
+            "installed_lora": res.get("installed_lora"), "lora_tag": res.get("lora_tag")}
 
 
 @router.get("/{request_id}/files/{name}", name="training_file")

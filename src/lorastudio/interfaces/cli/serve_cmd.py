@@ -11,6 +11,8 @@ from typing import Optional
 
 import typer
 
+from lorastudio.interfaces.cli.quiet import library_output, verbose_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
@@ -25,6 +27,7 @@ def register(app: typer.Typer) -> None:
                                                help="USER:PASS for HTTP Basic auth on every route "
                                                     "(or $LORASTUDIO_API_AUTH, kept out of the process list)"),
         device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | mps"),
+        verbose: bool = verbose_option(),
     ):
         """Serve /sdapi/v1 (A1111 clients: webuiapi, Krita, SillyTavern...) and /v1/trainings."""
         from lorastudio.core.errors import LorastudioError
@@ -38,7 +41,8 @@ def register(app: typer.Typer) -> None:
         try:
             from lorastudio.interfaces.api.server import run_server
 
-            run_server(build_model(StudioSettings, values), host=host, port=port, api_auth=api_auth or None)
+            with library_output(verbose):
+                run_server(build_model(StudioSettings, values), host=host, port=port, api_auth=api_auth or None)
         except LorastudioError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None

@@ -95,6 +95,10 @@ class ModelFamily(ABC):
                        clip_skip: int, cfg_scale: float, guidance: float) -> Conditioning:
         """Prompt embeddings (A1111 emphasis, chunks, BREAK) as pipeline keyword arguments."""
 
+    def native_resolution(self, pipe: "DiffusionPipeline") -> int:
+        """The side in pixels this checkpoint was trained at (what the CLI draws when no size is given)."""
+        return self.default_size
+
     @abstractmethod
     def latent_shape(self, pipe: "DiffusionPipeline", width: int, height: int) -> tuple[int, ...]:
         """Shape of one image's initial noise, as the pipeline's `latents` argument expects."""

@@ -153,6 +153,10 @@ class FluxFamily(ModelFamily, TrainableFamily):
     def _max_seq(self, pipe) -> int:
         return min(512, int(getattr(pipe.tokenizer_2, "model_max_length", 512) or 512))
 
+    def native_resolution(self, pipe) -> int:
+        # diffusers' own default: the pipeline's default_sample_size (latent side) times the VAE factor.
+        return int(pipe.default_sample_size * pipe.vae_scale_factor)
+
     def latent_shape(self, pipe, width: int, height: int) -> tuple[int, ...]:
         f = pipe.vae_scale_factor * 2  # latents are packed 2x2
         return (pipe.transformer.config.in_channels // 4, 2 * (height // f), 2 * (width // f))

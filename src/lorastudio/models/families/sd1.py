@@ -94,6 +94,10 @@ class SD1Family(ModelFamily, TrainableFamily):
             cond, uncond = pad_to_same_length(cond, uncond, empty)
         return Conditioning({"prompt_embeds": cond, "negative_prompt_embeds": uncond, "guidance_scale": cfg_scale})
 
+    def native_resolution(self, pipe) -> int:
+        # The UNet config's sample_size (latent side) times the VAE factor, as diffusers' own default.
+        return native_resolution(pipe)
+
     def latent_shape(self, pipe, width: int, height: int) -> tuple[int, ...]:
         f = pipe.vae_scale_factor
         # the VAE's channels: an inpainting UNet takes more (mask and masked image) than it denoises
