@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from lorastudio.core.errors import raise_if_disk_full
+from lorastudio.core.errors import DiskFullError, raise_if_disk_full
 from lorastudio.core.png_text import write_png_with_infotext
 
 _NUMBERED = re.compile(r"^(\d{5,})-")
@@ -33,12 +33,13 @@ def save_image(image, folder: Path, seed: int, infotext: str) -> Path:
 
     A full disk is a DiskFullError naming the folder; nothing is left under a final name.
     """
+    hint = "free space there (old images under the outputs folder are the usual culprit) or choose another output folder"
     try:
         return _save_numbered(image, folder, seed, infotext)
+    except DiskFullError as exc:  # from the atomic writer: same error, told with what to free here
+        raise DiskFullError(exc.path, hint, what="an image") from exc
     except OSError as exc:
-        raise_if_disk_full(exc, folder, "an image",
-                           "free space there (old images under the outputs folder are the usual culprit) "
-                           "or choose another output folder")
+        raise_if_disk_full(exc, folder, "an image", hint)
         raise
 
 
