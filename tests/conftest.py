@@ -1,4 +1,9 @@
+"""Settings and fixtures every test module shares (test modules cannot import each other under
+--import-mode=importlib, so shared helpers are fixtures here)."""
+
 import os
+
+import pytest
 
 # Nothing in the suite may reach for the Hugging Face hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -7,3 +12,57 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # Two test workers share two cores: one thread each avoids oversubscription (10x slower here).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
+class NetworkUsed(AssertionError):
+    pass
+
+
+class NoNetwork:
+    """Refuses and records every socket connection while active (loading must work offline)."""
+
+    def __init__(self):
+        self.attempts: list = []
+
+    def __enter__(self):
+        import socket
+
+        self._saved = socket.socket.connect, socket.socket.connect_ex
+
+        def refuse(sock, address, *args):
+            self.attempts.append(address)
+            raise NetworkUsed(f"network connection attempted to {address!r}")
+
+        # socket.create_connection and every client library end in one of these two.
+        socket.socket.connect = refuse
+        socket.socket.connect_ex = refuse
+        return self
+
+    def __exit__(self, *exc):
+        import socket
+
+        socket.socket.connect, socket.socket.connect_ex = self._saved
+        return False
+
+
+@pytest.fixture(scope="session")
+def refuse_network():
+    """`with refuse_network() as guard:` -- for session fixtures that load models offline."""
+    return NoNetwork
+
+
+@pytest.fixture()
+def no_network():
+    with NoNetwork() as guard:
+        yield guard
+
+
+@pytest.fixture()
+def one_torch_thread():
+    # tiny ops on a shared 2-core box: a second OpenMP thread mostly spins (measured 10-30x slower)
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

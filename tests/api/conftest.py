@@ -39,6 +39,17 @@ def models_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def _session_lora_folder_unchanged(models_root):
+    """A finished training installs its LoRA into the models root's Lora/, which the whole session
+    shares: what a test installed there is removed after it, so listings stay as the fixture made them."""
+    lora_dir = models_root / "Lora"
+    before = set(lora_dir.iterdir())
+    yield
+    for path in set(lora_dir.iterdir()) - before:
+        path.unlink()
+
+
 @pytest.fixture(scope="session")
 def engine(models_root, tmp_path_factory):
     """One engine for the session: loading the model once keeps the suite fast."""

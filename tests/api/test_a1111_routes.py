@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lorastudio.testing.pixels import assert_same_picture
+
 # What webuiapi 0.9 sends for txt2img(prompt=..., steps=2, ...): every field, most at defaults.
 WEBUIAPI_TXT2IMG = {
     "enable_hr": False, "hr_scale": 2, "hr_upscaler": "Latent", "hr_second_pass_steps": 0, "hr_resize_x": 0,
@@ -36,6 +38,7 @@ def _loc(response) -> list[str]:
     return [".".join(str(p) for p in d["loc"]) for d in response.json()["detail"]]
 
 
+@pytest.mark.pixels
 def test_txt2img_accepts_a_full_webuiapi_payload_and_answers_like_a1111(client):
     r = client.post("/sdapi/v1/txt2img", json=WEBUIAPI_TXT2IMG)
     assert r.status_code == 200, r.text
@@ -55,10 +58,22 @@ def test_txt2img_accepts_a_full_webuiapi_payload_and_answers_like_a1111(client):
     assert back["info"] == info["infotexts"][3]
     assert back["parameters"]["Prompt"] == "a red cat" and str(back["parameters"]["Seed"]) == "1237"
     assert Image.open(io.BytesIO(base64.b64decode(body["images"][0]))).size == (32, 32)
-    # Image 3 of a seed-1234 run is image 1 of a seed-1236 run, whatever the batching.
+    # Image 3 of a seed-1234 run is image 1 of a seed-1236 run, whatever the batching: the same noise,
+    # through kernels that round a batch of 2 and a batch of 1 differently (lorastudio.testing.pixels).
     alone = client.post("/sdapi/v1/txt2img", json={**WEBUIAPI_TXT2IMG, "seed": 1236, "batch_size": 1, "n_iter": 1})
-    assert np.array_equal(_pixels(alone.json()["images"][0]), _pixels(body["images"][2]))
+    assert_same_picture(_pixels(alone.json()["images"][0]), _pixels(body["images"][2]))
     assert not np.array_equal(_pixels(body["images"][0]), _pixels(body["images"][1]))
+
+
+@pytest.mark.parametrize("prompt", ["a cat <lora:any:1e39>", "a cat <lora:any:0.5:-40>"])
+def test_a_lora_weight_past_the_limit_is_a_422_and_the_server_draws_as_before(client, prompt):
+    before = client.post("/sdapi/v1/txt2img", json=SMALL)
+    r = client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": prompt})
+    assert r.status_code == 422, r.text
+    assert _loc(r) == ["body.prompt"] and "outside ±10" in r.json()["detail"][0]["msg"]
+    assert prompt.split(" ", 2)[2] in r.json()["message"]  # the tag is named
+    after = client.post("/sdapi/v1/txt2img", json=SMALL)
+    assert np.array_equal(_pixels(after.json()["images"][0]), _pixels(before.json()["images"][0]))
 
 
 @pytest.mark.parametrize("extra, field", [

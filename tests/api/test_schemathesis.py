@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
+import schemathesis  # a dev dependency: imported plainly so that a missing one fails loudly
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
-
-schemathesis = pytest.importorskip("schemathesis")
 
 EXAMPLES_PER_OPERATION = 10
 TIME_BUDGET_S = 60.0

@@ -5,9 +5,8 @@ from __future__ import annotations
 import httpx
 import numpy as np
 import pytest
+import webuiapi  # a dev dependency: imported plainly so that a missing one fails loudly
 from PIL import Image, ImageDraw
-
-webuiapi = pytest.importorskip("webuiapi")
 
 USER, PASSWORD = "studio", "pw-for-tests"
 

@@ -12,7 +12,7 @@ import math
 import re
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from lorastudio.core.errors import InvalidParameter
@@ -197,8 +197,7 @@ def test_parser_never_fails_and_merges_equal_neighbours(text):
 @FAST
 @given(st.text(alphabet=st.characters(blacklist_characters="()[]\\"), max_size=60))
 def test_text_without_syntax_is_one_run(text):
-    if re.search(r"\bBREAK\b", text):
-        return
+    assume(not re.search(r"\bBREAK\b", text))
     assert parse_prompt_attention(text) == [(text, 1.0)]
 
 
@@ -517,3 +516,35 @@ def test_chunking_keeps_every_token_in_order(runs, length, backtrack):
         assert c.tokens[0] == 1 and c.tokens[-1] == 2
         got += [(t, w) for t, w in zip(c.tokens[1:-1], c.weights[1:-1]) if t != 2]
     assert got == expected
+
+
+# --------------------------------------------------------------------------- limits
+
+def test_emphasis_is_clamped_to_a_finite_weight():
+    from lorastudio.core.prompt_syntax import MAX_EMPHASIS_WEIGHT
+
+    assert parse_prompt_attention("(" * 10_000 + "x" + ")" * 10_000) == [("x", MAX_EMPHASIS_WEIGHT)]
+    assert parse_prompt_attention("(x:" + "9" * 400 + ")") == [("x", MAX_EMPHASIS_WEIGHT)]
+    assert 0.0 <= parse_prompt_attention("[" * 10_000 + "x")[0][1] < 1e-300  # underflows to 0, still finite
+    # an infinite factor times 0 would be NaN in A1111
+    assert parse_prompt_attention("((x:0):" + "9" * 400 + ")") == [("x", 0.0)]
+    assert parse_prompt_attention("(x:-" + "9" * 400 + ")") == [("x", -MAX_EMPHASIS_WEIGHT)]
+    # up to the limit, A1111's products bit for bit: 1.1 ** 48 < 100
+    assert parse_prompt_attention("(" * 48 + "x" + ")" * 48)[0][1] == math.prod([1.1] * 48)
+
+
+@FAST
+@given(any_text)
+def test_emphasis_weights_are_always_finite_and_bounded(text):
+    assert all(math.isfinite(w) and abs(w) <= 100 for _, w in parse_prompt_attention(text))
+
+
+@pytest.mark.parametrize("tag", ["<lora:x:10.5>", "<lora:x:-11>", "<lora:x:1e39>", "<lora:x:1:unet=20>"])
+def test_lora_weight_past_the_limit_is_refused_naming_the_tag(tag):
+    with pytest.raises(InvalidParameter) as info:
+        extract_lora_tags(f"photo, {tag}")
+    assert info.value.value == tag and "outside ±10" in str(info.value)
+
+
+def test_lora_weight_at_the_limit_is_accepted():
+    assert extract_lora_tags("<lora:x:10:-10>")[1] == [LoraTag("x", 10.0, -10.0)]

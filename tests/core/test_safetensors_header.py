@@ -175,10 +175,94 @@ def test_metadata_values_must_be_strings(tmp_path):
     _expect_error(path, "__metadata__")
 
 
-def test_unknown_dtype_is_accepted_without_size_check(tmp_path):
+def test_unknown_dtype_is_refused_as_the_library_refuses_it(tmp_path):
     path = tmp_path / "future.safetensors"
     path.write_bytes(_raw({"w": {"dtype": "F3_FUTURE", "shape": [7], "data_offsets": [0, 3]}}, b"\x00" * 3))
-    assert read_header(path).tensors["w"].dtype == "F3_FUTURE"
+    _expect_error(path, "'w'", "F3_FUTURE", "not a safetensors dtype")
+
+
+def _f32(n, offsets):
+    return {"dtype": "F32", "shape": [n], "data_offsets": offsets}
+
+
+def _text(header_text: str, data: bytes = b"") -> bytes:
+    encoded = header_text.encode()
+    return struct.pack("<Q", len(encoded)) + encoded + data
+
+
+# Files the probe used to accept while the safetensors library refuses them, and look-alikes
+# the library accepts; the expected verdict of each is asked of the library itself below.
+CROSS_CHECK = {
+    "gap_between_tensors": _raw({"a": _f32(1, [0, 4]), "b": _f32(1, [8, 12])}, b"\0" * 12),
+    "trailing_bytes": _raw({"a": _f32(1, [0, 4])}, b"\0" * 8),
+    "data_not_from_zero": _raw({"a": _f32(1, [4, 8])}, b"\0" * 8),
+    "no_tensors_but_data": _raw({}, b"\0" * 4),
+    "unknown_dtype": _raw({"a": {"dtype": "F3X", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
+    "lowercase_dtype": _raw({"a": {"dtype": "f32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
+    "nan_in_shape": _text('{"a": {"dtype": "F32", "shape": [NaN], "data_offsets": [0, 4]}}', b"\0" * 4),
+    "offset_past_u64": _text('{"a": {"dtype": "U8", "shape": [0], "data_offsets": [%d, %d]}}' % (2**64, 2**64)),
+    "dim_past_u64_of_empty": _text('{"a": {"dtype": "U8", "shape": [0, %d], "data_offsets": [0, 0]}}' % 2**64),
+    "subbyte_not_whole_bytes": _raw({"a": {"dtype": "F4", "shape": [3], "data_offsets": [0, 2]}}, b"\0" * 2),
+    "nul_after_json": _text('{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}\0', b"\0" * 4),
+    "same_range_twice": _raw({"a": _f32(1, [0, 4]), "b": _f32(1, [0, 4])}, b"\0" * 4),
+    # accepted by both
+    "spaces_around_json": _text('  {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}   ', b"\0" * 4),
+    "empty_tensor_at_a_shared_offset": _raw({"e": _f32(0, [0, 0]), "b": _f32(1, [0, 4])}, b"\0" * 4),
+    "tensors_listed_out_of_order": _raw({"b": _f32(1, [4, 8]), "a": _f32(1, [0, 4])}, b"\0" * 8),
+    "subbyte_whole_bytes": _raw({"a": {"dtype": "F4", "shape": [4], "data_offsets": [0, 2]}}, b"\0" * 2),
+    "fp8_and_scalar": _raw({"a": {"dtype": "F8_E4M3", "shape": [], "data_offsets": [0, 1]},
+                            "b": {"dtype": "F8_E5M2", "shape": [3], "data_offsets": [1, 4]}}, b"\0" * 4),
+    "null_metadata": _raw({"__metadata__": None}),
+    "extra_field_in_entry": _raw({"a": {**_f32(1, [0, 4]), "x": 1}}, b"\0" * 4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CROSS_CHECK))
+def test_probe_is_exactly_as_strict_as_the_safetensors_library(tmp_path, name):
+    path = tmp_path / f"{name}.safetensors"
+    path.write_bytes(CROSS_CHECK[name])
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            library_keys = set(f.keys())
+    except Exception:  # the library raises SafetensorError, or OverflowError / ValueError from its bindings
+        library_keys = None
+    if library_keys is None:
+        _expect_error(path)
+    else:
+        assert set(read_header(path).tensors) == library_keys
+
+
+def test_cross_check_covers_both_verdicts(tmp_path):
+    # the table above must hold files of both kinds, or the cross-check proves nothing
+    verdicts = set()
+    for name, data in CROSS_CHECK.items():
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(data)
+        try:
+            with safe_open(str(path), framework="numpy"):
+                verdicts.add("accepted")
+        except Exception:
+            verdicts.add("refused")
+    assert verdicts == {"accepted", "refused"}
+
+
+def test_gaps_and_trailing_bytes_are_named(tmp_path):
+    path = tmp_path / "gap.safetensors"
+    path.write_bytes(CROSS_CHECK["gap_between_tensors"])
+    _expect_error(path, "'b'", "4 unaccounted bytes")
+    path.write_bytes(CROSS_CHECK["trailing_bytes"])
+    _expect_error(path, "4 trailing bytes")
+
+
+def test_lora_hash_reads_the_header_through_the_same_probe(tmp_path):
+    from lorastudio.core.hashes import addnet_hash_safetensors, lora_hash_for_infotext
+
+    path = tmp_path / "lora.safetensors"
+    path.write_bytes(CROSS_CHECK["trailing_bytes"])
+    with pytest.raises(ModelFileError, match="trailing bytes"):
+        lora_hash_for_infotext(path)
+    with open(path, "rb") as fh, pytest.raises(ModelFileError, match="trailing bytes"):
+        addnet_hash_safetensors(fh, path)
 
 
 def test_missing_file(tmp_path):

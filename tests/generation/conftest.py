@@ -33,39 +33,7 @@ def engine(session_engine, tmp_path):
     return session_engine
 
 
-
-
 # --- every family, in the layouts users keep ------------------------------------------------------
-
-class NetworkUsed(AssertionError):
-    pass
-
-
-class NoNetwork:
-    """Refuses and records every socket connection while active (loading must work offline)."""
-
-    def __init__(self):
-        self.attempts: list = []
-
-    def __enter__(self):
-        import socket
-
-        self._saved = socket.socket.connect, socket.socket.connect_ex
-
-        def refuse(sock, address, *args):
-            self.attempts.append(address)
-            raise NetworkUsed(f"network connection attempted to {address!r}")
-
-        socket.socket.connect = refuse
-        socket.socket.connect_ex = refuse
-        return self
-
-    def __exit__(self, *exc):
-        import socket
-
-        socket.socket.connect, socket.socket.connect_ex = self._saved
-        return False
-
 
 @pytest.fixture(scope="session")
 def tiny_pipes():
@@ -104,7 +72,7 @@ def family_root(tmp_path_factory, tiny_pipes, sd1_models_root) -> Path:
 
 
 @pytest.fixture(scope="session")
-def family_engine(family_root, tmp_path_factory):
+def family_engine(family_root, tmp_path_factory, refuse_network):
     """family_engine("tiny-sdxl.safetensors") -> an engine with that model loaded (once per session,
     with the network refused while it loads)."""
     from lorastudio.core.settings import StudioSettings
@@ -117,18 +85,12 @@ def family_engine(family_root, tmp_path_factory):
             settings = StudioSettings(models_dir=family_root, outdir=tmp_path_factory.mktemp("outputs"),
                                       device="cpu", include_bundled=False)
             engine = GenerationEngine(settings)
-            with NoNetwork():
+            with refuse_network():
                 engine.load(model)
             engines[model] = engine
         return engines[model]
 
     return get
-
-
-@pytest.fixture()
-def no_network():
-    with NoNetwork() as guard:
-        yield guard
 
 
 @pytest.fixture()

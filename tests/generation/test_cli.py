@@ -72,7 +72,7 @@ def test_models_lists_a1111_titles(sd1_models_root):
     path = sd1_models_root / "Stable-diffusion" / "tiny-sd1.safetensors"
     short = hashlib.sha256(path.read_bytes()).hexdigest()[:10]
     code, text = cli("models", "--models-dir", sd1_models_root)
-    assert code == 0 and f"  tiny-sd1.safetensors [{short}]\n" in text
+    assert code == 0 and f"  tiny-sd1.safetensors [{short}]  (float32)\n" in text
 
 
 @pytest.mark.parametrize("bad, named", [
@@ -103,3 +103,11 @@ def test_help_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_lora_weight_past_the_limit_is_a_usage_error_and_nothing_is_written(sd1_models_root, tmp_path):
+    code, text = cli("generate", "a red circle <lora:anything:1e39>", "--models-dir", sd1_models_root, *ARGS,
+                     "--outdir", tmp_path)
+    assert code == 2, text
+    assert "<lora:anything:1e39>" in text and "outside ±10" in text
+    assert not list(tmp_path.iterdir())

@@ -7,6 +7,7 @@ import torch
 from lorastudio.core.errors import InvalidParameter, NotFound
 from lorastudio.core.infotext import parse_infotext
 from lorastudio.core.png_text import read_infotext
+from lorastudio.testing.pixels import assert_same_picture
 
 SMALL = dict(width=32, height=32, steps=3, sampler="Euler", cfg_scale=5.0)
 
@@ -15,15 +16,17 @@ def arr(img):
     return np.asarray(img.convert("RGB"))
 
 
+@pytest.mark.pixels
 def test_same_inputs_same_pixels_and_seed_per_image(engine):
     a = engine.txt2img(dict(prompt="a red circle", seed=7, batch_size=2, **SMALL), save=False)
     b = engine.txt2img(dict(prompt="a red circle", seed=7, batch_size=2, **SMALL), save=False)
     assert [im.seed for im in a.images] == [7, 8]
     for x, y in zip(a.images, b.images):
         assert np.array_equal(arr(x.image), arr(y.image))
-    # Image i of a batch uses seed + i, so it matches a batch-of-one run at that seed (A1111's rule).
+    # Image i of a batch uses seed + i, so it matches a batch-of-one run at that seed (A1111's rule):
+    # the same noise, but a batch of 2 and a batch of 1 go through kernels that round differently.
     single = engine.txt2img(dict(prompt="a red circle", seed=8, **SMALL), save=False)
-    assert np.array_equal(arr(single.images[0].image), arr(a.images[1].image))
+    assert_same_picture(single.images[0].image, a.images[1].image)
     assert not np.array_equal(arr(a.images[0].image), arr(a.images[1].image))
 
 
@@ -95,16 +98,21 @@ def test_missing_model_lists_closest(engine):
     assert "tiny-sd1.safetensors" in str(e.value)
 
 
+@pytest.mark.pixels
 def test_matches_plain_diffusers_pipeline(engine):
-    """Same model, scheduler and seed: lorastudio's pixels equal a plain diffusers call."""
-    from lorastudio.core.samplers import resolve_sampler
+    """Same model, scheduler and seed: lorastudio's pixels equal a plain diffusers call (to the rounding
+    of two different computations: our chunked prompt encoding and noise drawn ahead vs diffusers')."""
+    from diffusers import EulerDiscreteScheduler
 
     r = engine.txt2img(dict(prompt="a red circle", seed=11, **SMALL), save=False)
     pipe = engine.model.pipe
-    pipe.scheduler = engine.model.family.make_scheduler(engine.model.base_scheduler_config, resolve_sampler("Euler"))
+    # Built here, not by lorastudio: A1111's Euler is k-diffusion's, on the SD 1.x training betas.
+    pipe.scheduler = EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                            beta_schedule="scaled_linear")
     ref = pipe("a red circle", width=32, height=32, num_inference_steps=3, guidance_scale=5.0,
                generator=torch.Generator().manual_seed(11)).images[0]
-    assert np.array_equal(arr(ref), arr(r.images[0].image))
+    assert arr(ref).std() > 1
+    assert_same_picture(ref, r.images[0].image)
 
 
 def test_a_sampler_choice_does_not_leak_into_the_next_call(engine):

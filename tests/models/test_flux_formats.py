@@ -36,6 +36,7 @@ from lorastudio.models.formats.flux_components import (
     clip_l_from_transformers,
     t5xxl_from_transformers,
 )
+from lorastudio.testing.pixels import assert_same_picture
 from lorastudio.testing.tiny_flux import (
     COMPONENT_FILES,
     save_flux_component_files,
@@ -239,6 +240,7 @@ def _pipeline(modules, configs):
     return p
 
 
+@pytest.mark.pixels
 def test_transformer_only_file_and_component_files_round_trip(pipe, tmp_path):
     path = save_flux_single_file(pipe, tmp_path / "flux1-dev-tiny.safetensors")
     sd, meta = _read(path)
@@ -266,9 +268,12 @@ def test_transformer_only_file_and_component_files_round_trip(pipe, tmp_path):
     t5, _ = _read(files["text_encoder_2"])
     assert "shared.weight" in t5 and "encoder.embed_tokens.weight" not in t5
 
-    assert torch.equal(_image(_pipeline(modules, configs)), _image(pipe))
+    # Equal weights (above) in differently built modules (a split qkv is a view with other strides):
+    # the kernels may round differently, so the pictures agree within the pixel tolerance.
+    assert_same_picture(_image(_pipeline(modules, configs)), _image(pipe))
 
 
+@pytest.mark.pixels
 def test_all_in_one_file_round_trips_and_loads_in_diffusers(pipe, tmp_path):
     from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
 
@@ -284,7 +289,7 @@ def test_all_in_one_file_round_trips_and_loads_in_diffusers(pipe, tmp_path):
     modules = build_flux_modules(split_flux_checkpoint(sd), configs)
     for name, module in modules.items():
         _assert_same(module, getattr(pipe, name))
-    assert torch.equal(_image(_pipeline(modules, configs)), _image(pipe))
+    assert_same_picture(_image(_pipeline(modules, configs)), _image(pipe))  # equal weights, other layouts
 
     # diffusers' own single-file loaders, fed the config folder we write, read the same tensors
     folder = make_config_dir(
@@ -299,7 +304,7 @@ def test_all_in_one_file_round_trips_and_loads_in_diffusers(pipe, tmp_path):
         _assert_same(getattr(loaded, name), getattr(pipe, name))
     assert loaded.tokenizer_2("A long paragraph for summarization.").input_ids == T5_KNOWN["A long paragraph for summarization."]
     loaded.set_progress_bar_config(disable=True)
-    assert torch.equal(_image(loaded), _image(pipe))
+    assert_same_picture(_image(loaded), _image(pipe))
     # Pinned limitation (why build_flux_modules exists): diffusers splits linear1 with FLUX.1's
     # hardcoded width 3072, so its transformer loader cannot open narrower models. If this starts
     # passing, diffusers' loader became usable for every width.

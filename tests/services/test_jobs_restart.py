@@ -9,13 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from lorastudio.services.jobs import JobStatus, JobWorker, SqliteJobStore
 
 CHILD = Path(__file__).with_name("_jobs_child.py")
-
-pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 
 
 def _wait_for(predicate, timeout: float = 30.0) -> None:

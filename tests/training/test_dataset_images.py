@@ -347,3 +347,17 @@ def test_icc_profile_bytes_roundtrip_is_valid():
     # Guards the helper: a broken profile would make the ICC test pass for the wrong reason.
     prof = ImageCms.ImageCmsProfile(io.BytesIO(rgb_icc_profile(SRGB_R, SRGB_G, SRGB_B)))
     assert prof.profile.xcolor_space.strip() == "RGB"
+
+
+def test_exif_orientation_turns_the_alpha_mask_with_the_picture(tmp_path):
+    # Stored 80x120: top half opaque red, bottom half fully transparent.
+    im = Image.new("RGBA", (80, 120), (0, 0, 0, 0))
+    im.paste((255, 0, 0, 255), (0, 0, 80, 60))
+    exif = Image.Exif()
+    exif[0x0112] = 8  # "rotate 90° counter-clockwise to display": the stored top becomes the left
+    p = tmp_path / "rot.png"
+    im.save(p, exif=exif)
+    out = load_training_image(p, background=(0, 0, 255))
+    assert out.rgb.size == out.mask.size == out.original_size == (120, 80)
+    assert out.mask.getpixel((10, 40)) == 255 and out.mask.getpixel((110, 40)) == 0
+    assert out.rgb.getpixel((10, 40)) == (255, 0, 0) and out.rgb.getpixel((110, 40)) == (0, 0, 255)

@@ -13,6 +13,8 @@ def sched(prediction="epsilon"):
                          prediction_type=prediction)
 
 
+# Element-wise arithmetic only (no reduction across the batch): equal per sample bit for bit.
+@pytest.mark.pixels
 def test_noise_depends_on_the_sample_not_on_how_the_batch_is_split():
     lat = torch.randn(4, 4, 8, 8)
     whole = ddpm_noised(sched(), lat, sample_generators(1, 5, 0, [0, 1, 2, 3]))

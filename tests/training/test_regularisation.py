@@ -52,10 +52,24 @@ def test_batch_count_is_the_same_every_epoch_with_several_reg_buckets():
         assert len({(items[i].width, items[i].height) for i in b}) == 1  # one bucket per batch
 
 
-def test_no_regularisation_leaves_the_order_unchanged():
-    items = _items(6, 0)
-    assert epoch_batches(items, 2, seed=5, epoch=1) == epoch_batches(list(items), 2, seed=5, epoch=1)
-    assert _reg_count(items, epoch_batches(items, 2, seed=5, epoch=1)) == (6, 0)
+def test_no_regularisation_gives_the_seeded_shuffle_of_the_training_places():
+    import random
+
+    items = _items(5, 0, train_repeats=2)
+    items.append(Item(Path("wide.png"), "DeltamonStamp", 96, 48, 1))  # a second bucket
+    got = epoch_batches(items, 2, seed=5, epoch=1)
+    # Expected from the documented rule, worked out here: one Random("seed:epoch") shuffles each
+    # bucket's places (sorted bucket order), cuts them into batches, then shuffles the batches.
+    rng = random.Random("5:1")
+    square = [i for i in range(5) for _ in range(2)]
+    rng.shuffle(square)
+    wide = [5]
+    rng.shuffle(wide)
+    want = [square[j:j + 2] for j in range(0, 10, 2)] + [wide]
+    rng.shuffle(want)
+    assert got == want
+    assert sorted(i for b in got for i in b) == sorted(square + wide)  # every place once, repeats counted
+    assert got != epoch_batches(items, 2, seed=5, epoch=2)  # another epoch, another order
 
 
 def test_sample_weights_scale_each_sample_loss():

@@ -1,5 +1,6 @@
 """Train a LoRA on a tiny single-file SD 1.x model, then use it everywhere users would."""
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -42,8 +43,6 @@ def trained(world):
 def test_run_layout_metadata_and_events(trained):
     from safetensors import safe_open
 
-    from lorastudio.core.hashes import kohya_sshs_hashes
-
     result, events = trained
     v = result.version_dir
     assert v.parts[-3:] == ("main", "versions", "v1")
@@ -67,12 +66,75 @@ def test_run_layout_metadata_and_events(trained):
     assert md["modelspec.architecture"] == "stable-diffusion-v1/lora"
     assert all(k.startswith("lora_unet_") for k in keys)
     assert alphas and all(float(a) == 8.0 for a in alphas.values())
-    # sshs hashes are kohya's: over the file serialized with the ss_* metadata only.
+    # The full key set kohya's train_network.py writes (below), nothing missing.
+    assert KOHYA_SS_KEYS - set(md) == set()
+    assert set(md) & set(KOHYA_SS_NOT_WRITTEN) == set()
+    assert md["ss_steps"] == "4" and md["ss_max_train_steps"] == "4" and md["ss_seed"] == "3"
+    assert md["ss_total_batch_size"] == "1" and md["ss_num_reg_images"] == "0"
+    assert md["ss_new_sd_model_hash"] == hashlib.sha256((WORLD_BASE(result)).read_bytes()).hexdigest()
+    _assert_sshs_hashes_as_kohya_computes_them(result.lora_path, md)
+
+
+# Every ss_* key kohya-ss/sd-scripts train_network.py (commit 48d368f, Feb 2026) writes on a plain
+# LoRA run: the fixed `metadata = {...}` block, the dataset keys of its non-config-file branch, the
+# base-model keys and the per-save ss_steps / ss_epoch / ss_training_finished_at. Written by hand from
+# reading that file, not from our export.
+KOHYA_SS_KEYS = {
+    "ss_session_id", "ss_training_started_at", "ss_output_name", "ss_learning_rate", "ss_text_encoder_lr",
+    "ss_unet_lr", "ss_num_train_images", "ss_num_validation_images", "ss_num_reg_images", "ss_num_epochs",
+    "ss_gradient_checkpointing", "ss_gradient_accumulation_steps", "ss_max_train_steps", "ss_lr_warmup_steps",
+    "ss_lr_scheduler", "ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_dropout",
+    "ss_mixed_precision", "ss_full_fp16", "ss_v2", "ss_base_model_version", "ss_clip_skip", "ss_max_token_length",
+    "ss_cache_latents", "ss_seed", "ss_lowram", "ss_noise_offset", "ss_multires_noise_iterations",
+    "ss_multires_noise_discount", "ss_adaptive_noise_scale", "ss_zero_terminal_snr", "ss_training_comment",
+    "ss_optimizer", "ss_max_grad_norm", "ss_caption_dropout_rate", "ss_caption_dropout_every_n_epochs",
+    "ss_caption_tag_dropout_rate", "ss_face_crop_aug_range", "ss_prior_loss_weight", "ss_min_snr_gamma",
+    "ss_scale_weight_norms", "ss_ip_noise_gamma", "ss_debiased_estimation", "ss_noise_offset_random_strength",
+    "ss_ip_noise_gamma_random_strength", "ss_loss_type", "ss_huber_schedule", "ss_huber_scale", "ss_huber_c",
+    "ss_fp8_base", "ss_fp8_base_unet", "ss_validation_seed", "ss_validation_split", "ss_max_validation_steps",
+    "ss_validate_every_n_epochs", "ss_validate_every_n_steps", "ss_resize_interpolation",
+    # dataset keys (train_network.py's branch without a dataset config file)
+    "ss_batch_size_per_device", "ss_total_batch_size", "ss_resolution", "ss_color_aug", "ss_flip_aug",
+    "ss_random_crop", "ss_shuffle_caption", "ss_enable_bucket", "ss_bucket_no_upscale", "ss_keep_tokens",
+    "ss_dataset_dirs", "ss_reg_dataset_dirs", "ss_tag_frequency",
+    # base model, and the keys each save adds
+    "ss_sd_model_name", "ss_sd_model_hash", "ss_new_sd_model_hash",
+    "ss_training_finished_at", "ss_steps", "ss_epoch",
+}
+# Keys train_network.py writes that lorastudio leaves out, and why.
+KOHYA_SS_NOT_WRITTEN = {
+    "ss_num_batches_per_epoch": "the export is not told the batches per epoch (training/api.py would pass it)",
+    "ss_min_bucket_reso": "kohya's min/max bucket side; lorastudio buckets by aspect range, not side bounds",
+    "ss_max_bucket_reso": "as ss_min_bucket_reso",
+    "ss_bucket_info": "the export is not told the bucket counts (training/api.py would pass them)",
+    "ss_sd_scripts_commit_hash": "names an sd-scripts commit; lorastudio is not sd-scripts",
+    "ss_datasets": "written by kohya only when trained from a dataset config file",
+    "ss_vae_name": "written by kohya only with --vae; lorastudio trains with the checkpoint's VAE",
+    "ss_vae_hash": "as ss_vae_name",
+    "ss_new_vae_hash": "as ss_vae_name",
+}
+
+
+def WORLD_BASE(result) -> Path:
+    # <world>/projects/main/versions/v1 -> <world>/models/Stable-diffusion/tiny.safetensors
+    return result.version_dir.parents[3] / "models" / "Stable-diffusion" / "tiny.safetensors"
+
+
+def _assert_sshs_hashes_as_kohya_computes_them(path: Path, md: dict) -> None:
+    """kohya (library/train_util.py precalculate_safetensors_hashes): serialize the tensors with the
+    ss_* metadata only; sshs_model_hash = sha256 of everything after the 8-byte length and the JSON
+    header; sshs_legacy_hash = first 8 hex of sha256 of the 64 KiB at offset 1 MiB. Written here from
+    that definition, without lorastudio's hashing code."""
     from safetensors.torch import load_file, save
 
-    tensors = load_file(str(result.lora_path))
-    expect = kohya_sshs_hashes(save(tensors, {k: v for k, v in md.items() if k.startswith("ss_")}))
-    assert (md["sshs_model_hash"], md["sshs_legacy_hash"]) == expect
+    raw = path.read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    data_region = raw[8 + header_len:]
+    # The tensor bytes do not depend on the metadata, so the final file's data region is the one
+    # kohya hashes.
+    assert md["sshs_model_hash"] == hashlib.sha256(data_region).hexdigest()
+    ss_only = save(load_file(str(path)), {k: v for k, v in md.items() if k.startswith("ss_")})
+    assert md["sshs_legacy_hash"] == hashlib.sha256(ss_only[0x100000:0x100000 + 0x10000]).hexdigest()[:8]
 
 
 def test_lora_loads_in_diffusers_and_changes_output(trained, world, caplog):
@@ -144,6 +206,34 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(world):
     a, b = load_file(str(full.lora_path)), load_file(str(resumed.lora_path))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_in_the_second_epoch_with_caption_dropout_and_tag_shuffle_is_bit_identical(world):
+    """4 pictures, batch 2: 2 steps an epoch. Stopped after step 3 (inside epoch 2), resumed to step 6:
+    the epoch order, each step's caption dropout and tag shuffle, and the noise must all continue."""
+    from safetensors.torch import load_file
+
+    from lorastudio.training.api import train
+    from lorastudio.training.events import TrainingStopped
+
+    aug = dict(steps=6, batch_size=2, caption_dropout=0.3, shuffle_tags=True, keep_tokens=1, save_every=100)
+    full = train(cfg(world, project="aug-full", **aug))
+    seen = []
+    with pytest.raises(TrainingStopped):
+        train(cfg(world, project="aug-cut", **aug), on_event=lambda e: e.kind == "progress" and seen.append(e.step),
+              should_stop=lambda: len(seen) >= 3)
+    ckpts = sorted(p.name for p in (world / "projects" / "aug-cut" / "versions" / "v1" / "checkpoints").iterdir())
+    assert ckpts == ["step-000003"]
+    resumed_steps = []
+    resumed = train(cfg(world, project="aug-cut", resume=True, **aug),
+                    on_event=lambda e: e.kind == "progress" and resumed_steps.append(e.step))
+    assert resumed_steps == [4, 5, 6]
+    a, b = load_file(str(full.lora_path)), load_file(str(resumed.lora_path))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(line) for line in (resumed.version_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(line) for line in (full.version_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in rows if r["step"] > 3] == [r["loss"] for r in ref if r["step"] > 3]
 
 
 @pytest.mark.parametrize("change, field", [

@@ -25,7 +25,7 @@ from typing import BinaryIO, Callable
 
 from lorastudio.core.atomic import atomic_write_text
 from lorastudio.core.errors import InvalidParameter, ModelFileError
-from lorastudio.core.safetensors_header import read_header
+from lorastudio.core.safetensors_header import parse_header, read_header
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +60,18 @@ def a1111_short_hash(sha256: str) -> str:
     return sha256[:10]
 
 
-def addnet_hash_safetensors(fileobj: BinaryIO) -> str:
+def addnet_hash_safetensors(fileobj: BinaryIO, source: object = "safetensors data") -> str:
     """sha256 of every byte after the 8-byte length and the JSON header (the tensor data).
 
-    Same as A1111 `hashes.addnet_hash_safetensors` and kohya `train_util.addnet_hash_safetensors`.
+    Same value as A1111 `hashes.addnet_hash_safetensors` and kohya
+    `train_util.addnet_hash_safetensors`; the header is located (and validated) by the one
+    safetensors probe, so bytes the library would not read raise ModelFileError naming `source`.
     """
-    fileobj.seek(0)
-    header_len = int.from_bytes(fileobj.read(8), "little")
-    fileobj.seek(8 + header_len)
+    return _sha256_from(fileobj, parse_header(fileobj, source).data_offset)
+
+
+def _sha256_from(fileobj: BinaryIO, offset: int) -> str:
+    fileobj.seek(offset)
     return _sha256_stream(fileobj)
 
 
@@ -89,12 +93,7 @@ def kohya_sshs_hashes(tensor_bytes_file: bytes) -> tuple[str, str]:
     raw bytes at a fixed offset, so any other metadata would shift it.
     """
     buffer = io.BytesIO(tensor_bytes_file)
-    return addnet_hash_safetensors(buffer), addnet_hash_legacy(buffer)
-
-
-def _addnet_hash_of_path(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return addnet_hash_safetensors(fh)
+    return addnet_hash_safetensors(buffer, "LoRA being saved"), addnet_hash_legacy(buffer)
 
 
 def lora_hash_for_infotext(path: str | os.PathLike[str], cache: HashCache | None = None) -> str:
@@ -121,12 +120,18 @@ def lora_hash_for_infotext(path: str | os.PathLike[str], cache: HashCache | None
 def _lora_hash(path: Path, cache: HashCache | None = None) -> str:
     if path.suffix.lower() != ".safetensors":
         return sha256_file(path, cache)[:12]
-    from_metadata = read_header(path).metadata.get("sshs_model_hash")
+    header = read_header(path)  # parsed once: metadata and the start of the tensor data
+    from_metadata = header.metadata.get("sshs_model_hash")
     if from_metadata:
         return from_metadata[:12]
+
+    def data_hash(p: Path) -> str:
+        with open(p, "rb") as fh:
+            return _sha256_from(fh, header.data_offset)
+
     if cache is None:
-        return _addnet_hash_of_path(path)[:12]
-    return cache.get_or_compute(path, "addnet", _addnet_hash_of_path)[:12]
+        return data_hash(path)[:12]
+    return cache.get_or_compute(path, "addnet", data_hash)[:12]
 
 
 class HashCache:

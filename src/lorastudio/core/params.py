@@ -8,14 +8,19 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lorastudio.core.errors import InvalidParameter
+from lorastudio.core.limits import (  # noqa: F401  (re-exported: callers import the bounds from here)
+    MAX_BATCH_COUNT,
+    MAX_BATCH_SIZE,
+    MAX_PIXELS_PER_BATCH,
+    MAX_SIDE,
+    MAX_STEPS,
+    SEED_MAX,
+    Label,
+    ModelRef,
+    Prompt,
+)
 
 M = TypeVar("M", bound=BaseModel)
-
-MAX_SIDE = 4096
-MAX_BATCH_SIZE = 64
-MAX_BATCH_COUNT = 1000
-MAX_STEPS = 1000
-SEED_MAX = 2**32 - 1
 
 
 class GenerationParams(BaseModel):
@@ -23,12 +28,12 @@ class GenerationParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
 
-    prompt: str = ""
-    negative_prompt: str = ""
+    prompt: Prompt = ""
+    negative_prompt: Prompt = ""
     steps: int = Field(20, ge=1, le=MAX_STEPS)
     cfg_scale: float = Field(7.0, ge=0.0, le=100.0)
-    sampler: str = "DPM++ 2M"
-    scheduler: str = "Automatic"
+    sampler: Label = "DPM++ 2M"
+    scheduler: Label = "Automatic"
     seed: int = Field(-1, ge=-1, le=SEED_MAX, description="-1 draws a random seed; the seed used is reported")
     width: int = Field(512, ge=8, le=MAX_SIDE)
     height: int = Field(512, ge=8, le=MAX_SIDE)
@@ -37,15 +42,15 @@ class GenerationParams(BaseModel):
     clip_skip: int = Field(1, ge=1, le=12)
     # FLUX-dev's distilled guidance (Forge: "Distilled CFG Scale"); ignored by families without it.
     guidance: float = Field(3.5, ge=0.0, le=100.0)
-    model: str | None = None
-    vae: str | None = None
+    model: ModelRef | None = None
+    vae: ModelRef | None = None
     # img2img / inpaint
     denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
     # hires fix
     enable_hr: bool = False
     hr_scale: float = Field(2.0, ge=1.0, le=8.0)
     hr_second_pass_steps: int = Field(0, ge=0, le=MAX_STEPS)
-    hr_upscaler: str = "Latent"
+    hr_upscaler: Label = "Latent"
 
     @field_validator("width", "height")
     @classmethod
@@ -64,7 +69,7 @@ class GenerationParams(BaseModel):
     @model_validator(mode="after")
     def _pixels_bound(self) -> "GenerationParams":
         # A batch of 8 at 4096² already needs tens of GB; refuse before allocating.
-        if self.width * self.height * self.batch_size > 64 * 1024 * 1024:
+        if self.width * self.height * self.batch_size > MAX_PIXELS_PER_BATCH:
             raise ValueError(f"width×height×batch_size = {self.width}×{self.height}×{self.batch_size} is too large")
         return self
 

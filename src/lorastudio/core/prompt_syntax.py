@@ -19,6 +19,8 @@ from lorastudio.core.errors import InvalidParameter
 
 __all__ = [
     "BREAK_WEIGHT",
+    "MAX_EMPHASIS_WEIGHT",
+    "MAX_LORA_WEIGHT",
     "LoraTag",
     "PromptChunk",
     "chunk_prompt",
@@ -31,6 +33,14 @@ ROUND_MULTIPLIER = 1.1
 # Computed as A1111 does (not 0.909...) so products are bit-identical to its weights.
 SQUARE_MULTIPLIER = 1 / 1.1
 BREAK_WEIGHT = -1.0
+# Emphasis is clamped to ±MAX_EMPHASIS_WEIGHT (see parse_prompt_attention): 48 nested "(" or
+# "(x:100)" reach it, far past any weight that still draws the subject; 10,000 nested "(" or
+# "(x:99…9)" would otherwise be an infinite weight and a black picture.
+MAX_EMPHASIS_WEIGHT = 100.0
+# `<lora:name:w>` tags (and the sum of tags naming the same file) are refused past ±MAX_LORA_WEIGHT:
+# LoRAs are made for weights around 1 (slider LoRAs use a few units either way); past 10 the
+# picture is noise, and 1e39 overflows the model's weights.
+MAX_LORA_WEIGHT = 10.0
 
 _ESCAPABLE = frozenset("()[]\\")
 _SPECIAL = frozenset("()[]\\:")
@@ -51,7 +61,11 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
 
     Differs from A1111: a weight that matches A1111's pattern but is not a number, such as
     ``(x:1.2.3)``, raises ValueError there; here the ``:`` is read as text and the ``)`` closes
-    the bracket with ×1.1, so no user text can make the parser fail.
+    the bracket with ×1.1, so no user text can make the parser fail. Every bracket's factor and
+    every product are clamped to ±MAX_EMPHASIS_WEIGHT (100), so weights stay finite: A1111 would
+    reach infinity (and NaN, for ``((x:0):1e999)``) and draw a black picture. Prompts whose
+    weights never pass ±100 on the way, which is every prompt that draws something, parse
+    bit-identically to A1111.
     """
     runs: list[list] = []  # [text, weight]; mutable because closing brackets rescale in place
     round_open: list[int] = []
@@ -60,8 +74,9 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
     def scale_from(start: int, factor: float) -> None:
         # Weights are rescaled one bracket at a time, in closing order, so the float products
         # (e.g. 1.5730000000000004 for "((x:1.3))" inside "(") match A1111 bit for bit.
+        factor = _clamp(factor)
         for run in runs[start:]:
-            run[1] *= factor
+            run[1] = _clamp(run[1] * factor)
 
     def add_text(chunk: str) -> None:
         parts = _BREAK.split(chunk)
@@ -142,6 +157,10 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
     return [(t, float(w)) for t, w in merged]
 
 
+def _clamp(weight: float) -> float:
+    return max(-MAX_EMPHASIS_WEIGHT, min(MAX_EMPHASIS_WEIGHT, weight))
+
+
 def _to_float(number: str) -> float | None:
     try:
         return float(number)
@@ -189,7 +208,8 @@ def extract_lora_tags(prompt: str) -> tuple[str, list[LoraTag]]:
     Accepted forms, as A1111: ``<lora:name>``, ``<lora:name:te>``, ``<lora:name:te:unet>``,
     and ``te=``/``unet=`` arguments, which override positional ones. Only the tags are removed;
     surrounding spaces and commas stay, as in A1111. Other kinds (``<hypernet:...>``) stay in
-    the text. A weight that is not a finite number raises InvalidParameter naming the tag.
+    the text. A weight that is not a finite number, or is past ±MAX_LORA_WEIGHT, raises
+    InvalidParameter naming the tag.
 
     Differs from A1111: the name and the argument keys are stripped of surrounding spaces
     (A1111 would look up "name " and silently ignore " te=0.5"); a tag with no name or a
@@ -237,6 +257,8 @@ def _lora_weight(tag: str, raw: str) -> float:
         raise InvalidParameter("prompt", tag, f"LoRA weight {raw!r} is not a number") from None
     if not math.isfinite(value):
         raise InvalidParameter("prompt", tag, f"LoRA weight {raw!r} is not finite")
+    if abs(value) > MAX_LORA_WEIGHT:
+        raise InvalidParameter("prompt", tag, f"LoRA weight {raw!r} is outside ±{MAX_LORA_WEIGHT:g}")
     return value
 
 

@@ -28,7 +28,7 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
     SamplerSpec("DPM++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, ("k_dpmpp_2m",)),
     SamplerSpec("DPM++ SDE", "DPMSolverSDEScheduler", {}, ("k_dpmpp_sde",), stochastic=True),
     SamplerSpec("DPM++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, ("k_dpmpp_2m_sde",), stochastic=True),
-    SamplerSpec("Euler a", "EulerAncestralDiscreteScheduler", {}, ("k_euler_a", "Euler Ancestral"), stochastic=True),
+    SamplerSpec("Euler a", "EulerAncestralDiscreteScheduler", {}, ("k_euler_a", "k_euler_ancestral", "Euler Ancestral"), stochastic=True),
     SamplerSpec("Euler", "EulerDiscreteScheduler", {}, ("k_euler",)),
     SamplerSpec("LMS", "LMSDiscreteScheduler", {}, ("k_lms",)),
     SamplerSpec("Heun", "HeunDiscreteScheduler", {}, ("k_heun",)),

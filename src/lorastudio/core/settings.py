@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lorastudio.core.limits import check_path
 
 
 class StudioSettings(BaseModel):
@@ -18,6 +20,14 @@ class StudioSettings(BaseModel):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     lora_mode: Literal["fused", "unfused"] = Field(
         "fused", description="fused: merge LoRA weights into the model (fast); unfused: keep adapters separate")
+    lora_cache_size: int = Field(
+        4, ge=0, le=64, description="LoRAs kept loaded while no prompt uses them (least recently used ones are "
+                                    "unloaded past this)")
     allow_pickle: bool = Field(False, description="Load .ckpt/.pt files with torch.load(weights_only=True)")
     include_bundled: bool = Field(True, description="List the bundled demo base model beside the user's models")
     report_after_training: bool = Field(True, description="Write the LoRA report (weight sweep) after every training")
+
+    @field_validator("models_dir", "outdir", "projects_dir")
+    @classmethod
+    def _fits_the_filesystem(cls, v: Path) -> Path:
+        return check_path(v)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from lorastudio.core.errors import InvalidParameter, NotFound
+from lorastudio.core.errors import InvalidParameter
 from lorastudio.core.hashes import lora_hash_for_infotext
 from lorastudio.core.params import GenerationParams, Img2ImgOptions, validate_img2img_options, validate_params
 from lorastudio.core.paths import ModelsRoot
@@ -20,7 +20,8 @@ from lorastudio.generation.txt2img import GenerationResult, ProgressFn, run_txt2
 from lorastudio.lora.activation import LoraState, activate, tags_to_active
 from lorastudio.lora.embeddings import EmbeddingState, apply_embeddings, ti_hashes_field
 from lorastudio.models.catalog import Catalog, ModelEntry
-from lorastudio.models.families.base import LoadOptions
+from lorastudio.models.families.base import LoadOptions, ModelFamily
+from lorastudio.models.load_options import family_of, load_options
 from lorastudio.models.loaded import LoadedModel
 from lorastudio.models.loader import load_model
 
@@ -51,19 +52,22 @@ class GenerationEngine:
         self.interrupt_flag = threading.Event()
 
     # --- models -------------------------------------------------------------------------
-    def options(self, family_gpu_dtype: str = "float16") -> LoadOptions:
+    def options(self, family: ModelFamily | None = None) -> LoadOptions:
+        """Load options for `family` (its preferred precision on this device when the setting is "auto")."""
         dtype = self.settings.dtype
         if dtype == "auto":
-            dtype = "float32" if self.device == "cpu" else family_gpu_dtype
-        return LoadOptions(device=self.device, dtype=dtype, cache_dir=self.root.root / ".lorastudio-cache",
-                           allow_pickle=self.settings.allow_pickle, text_encoder_dir=self.root.text_encoders,
-                           vae_dir=self.root.vae)
+            dtype = family.preferred_dtype(self.device) if family is not None else "float32"
+        return load_options(self.root, device=self.device, dtype=dtype, allow_pickle=self.settings.allow_pickle)
+
+    def _options_for(self, path: Path) -> LoadOptions:
+        # The precision is chosen before the weights are read: a model is loaded once, in the
+        # family's dtype (bf16 for FLUX on a GPU), never loaded and then loaded again.
+        if self.settings.dtype == "auto" and self.device != "cpu":
+            return self.options(family_of(path, self.options()))
+        return self.options()
 
     def default_checkpoint(self) -> ModelEntry:
-        entries = self.catalog.checkpoints()
-        if not entries:
-            raise NotFound("model", "(default)", [])
-        return entries[0]
+        return self.catalog.default_checkpoint(allow_pickle=self.settings.allow_pickle)
 
     @property
     def model(self) -> LoadedModel | None:
@@ -77,13 +81,7 @@ class GenerationEngine:
                 self._model = None  # free the old one before loading the next
                 self._lora = LoraState()
                 self._ti = EmbeddingState()
-                opts = self.options()
-                model = load_model(entry.path, opts, name=entry.name, sha256=sha)
-                if opts.dtype == "float32" or model.family.gpu_dtype == opts.dtype:
-                    self._model = model
-                else:  # reload in the family's preferred precision (e.g. bf16 for FLUX)
-                    self._model = load_model(entry.path, self.options(model.family.gpu_dtype), name=entry.name,
-                                             sha256=sha)
+                self._model = load_model(entry.path, self._options_for(entry.path), name=entry.name, sha256=sha)
                 self._entry = entry
             self._set_vae(vae)
             return self._model
@@ -100,7 +98,7 @@ class GenerationEngine:
         if ventry.name == model.vae_name:
             return
         own = model.own_vae or model.pipe.vae
-        model.family.replace_vae(model.pipe, ventry.path, self.options(model.family.gpu_dtype))
+        model.family.replace_vae(model.pipe, ventry.path, self.options(model.family))
         model.own_vae = own
         model.vae_name = ventry.name
         model.vae_sha256 = self.catalog.sha256(ventry.path)
@@ -145,7 +143,7 @@ class GenerationEngine:
         active = tags_to_active(tags, self.catalog.find_lora,
                                 lambda p: lora_hash_for_infotext(p, self.catalog.hashes))
         activate(model.pipe, model.family, active, self._lora, fuse=self.settings.lora_mode == "fused",
-                 allow_pickle=self.settings.allow_pickle)
+                 allow_pickle=self.settings.allow_pickle, keep_loaded=self.settings.lora_cache_size)
         return active
 
     def _apply_embeddings(self, prompt: str, negative: str):

@@ -14,6 +14,14 @@ A1111 wins:
   unseeded draw; the mean is what makes a seed reproduce exactly.
 - Inpainting. The mask is prepared as A1111 prepares it (img2img_inputs) and the original is
   pasted back over the unmasked area after decoding.
+- Inpainting models (SD 1.x with a 9-channel UNet input). As A1111's `inpainting_image_conditioning`
+  (with the default inpainting_mask_weight 1): the mask is the blurred mask rounded to 0/1, the
+  masked image is the init image (after "fill") with the masked area set to grey (0 in [-1, 1]),
+  encoded to the VAE mean; the UNet gets [latents, mask at latent size (nearest), masked-image
+  latents]. diffusers' StableDiffusionInpaintPipeline, which runs the steps, concatenates in that
+  order. Like diffusers (and unlike A1111, which also blends the original latents back at every
+  step), no per-step blend is done for these models: the model sees the original through the
+  extra channels, and the unmasked area is pasted back after decoding as for any model.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from lorastudio.core.errors import InvalidParameter
 from lorastudio.core.params import GenerationParams, Img2ImgOptions, img2img_steps
 from lorastudio.core.prompt_syntax import extract_lora_tags
 from lorastudio.core.samplers import resolve_sampler
+from lorastudio.generation.finite import check_latents, finite_pil
 from lorastudio.generation.img2img_inputs import apply_overlay, prepare_inputs
 from lorastudio.generation.noise import all_seeds, initial_noise, resolve_seed, seeded_generators
 from lorastudio.generation.txt2img import (
@@ -64,6 +73,32 @@ def pipeline_strength(pipeline_class, steps: int, run: int) -> float:
 
 def encode_init_images(family, pipe, images: list) -> torch.Tensor:
     """RGB images -> the scaled latents the pipeline would make, from the VAE posterior's mean."""
+    return encode_pixels(family, pipe, [_to_pixels(im) for im in images])
+
+
+def _to_pixels(im) -> torch.Tensor:
+    """An RGB image as a [1, 3, H, W] tensor in [-1, 1]."""
+    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)[None] * 2 - 1
+
+
+def masked_image_latents(family, pipe, images: list, image_mask) -> torch.Tensor:
+    """A1111's masked-image conditioning of an inpainting model: each image with the (rounded) masked
+    area set to 0, i.e. grey, encoded like an init image."""
+    keep = 1.0 - np.around(np.asarray(image_mask.convert("L"), dtype=np.float32) / 255.0)
+    keep_t = torch.from_numpy(keep)[None, None]
+    return encode_pixels(family, pipe, [_to_pixels(im) * keep_t for im in images])
+
+
+def conditioning_mask(image_mask):
+    """The mask an inpainting model is conditioned on: A1111 rounds the blurred mask to 0 / 1."""
+    from PIL import Image
+
+    rounded = np.around(np.asarray(image_mask.convert("L"), dtype=np.float32) / 255.0) * 255
+    return Image.fromarray(rounded.astype(np.uint8), mode="L")
+
+
+def encode_pixels(family, pipe, pixel_list: list) -> torch.Tensor:
+    """[1, 3, H, W] tensors in [-1, 1] -> scaled latents from the VAE posterior's mean."""
     encode = getattr(family, "encode_images", None)
     if encode is None:
         raise InvalidParameter("init_images", "<image>", f"img2img is not available for {family.title} models")
@@ -74,10 +109,9 @@ def encode_init_images(family, pipe, images: list) -> torch.Tensor:
         vae.to(torch.float32)
     try:
         latents = []
-        for im in images:  # one at a time: a batch of large images would need the memory of all
-            pixels = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        for pixels in pixel_list:  # one at a time: a batch of large images would need the memory of all
             with torch.no_grad():
-                latents.append(encode(pipe, pixels * 2 - 1))
+                latents.append(encode(pipe, pixels))
     finally:
         if upcast:
             vae.to(torch.float16)
@@ -127,6 +161,10 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
     repaint = None
     if inputs.latent_mask is not None:
         repaint = torch.from_numpy(inputs.latent_mask)[None, None].to(init_latents.device, init_latents.dtype)
+    channels = None  # (mask image, masked-image latents) for an inpainting model
+    if mask is not None and family.is_inpainting_model(pipe):
+        channels = (conditioning_mask(inputs.image_mask),
+                    masked_image_latents(family, pipe, inputs.images, inputs.image_mask))
 
     seed = resolve_seed(params.seed)
     seeds = all_seeds(seed, params.batch_size * params.batch_count)
@@ -144,8 +182,14 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
         gens = seeded_generators(batch_seeds)
         seed_brownian_noise(pipe, batch_seeds[0])
         # 5. denoise
-        images = _denoise(pipe, cond.kwargs, params, latents, strength, run, inputs.pipeline_mask, gens, b,
-                          on_progress, should_stop)
+        if channels is not None:
+            cond_mask, masked = channels
+            masked = masked.expand(len(batch_seeds), *masked.shape[1:]) if len(masked) == 1 else masked
+            images = _denoise(pipe, cond.kwargs, params, latents, strength, run, cond_mask, gens, b,
+                              on_progress, should_stop, masked_latents=masked)
+        else:
+            images = _denoise(pipe, cond.kwargs, params, latents, strength, run, inputs.pipeline_mask, gens, b,
+                              on_progress, should_stop)
         # 6. outputs
         if inputs.overlays is not None:
             images = [apply_overlay(img, inputs.overlays[i % len(inputs.overlays)]) for i, img in enumerate(images)]
@@ -159,8 +203,9 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
 
 
 def _denoise(pipe, cond_kwargs, params, latents, strength, run, mask_image, gens, batch_index, on_progress,
-             should_stop):
+             should_stop, masked_latents=None):
     def on_step_end(p, step, timestep, kwargs):
+        check_latents(kwargs.get("latents"), step + 1)
         if on_progress:
             on_progress(batch_index, step + 1, run)
         if should_stop and should_stop():
@@ -170,13 +215,14 @@ def _denoise(pipe, cond_kwargs, params, latents, strength, run, mask_image, gens
     latents = latents.to(pipe.device, dtype=latent_dtype(pipe))
     kwargs = dict(image=latents, strength=strength, num_inference_steps=params.steps,
                   num_images_per_prompt=len(gens), generator=gens, callback_on_step_end=on_step_end,
-                  output_type="pil")
+                  output_type="np")
     if mask_image is not None:
-        # Given so the pipeline does not mask the (already encoded) image itself; a 4-channel
-        # denoiser does not read it.
-        kwargs.update(mask_image=mask_image, masked_image_latents=latents)
+        # A 4-channel denoiser does not read masked_image_latents; it is given so the pipeline does
+        # not mask the (already encoded) image itself. An inpainting model reads the real ones.
+        masked = latents if masked_latents is None else masked_latents.to(latents)
+        kwargs.update(mask_image=mask_image, masked_image_latents=masked)
     if "height" in inspect.signature(pipe.__call__).parameters:
         # FLUX and inpaint pipelines take the size; SD img2img ones read it off the latents.
         kwargs.update(height=params.height, width=params.width)
     with torch.inference_mode():
-        return pipe(**cond_kwargs, **kwargs).images
+        return finite_pil(pipe, pipe(**cond_kwargs, **kwargs).images)

@@ -26,6 +26,7 @@ class PreparedInputs:
     overlays: list | None = None  # RGBA originals pasted over each result (inpainting)
     latent_mask: np.ndarray | None = None  # [h, w] at latent resolution, 1 = repaint
     pipeline_mask: Any = None  # latent_mask as an L image of width x height, uniform per latent cell
+    image_mask: Any = None  # the blurred mask at width x height (L), what A1111 conditions inpainting models on
     infotext: dict[str, Any] = field(default_factory=dict)
 
 
@@ -168,4 +169,4 @@ def prepare_inputs(init_images: list, mask, width: int, height: int, options: Im
         full = np.zeros((height, width), np.uint8)
         full[:blocks.shape[0], :blocks.shape[1]] = (blocks * 255).astype(np.uint8)
         pipeline_mask = Image.fromarray(full, mode="L")
-    return PreparedInputs(images, overlays, latmask, pipeline_mask, infotext)
+    return PreparedInputs(images, overlays, latmask, pipeline_mask, image_mask, infotext)

@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+from lorastudio.core.errors import DiskFullError, raise_if_disk_full
 from lorastudio.core.png_text import write_png_with_infotext
 
 _NUMBERED = re.compile(r"^(\d{5,})-")
@@ -28,7 +29,21 @@ def next_number(folder: Path) -> int:
 
 
 def save_image(image, folder: Path, seed: int, infotext: str) -> Path:
-    """Write under a temporary name, then hard-link to the first free number (no overwrite race)."""
+    """Write under a temporary name, then hard-link to the first free number (no overwrite race).
+
+    A full disk is a DiskFullError naming the folder; nothing is left under a final name.
+    """
+    hint = "free space there (old images under the outputs folder are the usual culprit) or choose another output folder"
+    try:
+        return _save_numbered(image, folder, seed, infotext)
+    except DiskFullError as exc:  # from the atomic writer: same error, told with what to free here
+        raise DiskFullError(exc.path, hint, what="an image") from exc
+    except OSError as exc:
+        raise_if_disk_full(exc, folder, "an image", hint)
+        raise
+
+
+def _save_numbered(image, folder: Path, seed: int, infotext: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     n = next_number(folder)
     tmp_holder = folder / f".pending-{os.getpid()}-{seed}.png"

@@ -19,6 +19,7 @@ from lorastudio.core.infotext import format_infotext
 from lorastudio.core.params import GenerationParams
 from lorastudio.core.prompt_syntax import extract_lora_tags
 from lorastudio.core.samplers import resolve_sampler
+from lorastudio.generation.finite import check_latents, finite_pil
 from lorastudio.generation.noise import all_seeds, initial_noise, resolve_seed
 from lorastudio.lora.activation import ActiveLora
 from lorastudio.models.loaded import LoadedModel
@@ -141,6 +142,7 @@ def collect_outputs(result: GenerationResult, images, seeds, save_to: Path | Non
 
 def _denoise(pipe, cond_kwargs, params, latents, gens, batch_index, on_progress, should_stop):
     def on_step_end(p, step, timestep, kwargs):
+        check_latents(kwargs.get("latents"), step + 1)
         if on_progress:
             on_progress(batch_index, step + 1, params.steps)
         if should_stop and should_stop():
@@ -157,9 +159,9 @@ def _denoise(pipe, cond_kwargs, params, latents, gens, batch_index, on_progress,
             latents=latents.to(pipe.device, dtype=latent_dtype(pipe)),
             generator=gens,
             callback_on_step_end=on_step_end,
-            output_type="pil",
+            output_type="np",
         )
-    return out.images
+    return finite_pil(pipe, out.images)
 
 
 def seed_brownian_noise(pipe, seed: int) -> None:

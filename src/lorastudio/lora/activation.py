@@ -1,27 +1,36 @@
 """Applying `<lora:name:weight>` tags to a loaded pipeline through diffusers + peft.
 
 Adapters are loaded once per file (keyed by content hash) and then only re-weighted, so a
-prompt change does not reload anything. In "fused" mode the active set is merged into the
-base weights (as A1111 does) so sampling runs at the speed of the bare model; it is unmerged
-before the set or the weights change.
+prompt change does not reload anything. At most `keep_loaded` adapters stay loaded beyond the
+ones in use (least recently used first out, deleted with peft), so a server that sees many
+LoRAs does not grow without bound. In "fused" mode the active set is merged into the base
+weights (as A1111 does) so sampling runs at the speed of the bare model; before the set or the
+weights change, the touched base weights are copied back from a backup taken just before the
+merge, as A1111 does, so a LoRA used and then dropped leaves the model bit-exactly as it was
+(subtracting the update again would not: float rounding, or an overflow, stays behind).
 
 Formats are read by diffusers' `load_lora_weights` (kohya `lora_unet_`/`lora_te*_`, diffusers /
 PEFT, FLUX kohya BFL-named, `transformer.`-prefixed diffusers and ai-toolkit files). Before that,
 every key must look like a LoRA weight, and the file must be made for the loaded model's family;
-after it, any key diffusers could not place on a module is an error naming that key, never a
-LoRA that silently does less than it should.
+after it, every module the file names (as diffusers reads it) must carry the adapter, or the
+first one that does not is an error naming that key, never a LoRA that silently does less than it
+should.
 """
 
 from __future__ import annotations
 
-import logging
 import re
-from contextlib import contextmanager
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorastudio.core.errors import LoraError
-from lorastudio.core.prompt_syntax import LoraTag
+from lorastudio.core.errors import InvalidParameter, LoraError
+from lorastudio.core.prompt_syntax import MAX_LORA_WEIGHT, LoraTag
+
+# How many adapters stay loaded when no prompt uses them: a prompt that switches back to a recent
+# LoRA does not read its file again, and memory stays bounded (a high-rank SDXL or FLUX LoRA holds
+# hundreds of MB). StudioSettings.lora_cache_size passes the user's choice.
+DEFAULT_KEEP_LOADED = 4
 
 
 @dataclass(frozen=True)
@@ -35,36 +44,13 @@ class ActiveLora:
 
 @dataclass
 class LoraState:
-    loaded: dict[str, str] = field(default_factory=dict)  # adapter name -> file hash
+    # adapter name -> file hash, least recently used first
+    loaded: OrderedDict[str, str] = field(default_factory=OrderedDict)
     fused: tuple = ()
     active: tuple = ()
+    # (parameter, its value before the merge, on the CPU) for every base weight the merge changed
+    backup: list = field(default_factory=list)
 
-
-class _Capture(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
-@contextmanager
-def _captured_warnings():
-    handler = _Capture()
-    loggers = [logging.getLogger(n) for n in ("diffusers", "peft")]
-    for lg in loggers:
-        lg.addHandler(handler)
-    try:
-        yield handler.messages
-    finally:
-        for lg in loggers:
-            lg.removeHandler(handler)
-
-
-_LEFTOVER = re.compile(r"(unexpected keys|were not used|could not be (found|mapped)|Unsupported keys)", re.I)
-# What diffusers lists after these phrases: the keys it could not place.
-_LISTED = re.compile(r"(?:found in the model|detected|Unsupported keys[^:]*):\s*(.+)$", re.S)
 
 # Key grammar of the LoRA formats diffusers reads. kohya: lora_unet_* / lora_te[12]_* /
 # lora_transformer_* with lora_down / lora_up / alpha; diffusers, PEFT, ai-toolkit, ComfyUI:
@@ -131,27 +117,19 @@ def load_adapter(pipe, family, lora: ActiveLora, state: LoraState, *, allow_pick
         raise LoraError(f"{lora.path}: LoRA {lora.name!r} was made for {owner.title} models; the loaded model "
                         f"is {family.title}")
     keys = list(sd)
-    with _captured_warnings() as warnings:
-        try:
-            pipe.load_lora_weights(sd, adapter_name=name)
-        except (ValueError, KeyError, RuntimeError, IndexError, AttributeError) as exc:
-            _delete_adapter(pipe, name)
-            listed = _listed_keys(str(exc))
-            if listed:
-                raise LoraError(_unmapped(lora, family, listed, keys)) from None
-            raise LoraError(f"{lora.path}: cannot apply LoRA {lora.name!r} to this {family.title} model: "
-                            f"{str(exc)[:600]}") from None
-    bad = [w for w in warnings if _LEFTOVER.search(w)]
-    if bad:
+    try:
+        pipe.load_lora_weights(sd, adapter_name=name)
+    except (ValueError, KeyError, RuntimeError, IndexError, AttributeError) as exc:
         _delete_adapter(pipe, name)
-        listed = _listed_keys(bad[0])
-        if listed:
-            raise LoraError(_unmapped(lora, family, listed, keys))
-        raise LoraError(f"{lora.path}: keys of LoRA {lora.name!r} could not be mapped onto the model: {bad[0][:600]}")
+        gaps = _unplaceable(pipe, sd)
+        if gaps:
+            raise LoraError(_unmapped(lora, family, gaps, keys)) from None
+        raise LoraError(f"{lora.path}: cannot apply LoRA {lora.name!r} to this {family.title} model: "
+                        f"{str(exc)[:600]}") from None
     if _injected_layers(pipe, name) == 0:
         _delete_adapter(pipe, name)
         raise LoraError(f"{lora.path}: no module of this {family.title} model matched any key of LoRA {lora.name!r}")
-    # Text-encoder keys that name no module are dropped without a warning: compare what the file
+    # Keys that name no module are dropped (text encoders: without a word): compare what the file
     # names (as diffusers reads it) with where adapters were injected.
     gaps = _uncovered(pipe, sd, name)
     if gaps:
@@ -178,32 +156,47 @@ def _canonical(component: str, key: str) -> str:
     return path[len("text_model."):] if path.startswith("text_model.") else path
 
 
-def _uncovered(pipe, sd: dict, name: str) -> list[str]:
+def _converted(pipe, sd: dict) -> dict | None:
+    """The file's keys as load_lora_weights reads them (None when diffusers cannot read it)."""
     try:
-        # as load_lora_weights reads it: SGM block names are mapped with the UNet's layout
+        # SGM block names are mapped with the UNet's layout, as load_lora_weights does
         extra = {"unet_config": pipe.unet.config} if getattr(pipe, "unet", None) is not None else {}
         read = pipe.lora_state_dict(dict(sd), **extra)
-    except (ValueError, KeyError, RuntimeError, IndexError):
-        return []  # loading already succeeded; nothing more to learn from a second reading
-    converted = read[0] if isinstance(read, tuple) else read
+    except (ValueError, KeyError, RuntimeError, IndexError, AttributeError):
+        return None
+    return read[0] if isinstance(read, tuple) else read
+
+
+def _gaps(pipe, converted: dict, placed) -> list[str]:
+    """Module paths the file names (per component) that `placed(component, module)` does not accept."""
     gaps = []
     for comp in getattr(pipe, "_lora_loadable_modules", ["unet", "text_encoder"]):
         module = getattr(pipe, comp, None)
         if module is None:
             continue
         wanted = {_canonical(comp, k[len(comp) + 1:]) for k in converted if k.startswith(comp + ".")}
-        got = {_canonical(comp, n + ".lora_A.weight") for n, m in module.named_modules() if name in getattr(m, "lora_A", {})}
+        got = {_canonical(comp, n + ".lora_A.weight") for n, m in module.named_modules() if placed(m)}
         gaps += [f"{comp}.{w}.lora_A.weight" for w in sorted(wanted - got)]
     return gaps
 
 
-def _listed_keys(message: str) -> list[str]:
-    m = _LISTED.search(message)
-    if not m:
+def _uncovered(pipe, sd: dict, name: str) -> list[str]:
+    """After loading: what the file names that did not receive the adapter."""
+    converted = _converted(pipe, sd)
+    if converted is None:
+        return []  # loading already succeeded; nothing more to learn from a second reading
+    return _gaps(pipe, converted, lambda m: name in getattr(m, "lora_A", {}))
+
+
+def _unplaceable(pipe, sd: dict) -> list[str]:
+    """After a refused load: what the file names that is no module of the model at all."""
+    import torch
+
+    converted = _converted(pipe, sd)
+    if converted is None:
         return []
-    text = m.group(1).strip().rstrip(".")
-    text = re.sub(r"^dict_keys\(\[|\]\)$", "", text)
-    return [k.strip().strip("'\"") for k in text.split(",") if k.strip()]
+    return _gaps(pipe, converted, lambda m: isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Embedding))
+                 or hasattr(m, "base_layer"))
 
 
 def _norm(module: str) -> str:
@@ -231,19 +224,24 @@ def _unmapped(lora: ActiveLora, family, listed: list[str], file_keys: list[str])
             f"{family.title} model")
 
 
-def activate(pipe, family, loras: list[ActiveLora], state: LoraState, *, fuse: bool, allow_pickle: bool = False) -> None:
-    """Make exactly `loras` active, with their weights."""
+def activate(pipe, family, loras: list[ActiveLora], state: LoraState, *, fuse: bool, allow_pickle: bool = False,
+             keep_loaded: int = DEFAULT_KEEP_LOADED) -> None:
+    """Make exactly `loras` active, with their weights; keep at most `keep_loaded` others loaded."""
     wanted = tuple((adapter_name(lo), lo.te_weight, lo.unet_weight) for lo in loras)
+    for name, *_ in wanted:
+        if name in state.loaded:
+            state.loaded.move_to_end(name)
     if (wanted, fuse) == state.active:
         return
     # Until the new set is complete nothing is known to be active (a refused file's deletion
     # makes peft pick another active adapter).
     state.active = ()
     if state.fused:
-        pipe.unfuse_lora()
-        state.fused = ()
+        restore_fused(pipe, state)
     for lo in loras:
         load_adapter(pipe, family, lo, state, allow_pickle=allow_pickle)
+        state.loaded.move_to_end(adapter_name(lo))
+    _evict(pipe, state, keep_loaded, in_use={w[0] for w in wanted})
     if not loras:
         if state.loaded:
             pipe.disable_lora()
@@ -254,9 +252,48 @@ def activate(pipe, family, loras: list[ActiveLora], state: LoraState, *, fuse: b
     weights = [_component_weights(pipe, te, unet) for _, te, unet in wanted]
     pipe.set_adapters(names, adapter_weights=weights)
     if fuse:
+        state.backup = _backup_merged(pipe, names)
         pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
         state.fused = wanted
     state.active = (wanted, fuse)
+
+
+def _backup_merged(pipe, names: list[str]) -> list:
+    """The base weights and biases a merge of `names` will change, copied to the CPU (as A1111 keeps them)."""
+    out = []
+    names = set(names)
+    for comp in getattr(pipe, "_lora_loadable_modules", ["unet", "text_encoder"]):
+        module = getattr(pipe, comp, None)
+        if module is None:
+            continue
+        for m in module.modules():
+            if not names & set(getattr(m, "lora_A", {})) or not hasattr(m, "get_base_layer"):
+                continue
+            for p in m.get_base_layer().parameters(recurse=False):
+                out.append((p, p.detach().to("cpu", copy=True)))
+    return out
+
+
+def restore_fused(pipe, state: LoraState) -> None:
+    """Put back the exact base weights saved before the merge."""
+    import torch
+
+    # unfuse_lora only clears peft's and diffusers' record of what is merged; the weights it
+    # computes by subtracting are overwritten from the backup just after.
+    pipe.unfuse_lora()
+    with torch.no_grad():
+        for param, saved in state.backup:
+            param.data.copy_(saved)
+    state.backup = []
+    state.fused = ()
+
+
+def _evict(pipe, state: LoraState, keep_loaded: int, in_use: set[str]) -> None:
+    """Delete the least recently used adapters not in use until at most `keep_loaded` others remain."""
+    idle = [n for n in state.loaded if n not in in_use]
+    for name in idle[:max(0, len(idle) - keep_loaded)]:
+        _delete_adapter(pipe, name)
+        del state.loaded[name]
 
 
 def _component_weights(pipe, te: float, unet: float):
@@ -286,7 +323,9 @@ def _delete_adapter(pipe, name: str) -> None:
 
 
 def tags_to_active(tags: list[LoraTag], find, hash_of) -> list[ActiveLora]:
-    """One entry per LoRA file; the same name twice adds its weights (`<lora:a:.5><lora:a:.5>` = `<lora:a:1>`)."""
+    """One entry per LoRA file; the same name twice adds its weights (`<lora:a:.5><lora:a:.5>` = `<lora:a:1>`).
+
+    The summed weights obey the same bound as one tag (prompt_syntax.MAX_LORA_WEIGHT)."""
     out: dict[Path, ActiveLora] = {}
     for t in tags:
         entry = find(t.name)
@@ -296,4 +335,9 @@ def tags_to_active(tags: list[LoraTag], find, hash_of) -> list[ActiveLora]:
         else:
             out[entry.path] = ActiveLora(prev.name, prev.path, prev.short_hash, prev.te_weight + t.te_weight,
                                          prev.unet_weight + t.unet_weight)
+    for lo in out.values():
+        for w in (lo.te_weight, lo.unet_weight):
+            if not abs(w) <= MAX_LORA_WEIGHT:
+                raise InvalidParameter("prompt", f"<lora:{lo.name}>", f"LoRA weights of {lo.name!r} add up to {w:g}; "
+                                       f"the limit is ±{MAX_LORA_WEIGHT:g}")
     return list(out.values())

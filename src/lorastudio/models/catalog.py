@@ -6,12 +6,15 @@ No torch here: listing models must stay instant.
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorastudio.core.errors import NotFound
+from lorastudio.core.errors import InvalidParameter, ModelFileError, NotFound
 from lorastudio.core.hashes import HashCache, a1111_short_hash, sha256_file
-from lorastudio.core.paths import CHECKPOINT_EXTENSIONS, LORA_EXTENSIONS, ModelsRoot
+from lorastudio.core.limits import check_name, check_path
+from lorastudio.core.paths import CHECKPOINT_EXTENSIONS, LORA_EXTENSIONS, PICKLE_EXTENSIONS, ModelsRoot
+from lorastudio.core.safetensors_header import read_header
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled" / "base"
 
@@ -41,6 +44,27 @@ class Catalog:
             entries += [e for e in _scan(BUNDLED_DIR, (".safetensors",), folders=False) if e.name not in known]
         return entries
 
+    def default_checkpoint(self, *, allow_pickle: bool = False) -> ModelEntry:
+        """The first checkpoint that can be loaded: a broken download or a refused pickle that
+        sorts first must not make every request without a model fail while a good one exists."""
+        entries = self.checkpoints()
+        for e in entries:
+            if checkpoint_problem(e, allow_pickle=allow_pickle) is None:
+                return e
+        if entries:
+            why = checkpoint_problem(entries[0], allow_pickle=allow_pickle)
+            raise NotFound("model", f"(default; none loadable, {entries[0].name}: {why})", [])
+        raise NotFound("model", "(default)", [])
+
+    def broken_checkpoints(self, *, allow_pickle: bool = False) -> list[tuple[ModelEntry, str]]:
+        """Checkpoints that cannot be loaded, with the reason (for listings)."""
+        out = []
+        for e in self.checkpoints():
+            why = checkpoint_problem(e, allow_pickle=allow_pickle)
+            if why is not None:
+                out.append((e, why))
+        return out
+
     def title(self, entry: ModelEntry, *, compute: bool = True) -> str:
         short = self.short_hash(entry, compute=compute)
         return f"{entry.name} [{short}]" if short else entry.name
@@ -58,8 +82,9 @@ class Catalog:
 
     def find_checkpoint(self, ref: str) -> ModelEntry:
         """Resolve a path, a title, a name, a stem or a short hash, as A1111 does."""
+        _check_ref("model", ref)
         path = Path(ref).expanduser()
-        if path.exists():
+        if _exists(path):
             kind = "diffusers" if path.is_dir() else "file"
             return ModelEntry(path.resolve(), path.name, kind)
         entries = self.checkpoints()
@@ -85,6 +110,11 @@ class Catalog:
     def find_lora(self, name: str) -> ModelEntry:
         # Most tags name a file at the top of models/Lora: look there before scanning the tree,
         # since every <lora:> tag of every request comes through here.
+        try:
+            check_path(name)
+            check_name(Path(name).name, suffix=".safetensors")
+        except ValueError as exc:
+            raise InvalidParameter("lora", name, str(exc)) from None
         for ext in LORA_EXTENSIONS:
             direct = self.root.lora / f"{name}{ext}"
             if direct.is_file() and direct.parent == self.root.lora and not name.startswith("."):
@@ -99,8 +129,9 @@ class Catalog:
         return _scan(self.root.vae, CHECKPOINT_EXTENSIONS, folders=False)
 
     def find_vae(self, name: str) -> ModelEntry:
+        _check_ref("vae", name)
         path = Path(name).expanduser()
-        if path.is_file():
+        if _exists(path) and path.is_file():
             return ModelEntry(path.resolve(), path.name, "file")
         entries = self.vaes()
         for e in entries:
@@ -130,6 +161,45 @@ def _scan(folder: Path, extensions: tuple[str, ...], *, folders: bool) -> list[M
         elif folders and p.is_dir() and (p / "model_index.json").is_file():
             found.append(ModelEntry(p, p.relative_to(folder).as_posix(), "diffusers"))
     return found
+
+
+def checkpoint_problem(entry: ModelEntry, *, allow_pickle: bool = False) -> str | None:
+    """Why `entry` cannot be loaded, judged from its header alone (cheap); None if it looks usable."""
+    try:
+        if entry.kind == "diffusers":
+            index = json.loads((entry.path / "model_index.json").read_text(encoding="utf-8"))
+            return None if isinstance(index, dict) else "model_index.json is not a JSON object"
+        suffix = entry.path.suffix.lower()
+        if suffix in PICKLE_EXTENSIONS:
+            if not allow_pickle:
+                return "a pickle file (.ckpt/.pt), refused without --allow-pickle"
+            with open(entry.path, "rb") as fh:
+                head = fh.read(2)
+            # torch.save writes a zip (PK) or, in the legacy format, a pickle stream (0x80 protocol byte).
+            if head[:2] == b"PK" or head[:1] == b"\x80":
+                return None
+            return "not a torch checkpoint (no zip or pickle header)"
+        read_header(entry.path)
+        return None
+    except ModelFileError as exc:
+        return exc.why
+    except (OSError, ValueError) as exc:
+        return f"unreadable ({getattr(exc, 'strerror', None) or exc})"
+
+
+def _check_ref(field: str, ref: str) -> None:
+    # A 300-byte name makes every system call fail with ENAMETOOLONG: refuse it as bad input.
+    try:
+        check_path(ref)
+    except ValueError as exc:
+        raise InvalidParameter(field, ref, str(exc)) from None
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # unreadable or not a possible path: it names no file we can use
+        return False
 
 
 def _closest(name: str, names: list[str]) -> list[str]:

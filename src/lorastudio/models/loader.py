@@ -4,32 +4,94 @@ Pickled files (.ckpt/.pt/.bin) can run code when unpickled, so they are refused 
 opts in; even then only `torch.load(weights_only=True)` is used. Checkpoints are re-saved as
 safetensors in the cache so the rest of the code sees one format; LoRA, VAE and embedding files
 go through `read_tensors` / `load_pickle_weights_only` under the same rule.
+
+Layouts A1111 reads and diffusers does not are brought into the current layout first (see
+formats/checkpoint_facts.py); what was done is logged and shown by `lorastudio models`. Formats
+we cannot load yet (formats/unsupported.py) are named in the error.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 from lorastudio.core.errors import ModelFileError, PickleRefused, UnknownModelFamily
 from lorastudio.core.paths import PICKLE_EXTENSIONS
-from lorastudio.core.safetensors_header import read_header
+from lorastudio.core.safetensors_header import SafetensorsHeader, read_header
+from lorastudio.models.formats.checkpoint_facts import (
+    OLD_NAMES_NOTE,
+    SOURCE_NOTE_KEY,
+    checkpoint_notes,
+    ema_note,
+    ema_tensor_count,
+    is_ema_key,
+    legacy_sd1_text_encoder_renames,
+    rename_map_is_safe,
+)
+from lorastudio.models.formats.unsupported import identify_by_magic, identify_unsupported
 from lorastudio.models.families.base import LoadOptions, ModelFamily
 from lorastudio.models.families.registry import families
 from lorastudio.models.loaded import LoadedModel
 
 
+log = logging.getLogger(__name__)
+
+
 def probe_checkpoint(path: Path, options: LoadOptions) -> tuple[Path, dict[str, tuple[int, ...]], dict[str, str]]:
     """Return (safetensors path, key -> shape, metadata); pickles are converted when allowed."""
+    st_path, header = open_checkpoint(path, options)
+    shapes = {name: tuple(t.shape) for name, t in header.tensors.items()}
+    return st_path, shapes, dict(header.metadata)
+
+
+def open_checkpoint(path: Path, options: LoadOptions) -> tuple[Path, SafetensorsHeader]:
+    """(safetensors file in the current layout, its header) for a checkpoint the user gave.
+
+    Unsupported formats raise UnknownModelFamily naming what the file is. A file with the old
+    SD 1.x text-encoder names is served as a renamed copy in the cache (tensor bytes unchanged).
+    """
     path = Path(path)
     if not path.exists():
         raise ModelFileError(path, "file not found")
+    what = identify_by_magic(path)
+    if what:
+        raise UnknownModelFamily(path, f"this is {what}")
+    source = path  # errors name the user's file, not a converted copy
     if path.suffix.lower() in PICKLE_EXTENSIONS:
         path = _pickle_to_safetensors(path, options)
     header = read_header(path)
-    shapes = {name: tuple(t.shape) for name, t in header.tensors.items()}
-    return path, shapes, dict(header.metadata)
+    what = identify_unsupported(header.tensors.keys())
+    if what:
+        raise UnknownModelFamily(source, f"this is {what}")
+    renames = legacy_sd1_text_encoder_renames(header.tensors.keys())
+    if renames:
+        from lorastudio.models.formats.renamed_copy import write_renamed_copy
+
+        if not rename_map_is_safe(header.tensors.keys(), renames):
+            raise ModelFileError(source, "holds the text encoder under both the old and the current names")
+        out = _cache_file(path, options, "renamed")
+        if not out.exists():
+            write_renamed_copy(path, header, renames, out, extra_metadata={SOURCE_NOTE_KEY: _joined(
+                header.metadata.get(SOURCE_NOTE_KEY), OLD_NAMES_NOTE)})
+        path, header = out, read_header(out)
+    return path, header
+
+
+_STATE_DICT_NOTE = ("weights stored under a 'state_dict' key (a PyTorch Lightning checkpoint); those are used, "
+                    "as A1111 does")
+
+
+def _joined(*notes: str | None) -> str:
+    return "; ".join(n for n in notes if n)
+
+
+def _cache_file(path: Path, options: LoadOptions, kind: str) -> Path:
+    st = path.stat()
+    # v2: converted files carry the SOURCE_NOTE_KEY metadata and the current text-encoder names
+    digest = hashlib.sha256(f"v2:{path.resolve()}:{st.st_mtime_ns}:{st.st_size}".encode()).hexdigest()[:16]
+    return (options.cache_dir or path.parent / ".lorastudio-cache") / kind / f"{path.stem}-{digest}.safetensors"
 
 
 def detect_family(path: Path, keys) -> ModelFamily:
@@ -64,10 +126,13 @@ def load_model(path: Path, options: LoadOptions, *, name: str | None = None, sha
         except failures as exc:
             raise ModelFileError(path, f"could not load the diffusers folder as {family.title}: {exc}") from exc
     else:
-        st_path, shapes, metadata = probe_checkpoint(path, options)
+        st_path, header = open_checkpoint(path, options)
+        shapes = {name: tuple(t.shape) for name, t in header.tensors.items()}
         family = detect_family(path, shapes.keys())
+        for note in checkpoint_notes(header, compute_dtype=options.dtype):
+            log.info("%s: %s", path.name, note)
         try:
-            pipe = family.load_checkpoint(st_path, shapes, metadata, options)
+            pipe = family.load_checkpoint(st_path, shapes, dict(header.metadata), options)
         except failures as exc:
             raise ModelFileError(path, f"could not load as {family.title}: {exc}") from exc
     pipe.set_progress_bar_config(disable=True)
@@ -135,18 +200,32 @@ def _pickle_to_safetensors(path: Path, options: LoadOptions) -> Path:
 
     from lorastudio.core.atomic import atomic_path
 
+    if not options.allow_pickle:  # a conversion made earlier with permission does not grant it now
+        raise PickleRefused(path, PICKLE_HELP)
+    out = _cache_file(path, options, "converted")
+    if out.exists():
+        return out
     obj = load_pickle_weights_only(path, options.allow_pickle)
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    state, notes = obj, []
+    # A1111 takes the weights from under "state_dict" (and drops a nested one) like this.
+    while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state, notes = state["state_dict"], [_STATE_DICT_NOTE]
     if not isinstance(state, dict):
         raise ModelFileError(path, "the pickle does not hold a state dict")
     tensors = {k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise ModelFileError(path, "the pickle holds no tensors")
-    digest = hashlib.sha256(f"{path.resolve()}:{path.stat().st_mtime_ns}:{path.stat().st_size}".encode()).hexdigest()[:16]
-    cache = (options.cache_dir or path.parent / ".lorastudio-cache") / "converted"
-    out = cache / f"{path.stem}-{digest}.safetensors"
-    if not out.exists():
-        with atomic_path(out) as tmp:
-            # clone: checkpoints share storage between entries (EMA copies, tied weights)
-            save_file({k: v.clone() for k, v in tensors.items()}, str(tmp))
+    ema = ema_tensor_count(tensors.keys())
+    if ema:
+        # not copied into the cache: nothing reads them (A1111 neither), and they double its size
+        tensors = {k: v for k, v in tensors.items() if not is_ema_key(k)}
+        notes.append(ema_note(ema))
+    renames = legacy_sd1_text_encoder_renames(tensors.keys())
+    if renames and rename_map_is_safe(tensors.keys(), renames):
+        tensors = {renames.get(k, k): v for k, v in tensors.items()}
+        notes.append(OLD_NAMES_NOTE)
+    metadata = {SOURCE_NOTE_KEY: _joined(*notes)} if notes else None
+    with atomic_path(out) as tmp:
+        # clone: checkpoints share storage between entries (EMA copies, tied weights)
+        save_file({k: v.clone() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     return out

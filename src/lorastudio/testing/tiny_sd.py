@@ -33,6 +33,7 @@ from lorastudio.models.formats.sd_config_inference import (
 
 __all__ = [
     "tiny_sd1_pipeline",
+    "tiny_sd1_inpainting_pipeline",
     "tiny_sdxl_pipeline",
     "save_sd1_single_file",
     "save_sdxl_single_file",
@@ -149,6 +150,24 @@ def tiny_sd1_pipeline(seed: int = 0):
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sd1_inpainting_pipeline(seed: int = 0):
+    """The tiny SD 1.x pipeline with an inpainting UNet: 9 input channels (4 latent, 1 mask, 4 masked
+    image), as sd-v1-5-inpainting. Its VAE posterior is made (nearly) deterministic, log-variance
+    -30 everywhere, so a pipeline that samples the posterior and one that takes its mean agree to
+    ~1e-7 (as a trained VAE's small variance makes them nearly agree)."""
+    from diffusers import UNet2DConditionModel
+
+    pipe = tiny_sd1_pipeline(seed)
+    with _seeded(seed):
+        pipe.unet = UNet2DConditionModel(**{**_SD1_UNET, "in_channels": 9}).eval()
+    pipe.register_modules(unet=pipe.unet)
+    latent = pipe.vae.config.latent_channels
+    with torch.no_grad():
+        pipe.vae.quant_conv.weight[latent:] = 0
+        pipe.vae.quant_conv.bias[latent:] = -30.0
     return pipe
 
 

@@ -6,13 +6,14 @@ before anything trains), load, resolve defaults, lay out the version folder, tra
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from lorastudio.core.atomic import atomic_path, atomic_write_text
-from lorastudio.core.errors import InvalidParameter
+from lorastudio.core.errors import DiskFullError, InvalidParameter
 from lorastudio.core.paths import ModelsRoot
 from lorastudio.training.config import TrainingConfig, training_config
 from lorastudio.training.data import Item
@@ -29,16 +30,32 @@ def prepare_items(config: TrainingConfig, resolution: int, *, regularisation: bo
     dcfg = config.dataset_config(resolution, regularisation=regularisation)
     source = open_source(config.reg_images if regularisation else config.images,
                          max_unzipped_bytes=dcfg.max_unzipped_bytes)
-    report = check_dataset(source, dcfg)
-    items = build_dataset(source, dcfg, skip_bad=config.skip_bad_images, report=report)
+    try:
+        report = check_dataset(source, dcfg)
+        items = build_dataset(source, dcfg, skip_bad=config.skip_bad_images, report=report)
+    except BaseException:
+        source.close()  # a zip's extracted pictures must not outlive a failed check
+        raise
     return source, items, report
 
 
 def train(config: TrainingConfig | dict, on_event: EventSink | None = None, *,
           should_stop: Callable[[], bool] | None = None, yield_point: Callable[[], None] | None = None,
           accelerator=None) -> TrainingResult:
-    emit = on_event or (lambda e: None)
     config = training_config(config)
+    try:
+        return _train(config, on_event, should_stop=should_stop, yield_point=yield_point, accelerator=accelerator)
+    except DiskFullError as exc:
+        # Every write went to a temporary name first: nothing incomplete is under a final name, and the
+        # last complete checkpoint is still the one --resume continues from.
+        raise DiskFullError(exc.path, f"free space on that disk (the cache/ and checkpoints/ folders of finished "
+                                      f"versions under {config.projects_dir} can be deleted), then run again with "
+                                      f"--resume to continue from the last complete checkpoint") from exc
+
+
+def _train(config: TrainingConfig, on_event: EventSink | None, *, should_stop, yield_point,
+           accelerator) -> TrainingResult:
+    emit = on_event or (lambda e: None)
     # 1. the base model must exist before anything else happens
     from lorastudio.models.catalog import Catalog
 
@@ -54,45 +71,46 @@ def train(config: TrainingConfig | dict, on_event: EventSink | None = None, *,
     from accelerate import Accelerator
 
     from lorastudio.generation.engine import pick_device
-    from lorastudio.models.families.base import LoadOptions
+    from lorastudio.models.load_options import load_options
     from lorastudio.models.loader import load_model
 
     acc = accelerator or Accelerator(cpu=pick_device("auto") == "cpu", mixed_precision=_precision(config))
     sha = catalog.sha256(entry.path) if entry.kind == "file" else None
     emit(TrainingEvent("log", message=f"loading {entry.name}"))
-    model = load_model(entry.path, LoadOptions(device=str(acc.device), dtype=_base_dtype(acc),
-                                               cache_dir=catalog.root.root / ".lorastudio-cache",
-                                               text_encoder_dir=catalog.root.text_encoders),
+    model = load_model(entry.path, load_options(catalog.root, device=str(acc.device), dtype=_base_dtype(acc)),
                        name=entry.name, sha256=sha)
     family, pipe = model.family, model.pipe
     config = _resolve(config, family.training_defaults(pipe))
 
-    # 3. every dataset problem, before training starts
-    source, titems, report = prepare_items(config, config.resolution[0])
-    emit(TrainingEvent("log", message=report.render()))
-    reg_source, reg_titems = None, []
-    if config.reg_images is not None:
-        reg_source, reg_titems, reg_report = prepare_items(config, config.resolution[0], regularisation=True)
-        emit(TrainingEvent("log", message="regularisation pictures:\n" + reg_report.render()))
+    # 3. every dataset problem, before training starts (a zip's extracted copy is removed on every path)
+    with contextlib.ExitStack() as sources:
+        source, titems, report = prepare_items(config, config.resolution[0])
+        sources.callback(source.close)
+        emit(TrainingEvent("log", message=report.render()))
+        reg_titems = []
+        if config.reg_images is not None:
+            reg_source, reg_titems, reg_report = prepare_items(config, config.resolution[0], regularisation=True)
+            sources.callback(reg_source.close)
+            emit(TrainingEvent("log", message="regularisation pictures:\n" + reg_report.render()))
 
-    # 4. the version folder (decided by the main process; the others follow it)
-    project = project_name(config.project, config.trigger)
-    if acc.is_main_process:
-        vdir = version_dir(config.projects_dir, project, config.version, resume=config.resume)
-        if vdir.root.exists() and not config.resume and any(vdir.root.iterdir()):
-            raise InvalidParameter("version", vdir.root.name, f"{vdir.root} exists; pass --resume or another --version")
-        vdir.make()
-    acc.wait_for_everyone()
-    if not acc.is_main_process:
-        vdir = version_dir(config.projects_dir, project, config.version, resume=True)
-    config = config.model_copy(update={"project": project, "version": vdir.root.name})
-    items = _copy_dataset(titems, vdir.dataset, write=acc.is_main_process)
-    items += _copy_dataset(reg_titems, vdir.reg, write=acc.is_main_process, regularisation=True)
-    acc.wait_for_everyone()
-    source.close()
-    if reg_source is not None:
-        reg_source.close()
-    name = config.output_name or project
+        # 4. the version folder (decided by the main process; the others follow it)
+        project = project_name(config.project, config.trigger)
+        name = config.output_name or project
+        if acc.is_main_process:
+            vdir = version_dir(config.projects_dir, project, config.version, resume=config.resume)
+            if vdir.root.exists() and not config.resume and any(vdir.root.iterdir()):
+                raise InvalidParameter("version", vdir.root.name,
+                                       f"{vdir.root} exists; pass --resume or another --version")
+            if config.resume:
+                _refuse_finished(vdir, name)
+            vdir.make()
+        acc.wait_for_everyone()
+        if not acc.is_main_process:
+            vdir = version_dir(config.projects_dir, project, config.version, resume=True)
+        config = config.model_copy(update={"project": project, "version": vdir.root.name})
+        items = _copy_dataset(titems, vdir.dataset, write=acc.is_main_process)
+        items += _copy_dataset(reg_titems, vdir.reg, write=acc.is_main_process, regularisation=True)
+        acc.wait_for_everyone()
     if acc.is_main_process:
         atomic_write_text(vdir.config, config.model_dump_json(indent=2))
 
@@ -133,6 +151,17 @@ def train(config: TrainingConfig | dict, on_event: EventSink | None = None, *,
                             state.losses[-1] if state.losses else None)
     emit(TrainingEvent("done", state.step, trainer.total_steps, path=lora_path, message=f"saved {lora_path}"))
     return result
+
+
+def _refuse_finished(vdir, name: str) -> None:
+    """--resume continues an interrupted version; a finished one keeps its LoRA untouched."""
+    lora = vdir.lora(name)
+    if lora.exists():
+        project = vdir.root.parent.parent.name
+        raise InvalidParameter(
+            "resume", vdir.root.name,
+            f"version {vdir.root.name} of {project} is finished ({lora} exists), so there is nothing to resume; "
+            f"train again without --resume to start a new version, or pass --version with a new name")
 
 
 def _precision(config: TrainingConfig) -> str:

@@ -6,13 +6,18 @@ process killed at any moment leaves either a whole checkpoint or none. Only the 
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from lorastudio.core import atomic
+from lorastudio.core.atomic import disk_space_checked
 
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
@@ -28,24 +33,39 @@ class TrainingState:
 
 
 def save_checkpoint(folder: Path, state: TrainingState, *, keep: int) -> Path:
-    from safetensors.torch import save_file
+    from safetensors.torch import save as st_save
 
-    folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{state.step:06d}"
     staging = folder / f".step-{state.step:06d}.partial"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
-    for comp, sd in state.lora.items():
-        save_file(sd, str(staging / f"lora-{comp}.safetensors"))
-    torch.save({"optimizer": state.optimizer, "lr_scheduler": state.lr_scheduler, "rng": state.rng},
-               staging / "trainer_state.pt")
-    (staging / "progress.json").write_text(json.dumps({"step": state.step, "losses": state.losses}))
-    if final.exists():
-        shutil.rmtree(final)
-    staging.rename(final)
+    with disk_space_checked(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir()
+        try:
+            # Serialised in memory and written by us, so a full disk is an OSError (ENOSPC), not a
+            # library's own message.
+            for comp, sd in state.lora.items():
+                _write(staging / f"lora-{comp}.safetensors", st_save(sd))
+            blob = io.BytesIO()
+            torch.save({"optimizer": state.optimizer, "lr_scheduler": state.lr_scheduler, "rng": state.rng}, blob)
+            _write(staging / "trainer_state.pt", blob.getvalue())
+            _write(staging / "progress.json", json.dumps({"step": state.step, "losses": state.losses}).encode())
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)  # the previous complete checkpoint stays the latest
+            raise
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
     _prune(folder, keep)
     return final
+
+
+def _write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        atomic.write_all(fh, data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def latest_checkpoint(folder: Path) -> Path | None:

@@ -9,13 +9,24 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lorastudio.core.errors import InvalidParameter
+from lorastudio.core.limits import (
+    MAX_OUTPUT_NAME_BYTES,
+    MAX_SAMPLE_PROMPTS,
+    MAX_SIDE,
+    MAX_TRAINING_STEPS,
+    MIN_TRAINING_SIDE,
+    SEED_MAX,
+    ModelRef,
+    Prompt,
+    check_path,
+)
 from lorastudio.core.params import build_model
-from lorastudio.training.dataset.config import DatasetConfig
+from lorastudio.training.dataset.config import DatasetConfig, check_colour, parse_colour
 
 CONFIG_VERSION = 1
 
@@ -27,11 +38,12 @@ _NAME = re.compile(r"^[^/\\\x00]{1,100}$")
 class TrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
 
-    config_version: int = CONFIG_VERSION
+    config_version: int = Field(CONFIG_VERSION, ge=1, description="Format of this settings file; a file from a "
+                                                                    "newer lorastudio is refused, not misread")
     # --- the three required inputs --------------------------------------------------------
     images: Path = Field(..., description="Folder or .zip of training pictures (+ optional same-name .txt captions)")
-    trigger: str = Field(..., description="Trigger word, e.g. DeltamonStamp")
-    base: str = Field(..., description="Base model: name, title, hash or path (.safetensors or diffusers folder)")
+    trigger: Prompt = Field(..., description="Trigger word, e.g. DeltamonStamp")
+    base: ModelRef = Field(..., description="Base model: name, title, hash or path (.safetensors or diffusers folder)")
     # --- where ---------------------------------------------------------------------------
     project: str | None = Field(None, description="Project name [the trigger word]")
     version: str | None = Field(None, description="Version name [v1, v2, … the next free]")
@@ -39,8 +51,10 @@ class TrainingConfig(BaseModel):
     models_dir: Path = Path("models")
     output_name: str | None = Field(None, description="LoRA file stem [project name]")
     resume: bool = Field(False, description="Continue the version from its last complete checkpoint")
+    install_lora: bool = Field(True, description="Copy the finished LoRA into models_dir/Lora (as NAME, or "
+                                                 "NAME-v2... when the name is taken) so <lora:NAME:1> works at once")
     # --- length ----------------------------------------------------------------------------
-    steps: int | None = Field(None, ge=1, le=1_000_000)
+    steps: int | None = Field(None, ge=1, le=MAX_TRAINING_STEPS)
     epochs: int | None = Field(None, ge=1, le=100_000)
     repeats: int | None = Field(None, ge=1, le=10_000)
     batch_size: int = Field(1, ge=1, le=256)
@@ -55,7 +69,7 @@ class TrainingConfig(BaseModel):
     te_lr: float | None = Field(None, gt=0, le=10)
     optimizer: Optimizer = "adamw"
     lr_scheduler: LrScheduler = "constant"
-    warmup: int = Field(0, ge=0)
+    warmup: int = Field(0, ge=0, le=MAX_TRAINING_STEPS)
     max_grad_norm: float = Field(1.0, ge=0)
     weight_decay: float = Field(1e-2, ge=0)
     # --- loss ------------------------------------------------------------------------------
@@ -70,22 +84,24 @@ class TrainingConfig(BaseModel):
     gradient_checkpointing: bool | None = None
     cache_text_embeddings: bool = True
     # --- checkpoints and samples --------------------------------------------------------------
-    save_every: int | None = Field(None, ge=1)
-    keep_checkpoints: int = Field(3, ge=1)
-    sample_every: int | None = Field(None, ge=1)
-    sample_prompts: list[str] = Field(default_factory=list)
+    save_every: int | None = Field(None, ge=1, le=MAX_TRAINING_STEPS)
+    keep_checkpoints: int = Field(3, ge=1, le=10_000)
+    sample_every: int | None = Field(None, ge=1, le=MAX_TRAINING_STEPS)
+    sample_prompts: list[Prompt] = Field(default_factory=list, max_length=MAX_SAMPLE_PROMPTS)
     sample_steps: int = Field(20, ge=1, le=200)
-    sample_seed: int = Field(1234, ge=0)
+    sample_seed: int = Field(1234, ge=0, le=SEED_MAX)
     seed: int = Field(42, ge=0, le=2**32 - 1)
     num_processes: int = Field(1, ge=1, le=64)
     # --- dataset -----------------------------------------------------------------------------
-    resolution: list[int] | None = None
-    class_word: str | None = None
+    resolution: list[Annotated[int, Field(ge=MIN_TRAINING_SIDE, le=MAX_SIDE)]] | None = Field(None, min_length=1,
+                                                                                             max_length=16)
+    class_word: Prompt | None = None
     caption_dropout: float = Field(0.0, ge=0, le=1)
     shuffle_tags: bool = False
     keep_tokens: int = Field(1, ge=0)
     skip_bad_images: bool = False
-    background: tuple[int, int, int] | str = (255, 255, 255)
+    background: tuple[int, int, int] = Field((255, 255, 255), description="RGB behind transparent pixels: "
+                                             "'#rrggbb' or [r, g, b]")
     # --- regularisation (kohya's reg_data_dir, DreamBooth's prior preservation) ---------------
     reg_images: Path | None = Field(None, description="Folder or .zip of pictures of the class without the concept "
                                                       "(captions as written, no trigger): keeps the base's other "
@@ -102,7 +118,36 @@ class TrainingConfig(BaseModel):
     def _name(cls, v: str | None) -> str | None:
         if v is not None and (not _NAME.match(v) or v in (".", "..")):
             raise ValueError(f"{v!r} cannot be used as a folder or file name")
+        if v is not None and len(v.encode("utf-8", "surrogatepass")) > MAX_OUTPUT_NAME_BYTES:
+            raise ValueError(f"is {len(v.encode('utf-8', 'surrogatepass'))} bytes in UTF-8; names of files and "
+                             f"folders made from it hold at most {MAX_OUTPUT_NAME_BYTES}")
         return v
+
+    @field_validator("config_version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        # Version 1 is the first format; when a version 2 comes, older files are migrated here.
+        if v > CONFIG_VERSION:
+            raise ValueError(f"this settings file has format {v}, written by a newer lorastudio; this one reads "
+                             f"format {CONFIG_VERSION} and older: upgrade lorastudio, or remove settings it does not know")
+        return v
+
+    @field_validator("background", mode="before")
+    @classmethod
+    def _colour(cls, v: Any) -> Any:
+        # Parsed here, once, so every user of the config (the dataset check, the latent cache)
+        # sees the same RGB triple.
+        return parse_colour(v)
+
+    @field_validator("background")
+    @classmethod
+    def _colour_range(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        return check_colour(v)
+
+    @field_validator("images", "reg_images", "projects_dir", "models_dir")
+    @classmethod
+    def _path(cls, v: Path | None) -> Path | None:
+        return None if v is None else check_path(v)
 
     @field_validator("lr", "te_lr", "alpha", "min_snr_gamma", "prior_loss_weight")
     @classmethod
@@ -127,14 +172,7 @@ class TrainingConfig(BaseModel):
             caption_dropout=self.caption_dropout, shuffle_tags=self.shuffle_tags, keep_tokens=self.keep_tokens,
             background=self.background, use_alpha_mask=self.masked_loss,
             repeats=1 if regularisation else self.repeats or 1,
-            min_size=min(64, min(self.resolution or [default_resolution])),
-            bucket_step=_step_for(self.resolution or [default_resolution]),
         ))
-
-
-def _step_for(resolutions: list[int]) -> int:
-    # Small demo models train at 64–128 px where 64-px buckets would leave one bucket only.
-    return 64 if min(resolutions) >= 256 else 8
 
 
 def training_config(data: dict[str, Any] | TrainingConfig) -> TrainingConfig:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lorastudio.core.atomic import atomic_path
+from lorastudio.core.atomic import atomic_write_bytes
 from lorastudio.training.dataset.buckets import fit_to_bucket
 from lorastudio.training.dataset.captions import augment_caption
 from lorastudio.training.dataset.images import file_digest, load_training_image
@@ -103,7 +103,8 @@ class LatentCache:
 
     def fill(self, items: list[Item], encode, on_progress=None) -> None:
         """Encode every item once (from disk when cached); `encode(pixels[1,3,H,W]) -> latents[1,C,h,w]`."""
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file
+        from safetensors.torch import save as st_save
 
         for i, item in enumerate(items):
             path = self.folder / f"{self.key(item)}.safetensors"
@@ -118,8 +119,7 @@ class LatentCache:
                     lmask = torch.nn.functional.interpolate(mask[None], size=latent.shape[-2:], mode="area")[0]
                     lmask = lmask.contiguous()
                 tensors = {"latent": latent} | ({"mask": lmask} if lmask is not None else {})
-                with atomic_path(path) as tmp:
-                    save_file(tensors, str(tmp))
+                atomic_write_bytes(path, st_save(tensors))
                 self.memory[i] = (latent, lmask)
             if on_progress:
                 on_progress(i + 1, len(items))
@@ -142,7 +142,8 @@ class TextCache:
         self.memory: dict[str, dict[str, torch.Tensor]] = {}
 
     def get(self, caption: str, encode) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file
+        from safetensors.torch import save as st_save
 
         hit = self.memory.get(caption)
         if hit is not None:
@@ -154,7 +155,6 @@ class TextCache:
         else:
             value = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in encode([caption]).items()}
             value = {k: v[0] for k, v in value.items()}
-            with atomic_path(path) as tmp:
-                save_file(value, str(tmp))
+            atomic_write_bytes(path, st_save(value))
         self.memory[caption] = value
         return value

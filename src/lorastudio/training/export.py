@@ -9,14 +9,16 @@ index LoRAs by hash recognise it.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lorastudio.core.atomic import atomic_path
+from lorastudio.core.atomic import atomic_write_bytes, disk_space_checked
 from lorastudio.core.hashes import kohya_sshs_hashes
 
 
@@ -74,6 +76,41 @@ def kohya_metadata(*, config, family, output_name: str, rank: int, alpha: float,
         "ss_dataset_dirs": json.dumps({output_name: {"n_repeats": config.repeats or 1, "img_count": num_images}}),
         "ss_training_comment": f"trigger: {config.trigger}",
         "ss_network_args": json.dumps({}),
+        "ss_total_batch_size": config.batch_size * config.grad_accum * config.num_processes,
+        "ss_reg_dataset_dirs": json.dumps(
+            {"reg": {"n_repeats": 1, "img_count": num_reg_images}} if num_reg_images else {}),
+        "ss_num_validation_images": 0,
+        # kohya writes every option of its own, at its default when unused; these name features
+        # lorastudio does not have, at the value that means "off" in train_network.py.
+        "ss_max_token_length": None,
+        "ss_lowram": False,
+        "ss_multires_noise_iterations": None,
+        "ss_multires_noise_discount": 0.3,
+        "ss_adaptive_noise_scale": None,
+        "ss_zero_terminal_snr": False,
+        "ss_caption_dropout_every_n_epochs": 0,
+        "ss_caption_tag_dropout_rate": 0.0,
+        "ss_face_crop_aug_range": None,
+        "ss_scale_weight_norms": None,
+        "ss_ip_noise_gamma": None,
+        "ss_debiased_estimation": False,
+        "ss_noise_offset_random_strength": False,
+        "ss_ip_noise_gamma_random_strength": False,
+        "ss_loss_type": "l2",
+        "ss_huber_schedule": "snr",
+        "ss_huber_scale": 1.0,
+        "ss_huber_c": 0.1,
+        "ss_fp8_base": False,
+        "ss_fp8_base_unet": False,
+        "ss_validation_seed": None,
+        "ss_validation_split": 0.0,
+        "ss_max_validation_steps": None,
+        "ss_validate_every_n_epochs": None,
+        "ss_validate_every_n_steps": None,
+        "ss_resize_interpolation": None,
+        "ss_color_aug": False,
+        "ss_flip_aug": False,
+        "ss_random_crop": False,
     }
     date = _dt.datetime.fromtimestamp(finished, tz=_dt.timezone.utc).isoformat(timespec="seconds")
     md.update({
@@ -84,10 +121,12 @@ def kohya_metadata(*, config, family, output_name: str, rank: int, alpha: float,
         "modelspec.date": date,
         "modelspec.resolution": f"{resolution}x{resolution}",
         "modelspec.trigger_phrase": config.trigger,
-        "modelspec.prediction_type": "epsilon",
+        "modelspec.prediction_type": family.modelspec_prediction_type,
         "modelspec.encoder_layer": str(clip_skip),
         "modelspec.description": f"LoRA trained with lorastudio on {num_images} images; trigger word: {config.trigger}",
     })
+    if md["modelspec.prediction_type"] is None:
+        del md["modelspec.prediction_type"]
     return {k: ("None" if v is None else str(v)) for k, v in md.items()}
 
 
@@ -95,14 +134,12 @@ def write_kohya_lora(path: Path, tensors: dict[str, torch.Tensor], metadata: dic
                      dtype: torch.dtype = torch.float16) -> Path:
     """Save atomically with kohya's sshs hashes added to the metadata."""
     from safetensors.torch import save as st_save
-    from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu", dtype if v.dim() else torch.float32).contiguous() for k, v in tensors.items()}
     ss_only = {k: v for k, v in metadata.items() if k.startswith("ss_")}
     model_hash, legacy_hash = kohya_sshs_hashes(st_save(tensors, ss_only))
     full = dict(metadata) | {"sshs_model_hash": model_hash, "sshs_legacy_hash": legacy_hash}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=full)
+    atomic_write_bytes(path, st_save(tensors, full))
     return path
 
 
@@ -117,16 +154,25 @@ def save_diffusers_lora(pipeline_cls, pipe, lora: dict[str, dict[str, torch.Tens
         cfg = getattr(module, "peft_config", {}).get("default")
         if cfg is not None:
             kwargs[f"{comp}_lora_adapter_metadata"] = cfg.to_dict()
+    import shutil
+
     folder = Path(folder)
     staging = folder.with_name(folder.name + ".partial")
-    if staging.exists():
-        import shutil
-
-        shutil.rmtree(staging)
-    pipeline_cls.save_lora_weights(str(staging), safe_serialization=True, **kwargs)
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    staging.rename(folder)
+    with disk_space_checked(folder.parent):
+        # diffusers writes this file itself, and its writer reports a full disk in its own words;
+        # so the space is checked first (tensor bytes plus room for the header).
+        needed = sum(t.numel() * t.element_size() for sd in lora.values() for t in sd.values()) + 1024**2
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        if shutil.disk_usage(folder.parent).free < needed:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder.parent))
+        if staging.exists():
+            shutil.rmtree(staging)
+        try:
+            pipeline_cls.save_lora_weights(str(staging), safe_serialization=True, **kwargs)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
     return folder / "pytorch_lora_weights.safetensors"

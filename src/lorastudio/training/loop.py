@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from lorastudio.core import atomic
+from lorastudio.core.atomic import disk_space_checked
 from lorastudio.training.checkpoints import (TrainingState, capture_rng, latest_checkpoint, load_checkpoint,
                                              restore_rng, save_checkpoint)
 from lorastudio.training.config import TrainingConfig
@@ -99,8 +101,7 @@ class Trainer:
     def _prepare_caches(self) -> None:
         c = self.config
         dev = self.acc.device
-        self.latents = LatentCache(self.vdir.cache, self.model_id, c.background if isinstance(c.background, tuple)
-                                   else (255, 255, 255))
+        self.latents = LatentCache(self.vdir.cache, self.model_id, c.background)
         self._log("caching latents")
         with torch.no_grad():
             self.latents.fill(self.items, lambda px: self.family.encode_images(self.pipe, px.to(dev)))
@@ -225,8 +226,9 @@ class Trainer:
             eta = (self.total_steps - st.step) / rate if rate > 0 else None
             lr = self.lr_scheduler.get_last_lr()[0]
             if self.acc.is_main_process:
-                with open(metrics, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps({"step": st.step, "loss": loss, "smoothed": st.smoothed, "lr": lr}) + "\n")
+                with disk_space_checked(metrics.parent), open(metrics, "ab") as fh:
+                    row = {"step": st.step, "loss": loss, "smoothed": st.smoothed, "lr": lr}
+                    atomic.write_all(fh, (json.dumps(row) + "\n").encode("utf-8"))
                 if self.tensorboard is not None:
                     self.tensorboard.add_scalar("loss", loss, st.step)
                     self.tensorboard.add_scalar("lr", lr, st.step)

@@ -26,13 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from lorastudio.core.errors import LorastudioError
+    from lorastudio.core.params import build_model
     from lorastudio.core.settings import StudioSettings
     from lorastudio.interfaces.api.server import run_server
     from lorastudio.interfaces.api.state import ApiLimits
 
     try:
-        settings = StudioSettings(models_dir=args.models_dir, outdir=args.outdir, projects_dir=args.projects_dir,
-                                  device=args.device)
+        settings = build_model(StudioSettings, dict(models_dir=args.models_dir, outdir=args.outdir,
+                                                    projects_dir=args.projects_dir, device=args.device))
         run_server(settings, host=args.host, port=args.port, api_auth=args.api_auth or None,
                    webhook_hosts=args.webhook_host, dataset_roots=args.dataset_root,
                    limits=ApiLimits(max_generation_work=args.max_generation_work))

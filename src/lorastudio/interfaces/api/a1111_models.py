@@ -17,7 +17,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lorastudio.core.params import MAX_BATCH_COUNT, MAX_BATCH_SIZE, MAX_SIDE, MAX_STEPS, SEED_MAX
+from lorastudio.core.limits import (
+    MAX_BATCH_COUNT,
+    MAX_BATCH_SIZE,
+    MAX_LABEL_CHARS,
+    MAX_PROMPT_CHARS,
+    MAX_SIDE,
+    MAX_STEPS,
+    SEED_MAX,
+    ModelRef,
+)
 
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, protected_namespaces=())
 _OPEN = ConfigDict(allow_inf_nan=False, protected_namespaces=())
@@ -27,7 +36,7 @@ _OPEN = ConfigDict(allow_inf_nan=False, protected_namespaces=())
 _SEED = dict(ge=-1, le=SEED_MAX)
 _SMALL_INT = dict(ge=-(2**31), le=2**31 - 1)
 _FLOAT = dict(ge=-1e6, le=1e6)
-MAX_TEXT = 100_000  # characters in one prompt
+MAX_TEXT = MAX_PROMPT_CHARS  # characters in one prompt (core.limits holds every bound)
 
 
 def reject_non_finite(value: Any, where: str = "value", depth: int = 0) -> Any:
@@ -58,14 +67,20 @@ class _ProcessingRequest(BaseModel):
     subseed_strength: float | None = Field(0, ge=0, le=1)
     seed_resize_from_h: int | None = Field(-1, ge=-1, le=MAX_SIDE)
     seed_resize_from_w: int | None = Field(-1, ge=-1, le=MAX_SIDE)
-    sampler_name: str | None = Field(None, max_length=200)
-    scheduler: str | None = Field(None, max_length=200)
+    sampler_name: str | None = Field(None, max_length=MAX_LABEL_CHARS)
+    scheduler: str | None = Field(None, max_length=MAX_LABEL_CHARS)
     batch_size: int | None = Field(1, ge=1, le=MAX_BATCH_SIZE)
     n_iter: int | None = Field(1, ge=1, le=MAX_BATCH_COUNT)
     steps: int | None = Field(50, ge=1, le=MAX_STEPS)
     cfg_scale: float | None = Field(7.0, ge=0, le=100)
-    width: int | None = Field(512, ge=8, le=MAX_SIDE, multiple_of=8)
-    height: int | None = Field(512, ge=8, le=MAX_SIDE, multiple_of=8)
+    # A1111's API defaults, whatever the checkpoint: API clients send their sizes. (The CLI, which
+    # people type by hand, draws at the checkpoint's native size instead.)
+    width: int | None = Field(512, ge=8, le=MAX_SIDE, multiple_of=8,
+                              description="Width in pixels; 512 when absent, as in A1111's API, whatever the "
+                                          "checkpoint's native size (the CLI uses the native size instead)")
+    height: int | None = Field(512, ge=8, le=MAX_SIDE, multiple_of=8,
+                               description="Height in pixels; 512 when absent, as in A1111's API, whatever the "
+                                           "checkpoint's native size (the CLI uses the native size instead)")
     restore_faces: bool | None = None
     tiling: bool | None = None
     do_not_save_samples: bool | None = False
@@ -78,18 +93,18 @@ class _ProcessingRequest(BaseModel):
     s_noise: float | None = Field(None, **_FLOAT)
     override_settings: dict[str, Any] | None = None
     override_settings_restore_afterwards: bool | None = True
-    refiner_checkpoint: str | None = Field(None, max_length=1000)
+    refiner_checkpoint: ModelRef | None = None
     refiner_switch_at: float | None = Field(None, ge=0, le=1)
     disable_extra_networks: bool | None = False
     firstpass_image: str | None = None
     comments: dict[str, Any] | None = None
-    sampler_index: str | None = Field("Euler", max_length=200)
+    sampler_index: str | None = Field("Euler", max_length=MAX_LABEL_CHARS)
     script_name: str | None = None
     script_args: list[Any] | None = Field(default_factory=list)
     send_images: bool | None = True
     save_images: bool | None = False
     alwayson_scripts: dict[str, Any] | None = Field(default_factory=dict)
-    force_task_id: str | None = Field(None, max_length=200)
+    force_task_id: str | None = Field(None, max_length=MAX_LABEL_CHARS)
     infotext: str | None = Field(None, max_length=MAX_TEXT)
 
     @field_validator("override_settings", "comments", "alwayson_scripts", "script_args")
@@ -104,13 +119,13 @@ class Txt2ImgRequest(_ProcessingRequest):
     firstphase_width: int | None = Field(0, ge=0, le=MAX_SIDE)
     firstphase_height: int | None = Field(0, ge=0, le=MAX_SIDE)
     hr_scale: float | None = Field(2.0, ge=1, le=8)
-    hr_upscaler: str | None = Field(None, max_length=200)
+    hr_upscaler: str | None = Field(None, max_length=MAX_LABEL_CHARS)
     hr_second_pass_steps: int | None = Field(0, ge=0, le=MAX_STEPS)
     hr_resize_x: int | None = Field(0, ge=0, le=MAX_SIDE)
     hr_resize_y: int | None = Field(0, ge=0, le=MAX_SIDE)
-    hr_checkpoint_name: str | None = Field(None, max_length=1000)
-    hr_sampler_name: str | None = Field(None, max_length=200)
-    hr_scheduler: str | None = Field(None, max_length=200)
+    hr_checkpoint_name: ModelRef | None = None
+    hr_sampler_name: str | None = Field(None, max_length=MAX_LABEL_CHARS)
+    hr_scheduler: str | None = Field(None, max_length=MAX_LABEL_CHARS)
     hr_prompt: str | None = Field("", max_length=MAX_TEXT)
     hr_negative_prompt: str | None = Field("", max_length=MAX_TEXT)
     # Forge additions; distilled_cfg_scale is FLUX-dev's guidance (GenerationParams.guidance).

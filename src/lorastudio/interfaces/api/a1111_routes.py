@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ LATENT_UPSCALE_MODES = ["Latent", "Latent (antialiased)", "Latent (bicubic)", "L
 MAX_INIT_IMAGES = 16
 
 router = APIRouter(prefix="/sdapi/v1", tags=["A1111"])
+log = logging.getLogger(__name__)
 
 
 def _state(request: Request):
@@ -37,6 +39,12 @@ def _state(request: Request):
 # --- generation ------------------------------------------------------------------------------------
 @router.post("/txt2img", response_model=m.GenerationResponse)
 async def txt2img(request: Request, body: m.Txt2ImgRequest) -> dict:
+    """txt2img with A1111's request fields and defaults.
+
+    A field left out takes A1111's API default: width and height are 512 whatever the
+    checkpoint's native size (SDXL and FLUX clients send 1024), as A1111 does. Only the command
+    line, typed by hand, draws at the checkpoint's native size when no size is given.
+    """
     state = _state(request)
     hires = bool(getattr(state.engine, "supports_hires", False))
     plan = await run_in_threadpool(plan_generation, body, state, "txt2img", hires_supported=hires)
@@ -229,6 +237,10 @@ async def sd_models(request: Request) -> list[dict]:
     state = _state(request)
 
     def listing() -> list[dict]:
+        # A1111's item has no field for "cannot be loaded": such files stay listed (a client may
+        # still name one and get the reason) and are named in the server log.
+        for e, why in state.catalog.broken_checkpoints(allow_pickle=state.settings.allow_pickle):
+            log.warning("checkpoint %s cannot be loaded: %s", e.name, why)
         out = []
         for e in state.catalog.checkpoints():
             sha = state.cached_sha256(e.path) if e.kind == "file" else None
@@ -333,22 +345,15 @@ async def memory() -> dict:
 
 
 def _memory() -> dict:
+    import psutil
+
     ram: dict[str, Any]
     try:
-        info = {}
-        with open("/proc/meminfo") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                info[key] = int(rest.split()[0]) * 1024
-        total, free = info["MemTotal"], info.get("MemAvailable", info.get("MemFree", 0))
-        ram = {"free": free, "used": total - free, "total": total}
-    except (OSError, KeyError, ValueError, IndexError):
-        try:
-            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-            free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-            ram = {"free": free, "used": total - free, "total": total}
-        except (ValueError, OSError, AttributeError):
-            ram = {"error": "unavailable"}
+        vm = psutil.virtual_memory()
+        # A1111 reports "free" as what can still be allocated (MemAvailable), not MemFree.
+        ram = {"free": vm.available, "used": vm.total - vm.available, "total": vm.total}
+    except (OSError, RuntimeError, AttributeError) as exc:
+        ram = {"error": f"unavailable ({exc})"}
     cuda: dict[str, Any] = {"error": "unavailable"}
     try:
         import torch

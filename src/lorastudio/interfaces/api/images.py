@@ -39,7 +39,11 @@ def open_image(raw: bytes, field: str, *, max_pixels: int):
 
     try:
         img = Image.open(io.BytesIO(raw))
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError:
+        # Pillow's own text names an internal BytesIO object: say what we accept instead.
+        raise InvalidParameter(field, f"<{len(raw)} bytes>",
+                               "not a readable image (PNG, JPEG, WebP, BMP, GIF or TIFF expected)") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InvalidParameter(field, f"<{len(raw)} bytes>", f"not a readable image ({exc})") from None
     w, h = img.size
     if w <= 0 or h <= 0 or w * h > max_pixels:

@@ -2,8 +2,9 @@
 
 - HTTP Basic auth on every route (docs and /openapi.json included: unlike A1111 we do not leave
   them open, the route list is part of what a password should protect).
-- Host header check while unauthenticated on loopback: a page on evil.example that rebinds its
-  DNS name to 127.0.0.1 sends `Host: evil.example` and is refused (DNS rebinding).
+- Host header check while unauthenticated on loopback (Starlette's TrustedHostMiddleware, added
+  in `server.create_app`): a page on evil.example that rebinds its DNS name to 127.0.0.1 sends
+  `Host: evil.example` and is refused (DNS rebinding).
 - Browser cross-site writes refused (Origin / Sec-Fetch-Site), since a page on any site can POST
   to 127.0.0.1 without CORS if it does not read the answer.
 - Request bodies bounded before they are read.
@@ -23,6 +24,7 @@ from typing import Iterable, Sequence
 from urllib.parse import unquote, urlsplit
 
 from lorastudio.core.errors import InvalidParameter
+from lorastudio.core.limits import check_path
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -71,11 +73,10 @@ def check_basic_auth(header: str | None, creds: Sequence[tuple[bytes, bytes]]) -
 class SecurityMiddleware:
     """Pure ASGI middleware: runs before FastAPI parses anything."""
 
-    def __init__(self, app, *, credentials: Sequence[tuple[bytes, bytes]], allowed_hosts: Iterable[str] | None,
+    def __init__(self, app, *, credentials: Sequence[tuple[bytes, bytes]],
                  max_body_bytes: int, max_upload_bytes: int, upload_paths: Sequence[str] = ("/v1/trainings",)):
         self.app = app
         self.credentials = list(credentials)
-        self.allowed_hosts = None if allowed_hosts is None else {h.lower().strip("[]") for h in allowed_hosts}
         self.max_body_bytes = max_body_bytes
         self.max_upload_bytes = max_upload_bytes
         self.upload_paths = tuple(upload_paths)
@@ -85,8 +86,6 @@ class SecurityMiddleware:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         host_header = headers.get("host", "")
-        if self.allowed_hosts is not None and _host_name(host_header) not in self.allowed_hosts:
-            return await _reply(send, 400, {"detail": f"Host header {host_header!r} is not allowed"})
         if self.credentials and not check_basic_auth(headers.get("authorization"), self.credentials):
             return await _reply(send, 401, {"detail": "Not authenticated"},
                                 [(b"www-authenticate", b'Basic realm="lorastudio"')])
@@ -142,13 +141,6 @@ class SecurityMiddleware:
             await _reply(send, 413, {"detail": f"request body over {limit} bytes"})
 
 
-def _host_name(host_header: str) -> str:
-    host_header = host_header.strip().lower()
-    if host_header.startswith("["):
-        return host_header[1:].split("]", 1)[0]
-    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
-
-
 def _cross_site(headers: dict[str, str], scheme: str, host_header: str) -> str | None:
     site = headers.get("sec-fetch-site")
     if site is not None and site.lower() not in ("same-origin", "none"):
@@ -183,6 +175,10 @@ def resolve_inside(value: str | Path, roots: Sequence[Path], *, field: str, base
     text = str(value)
     if not text or "\x00" in text:
         raise InvalidParameter(field, text, "empty path or NUL byte")
+    try:
+        check_path(text)  # a part over 255 bytes fails in every system call: say so now
+    except ValueError as exc:
+        raise InvalidParameter(field, text, str(exc)) from None
     decoded = text
     for _ in range(3):
         decoded = unquote(decoded)

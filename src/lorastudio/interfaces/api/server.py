@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
+import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from lorastudio import __version__
-from lorastudio.core.errors import InvalidParameter, LorastudioError, NotFound
+from lorastudio.core.errors import DiskFullError, InvalidParameter, LorastudioError, NotFound
 from lorastudio.core.settings import StudioSettings
+from lorastudio.interfaces.api.public_text import public_text, server_roots, small
 from lorastudio.interfaces.api.security import LOOPBACK_NAMES, SecurityMiddleware, is_loopback, parse_api_auth
 from lorastudio.interfaces.api.state import ApiLimits, ApiState
 
@@ -58,49 +60,67 @@ def create_app(settings: StudioSettings, *, engine=None, store=None, api_auth: s
     app.include_router(training_routes.router)
     app.include_router(publish_routes.router)
     _install_error_handlers(app)
-    app.add_middleware(SecurityMiddleware, credentials=credentials, allowed_hosts=allowed_hosts,
+    app.add_middleware(SecurityMiddleware, credentials=credentials,
                        max_body_bytes=state.limits.max_body_bytes, max_upload_bytes=state.limits.max_upload_bytes)
+    if allowed_hosts is not None:
+        # Added last, so it runs first: a rebound DNS name is refused before anything else.
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=[_host_pattern(h) for h in allowed_hosts],
+                           www_redirect=False)
     return app
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    # Clients get the message; tracebacks and the server's folders go to the server log only.
+    def public(exc: BaseException | str) -> str:
+        return public_text(exc, server_roots(app.state.api))
+
     @app.exception_handler(InvalidParameter)
     async def invalid(_: Request, exc: InvalidParameter):
         loc = ["body", *str(exc.field).split(".")]
         return JSONResponse(status_code=422, content={
-            "detail": [{"loc": loc, "msg": exc.why, "type": "value_error", "input": _small(exc.value)}],
-            "error": "InvalidParameter", "message": str(exc)[:2000]})
+            "detail": [{"loc": loc, "msg": public(exc.why), "type": "value_error", "input": small(exc.value)}],
+            "error": "InvalidParameter", "message": public(exc)})
 
     @app.exception_handler(NotFound)
     async def not_found(_: Request, exc: NotFound):
-        return JSONResponse(status_code=404, content={"detail": str(exc), "error": "NotFound",
+        return JSONResponse(status_code=404, content={"detail": public(exc), "error": "NotFound",
                                                       "candidates": exc.candidates})
+
+    @app.exception_handler(DiskFullError)
+    async def disk_full(_: Request, exc: DiskFullError):
+        log.error("%s", exc)
+        return JSONResponse(status_code=507, content={"detail": public(exc), "error": "DiskFullError"})
 
     @app.exception_handler(LorastudioError)
     async def user_error(_: Request, exc: LorastudioError):
-        return JSONResponse(status_code=400, content={"detail": str(exc), "error": type(exc).__name__})
+        return JSONResponse(status_code=400, content={"detail": public(exc), "error": type(exc).__name__})
 
     @app.exception_handler(RequestValidationError)
     async def validation(_: Request, exc: RequestValidationError):
         # FastAPI's own handler echoes the input back; a NaN there cannot be written as JSON
         # (a 500 instead of the 422) and a 40 MB base64 string should not be sent back.
-        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", "")),
-                   "input": _small(e.get("input"))} for e in exc.errors()]
+        errors = [{"loc": list(e.get("loc", ())), "msg": public(str(e.get("msg", ""))), "type": str(e.get("type", "")),
+                   "input": small(e.get("input"))} for e in exc.errors()]
         return JSONResponse(status_code=422, content={"detail": errors})
 
     @app.exception_handler(Exception)
-    async def crash(_: Request, exc: Exception):
-        log.exception("unhandled error")
-        return JSONResponse(status_code=500, content={"error": type(exc).__name__, "detail": str(exc)[:2000]})
+    async def crash(request: Request, exc: Exception):
+        # ENOSPC from a library that wrote on our behalf (multipart spooling, SQLite's job store).
+        if DiskFullError.is_disk_full(exc) or "database or disk is full" in str(exc):
+            log.error("disk full", exc_info=exc)
+            return await disk_full(request, DiskFullError(getattr(exc, "filename", None) or "the server's disk"))
+        incident = uuid.uuid4().hex[:12]
+        log.error("unhandled error (incident %s)", incident, exc_info=exc)
+        return JSONResponse(status_code=500, content={
+            "error": "InternalError", "incident": incident,
+            "detail": f"internal error ({type(exc).__name__}); the server log has the details under incident {incident}"})
 
 
-def _small(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, (bool, int, float)) or value is None:
-        return value
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= 200 else text[:200] + "..."
+def _host_pattern(host: str) -> str:
+    # Starlette compares the Host header's name without the port, IPv6 literals in brackets:
+    # "[::1]:7860" is "[::1]".
+    host = host.strip().lower().strip("[]")
+    return f"[{host}]" if ":" in host else host
 
 
 def check_bind(host: str, api_auth: str | None) -> None:

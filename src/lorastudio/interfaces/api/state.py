@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 from urllib.parse import unquote
 
-from lorastudio.core.errors import InvalidParameter
+from lorastudio.core.errors import InvalidParameter, NotFound
+from lorastudio.core.limits import check_path
 from lorastudio.core.settings import StudioSettings
 from lorastudio.interfaces.api.options import OptionsStore
 from lorastudio.interfaces.api.progress import GenerationProgress
@@ -144,8 +145,14 @@ class ApiState:
 
     @staticmethod
     def _path_like(ref: str, roots: list[Path], field: str, *, base: Path) -> Path | None:
-        if "\x00" in ref or any(".." in _SEP.split(form) for form in (ref, unquote(unquote(unquote(ref))))):
+        if "\x00" in ref:
+            raise InvalidParameter(field, ref, "a NUL byte is not allowed in a model reference")
+        if any(".." in _SEP.split(form) for form in (ref, unquote(unquote(unquote(ref))))):
             raise InvalidParameter(field, ref, "'..' is not allowed in a model reference")
+        try:
+            check_path(ref)  # a 300-byte name makes the exists() below fail with ENAMETOOLONG
+        except ValueError as exc:
+            raise InvalidParameter(field, ref, str(exc)) from None
         p = Path(ref)
         if p.is_absolute() or ref.startswith("~") or p.exists():
             return resolve_inside(ref, roots, field=field, base=base)
@@ -167,8 +174,10 @@ class ApiState:
         chosen = self.options.get("sd_model_checkpoint")
         if chosen:
             return chosen
-        entries = self.catalog.checkpoints()
-        return self.checkpoint_title(entries[0]) if entries else None
+        try:
+            return self.checkpoint_title(self.catalog.default_checkpoint(allow_pickle=self.settings.allow_pickle))
+        except NotFound:
+            return None
 
     # --- LoRA / embedding headers -------------------------------------------------------------------
     def lora_metadata(self, path: Path) -> dict[str, Any]:

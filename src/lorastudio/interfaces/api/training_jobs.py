@@ -22,6 +22,7 @@ def make_training_handler(settings: StudioSettings, *, train_fn: Callable | None
 
     def handle(job, ctx) -> dict[str, Any]:
         from lorastudio.services.jobs import JobCancelled
+        from lorastudio.services.lora_install import install_trained_lora
         from lorastudio.training.config import training_config
         from lorastudio.training.events import TrainingStopped
         from lorastudio.training.project import project_name, version_dir
@@ -65,6 +66,13 @@ def make_training_handler(settings: StudioSettings, *, train_fn: Callable | None
 
         try:
             result = train(config, on_event, should_stop=ctx.cancelled, yield_point=ctx.yield_point)
+            try:
+                installed = install_trained_lora(config, result)
+            except OSError as exc:  # the run succeeded; its files stay downloadable
+                installed = None
+                ctx.log(f"the LoRA was not copied into the models folder: {exc}", "WARNING")
+            if installed is not None:
+                ctx.log(f"installed as {installed.path}; use it with {installed.tag}")
         except TrainingStopped:
             raise JobCancelled(job.id) from None
         finally:
@@ -76,7 +84,10 @@ def make_training_handler(settings: StudioSettings, *, train_fn: Callable | None
                 shutil.rmtree(upload, ignore_errors=True)
         if settings.report_after_training:
             _write_report(result, settings, ctx)
-        return result_payload(result, projects_root)
+        payload = result_payload(result, projects_root)
+        if installed is not None:
+            payload.update(installed_lora=str(installed.path), lora_tag=installed.tag)
+        return payload
 
     return handle
 

@@ -16,8 +16,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
-from lorastudio.core.errors import DatasetError, InvalidParameter
+from lorastudio.core.errors import DatasetError, InvalidParameter, raise_if_disk_full
 from lorastudio.interfaces.api.a1111_models import reject_non_finite
+from lorastudio.interfaces.api.public_text import public_text, server_roots
 from lorastudio.interfaces.api.security import check_webhook_url, resolve_inside
 
 router = APIRouter(prefix="/v1/trainings", tags=["training"])
@@ -122,9 +123,9 @@ def _json_object(text: Any, field: str) -> dict[str, Any]:
 def _store_zip(fileobj, upload_dir: Path, max_unzipped: int) -> Path:
     from lorastudio.training.dataset.ingest import extract_zip
 
-    upload_dir.mkdir(parents=True, exist_ok=False)
     archive = upload_dir / "dataset.zip"
     try:
+        upload_dir.mkdir(parents=True, exist_ok=False)
         with open(archive, "wb") as out:
             shutil.copyfileobj(fileobj, out, 1024 * 1024)
         # Extracted now, with ingest's zip-slip and zip-bomb checks, so a bad archive is a 422
@@ -133,6 +134,14 @@ def _store_zip(fileobj, upload_dir: Path, max_unzipped: int) -> Path:
     except DatasetError as exc:
         shutil.rmtree(upload_dir, ignore_errors=True)
         raise InvalidParameter("images", "<upload>", str(exc)) from None
+    except BaseException as exc:
+        # Nothing of a failed upload stays behind (a full disk most of all: the half-written
+        # zip is what filled it).
+        shutil.rmtree(upload_dir, ignore_errors=True)
+        raise_if_disk_full(exc, upload_dir.parent, "the uploaded dataset",
+                           "free space on the server's projects disk (old uploads and training "
+                           "checkpoints are under projects/) or upload a smaller zip")
+        raise
     finally:
         archive.unlink(missing_ok=True)
 
@@ -166,6 +175,7 @@ def _payload(state, fields: dict[str, Any], images: Path, upload_dir: Path | Non
 
 # --- status, events, result, files, cancel ----------------------------------------------------------
 def _status(job, request: Request, *, logs=None) -> dict[str, Any]:
+    roots = server_roots(_state(request))
     out: dict[str, Any] = {"request_id": job.id, "status": job.status.value, **_urls(request, job.id),
                            "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
                            "finished_at": _iso(job.finished_at), "attempts": job.attempts,
@@ -180,14 +190,16 @@ def _status(job, request: Request, *, logs=None) -> dict[str, Any]:
     elif value == "COMPLETED":
         out["response_url"] = out["result_url"]
     elif value in ("FAILED", "CANCELLED"):
-        out["reason"] = job.error
+        out["reason"] = public_text(job.error, roots) if job.error is not None else None
     if logs is not None:
-        out["logs"] = [_log_line(line) for line in logs]
+        out["logs"] = [_log_line(line, roots) for line in logs]
     return out
 
 
-def _log_line(line) -> dict[str, Any]:
-    return {"seq": line.seq, "timestamp": _iso(line.ts), "level": line.level, "message": line.message}
+def _log_line(line, roots) -> dict[str, Any]:
+    # The job log keeps tracebacks for the server's owner; a client sees the message only.
+    return {"seq": line.seq, "timestamp": _iso(line.ts), "level": line.level,
+            "message": public_text(line.message, roots)}
 
 
 def _iso(ts) -> str | None:
@@ -229,7 +241,7 @@ async def training_events(request: Request, request_id: RequestId) -> StreamingR
             for line in await run_in_threadpool(store.logs, request_id, since):
                 since = line.seq
                 quiet_since = time.monotonic()
-                yield _sse("log", _log_line(line), event_id=line.seq)
+                yield _sse("log", _log_line(line, server_roots(_state(request))), event_id=line.seq)
             snapshot = _status(job, request)
             if snapshot != previous:
                 previous = snapshot
@@ -258,7 +270,9 @@ async def training_result(request: Request, request_id: RequestId):
     if job.status.value != "COMPLETED":
         return JSONResponse(status_code=409, content={
             "detail": f"training {request_id} is {job.status.value}, not COMPLETED",
-            "status": job.status.value, "reason": job.error, "status_url": _urls(request, job.id)["status_url"]})
+            "status": job.status.value,
+            "reason": public_text(job.error, server_roots(_state(request))) if job.error is not None else None,
+            "status_url": _urls(request, job.id)["status_url"]})
     res = job.result or {}
     files = res.get("files") or {}
 
@@ -272,7 +286,9 @@ async def training_result(request: Request, request_id: RequestId):
     return {"request_id": job.id, "status": job.status.value, "lora": link(res.get("lora")),
             "diffusers_lora": link(res.get("diffusers_lora")), "config": link(res.get("config")),
             "samples": [link(n) for n in res.get("samples", []) if n in files],
-            "files": [link(n) for n in files], "steps": res.get("steps"), "final_loss": res.get("final_loss")}
+            "files": [link(n) for n in files], "steps": res.get("steps"), "final_loss": res.get("final_loss"),
+            # where the finished LoRA was installed in the models folder, and the prompt tag that uses it
+            "installed_lora": res.get("installed_lora"), "lora_tag": res.get("lora_tag")}
 
 
 @router.get("/{request_id}/files/{name}", name="training_file")

@@ -12,26 +12,51 @@ from typing import Optional
 import typer
 
 from lorastudio.core.errors import LorastudioError
+from lorastudio.interfaces.cli.memory import GENERATE_HINT, TRAIN_HINT, out_of_memory_message
+from lorastudio.interfaces.cli.quiet import library_output, verbose_option
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# rich_markup_mode=None: help texts are plain text, so A1111 syntax such as `[word]` is shown as
+# written instead of being taken for a rich style tag and dropped.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Train LoRA adapters and generate images, locally (SD 1.x, SDXL, FLUX.1).")
 
 ModelsDir = typer.Option(None, "--models-dir", help="A1111/Forge `models` folder (default: ./models or $LORASTUDIO_MODELS_DIR)")
 
 
 def _settings(models_dir: Optional[Path] = None, outdir: Optional[Path] = None, **extra):
+    from lorastudio.core.params import build_model
     from lorastudio.core.settings import StudioSettings
 
     values = {"models_dir": models_dir or Path(os.environ.get("LORASTUDIO_MODELS_DIR", "models"))}
     if outdir is not None:
         values["outdir"] = outdir
     values.update({k: v for k, v in extra.items() if v is not None})
-    return StudioSettings(**values)
+    return build_model(StudioSettings, values)  # a bad value is a usage error naming the flag
+
+
+def _check_path_arg(field: str, path: Path) -> None:
+    """A path argument whose parts fit the filesystem (255 bytes each), as a usage error."""
+    from lorastudio.core.errors import InvalidParameter
+    from lorastudio.core.limits import check_path
+
+    try:
+        check_path(path)
+    except ValueError as exc:
+        raise InvalidParameter(field, str(path), str(exc)) from None
 
 
 def _fail(exc: Exception) -> None:
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+def _fail_if_out_of_memory(exc: BaseException, hint: str) -> None:
+    """An allocation failure becomes one error line saying what to change; anything else re-raises."""
+    message = out_of_memory_message(exc, hint)
+    if message is None:
+        raise exc
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(3)
 
 
 @app.command()
@@ -45,8 +70,8 @@ def generate(
     sampler: Optional[str] = typer.Option(None, help="A1111 sampler name, e.g. 'DPM++ 2M' or 'DPM++ 2M Karras'"),
     scheduler: Optional[str] = typer.Option(None, help="Schedule type: Automatic, Karras, Exponential, SGM Uniform"),
     seed: Optional[int] = typer.Option(None, help="Seed; -1 draws a random one [-1]"),
-    width: Optional[int] = typer.Option(None, help="Width, a multiple of 8"),
-    height: Optional[int] = typer.Option(None, help="Height, a multiple of 8"),
+    width: Optional[int] = typer.Option(None, help="Width, a multiple of 8 [the checkpoint's native size]"),
+    height: Optional[int] = typer.Option(None, help="Height, a multiple of 8 [the checkpoint's native size]"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch"),
     batch_count: Optional[int] = typer.Option(None, "--batch-count", help="Number of batches"),
     clip_skip: Optional[int] = typer.Option(None, "--clip-skip", help="CLIP skip (A1111 numbering: 1 = none)"),
@@ -56,8 +81,12 @@ def generate(
     from_png: Optional[Path] = typer.Option(None, "--from-png", help="Reproduce the image whose infotext this PNG holds"),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | mps"),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .ckpt/.pt (loaded with weights_only=True)"),
+    verbose: bool = verbose_option(),
 ):
-    """txt2img with the A1111 conventions; every PNG carries its `parameters` text."""
+    """txt2img with the A1111 conventions; every PNG carries its `parameters` text.
+
+    Without --width/--height it draws at the checkpoint's native size (SD 1.x 512, SDXL and
+    FLUX 1024, the bundled base 32), as Forge does per model."""
     try:
         from lorastudio.core.params import validate_params
 
@@ -71,17 +100,26 @@ def generate(
                  "batch_size": batch_size, "batch_count": batch_count, "clip_skip": clip_skip,
                  "guidance": guidance, "vae": vae}
         values.update({k: v for k, v in given.items() if v is not None})
-        params = validate_params(values)
+        params = validate_params(values)  # a bad value fails before any model loads
         settings = _settings(models_dir, outdir, device=device, allow_pickle=allow_pickle or None)
 
         from lorastudio.generation.engine import GenerationEngine
         from lorastudio.interfaces.cli.progress import step_progress
 
-        engine = GenerationEngine(settings)
-        with step_progress(params.steps * params.batch_count) as advance:
-            result = engine.txt2img(params, on_progress=advance)
+        with library_output(verbose):
+            engine = GenerationEngine(settings)
+            loaded = engine.load(params.model, params.vae)
+            if "width" not in values or "height" not in values:
+                side = loaded.family.native_resolution(loaded.pipe)
+                values.setdefault("width", side)
+                values.setdefault("height", side)
+                params = validate_params(values)
+            with step_progress(params.steps * params.batch_count) as advance:
+                result = engine.txt2img(params, on_progress=advance)
     except LorastudioError as exc:
         _fail(exc)
+    except (MemoryError, RuntimeError) as exc:
+        _fail_if_out_of_memory(exc, GENERATE_HINT)
     for im in result.images:
         typer.echo(f"{im.path}  seed={im.seed}")
     if result.interrupted:
@@ -93,7 +131,10 @@ def _params_from_png(path: Path) -> dict:
     from lorastudio.core.infotext_params import params_from_infotext
     from lorastudio.core.png_text import read_infotext
 
-    text = read_infotext(path)
+    try:
+        text = read_infotext(path)
+    except OSError as exc:  # missing, unreadable or not an image
+        raise InvalidParameter("--from-png", str(path), f"cannot read the image ({exc})") from None
     if not text:
         raise InvalidParameter("--from-png", str(path), "the image has no A1111 parameters text")
     return params_from_infotext(text)
@@ -107,6 +148,7 @@ def info(image: Path = typer.Argument(..., help="A PNG (or JPEG/WebP) written by
     from lorastudio.core.png_text import read_infotext
 
     try:
+        _check_path_arg("image", image)
         text = read_infotext(image)
     except (OSError, LorastudioError) as exc:
         _fail(exc)
@@ -123,16 +165,27 @@ def models(models_dir: Optional[Path] = ModelsDir,
            no_hash: bool = typer.Option(False, "--no-hash", help="Do not hash files that are not in the cache yet")):
     """List checkpoints (with A1111 titles), LoRAs, VAEs and embeddings."""
     from lorastudio.models.catalog import Catalog
+    from lorastudio.models.formats.checkpoint_facts import listing_summary
     from lorastudio.core.paths import ModelsRoot
 
-    settings = _settings(models_dir)
+    try:
+        settings = _settings(models_dir)
+    except LorastudioError as exc:
+        _fail(exc)
     cat = Catalog(ModelsRoot.at(settings.models_dir), include_bundled=settings.include_bundled)
     typer.echo(f"models root: {cat.root.root}")
     for head, entries in (("Checkpoints", cat.checkpoints()), ("LoRA", cat.loras()), ("VAE", cat.vaes()),
                           ("Embeddings", cat.embeddings())):
         typer.echo(f"{head}:")
+        broken = dict(cat.broken_checkpoints(allow_pickle=settings.allow_pickle)) if head == "Checkpoints" else {}
         for e in entries:
-            typer.echo(f"  {cat.title(e, compute=not no_hash) if head == 'Checkpoints' else e.name}")
+            if e in broken:
+                typer.echo(f"  {e.name}  (broken: {broken[e]})")
+            elif head == "Checkpoints":
+                # storage dtype (fp8 / fp16 / ...) and how the file is read, from its header alone
+                typer.echo(f"  {cat.title(e, compute=not no_hash)}  ({listing_summary(e.path)})")
+            else:
+                typer.echo(f"  {e.name}")
         if not entries:
             typer.echo("  (none)")
 
@@ -173,6 +226,9 @@ def train(
     prior_loss_weight: Optional[float] = typer.Option(None, "--prior-loss-weight", help="Loss weight of regularisation pictures [1.0]"),
     num_processes: Optional[int] = typer.Option(None, "--num-processes", help="Data-parallel processes (accelerate)"),
     report: bool = typer.Option(True, "--report/--no-report", help="Write the LoRA report (weight sweep) after training"),
+    no_install: bool = typer.Option(False, "--no-install",
+                                    help="Do not copy the finished LoRA into the models folder's Lora/"),
+    verbose: bool = verbose_option(),
 ):
     """Train a LoRA from a folder or zip of pictures."""
     from lorastudio.training.config import load_toml, training_config
@@ -194,40 +250,79 @@ def train(
             data["resume"] = True
         if skip_bad_images:
             data["skip_bad_images"] = True
+        if no_install:
+            data["install_lora"] = False
         config = training_config(data)
         if config.num_processes > 1 and "LOCAL_RANK" not in os.environ:
-            _relaunch_with_accelerate(config)
+            _train_in_processes(config)
             return
         from lorastudio.interfaces.cli.progress import TrainingProgress
+        from lorastudio.services.lora_install import install_trained_lora
         from lorastudio.training.api import train as run_training
 
-        with TrainingProgress() as progress:
+        with library_output(verbose), TrainingProgress() as progress:
             result = run_training(config, on_event=progress)
+        try:
+            installed = install_trained_lora(config, result)
+        except OSError as exc:  # the run succeeded: say what went wrong, keep the exit status
+            installed = None
+            typer.secho(f"warning: the LoRA was not copied into the models folder: {exc}", fg=typer.colors.YELLOW,
+                        err=True)
     except LorastudioError as exc:
         _fail(exc)
+    except (MemoryError, RuntimeError) as exc:
+        _fail_if_out_of_memory(exc, TRAIN_HINT)
     typer.echo(f"LoRA (A1111/Forge/ComfyUI): {result.lora_path}")
     typer.echo(f"LoRA (diffusers/PEFT):      {result.diffusers_lora_dir}")
     typer.echo(f"config:                     {result.config_path}")
+    if installed is not None:
+        typer.echo(f"installed as {installed.path}")
+        typer.echo(f"use it with: {installed.tag}")
     if report:
         from lorastudio.interfaces.cli.report_cmd import report_after_training
 
         report_after_training(result.version_dir, models_dir)
 
 
-def _relaunch_with_accelerate(config) -> None:
+def _train_in_processes(config) -> None:
     """`--num-processes N`: one process per device under torch's launcher; accelerate reads its
-    environment (NCCL on GPUs, gloo on CPUs), so there is no home-made distribution code."""
+    environment (NCCL on GPUs, gloo on CPUs), so there is no home-made distribution code.
+
+    The version folder is decided here, before the launch, so this process knows which LoRA to
+    install once the processes are done."""
     import subprocess
     import tempfile
 
+    from lorastudio.services.lora_install import install_lora
+    from lorastudio.training.project import project_name, version_dir
+
+    project = project_name(config.project, config.trigger)
+    vdir = version_dir(config.projects_dir, project, config.version, resume=config.resume)
+    config = config.model_copy(update={"project": project, "version": vdir.root.name})
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         fh.write(config.model_dump_json())
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            str(config.num_processes), "-m", "lorastudio.training.launch", fh.name]
-    raise typer.Exit(subprocess.call(cmd))
+    try:
+        code = subprocess.call(cmd)
+    finally:
+        os.unlink(fh.name)
+    if code != 0:
+        raise typer.Exit(code)
+    if config.install_lora:
+        from lorastudio.core.paths import ModelsRoot
+
+        try:
+            installed = install_lora(vdir.lora(config.output_name or project), ModelsRoot.at(config.models_dir).lora)
+        except OSError as exc:
+            typer.secho(f"warning: the LoRA was not copied into the models folder: {exc}", fg=typer.colors.YELLOW,
+                        err=True)
+            return
+        typer.echo(f"installed as {installed.path}")
+        typer.echo(f"use it with: {installed.tag}")
 
 
-dataset_app = typer.Typer(help="Inspect a training dataset.", no_args_is_help=True)
+dataset_app = typer.Typer(help="Inspect a training dataset.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(dataset_app, name="dataset")
 
 
@@ -243,8 +338,8 @@ def dataset_check(
     from lorastudio.training.dataset.ingest import open_source
 
     try:
-        cfg = dataset_config({"trigger_word": trigger, "resolutions": resolution,
-                              "bucket_step": 64 if min(resolution) >= 256 else 8})
+        _check_path_arg("source", source)
+        cfg = dataset_config({"trigger_word": trigger, "resolutions": resolution})
         with open_source(source) as src:
             report = check_dataset(src, cfg)
     except LorastudioError as exc:
@@ -256,13 +351,15 @@ def dataset_check(
 
 @app.command()
 def demo(workspace: Path = typer.Option(Path("demo"), "--workspace", help="Where the demo writes everything"),
-         steps: int = typer.Option(300, "--steps", help="LoRA training steps")):
+         steps: int = typer.Option(300, "--steps", help="LoRA training steps"),
+         verbose: bool = verbose_option()):
     """Run the whole story on the bundled small model: generate, train a LoRA, compare."""
     from lorastudio.interfaces.cli.progress import TrainingProgress
     from lorastudio.services.demo import run_demo
 
     try:
-        with TrainingProgress() as progress:
+        _check_path_arg("--workspace", workspace)
+        with library_output(verbose), TrainingProgress() as progress:
             run_demo(workspace, steps=steps, say=typer.echo, on_training_event=progress)
     except LorastudioError as exc:
         _fail(exc)

@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from lorastudio.interfaces.cli.quiet import library_output, verbose_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
@@ -48,10 +50,12 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | mps"),
         allow_pickle: bool = typer.Option(False, "--allow-pickle",
                                           help="Allow .ckpt/.pt (loaded with weights_only=True)"),
+        verbose: bool = verbose_option(),
     ):
         """img2img (inpainting with --mask); PNGs go to outputs/img2img-images and carry their parameters."""
         from lorastudio.core.errors import LorastudioError
-        from lorastudio.interfaces.cli.app import _fail, _params_from_png, _settings
+        from lorastudio.interfaces.cli.app import _fail, _fail_if_out_of_memory, _params_from_png, _settings
+        from lorastudio.interfaces.cli.memory import GENERATE_HINT
 
         try:
             from lorastudio.core.params import validate_img2img_options, validate_params
@@ -81,12 +85,16 @@ def register(app: typer.Typer) -> None:
             from lorastudio.generation.engine import GenerationEngine
             from lorastudio.interfaces.cli.progress import step_progress
 
-            engine = GenerationEngine(settings)
             total = img2img_steps(params.steps, params.denoising_strength) * params.batch_count
-            with step_progress(total) as advance:
-                result = engine.img2img(params, [init_image], mask_image, options=options, on_progress=advance)
+            with library_output(verbose):
+                engine = GenerationEngine(settings)
+                engine.load(params.model, params.vae)  # loading happens before the bar starts
+                with step_progress(total) as advance:
+                    result = engine.img2img(params, [init_image], mask_image, options=options, on_progress=advance)
         except LorastudioError as exc:
             _fail(exc)
+        except (MemoryError, RuntimeError) as exc:
+            _fail_if_out_of_memory(exc, GENERATE_HINT)
         for im in result.images:
             typer.echo(f"{im.path}  seed={im.seed}")
         if result.interrupted:

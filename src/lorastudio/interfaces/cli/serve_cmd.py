@@ -11,6 +11,8 @@ from typing import Optional
 
 import typer
 
+from lorastudio.interfaces.cli.quiet import library_output, verbose_option
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
@@ -26,9 +28,11 @@ def register(app: typer.Typer) -> None:
                                                     "(or $LORASTUDIO_API_AUTH, kept out of the process list)"),
         device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | mps"),
         report: bool = typer.Option(True, "--report/--no-report", help="Write the LoRA report after each training"),
+        verbose: bool = verbose_option(),
     ):
         """Serve /sdapi/v1 (A1111 clients: webuiapi, Krita, SillyTavern...) and /v1/trainings."""
         from lorastudio.core.errors import LorastudioError
+        from lorastudio.core.params import build_model
         from lorastudio.core.settings import StudioSettings
 
         values: dict = {"models_dir": models_dir or Path(os.environ.get("LORASTUDIO_MODELS_DIR", "models")),
@@ -39,7 +43,8 @@ def register(app: typer.Typer) -> None:
         try:
             from lorastudio.interfaces.api.server import run_server
 
-            run_server(StudioSettings(**values), host=host, port=port, api_auth=api_auth or None)
+            with library_output(verbose):
+                run_server(build_model(StudioSettings, values), host=host, port=port, api_auth=api_auth or None)
         except LorastudioError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None

@@ -47,6 +47,12 @@ class ModelFamily(ABC):
     default_cfg: ClassVar[float] = 7.0
     # Precision on GPUs; CPUs always run float32.
     gpu_dtype: ClassVar[str] = "float16"
+    # `modelspec.prediction_type` written into LoRAs trained on this family (None: left out).
+    modelspec_prediction_type: ClassVar[str | None] = "epsilon"
+
+    def preferred_dtype(self, device: str) -> str:
+        """The compute precision on `device`: float32 on CPUs, `gpu_dtype` on accelerators."""
+        return "float32" if device == "cpu" else self.gpu_dtype
 
     # --- recognising files -------------------------------------------------------------
     @abstractmethod
@@ -89,6 +95,10 @@ class ModelFamily(ABC):
                        clip_skip: int, cfg_scale: float, guidance: float) -> Conditioning:
         """Prompt embeddings (A1111 emphasis, chunks, BREAK) as pipeline keyword arguments."""
 
+    def native_resolution(self, pipe: "DiffusionPipeline") -> int:
+        """The side in pixels this checkpoint was trained at (what the CLI draws when no size is given)."""
+        return self.default_size
+
     @abstractmethod
     def latent_shape(self, pipe: "DiffusionPipeline", width: int, height: int) -> tuple[int, ...]:
         """Shape of one image's initial noise, as the pipeline's `latents` argument expects."""
@@ -107,6 +117,11 @@ class ModelFamily(ABC):
         from lorastudio.core.errors import InvalidParameter
 
         raise InvalidParameter("init_images", "<image>", f"img2img is not available for {self.title} models")
+
+    def is_inpainting_model(self, pipe: "DiffusionPipeline") -> bool:
+        """True for a denoiser that takes the masked image and the mask as extra input channels
+        (SD 1.x inpainting: 4 latent + 1 mask + 4 masked-image channels)."""
+        return False
 
     def textual_inversion_targets(self, pipe: "DiffusionPipeline") -> list[tuple[str | None, Any, Any]]:
         """(key in an embedding file, tokenizer, text encoder) per encoder that takes A1111 embeddings.

@@ -38,6 +38,9 @@ class FluxFamily(ModelFamily, TrainableFamily):
     default_sampler = "Euler (flow)"
     default_cfg = 1.0
     gpu_dtype = "bfloat16"
+    # Flow matching has no epsilon / v prediction type: the key is left out of a LoRA's metadata,
+    # as kohya's sd-scripts does for its flow-matching models.
+    modelspec_prediction_type = None
 
     def claims_checkpoint(self, keys: Collection[str]) -> bool:
         from lorastudio.models.formats.flux_checkpoint import detect_flux_layout
@@ -150,6 +153,10 @@ class FluxFamily(ModelFamily, TrainableFamily):
     def _max_seq(self, pipe) -> int:
         return min(512, int(getattr(pipe.tokenizer_2, "model_max_length", 512) or 512))
 
+    def native_resolution(self, pipe) -> int:
+        # diffusers' own default: the pipeline's default_sample_size (latent side) times the VAE factor.
+        return int(pipe.default_sample_size * pipe.vae_scale_factor)
+
     def latent_shape(self, pipe, width: int, height: int) -> tuple[int, ...]:
         f = pipe.vae_scale_factor * 2  # latents are packed 2x2
         return (pipe.transformer.config.in_channels // 4, 2 * (height // f), 2 * (width // f))
@@ -209,7 +216,9 @@ class FluxFamily(ModelFamily, TrainableFamily):
         img_ids = pipe._prepare_latent_image_ids(b, h // 2, w // 2, latents.device, dtype)
         txt_ids = torch.zeros(cond["embeds"].shape[1], 3, device=latents.device, dtype=dtype)
         guidance = None
-        if getattr(model, "config", None) is not None and _unwrap(model).config.guidance_embeds:
+        # accelerate wraps the transformer in DistributedDataParallel on several processes; the
+        # config lives on the wrapped module.
+        if _unwrap(model).config.guidance_embeds:
             guidance = torch.full((b,), float(config.guidance), device=latents.device, dtype=dtype)
         pred = model(hidden_states=packed, timestep=nb.timesteps.to(dtype), guidance=guidance,
                      pooled_projections=cond["pooled"].to(dtype), encoder_hidden_states=cond["embeds"].to(dtype),

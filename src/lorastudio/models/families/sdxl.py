@@ -113,6 +113,12 @@ class SDXLFamily(ModelFamily, TrainableFamily):
         h2, pooled, _ = encode_clip(pipe.tokenizer_2, pipe.text_encoder_2, text, spec_g, want_pooled=True)
         return torch.cat([h1, h2.to(h1.dtype)], dim=-1), pooled
 
+    def native_resolution(self, pipe) -> int:
+        # The UNet config's sample_size (latent side) times the VAE factor, as diffusers' own default.
+        from lorastudio.models.families.sd1 import native_resolution
+
+        return native_resolution(pipe)
+
     def latent_shape(self, pipe, width: int, height: int) -> tuple[int, ...]:
         f = pipe.vae_scale_factor
         return (pipe.unet.config.in_channels, height // f, width // f)

@@ -23,7 +23,8 @@ class DatasetConfig(BaseModel):
     trigger_word: str = Field(..., description="Stored as typed; escaped for A1111 syntax in captions")
     class_word: str | None = Field(None, description='Added after the trigger in default captions ("sticker")')
     resolutions: tuple[int, ...] = Field((512,), description="One or several base sides, e.g. 512 or [512, 768]")
-    bucket_step: int = Field(64, ge=8, le=256)
+    bucket_step: int = Field(64, ge=8, le=256, description="Bucket sides are multiples of this [64; 8 when a "
+                                                          "resolution is under 256]")
     min_aspect: float = Field(0.25, gt=0, le=1, description="Narrowest bucket, width / height")
     max_aspect: float = Field(4.0, ge=1, le=16, description="Widest bucket, width / height")
     allow_upscale: bool = False
@@ -32,13 +33,33 @@ class DatasetConfig(BaseModel):
     caption_dropout: float = Field(0.0, ge=0.0, le=1.0)
     shuffle_tags: bool = False
     keep_tokens: int = Field(1, ge=0, le=64, description="Leading tags that shuffling never moves")
-    min_size: int = Field(64, ge=8, le=4096, description="Shortest side allowed, in pixels")
+    min_size: int = Field(64, ge=8, le=4096, description="Shortest side allowed, in pixels [64, or the smallest "
+                                                        "resolution when that is smaller]")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=64 * 64, description="Decompression-bomb guard")
     max_unzipped_bytes: int = Field(DEFAULT_MAX_UNZIPPED_BYTES, ge=1)
     repeats: int = Field(1, ge=1, le=10_000, description="Used where no kohya `N_name` folder says otherwise")
     use_alpha_mask: bool = Field(False, description="Mask the loss with the alpha channel of transparent images")
     add_trigger: bool = Field(True, description="Put the trigger first in every caption; off for regularisation "
                                                 "pictures, whose captions are used as written")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _size_rules(cls, data: Any) -> Any:
+        # One rule for `dataset check` and `train`: both build their settings here, so a picture
+        # one accepts the other accepts too.
+        if not isinstance(data, dict):
+            return data
+        res = data.get("resolutions", (512,))
+        res = [res] if isinstance(res, int) else list(res)
+        if not res or not all(isinstance(r, int) for r in res):
+            return data  # the field validators report it
+        data = dict(data)
+        if data.get("bucket_step") is None:
+            # Small demo models train at 32–128 px where 64-px buckets would leave one bucket only.
+            data["bucket_step"] = 64 if min(res) >= 256 else 8
+        if data.get("min_size") is None:
+            data["min_size"] = min(64, min(res))
+        return data
 
     @field_validator("trigger_word")
     @classmethod
@@ -89,20 +110,12 @@ class DatasetConfig(BaseModel):
     @field_validator("background", mode="before")
     @classmethod
     def _colour(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            m = _HEX_COLOUR.match(v.strip())
-            if not m:
-                raise ValueError(f"{v!r} is not a colour like '#ffffff' or [255, 255, 255]")
-            h = m.group(1)
-            return (int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16))
-        return v
+        return parse_colour(v)
 
     @field_validator("background")
     @classmethod
     def _colour_range(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
-        if any(not 0 <= c <= 255 for c in v):
-            raise ValueError("each channel must be within 0..255")
-        return v
+        return check_colour(v)
 
     @field_validator("caption_extensions", mode="before")
     @classmethod
@@ -135,6 +148,23 @@ class DatasetConfig(BaseModel):
             # A picture narrower than one step cannot fill even the smallest bucket without upscaling.
             raise ValueError(f"min_size={self.min_size} is below bucket_step={self.bucket_step}")
         return self
+
+
+def parse_colour(v: Any) -> Any:
+    """'#rrggbb' (or 'rrggbb') -> (r, g, b); anything else is left for the type check."""
+    if isinstance(v, str):
+        m = _HEX_COLOUR.match(v.strip())
+        if not m:
+            raise ValueError(f"{v!r} is not a colour like '#ffffff' or [255, 255, 255]")
+        h = m.group(1)
+        return (int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16))
+    return v
+
+
+def check_colour(v: tuple[int, int, int]) -> tuple[int, int, int]:
+    if any(not 0 <= c <= 255 for c in v):
+        raise ValueError("each channel must be within 0..255")
+    return v
 
 
 def dataset_config(data: dict[str, Any] | DatasetConfig) -> DatasetConfig:

@@ -1,8 +1,8 @@
 """Turn one picture file into the RGB image (and alpha mask) that training sees.
 
 Every input mode goes through one fixed path, so the same file always gives the same pixels:
-split off alpha → colour to sRGB (embedded ICC profile through LittleCMS when there is one)
-→ composite onto the background colour → EXIF orientation.
+EXIF orientation (Pillow's exif_transpose) → split off alpha → colour to sRGB (embedded ICC
+profile through LittleCMS when there is one) → composite onto the background colour.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, ImageOps
 
 from lorastudio.core.errors import DatasetError
 
@@ -26,15 +26,6 @@ _PIL_FORMATS = ["PNG", "JPEG", "WEBP", "BMP"]
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_MIN_SIZE = 64
 
-_ORIENTATION = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 _BMP_DIB_SIZES = (12, 16, 40, 52, 56, 64, 108, 124)
 
 
@@ -157,7 +148,7 @@ def probe_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Im
         except Exception:  # noqa: BLE001 - a broken EXIF block must not hide the picture itself
             orientation = 1
         info = ImageInfo(format=fmt, size=(w, h), mode=im.mode,
-                         orientation=orientation if orientation in _ORIENTATION else 1)
+                         orientation=orientation if 1 <= orientation <= 8 else 1)
     if w <= 0 or h <= 0:
         raise ImageRejected(path, "corrupt", f"declares an empty size {w}x{h}")
     if w * h > max_pixels:
@@ -194,8 +185,9 @@ def load_training_image(
     try:
         if getattr(im, "n_frames", 1) > 1:
             notes.append(f"has {im.n_frames} frames; only the first is used")
-        colour, alpha = _split_alpha(im)
-        colour, colour_path = _to_srgb(colour, im.info.get("icc_profile"), notes)
+        upright = _upright(im)
+        colour, alpha = _split_alpha(upright)
+        colour, colour_path = _to_srgb(colour, upright.info.get("icc_profile"), notes)
         if colour is im:
             colour = im.copy()  # the file is closed below; keep the pixels
     finally:
@@ -207,12 +199,16 @@ def load_training_image(
     else:
         rgb = Image.new("RGB", colour.size, tuple(background))
         rgb.paste(colour, (0, 0), alpha)
-    method = _ORIENTATION.get(info.orientation)
-    if method is not None:
-        rgb = rgb.transpose(method)
-        alpha = alpha.transpose(method) if alpha is not None else None
     return PreparedImage(path=path, rgb=rgb, mask=alpha, original_size=rgb.size, source_format=info.format,
                          source_mode=info.mode, colour_path=colour_path, notes=tuple(notes))
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """The picture as displayed: Pillow applies the EXIF orientation (and drops the tag)."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not hide the picture itself
+        return im
 
 
 def _decode(path: Path, info: ImageInfo, verify: bool) -> Image.Image:

@@ -109,7 +109,7 @@ class DatasetReport:
             names = ", ".join(self.skipped_if_allowed[:10])
             more = f" and {len(self.skipped_if_allowed) - 10} more" if len(self.skipped_if_allowed) > 10 else ""
             lines.append(f"Result: NOT READY, {_n(len(self.errors), 'error')}. Fix them, or skip the bad pictures "
-                         f"(--skip-bad) to train without: {names}{more}")
+                         f"(--skip-bad-images) to train without: {names}{more}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
