@@ -52,7 +52,7 @@ export function buildInput(name, prop) {
 }
 
 function defaultText(dflt, nullable) {
-  if (dflt === null || dflt === undefined) return nullable ? t("train.family_default") : "";
+  if (dflt === null || dflt === undefined) return nullable ? t("train.auto") : "";
   if (typeof dflt === "boolean") return `${t("common.default")}: ${t(dflt ? "common.yes" : "common.no")}`;
   return `${t("common.default")}: ${Array.isArray(dflt) ? JSON.stringify(dflt) : dflt}`;
 }
