@@ -132,7 +132,10 @@ export async function initGenerate(app) {
     if (mode !== "txt2img") {
       body.init_images = [initCanvas.toDataURL("image/png").split(",", 2)[1]];
       body.denoising_strength = num("denoising_strength");
-      if (mode === "inpaint") body.mask = maskBase64();
+      if (mode === "inpaint") {
+        body.mask = maskBase64();
+        body.inpaint_full_res = false; // "Whole picture": the inpaint area lorastudio supports
+      }
     }
     return body;
   }
