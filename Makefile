@@ -19,11 +19,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The web UI tests drive Debian's chromium through Playwright (no browser download is possible).
-# Installed here when missing and we are root; otherwise the UI tests fail naming this command.
+# Installed here when missing and we are root (with a Japanese font for the ja screenshots);
+# otherwise the UI tests fail naming this command.
 ensure-chromium:
 	@command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium || \
 	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-ipafont-gothic; \
 	    else echo "chromium is missing: run 'sudo apt-get install -y chromium' (the web UI tests need it)"; fi; }
 
 test: $(STAMP) ensure-chromium

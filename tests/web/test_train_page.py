@@ -58,6 +58,19 @@ def test_training_flow_from_pictures_to_the_lora_browser(open_page, server, help
     dataset_dir = next((server.projects / "datasets").glob("upload-*"))
     assert (dataset_dir / "cat1.txt").read_text().strip() == "a green square"
 
+    # Bulk edit: a prefix on every caption, through the same per-file caption endpoint.
+    page.locator("#bulk summary").click()
+    page.fill("#bulk-text", "photo, ")
+    page.click("[data-bulk=prefix]")
+    expect(grid.locator("figure.file[data-name='cat0.png'] textarea")).to_have_value("photo, a red square")
+    expect(good.locator("textarea")).to_have_value("photo, a green square")
+    assert (dataset_dir / "cat0.txt").read_text().strip() == "photo, a red square"
+    page.fill("#bulk-find", "photo, ")
+    page.fill("#bulk-replace", "")
+    page.click("[data-bulk=replace]")
+    expect(good.locator("textarea")).to_have_value("a green square")
+    page.locator("#bulk summary").click()
+
     # Bad pictures are removed from the dataset with their card's button.
     for name in ("tiny.png", "broken.png"):
         grid.locator(f"figure.file[data-name='{name}'] button.remove").click()
@@ -90,6 +103,7 @@ def test_training_flow_from_pictures_to_the_lora_browser(open_page, server, help
     expect(page.locator("#run-progress .label")).to_have_text("step 4 / 4")
     expect(page.locator("#run-samples img").first).to_have_js_property("naturalWidth", 64, timeout=TIMEOUT)
     expect(page.locator("#loss-chart")).to_have_attribute("data-points", re.compile(r"[1-9]"))
+    page.locator("details.advanced summary").click()
     page.screenshot(path=str(shots / "train-en.png"), full_page=True)
 
     # The finished LoRA is in the LoRA browser with its trigger word, and "Try" fills Generate.
