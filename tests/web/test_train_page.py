@@ -58,17 +58,18 @@ def test_training_flow_from_pictures_to_the_lora_browser(open_page, server, help
     dataset_dir = next((server.projects / "datasets").glob("upload-*"))
     assert (dataset_dir / "cat1.txt").read_text().strip() == "a green square"
 
-    # Bulk edit: a prefix on every caption, through the same per-file caption endpoint.
+    # Bulk edit: a suffix on every caption, through the same per-file caption endpoint.
     page.locator("#bulk summary").click()
-    page.fill("#bulk-text", "photo, ")
-    page.click("[data-bulk=prefix]")
-    expect(grid.locator("figure.file[data-name='cat0.png'] textarea")).to_have_value("photo, a red square")
-    expect(good.locator("textarea")).to_have_value("photo, a green square")
-    assert (dataset_dir / "cat0.txt").read_text().strip() == "photo, a red square"
-    page.fill("#bulk-find", "photo, ")
+    page.fill("#bulk-text", ", photo")
+    page.click("[data-bulk=suffix]")
+    expect(grid.locator("figure.file[data-name='cat0.png'] textarea")).to_have_value("a red square, photo")
+    expect(good.locator("textarea")).to_have_value("a green square, photo")
+    assert (dataset_dir / "cat0.txt").read_text().strip() == "a red square, photo"
+    page.fill("#bulk-find", ", photo")
     page.fill("#bulk-replace", "")
     page.click("[data-bulk=replace]")
     expect(good.locator("textarea")).to_have_value("a green square")
+    expect(grid.locator("figure.file[data-name='cat2.png'] textarea")).to_have_value("")
     page.locator("#bulk summary").click()
 
     # Bad pictures are removed from the dataset with their card's button.

@@ -92,8 +92,13 @@ def test_schema_estimate_base_models_and_lora_cards(client):
     assert {"trigger", "base", "rank", "optimizer"} <= set(schema["properties"])
     assert not {"projects_dir", "models_dir", "images"} & set(schema["properties"])
     assert set(schema["required"]) == {"trigger", "base"}
+    from lorastudio.testing.tiny_sd import tiny_sd1_pipeline
+
     bases = client.get("/v1/base-models").json()
     assert [(b["title"].split(" [")[0], b["family"]) for b in bases] == [("tiny.safetensors", "sd1")]
+    # The native size read from the header is the size of the pipeline the file was saved from.
+    pipe = tiny_sd1_pipeline(0)
+    assert bases[0]["native_size"] == pipe.unet.config.sample_size * pipe.vae_scale_factor
     est = client.post("/v1/training-estimate", json={"base": "tiny", "steps": 10}).json()
     assert est["source"] == "none" and est["seconds"] is None and est["model_bytes"] > 0
     r = client.post("/v1/training-estimate", json={"base": "nope", "steps": 10})
@@ -111,3 +116,15 @@ def test_trigger_words_prefer_modelspec_trigger_phrase():
         ["zzcat", "cat ears"]
     assert trigger_words({"ss_tag_frequency": {"a": {"x": 1, "y": 3}, "b": {"x": 5}}}) == ["x", "y"]
     assert trigger_words({"ss_tag_frequency": "not json"}) == []
+
+
+def test_native_size_from_the_header_matches_the_saved_pipeline(tmp_path):
+    """The size the page offers by default, for SD 1.x and SDXL, read from the file alone."""
+    from lorastudio.interfaces.web.library_routes import _family_and_size
+    from lorastudio.testing.tiny_sd import save_sdxl_single_file, tiny_sdxl_pipeline
+
+    pipe = tiny_sdxl_pipeline(0)
+    path = save_sdxl_single_file(pipe, tmp_path / "xl.safetensors")
+    family, size = _family_and_size(path)
+    assert family.name == "sdxl"
+    assert size == pipe.unet.config.sample_size * pipe.vae_scale_factor

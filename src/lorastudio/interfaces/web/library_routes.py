@@ -37,7 +37,7 @@ class BaseModelItem(BaseModel):
     title: str = Field(description="A1111 title, accepted as `base` by POST /v1/trainings")
     family: str | None = Field(description="sd1 | sdxl | flux; null when the file is not recognised")
     family_title: str | None
-    native_size: int | None = Field(description="the family's native picture size")
+    native_size: int | None = Field(description="the picture size the model was made for")
 
 
 @router.get("/v1/base-models", response_model=list[BaseModelItem])
@@ -48,30 +48,39 @@ async def base_models(request: Request) -> list[dict]:
     def listing() -> list[dict]:
         out = []
         for entry in state.catalog.checkpoints():
-            fam = _family_of(entry.path)
+            fam, size = _family_and_size(entry.path)
             out.append({"title": state.checkpoint_title(entry), "family": fam.name if fam else None,
-                        "family_title": fam.title if fam else None,
-                        "native_size": fam.default_size if fam else None})
+                        "family_title": fam.title if fam else None, "native_size": size})
         return out
 
     return await run_in_threadpool(listing)
 
 
-def _family_of(path: Path):
-    """The family claiming a checkpoint, from its header or model_index.json only (no weights read)."""
+def _family_and_size(path: Path):
+    """The family claiming a checkpoint and its native size, from the header or model_index.json
+    only (no weights read)."""
+    from lorastudio.core.errors import LorastudioError
     from lorastudio.interfaces.api.state import safetensors_header
     from lorastudio.models.families.registry import families
 
     try:
         if path.is_dir():
             index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
-            return next((f for f in families() if f.claims_folder(index)), None)
+            fam = next((f for f in families() if f.claims_folder(index)), None)
+            return fam, fam.default_size if fam else None
         header = safetensors_header(path) if path.suffix == ".safetensors" else None
     except (OSError, ValueError):
-        return None
+        return None, None
     if header is None:
-        return None
-    return next((f for f in families() if f.claims_checkpoint(header.tensors.keys())), None)
+        return None, None
+    fam = next((f for f in families() if f.claims_checkpoint(header.tensors.keys())), None)
+    if fam is None:
+        return None, None
+    try:
+        size = fam.native_size({k: tuple(t.shape) for k, t in header.tensors.items()}, dict(header.metadata))
+    except (LorastudioError, KeyError, ValueError, TypeError):
+        size = fam.default_size
+    return fam, size
 
 
 # --- the training form ----------------------------------------------------------------------------
