@@ -117,5 +117,16 @@ def test_training_flow_from_pictures_to_the_lora_browser(open_page, server, help
     page.click("#run-try")
     expect(page.locator("#tab-generate")).to_be_visible()
     expect(page.locator("#gen-form [name=prompt]")).to_have_value(re.compile(r"<lora:zzwebcat:1>, zzwebcat"))
+
+    # The weight sweep: one picture per weight 0 … 1.25, same seed, with the new LoRA applied.
+    for name, value in (("width", "32"), ("height", "32"), ("steps", "1"), ("seed", "7")):
+        page.fill(f"#gen-form [name={name}]", value)
+    page.click("[data-tab=train]")
+    page.click("#run-sweep")
+    cells = page.locator("#gen-gallery .sweep-row figure.cell img")
+    expect(cells).to_have_count(6, timeout=TIMEOUT)
+    expect(cells.last).to_have_js_property("naturalWidth", 32)
+    weights = page.locator("#gen-gallery .sweep-row figure.cell").evaluate_all("n => n.map(x => x.dataset.weight)")
+    assert weights == ["0", "0.25", "0.5", "0.75", "1", "1.25"]
     names = [c["name"] for c in server.api("GET", "/sdapi/v1/loras").json()]
     assert "zzwebcat" in names  # installed into models/Lora, so A1111 clients see it too

@@ -263,7 +263,38 @@ export async function initGenerate(app) {
     app.showTab("generate");
   }
 
-  return { fill, insertPrompt, setMode };
+  // A weight sweep of one LoRA: the same seed and settings at <lora:name:w> for each weight.
+  async function sweep(name, trigger, weights = [0, 0.25, 0.5, 0.75, 1, 1.25]) {
+    setMode("txt2img");
+    app.showTab("generate");
+    showError(form, errorBox, null);
+    const seed = Number(form.seed.value) >= 0 ? Number(form.seed.value) : Math.floor(Math.random() * 2 ** 31);
+    const base = form.prompt.value.replace(/,?\s*<lora:[^>]*>/g, "").trim();
+    const row = el("div", { class: "sweep-row" });
+    const figure = el("figure", { class: "result sweep" }, el("figcaption", { text: t("gen.sweep_title", { name, seed }) }), row);
+    clear(gallery);
+    gallery.append(figure);
+    const run = $("#gen-run");
+    run.disabled = true;
+    try {
+      for (const w of weights) {
+        const body = request();
+        body.prompt = [base, `<lora:${name}:${w}>`, trigger].filter(Boolean).join(", ");
+        body.seed = seed;
+        body.n_iter = body.batch_size = 1;
+        const result = await api("POST", "/sdapi/v1/txt2img", body);
+        row.append(el("figure", { class: "cell", dataset: { weight: String(w) } },
+          el("img", { src: `data:image/png;base64,${result.images[0]}`, alt: `${name} ${w}` }),
+          el("figcaption", { text: String(w) })));
+      }
+    } catch (error) {
+      showError(form, errorBox, error);
+    } finally {
+      run.disabled = false;
+    }
+  }
+
+  return { fill, insertPrompt, setMode, sweep };
 }
 
 export function setBar(box, fraction, label) {

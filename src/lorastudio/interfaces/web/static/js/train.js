@@ -309,6 +309,7 @@ export async function initTrain(app) {
     clear($("#run-log"));
     clear($("#run-samples"));
     $("#run-try").hidden = true;
+    $("#run-sweep").hidden = true;
     $("#run-cancel").hidden = false;
     lastSample = null;
     metrics = [];
@@ -369,6 +370,9 @@ export async function initTrain(app) {
       const tryButton = $("#run-try");
       tryButton.hidden = false;
       tryButton.onclick = () => app.generate.insertPrompt(`<lora:${card.name}:1>${trigger ? `, ${trigger}` : ""}`);
+      const sweepButton = $("#run-sweep");
+      sweepButton.hidden = false;
+      sweepButton.onclick = () => app.generate.sweep(card.name, trigger);
       await app.loras?.refresh();
     } catch (error) {
       $("#run-status").textContent += ` · ${error.message}`;
