@@ -55,7 +55,7 @@ def test_training_flow_from_pictures_to_the_lora_browser(open_page, server, help
     caption.fill("a green square")
     caption.dispatch_event("change")
     expect(good.locator(".trained-as")).to_contain_text("a green square", timeout=TIMEOUT)
-    dataset_dir = next((server.projects / "datasets").glob("upload-*"))
+    dataset_dir = server.projects / "datasets" / page.evaluate("localStorage.getItem('lorastudio.dataset')")
     assert (dataset_dir / "cat1.txt").read_text().strip() == "a green square"
 
     # Bulk edit: a suffix on every caption, through the same per-file caption endpoint.
@@ -105,6 +105,9 @@ def test_training_flow_from_pictures_to_the_lora_browser(open_page, server, help
     expect(page.locator("#run-samples img").first).to_have_js_property("naturalWidth", 64, timeout=TIMEOUT)
     expect(page.locator("#loss-chart")).to_have_attribute("data-points", re.compile(r"[1-9]"))
     page.locator("details.advanced summary").click()
+    # The estimate now comes from this run: time per step measured on this machine.
+    page.click("#train-estimate")
+    expect(page.locator("#estimate")).to_contain_text("measured on this machine")
     page.screenshot(path=str(shots / "train-en.png"), full_page=True)
 
     # The finished LoRA is in the LoRA browser with its trigger word, and "Try" fills Generate.
