@@ -140,3 +140,8 @@ def test_reload_mid_training_reattaches_then_cancel(open_page, server, helpers, 
     expect(page.locator("#run-cancel")).to_be_hidden()
     status = server.api("GET", f"/v1/trainings/{run_id}/status").json()
     assert status["status"] == "CANCELLED" and status["progress"]["step"] < 5000
+
+    # "Start over" forgets the dataset on the page (a queued run may still use its folder).
+    page.click("#dataset-new")
+    expect(page.locator("#dataset-grid figure.file")).to_have_count(0)
+    assert page.evaluate("localStorage.getItem('lorastudio.dataset')") is None

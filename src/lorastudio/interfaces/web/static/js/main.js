@@ -34,4 +34,10 @@ async function main() {
   document.body.dataset.ready = "1";
 }
 
-main();
+main().catch((error) => {
+  // Shown on the page, and logged: a page that cannot start must not look merely empty.
+  const banner = $("#banner");
+  banner.hidden = false;
+  banner.textContent = `${error.message || error}`;
+  console.error(error);
+});

@@ -93,6 +93,7 @@ export async function initTrain(app) {
     const list = Array.from(files).filter((f) => !f.name.startsWith("."));
     if (!list.length) return;
     showError(form, errorBox, null);
+    $("#dataset-summary").textContent = t("train.uploading", { n: list.length });
     try {
       await ensureDataset();
       let batch = [];
@@ -213,6 +214,11 @@ export async function initTrain(app) {
     e.preventDefault();
     drop.classList.remove("over");
     upload(e.dataTransfer.files);
+  });
+  // A new, empty dataset; the old folder stays on the server (a queued run may still use it).
+  $("#dataset-new").addEventListener("click", () => {
+    localStorage.removeItem(DATASET_KEY);
+    render(null);
   });
   let timer = null;
   for (const name of ["trigger", "resolution", "base"]) {
@@ -431,7 +437,7 @@ export async function initTrain(app) {
   });
   applyTo(form);
 
-  return { refresh, watch, newDataset: () => { localStorage.removeItem(DATASET_KEY); dataset = null; render(null); } };
+  return { refresh, watch };
 }
 
 function encodePath(name) {
