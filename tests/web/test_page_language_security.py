@@ -135,6 +135,14 @@ def test_reload_mid_training_reattaches_then_cancel(open_page, server, helpers, 
     expect(page.locator("#dataset-grid figure.file")).to_have_count(2)  # the dataset came back too
     assert page.evaluate("localStorage.getItem('lorastudio.run')") == run_id
 
+    # A second run waits in the queue; the page lists it with its position.
+    dataset = page.evaluate("localStorage.getItem('lorastudio.dataset')")
+    second = server.api("POST", "/v1/trainings", json={"images": f"datasets/{dataset}", "trigger": "zzsecond",
+                                                         "base": "tiny", "steps": 2, "resolution": 64}).json()
+    queued = page.locator(f"#queue li[data-id='{second['request_id']}']")
+    expect(queued).to_contain_text("waiting, position 1", timeout=15_000)
+    assert server.api("PUT", f"/v1/trainings/{second['request_id']}/cancel").status_code == 202
+
     page.click("#run-cancel")
     expect(page.locator("#run")).to_have_attribute("data-status", "CANCELLED", timeout=TIMEOUT)
     expect(page.locator("#run-cancel")).to_be_hidden()
