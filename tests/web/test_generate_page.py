@@ -33,7 +33,7 @@ def test_txt2img_shows_the_image_and_infotext_and_the_download_keeps_parameters(
     expect(infotext).to_contain_text("Steps: 2")
     expect(infotext).to_contain_text("Seed: 4321")
     assert page.locator("#gen-gallery i").count() == 0
-    page.screenshot(path=str(shots / "generate-en.png"), full_page=True)
+    page.screenshot(path=str(shots / "generate-result-en.png"), full_page=True)
 
     with page.expect_download() as info:
         result.locator("a[download]").click()

@@ -108,7 +108,7 @@ def test_training_flow_from_pictures_to_the_lora_browser(open_page, server, help
     # The estimate now comes from this run: time per step measured on this machine.
     page.click("#train-estimate")
     expect(page.locator("#estimate")).to_contain_text("measured on this machine")
-    page.screenshot(path=str(shots / "train-en.png"), full_page=True)
+    page.screenshot(path=str(shots / "train-run-en.png"), full_page=True)
 
     # The finished LoRA is in the LoRA browser with its trigger word, and "Try" fills Generate.
     page.click("[data-tab=loras]")
