@@ -217,6 +217,7 @@ def open_page(browser, server):
     pages = {}
     # open_page.allow(page, 422): the next 422 answer's console line is expected by the test.
     make.allow = lambda page, status, count=1: pages[page].allow(status, count)
+    make.guards = lambda page: pages[page]
     yield make
     problems = [p for _, g in made for p in g.problems]
     for context, _ in made:

@@ -82,6 +82,18 @@ def test_lora_metadata_with_html_shows_as_text(open_page, helpers):
     assert page.evaluate("window.__xss") is None
 
 
+def test_the_guards_catch_other_hosts_and_console_errors(open_page):
+    """The guards every flow runs under are not a no-op."""
+    page = open_page()
+    guards = open_page.guards(page)
+    page.evaluate("() => fetch('http://198.51.100.7/track').catch(() => 0)")
+    page.evaluate("() => console.error('boom')")
+    page.wait_for_timeout(300)
+    assert any("198.51.100.7" in p for p in guards.problems), guards.problems
+    assert any("boom" in p for p in guards.problems), guards.problems
+    guards.problems.clear()  # provoked here on purpose
+
+
 def test_no_html_sinks_in_the_page_code():
     sinks = re.compile(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|eval\(|new Function")
     for js in (STATIC / "js").glob("*.js"):
