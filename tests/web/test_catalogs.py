@@ -63,7 +63,7 @@ def test_ja_is_a_translation():
 
 
 def test_every_dynamic_key_family_is_complete():
-    from lorastudio.interfaces.web.library_routes import SERVER_FIELDS
+    from lorastudio.interfaces.web.training_aids import SERVER_FIELDS
     from lorastudio.services.jobs.models import JobStatus
     from lorastudio.training.config import TrainingConfig
 

@@ -110,7 +110,7 @@ def test_schema_estimate_base_models_and_lora_cards(client):
 
 
 def test_trigger_words_prefer_modelspec_trigger_phrase():
-    from lorastudio.interfaces.web.library_routes import trigger_words
+    from lorastudio.interfaces.web.lora_cards import trigger_words
 
     assert trigger_words({"modelspec.trigger_phrase": "zzcat, cat ears", "ss_tag_frequency": {"a": {"x": 9}}}) == \
         ["zzcat", "cat ears"]
@@ -120,7 +120,7 @@ def test_trigger_words_prefer_modelspec_trigger_phrase():
 
 def test_native_size_from_the_header_matches_the_saved_pipeline(tmp_path):
     """The size the page offers by default, for SD 1.x and SDXL, read from the file alone."""
-    from lorastudio.interfaces.web.library_routes import _family_and_size
+    from lorastudio.interfaces.web.training_aids import _family_and_size
     from lorastudio.testing.tiny_sd import save_sdxl_single_file, tiny_sdxl_pipeline
 
     pipe = tiny_sdxl_pipeline(0)
