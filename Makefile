@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo bench clean ensure-chromium
 
 venv: $(STAMP)
 
@@ -18,7 +18,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP)
+# The web UI tests drive Debian's chromium through Playwright (no browser download is possible).
+# Installed here when missing and we are root (with a Japanese font for the ja screenshots);
+# otherwise the UI tests fail naming this command.
+ensure-chromium:
+	@command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-ipafont-gothic; \
+	    else echo "chromium is missing: run 'sudo apt-get install -y chromium' (the web UI tests need it)"; fi; }
+
+test: $(STAMP) ensure-chromium
 	# Every test runs, the SIGKILL-a-real-server one included: restarts must never lose a job.
 	$(PY) -m pytest -q -n 2 --timeout 600
 	# Tests that compare two computations of one picture, again on ATen's portable kernels: a suite

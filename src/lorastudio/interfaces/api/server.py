@@ -19,6 +19,7 @@ from lorastudio.core.settings import StudioSettings
 from lorastudio.interfaces.api.public_text import public_text, server_roots, small
 from lorastudio.interfaces.api.security import LOOPBACK_NAMES, SecurityMiddleware, is_loopback, parse_api_auth
 from lorastudio.interfaces.api.state import ApiLimits, ApiState
+from lorastudio.interfaces.web import web_router
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def create_app(settings: StudioSettings, *, engine=None, store=None, api_auth: s
     app.include_router(a1111_routes.router)
     app.include_router(training_routes.router)
     app.include_router(publish_routes.router)
+    app.include_router(web_router())  # the page at / and the endpoints it needs
     _install_error_handlers(app)
     app.add_middleware(SecurityMiddleware, credentials=credentials,
                        max_body_bytes=state.limits.max_body_bytes, max_upload_bytes=state.limits.max_upload_bytes)

@@ -67,6 +67,10 @@ class ModelFamily(ABC):
     def claims_lora(self, shapes: Mapping[str, tuple[int, ...]]) -> bool:
         """True when a LoRA state dict (key -> shape) was made for this family."""
 
+    def native_size(self, shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str]) -> int:
+        """The picture size a single-file checkpoint was made for, from its header alone."""
+        return self.default_size
+
     # --- loading -----------------------------------------------------------------------
     @abstractmethod
     def load_checkpoint(self, path: Path, shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str],

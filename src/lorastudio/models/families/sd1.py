@@ -46,6 +46,13 @@ class SD1Family(ModelFamily, TrainableFamily):
         return any(k.startswith(("lora_unet_", "lora_te_", "unet.", "text_encoder.")) for k in keys)
 
     # --- loading -------------------------------------------------------------------------
+    def native_size(self, shapes, metadata) -> int:
+        # The same configs load_checkpoint builds: latent size × the VAE's downscale factor.
+        from lorastudio.models.formats.sd_config_inference import infer_sd1_configs
+
+        configs = infer_sd1_configs(dict(shapes), dict(metadata))
+        return int(configs["unet"]["sample_size"]) * 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
+
     def load_checkpoint(self, path: Path, shapes, metadata, options: LoadOptions):
         from diffusers import StableDiffusionPipeline
 
