@@ -269,10 +269,11 @@ def demo(workspace: Path = typer.Option(Path("demo"), "--workspace", help="Where
 
 
 def _register_optional_commands() -> None:
-    from lorastudio.interfaces.cli import img2img_cmd, serve_cmd
+    from lorastudio.interfaces.cli import dataset_prep_cmd, img2img_cmd, serve_cmd
 
     img2img_cmd.register(app)
     serve_cmd.register(app)
+    dataset_prep_cmd.register(dataset_app)
 
 
 _register_optional_commands()
