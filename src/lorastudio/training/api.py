@@ -20,14 +20,16 @@ from lorastudio.training.events import EventSink, TrainingEvent, TrainingResult
 from lorastudio.training.project import project_name, version_dir
 
 
-def prepare_items(config: TrainingConfig, resolution: int, *, regularisation: bool = False):
+def prepare_items(config: TrainingConfig, resolution: int, *, regularisation: bool = False,
+                  images: Path | None = None):
     """Check the dataset (or the regularisation pictures) and return (source, items, report);
-    raises DatasetError listing every problem."""
+    raises DatasetError listing every problem. `images` replaces config.images (the captioned
+    copy that `caption="auto"` makes)."""
     from lorastudio.training.dataset.checks import build_dataset, check_dataset
     from lorastudio.training.dataset.ingest import open_source
 
     dcfg = config.dataset_config(resolution, regularisation=regularisation)
-    source = open_source(config.reg_images if regularisation else config.images,
+    source = open_source(config.reg_images if regularisation else (images or config.images),
                          max_unzipped_bytes=dcfg.max_unzipped_bytes)
     report = check_dataset(source, dcfg)
     items = build_dataset(source, dcfg, skip_bad=config.skip_bad_images, report=report)
@@ -50,6 +52,9 @@ def train(config: TrainingConfig | dict, on_event: EventSink | None = None, *,
     if config.reg_images is not None and not Path(config.reg_images).exists():
         raise InvalidParameter("reg_images", str(config.reg_images), "no such folder or .zip file")
 
+    # 1b. automatic captions, into a copy: the user's folder is never written to
+    captioned = _auto_caption(config, emit) if config.caption == "auto" else None
+
     # 2. the model (its family decides the defaults and the dataset resolution)
     from accelerate import Accelerator
 
@@ -68,7 +73,8 @@ def train(config: TrainingConfig | dict, on_event: EventSink | None = None, *,
     config = _resolve(config, family.training_defaults(pipe))
 
     # 3. every dataset problem, before training starts
-    source, titems, report = prepare_items(config, config.resolution[0])
+    source, titems, report = prepare_items(config, config.resolution[0],
+                                           images=captioned / "dataset" if captioned else None)
     emit(TrainingEvent("log", message=report.render()))
     reg_source, reg_titems = None, []
     if config.reg_images is not None:
@@ -92,6 +98,8 @@ def train(config: TrainingConfig | dict, on_event: EventSink | None = None, *,
     source.close()
     if reg_source is not None:
         reg_source.close()
+    if captioned is not None:
+        shutil.rmtree(captioned, ignore_errors=True)
     name = config.output_name or project
     if acc.is_main_process:
         atomic_write_text(vdir.config, config.model_dump_json(indent=2))
@@ -133,6 +141,42 @@ def train(config: TrainingConfig | dict, on_event: EventSink | None = None, *,
                             state.losses[-1] if state.losses else None)
     emit(TrainingEvent("done", state.step, trainer.total_steps, path=lora_path, message=f"saved {lora_path}"))
     return result
+
+
+def _auto_caption(config: TrainingConfig, emit) -> Path:
+    """Copy the dataset into a temporary folder and caption the pictures without a caption there.
+
+    The captions become part of the version's dataset copy (step 4 writes every trained caption
+    beside its picture) and `config.json` records the models and thresholds used.
+    """
+    import tempfile
+
+    from lorastudio.training.dataset.autocaption import caption_images_in, load_interrogators, plan_captions, write_captions
+    from lorastudio.training.dataset.ingest import open_source
+
+    options = config.caption_options
+    models = load_interrogators(options, config.models_dir)  # a missing model fails before any copy
+    staging = Path(tempfile.mkdtemp(prefix="lorastudio-autocaption-"))
+    try:
+        with open_source(config.images) as src:
+            for f in src.files:
+                dst = staging / "dataset" / f.rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f.path, dst)
+        root = staging / "dataset"
+        images = [(p, str(Path(config.images) / p.relative_to(root))) for p in caption_images_in(root)]
+        plan = plan_captions(images, models, options, trigger=config.trigger)
+        write_captions(plan)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    freq = ", ".join(f"{t} ({n})" for t, n in list(plan.tag_frequency().items())[:20])
+    emit(TrainingEvent("log", message=f"captioned {len(plan.to_write)} picture(s), kept "
+                                      f"{sum(e.action == 'keep' for e in plan.entries)} caption(s) as written; "
+                                      f"tags: {freq or 'none'}"))
+    for msg in plan.failures:
+        emit(TrainingEvent("log", message=msg))
+    return staging
 
 
 def _precision(config: TrainingConfig) -> str:

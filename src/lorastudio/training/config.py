@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from lorastudio.core.errors import InvalidParameter
 from lorastudio.core.params import build_model
+from lorastudio.training.dataset.caption_options import CaptionOptions
 from lorastudio.training.dataset.config import DatasetConfig
 
 CONFIG_VERSION = 1
@@ -85,6 +86,9 @@ class TrainingConfig(BaseModel):
     shuffle_tags: bool = False
     keep_tokens: int = Field(1, ge=0)
     skip_bad_images: bool = False
+    caption: Literal["given", "auto"] = Field("given", description="auto: caption the pictures with local models "
+                                                                   "(caption_options) before training")
+    caption_options: CaptionOptions = Field(default_factory=CaptionOptions)
     background: tuple[int, int, int] | str = (255, 255, 255)
     # --- regularisation (kohya's reg_data_dir, DreamBooth's prior preservation) ---------------
     reg_images: Path | None = Field(None, description="Folder or .zip of pictures of the class without the concept "
@@ -115,6 +119,9 @@ class TrainingConfig(BaseModel):
     def _length(self) -> "TrainingConfig":
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give steps or epochs, not both")
+        if self.caption == "auto" and self.caption_options.resolved_mode() is None:
+            raise ValueError("caption 'auto' needs a tagger and/or a captioner (caption_options.tagger / "
+                             "caption_options.captioner, --tagger / --captioner)")
         return self
 
     def dataset_config(self, default_resolution: int, *, regularisation: bool = False) -> DatasetConfig:

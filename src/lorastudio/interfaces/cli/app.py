@@ -177,6 +177,11 @@ def train(
                                               help="Regularisation pictures of the class (folder or zip; captions as written, no trigger)"),
     prior_loss_weight: Optional[float] = typer.Option(None, "--prior-loss-weight", help="Loss weight of regularisation pictures [1.0]"),
     num_processes: Optional[int] = typer.Option(None, "--num-processes", help="Data-parallel processes (accelerate)"),
+    caption: Optional[str] = typer.Option(None, "--caption", help="given | auto: caption pictures without a caption "
+                                                                  "with --tagger / --captioner first"),
+    tagger: Optional[str] = typer.Option(None, "--tagger", help="WD14 tagger folder or name under models/interrogators/"),
+    captioner: Optional[str] = typer.Option(None, "--captioner", help="BLIP / Florence-2 folder or name under "
+                                                                      "models/interrogators/"),
 ):
     """Train a LoRA from a folder or zip of pictures."""
     from lorastudio.training.config import load_toml, training_config
@@ -192,8 +197,12 @@ def train(
                  "models_dir": models_dir or (None if "models_dir" in data else
                                               Path(os.environ.get("LORASTUDIO_MODELS_DIR", "models"))),
                  "num_processes": num_processes, "class_word": class_word, "reg_images": reg_images,
-                 "prior_loss_weight": prior_loss_weight}
+                 "prior_loss_weight": prior_loss_weight, "caption": caption}
         data.update({k: v for k, v in flags.items() if v is not None})
+        if tagger or captioner:
+            data["caption_options"] = {**data.get("caption_options", {}),
+                                       **({"tagger": tagger} if tagger else {}),
+                                       **({"captioner": captioner} if captioner else {})}
         if resume:
             data["resume"] = True
         if skip_bad_images:
