@@ -93,7 +93,7 @@ def caption_for(image, models: Interrogators, options: CaptionOptions, trigger: 
         sentence = " ".join(models.captioner.caption(image).split())
         if sentence:
             # A sentence is prompt text too: brackets in it must stay literal.
-            parts.append(escape_prompt_text(sentence.replace(",", " ")) if mode == "both" else escape_prompt_text(sentence))
+            parts.append(escape_prompt_text(sentence))
     if mode in ("tags", "both"):
         taken = set(split_tags(", ".join(parts)))
         parts.extend(t.text for t in models.tagger.tag(image, options.wd14) if t.text not in taken)
