@@ -64,3 +64,20 @@ def test_caption_auto_with_a_broken_tagger_fails_before_training(world):
                               "--projects-dir", str(world / "projects2"), "--caption", "auto", "--tagger", "no-csv"])
     assert res.exit_code == 2 and f"{broken / 'selected_tags.csv'}: missing" in res.output
     assert not (world / "projects2").exists()
+
+
+def test_masked_loss_run_keeps_the_mask_beside_its_picture(world, tmp_path):
+    data = tmp_path / "masked"
+    data.mkdir()
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(data / "red.png")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    mask.save(data / "red.mask.png")
+    res = runner.invoke(app, ["train", "--images", str(data), "--trigger", "Mask", "--base", "tiny",
+                              "--steps", "1", "--resolution", "64", "--rank", "2", "--masked-loss",
+                              "--models-dir", str(world / "models"), "--projects-dir", str(tmp_path / "p")])
+    assert res.exit_code == 0, res.output
+    dataset = tmp_path / "p" / "Mask" / "versions" / "v1" / "dataset"
+    assert sorted(p.name for p in dataset.iterdir()) == ["red.mask.png", "red.png", "red.txt"]
+    assert (dataset / "red.mask.png").read_bytes() == (data / "red.mask.png").read_bytes()
+    assert (dataset / "red.txt").read_text(encoding="utf-8") == "Mask"

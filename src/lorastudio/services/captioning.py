@@ -18,8 +18,8 @@ from lorastudio.training.dataset.autocaption import (
     load_interrogators,
     plan_captions,
     write_captions,
-    MASK_SUFFIX,
 )
+from lorastudio.training.dataset.masks import is_mask_file
 from lorastudio.training.dataset.caption_options import CaptionOptions
 from lorastudio.training.dataset.ingest import open_source
 
@@ -84,7 +84,7 @@ def caption_dataset(source: str | Path, options: CaptionOptions, *, models_dir: 
         opened = open_source(source, extract_to=out_dir)
     with opened:
         images = [(f.path, opened.display(f.rel)) for f in opened.images
-                  if not f.rel.lower().endswith(MASK_SUFFIX)]
+                  if not is_mask_file(f.rel)]
         if not images:
             raise DatasetError(f"{source}: no pictures (PNG, JPEG, WebP, BMP) to caption")
         plan = plan_captions(images, models, options, trigger=trigger, on_progress=on_progress)

@@ -16,6 +16,7 @@ from lorastudio.core.errors import InvalidParameter
 from lorastudio.core.paths import ModelsRoot
 from lorastudio.training.config import TrainingConfig, training_config
 from lorastudio.training.data import Item
+from lorastudio.training.dataset.masks import mask_path_for
 from lorastudio.training.events import EventSink, TrainingEvent, TrainingResult
 from lorastudio.training.project import project_name, version_dir
 
@@ -230,6 +231,9 @@ def _copy_dataset(titems, folder: Path, *, write: bool = True, regularisation: b
                 with atomic_path(dst) as tmp:
                     shutil.copyfile(src, tmp)
                 atomic_write_text(dst.with_suffix(".txt"), ti.caption)
+                if mask_path_for(src).is_file():  # the subject mask travels with its picture
+                    with atomic_path(mask_path_for(dst)) as tmp:
+                        shutil.copyfile(mask_path_for(src), tmp)
             seen[src] = dst
         out.append(Item(dst, ti.caption, ti.bucket.width, ti.bucket.height, ti.repeats, regularisation))
     return out

@@ -177,6 +177,8 @@ def train(
                                               help="Regularisation pictures of the class (folder or zip; captions as written, no trigger)"),
     prior_loss_weight: Optional[float] = typer.Option(None, "--prior-loss-weight", help="Loss weight of regularisation pictures [1.0]"),
     num_processes: Optional[int] = typer.Option(None, "--num-processes", help="Data-parallel processes (accelerate)"),
+    masked_loss: Optional[bool] = typer.Option(None, "--masked-loss/--no-masked-loss",
+                                               help="Loss only on the subject: alpha, or <image>.mask.png (dataset mask)"),
     caption: Optional[str] = typer.Option(None, "--caption", help="given | auto: caption pictures without a caption "
                                                                   "with --tagger / --captioner first"),
     tagger: Optional[str] = typer.Option(None, "--tagger", help="WD14 tagger folder or name under models/interrogators/"),
@@ -197,7 +199,8 @@ def train(
                  "models_dir": models_dir or (None if "models_dir" in data else
                                               Path(os.environ.get("LORASTUDIO_MODELS_DIR", "models"))),
                  "num_processes": num_processes, "class_word": class_word, "reg_images": reg_images,
-                 "prior_loss_weight": prior_loss_weight, "caption": caption}
+                 "prior_loss_weight": prior_loss_weight, "caption": caption,
+                 "masked_loss": masked_loss}
         data.update({k: v for k, v in flags.items() if v is not None})
         if tagger or captioner:
             data["caption_options"] = {**data.get("caption_options", {}),

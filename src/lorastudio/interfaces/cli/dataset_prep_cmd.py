@@ -19,6 +19,11 @@ def _models_dir(models_dir: Optional[Path]) -> Path:
 
 
 def register(dataset_app: typer.Typer) -> None:
+    _register_caption(dataset_app)
+    _register_mask(dataset_app)
+
+
+def _register_caption(dataset_app: typer.Typer) -> None:
     @dataset_app.command("caption")
     def caption(
         source: Path = typer.Argument(..., help="Folder or .zip of pictures"),
@@ -72,4 +77,30 @@ def register(dataset_app: typer.Typer) -> None:
         for msg in run.plan.failures:
             typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
         if run.plan.failures:
+            raise typer.Exit(1)
+
+
+def _register_mask(dataset_app: typer.Typer) -> None:
+    @dataset_app.command("mask")
+    def mask(
+        folder: Path = typer.Argument(..., help="Folder of pictures"),
+        model: Optional[str] = typer.Option(None, "--model", help="u2net-family .onnx file, or a name in models/rembg/ "
+                                                                 "or ~/.u2net (u2net, u2netp, isnet-anime...)"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace masks that already exist"),
+        models_dir: Optional[Path] = typer.Option(None, "--models-dir", help="models folder (default: ./models or $LORASTUDIO_MODELS_DIR)"),
+    ):
+        """Write `<image>.mask.png` subject masks (alpha when the picture has it) for --masked-loss."""
+        from lorastudio.core.errors import LorastudioError
+        from lorastudio.interfaces.cli.app import _fail
+        from lorastudio.services.masking import mask_dataset
+
+        try:
+            run = mask_dataset(folder, model=model, models_dir=_models_dir(models_dir), overwrite=overwrite)
+        except LorastudioError as exc:
+            _fail(exc)
+        for r in run.results:
+            typer.echo(f"{r.mask}  ({r.source})")
+        for msg in run.failures:
+            typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+        if run.failures:
             raise typer.Exit(1)

@@ -19,8 +19,7 @@ from lorastudio.training.dataset.caption_options import CaptionOptions
 from lorastudio.training.dataset.captions import normalize_caption, split_tags
 from lorastudio.training.dataset.images import load_training_image
 from lorastudio.training.dataset.interrogators import resolve_interrogator
-
-MASK_SUFFIX = ".mask.png"
+from lorastudio.training.dataset.masks import is_mask_file
 
 
 class Captioner(Protocol):
@@ -138,7 +137,7 @@ def caption_images_in(root: Path) -> list[Path]:
     from lorastudio.training.dataset.ingest import open_source
 
     with open_source(root) as src:
-        return [f.path for f in src.images if not f.rel.lower().endswith(MASK_SUFFIX)]
+        return [f.path for f in src.images if not is_mask_file(f.rel)]
 
 
 def _existing(path: Path) -> str | None:
