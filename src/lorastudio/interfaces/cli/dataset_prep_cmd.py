@@ -21,6 +21,7 @@ def _models_dir(models_dir: Optional[Path]) -> Path:
 def register(dataset_app: typer.Typer) -> None:
     _register_caption(dataset_app)
     _register_mask(dataset_app)
+    _register_sheet_and_crop(dataset_app)
 
 
 def _register_caption(dataset_app: typer.Typer) -> None:
@@ -104,3 +105,42 @@ def _register_mask(dataset_app: typer.Typer) -> None:
             typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
         if run.failures:
             raise typer.Exit(1)
+
+
+def _register_sheet_and_crop(dataset_app: typer.Typer) -> None:
+    @dataset_app.command("contact")
+    def contact(
+        folder: Path = typer.Argument(..., help="Folder of pictures (+ captions, masks)"),
+        out: Optional[Path] = typer.Option(None, "--out", help="PNG to write [FOLDER-contact.png beside the folder]"),
+        columns: int = typer.Option(4, "--columns", min=1, max=64),
+    ):
+        """A contact sheet of pictures, masks and captions (written beside the folder, so it is never trained on)."""
+        from lorastudio.core.errors import LorastudioError
+        from lorastudio.interfaces.cli.app import _fail
+        from lorastudio.training.dataset.contact_sheet import write_contact_sheet
+
+        target = out or folder.resolve().with_name(folder.resolve().name + "-contact.png")
+        try:
+            write_contact_sheet(folder, target, columns=columns)
+        except LorastudioError as exc:
+            _fail(exc)
+        typer.echo(str(target))
+
+    @dataset_app.command("crop")
+    def crop(
+        folder: Path = typer.Argument(..., help="Folder of pictures"),
+        out: Path = typer.Option(..., "--out", help="Folder the cropped pictures (+ captions, masks) go to"),
+        resolution: int = typer.Option(512, "--resolution", help="Base resolution of the buckets"),
+        step: int = typer.Option(64, "--bucket-step"),
+    ):
+        """Crop each picture to its training bucket, centred on the subject (mask or alpha)."""
+        from lorastudio.core.errors import LorastudioError
+        from lorastudio.interfaces.cli.app import _fail
+        from lorastudio.training.dataset.crops import crop_folder
+
+        try:
+            results = crop_folder(folder, out, resolution=resolution, step=step)
+        except LorastudioError as exc:
+            _fail(exc)
+        for r in results:
+            typer.echo(f"{r.target}  {r.bucket.label}")
