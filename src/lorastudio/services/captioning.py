@@ -56,7 +56,9 @@ class CaptionRun:
         return "\n".join(lines)
 
     def summary(self) -> dict:
-        return {"root": str(self.root), "dry_run": self.dry_run,
+        entries = [{"image": e.image.relative_to(self.root).as_posix(), "action": e.action, "caption": e.caption,
+                    "existing": e.existing} for e in self.plan.entries]
+        return {"root": str(self.root), "dry_run": self.dry_run, "entries": entries,
                 "written": [str(p) for p in self.written],
                 "kept": [e.name for e in self.plan.entries if e.action == "keep"],
                 "failures": list(self.plan.failures),
