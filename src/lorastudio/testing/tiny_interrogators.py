@@ -82,3 +82,39 @@ def write_tiny_u2net(path: str | Path, size: int = 32) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def write_bench_wd14(folder: str | Path, size: int = 448, n_tags: int = 9083, seed: int = 0) -> Path:
+    """A WD14-signature model with the real input size and tag count (wd-v1-4: 448 px, 9083 tags)
+    but almost no compute (mean colour -> one linear layer -> sigmoid): a bench of it measures
+    what lorastudio adds around onnxruntime, not the network."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    # Inputs are 0..255: small weights keep the colour from swamping the bias.
+    weight = (rng.standard_normal((3, n_tags)) / 2000.0).astype(np.float32)
+    # About 30 tags above 0.35 per picture, as the real models give on typical art.
+    bias = (rng.standard_normal(n_tags) * 2.0 - 6.0).astype(np.float32)
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", size, size, 3])
+    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", n_tags])
+    nodes = [helper.make_node("ReduceMean", ["input"], ["mean"], axes=[1, 2], keepdims=0),
+             helper.make_node("MatMul", ["mean", "w"], ["mm"]),
+             helper.make_node("Add", ["mm", "b"], ["logits"]),
+             helper.make_node("Sigmoid", ["logits"], ["output"])]
+    graph = helper.make_graph(nodes, "bench_wd14", [inp], [out],
+                              initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(folder / "model.onnx"))
+    with open(folder / "selected_tags.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["tag_id", "name", "category", "count"])
+        for k in range(n_tags):
+            cat = 9 if k < 4 else 4 if k < 4 + 2000 else 0
+            w.writerow([k, f"tag_{k}_(x)" if k % 7 == 0 else f"tag_{k}", cat, n_tags - k])
+    return folder

@@ -113,7 +113,10 @@ def plan_captions(images: list[tuple[Path, str]], models: Interrogators, options
             plan.entries.append(CaptionEntry(path, caption_file, name, "keep", None, existing))
         else:
             try:
-                prepared = load_training_image(path, (255, 255, 255), min_size=0, max_pixels=options.max_pixels)
+                # No CRC pass (verify=False): a truncated file still fails to decode, and captioning
+                # does not need the second full read the dataset check makes.
+                prepared = load_training_image(path, (255, 255, 255), min_size=0, max_pixels=options.max_pixels,
+                                               verify=False)
             except DatasetError as exc:
                 plan.failures.append(f"{name}: {getattr(exc, 'why', exc)}; no caption written")
             else:

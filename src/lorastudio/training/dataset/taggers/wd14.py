@@ -66,6 +66,7 @@ class WD14Tagger:
 
     def __init__(self, folder: Path, session, tags: list[Tag], size: int, input_name: str):
         self.folder, self.session, self.tags, self.size, self.input_name = folder, session, tags, size, input_name
+        self.categories = np.array([t.category for t in tags], dtype=np.int64)
 
     @property
     def model_path(self) -> Path:
@@ -80,7 +81,7 @@ class WD14Tagger:
         return np.asarray(self.session.run(None, {self.input_name: batch})[0][0], dtype=np.float32)
 
     def tag(self, image: Image.Image, options: WD14Options | None = None) -> list[ScoredTag]:
-        return select_tags(self.probabilities(image), self.tags, options or WD14Options())
+        return select_tags(self.probabilities(image), self.tags, options or WD14Options(), self.categories)
 
 
 def preprocess(image: Image.Image, size: int) -> np.ndarray:
@@ -101,24 +102,31 @@ def preprocess(image: Image.Image, size: int) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(square, dtype=np.float32)[:, :, ::-1])
 
 
-def select_tags(probs: np.ndarray, tags: list[Tag], options: WD14Options) -> list[ScoredTag]:
-    """Characters first, then general tags, each best first; thresholds, lists and max_tags applied."""
+def select_tags(probs: np.ndarray, tags: list[Tag], options: WD14Options,
+                categories: np.ndarray | None = None) -> list[ScoredTag]:
+    """Characters first, then general tags, each best first; thresholds, lists and max_tags applied.
+
+    `categories` (one int per tag) may be passed precomputed; the thresholds are applied with
+    numpy so that only the few tags above them are looked at one by one.
+    """
+    probs = np.asarray(probs, dtype=np.float32)
+    cats = categories if categories is not None else np.fromiter((t.category for t in tags), np.int64, len(tags))
+    threshold = np.where(cats == CATEGORY_CHARACTER, options.character_threshold, options.general_threshold)
+    keep = (cats != CATEGORY_RATING) & (probs >= threshold)
+    if options.keep_rating and (cats == CATEGORY_RATING).any():
+        # Ratings are one choice among four: kept, only the most likely one is written.
+        ratings = np.nonzero(cats == CATEGORY_RATING)[0]
+        keep[ratings[int(np.argmax(probs[ratings]))]] = True
     black = {_plain(t) for t in options.blacklist}
     white = {_plain(t) for t in options.whitelist}
-    values = probs.tolist()
-    best_rating = max((p for t, p in zip(tags, values) if t.category == CATEGORY_RATING), default=None)
     picked: list[ScoredTag] = []
-    for tag, p in zip(tags, values):
-        if tag.category == CATEGORY_RATING:
-            # Ratings are one choice among four: kept, only the most likely one is written.
-            if not options.keep_rating or p != best_rating:
+    for i in np.nonzero(keep)[0].tolist():
+        tag = tags[i]
+        if black or white:
+            plain = _plain(tag.name)
+            if plain in black or (white and plain not in white):
                 continue
-        elif p < (options.character_threshold if tag.category == CATEGORY_CHARACTER else options.general_threshold):
-            continue
-        plain = _plain(tag.name)
-        if plain in black or (white and plain not in white):
-            continue
-        picked.append(ScoredTag(_caption_text(tag.name, options), tag.name, tag.category, float(p)))
+        picked.append(ScoredTag(_caption_text(tag.name, options), tag.name, tag.category, float(probs[i])))
     rank = {CATEGORY_RATING: 0, CATEGORY_CHARACTER: 1}
     picked.sort(key=lambda s: (rank.get(s.category, 2), -s.probability, s.name))
     if options.max_tags is not None:
