@@ -83,3 +83,24 @@ def test_mode_needs_its_model(tmp_path, models):
     res = runner.invoke(app, ["dataset", "caption", str(tmp_path), "--tagger", "wd-tiny", "--mode", "caption",
                               "--models-dir", str(models)])
     assert res.exit_code == 2 and "needs a captioner" in res.output
+
+
+def test_florence2_caption_matches_plain_transformers(tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from lorastudio.testing.tiny_captioners import write_tiny_florence2
+
+    folder = write_tiny_florence2(tmp_path / "florence-tiny")
+    image = Image.new("RGB", (50, 40), (0, 128, 255))
+    got = load_captioner(folder, task_prompt="<DETAILED_CAPTION>", max_length=6).caption(image)
+    # Plain transformers usage, as the Florence-2 model card shows it.
+    processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForImageTextToText.from_pretrained(folder, local_files_only=True).eval()
+    inputs = processor(images=image, text="<DETAILED_CAPTION>", return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=6, do_sample=False, num_beams=1)
+    raw = processor.batch_decode(out, skip_special_tokens=False)[0]
+    want = raw.replace("<s>", "").replace("</s>", "").replace("<pad>", "").strip()
+    assert got == want and got
+    with pytest.raises(ModelFileError, match="'<OD>' does not answer with a caption"):
+        load_captioner(folder, task_prompt="<OD>")

@@ -13,6 +13,8 @@ from pathlib import Path
 from lorastudio.core.errors import ModelFileError
 
 SUPPORTED_TYPES = {"blip": None, "blip-2": None, "florence2": "<CAPTION>"}  # type -> default task prompt
+# Florence-2 tasks whose answer is plain text; the others answer with boxes or polygons.
+FLORENCE_CAPTION_TASKS = ("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>")
 
 
 class TransformersCaptioner:
@@ -33,11 +35,7 @@ class TransformersCaptioner:
         with torch.inference_mode():
             # Greedy decoding: the same picture always gets the same caption.
             out = self.model.generate(**inputs, max_new_tokens=self.max_length, do_sample=False, num_beams=1)
-        if self.model_type == "florence2" and self.task_prompt:
-            text = self.processor.batch_decode(out, skip_special_tokens=False)[0]
-            parsed = self.processor.post_process_generation(text, task=self.task_prompt, image_size=image.size)
-            value = parsed.get(self.task_prompt, text)
-            return str(value).strip()
+        # For the plain-text tasks, Florence-2's post-processing is exactly this: drop <s> </s>.
         return self.processor.batch_decode(out, skip_special_tokens=True)[0].strip()
 
 
@@ -54,6 +52,9 @@ def load_captioner(folder: str | Path, *, task_prompt: str | None = None, max_le
     if model_type not in SUPPORTED_TYPES:
         raise ModelFileError(config_path, f"model_type {model_type!r} is not a captioner lorastudio knows "
                                           f"({', '.join(SUPPORTED_TYPES)})")
+    if model_type == "florence2" and task_prompt is not None and task_prompt not in FLORENCE_CAPTION_TASKS:
+        raise ModelFileError(folder, f"Florence-2 task {task_prompt!r} does not answer with a caption; use one of "
+                                     f"{', '.join(FLORENCE_CAPTION_TASKS)}")
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     try:
