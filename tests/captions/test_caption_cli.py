@@ -150,3 +150,16 @@ def test_enormous_picture_is_named_and_gets_no_caption(tmp_path, models):
     assert f"{bomb}: declares an enormous size" in res.output
     assert not bomb.with_suffix(".txt").exists()
     assert (tmp_path / "data" / "pic0.txt").exists()  # the good picture is still captioned
+
+
+def test_two_pictures_sharing_a_caption_name_and_kohya_caption_files(tmp_path, models):
+    data = tmp_path / "data"
+    _pictures(data, n=1)  # pic0.png
+    Image.new("RGB", (64, 64), (0, 0, 255)).save(data / "pic0.jpg")
+    Image.new("RGB", (64, 64), (0, 0, 255)).save(data / "other.png")
+    (data / "other.caption").write_text("kohya style caption", encoding="utf-8")
+    res = _caption([str(data), "--tagger", "wd-tiny"], models)
+    assert res.exit_code == 1
+    assert f"{data / 'pic0.png'}: shares the caption file pic0.txt with {data / 'pic0.jpg'}" in res.output
+    assert (data / "pic0.txt").exists()  # written once, for the first picture only
+    assert not (data / "other.txt").exists()  # its .caption file is the user's caption

@@ -106,9 +106,19 @@ def plan_captions(images: list[tuple[Path, str]], models: Interrogators, options
                   on_progress: Callable[[int, int], None] | None = None) -> CaptionPlan:
     """Caption each (path, display name); nothing is written here."""
     plan = CaptionPlan()
+    claimed: dict[Path, str] = {}
     for i, (path, name) in enumerate(images):
         caption_file = path.with_suffix(".txt")
+        if caption_file in claimed:
+            # a.png and a.jpg would share a.txt: the second would silently take the first's caption.
+            plan.failures.append(f"{name}: shares the caption file {caption_file.name} with {claimed[caption_file]}; "
+                                 "rename one; no caption written")
+            continue
+        claimed[caption_file] = name
+        # kohya's other caption extension counts as a caption the user wrote.
         existing = _existing(caption_file)
+        if existing is None:
+            existing = _existing(path.with_suffix(".caption"))
         if existing is not None and not options.overwrite:
             plan.entries.append(CaptionEntry(path, caption_file, name, "keep", None, existing))
         else:
