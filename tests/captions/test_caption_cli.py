@@ -163,3 +163,21 @@ def test_two_pictures_sharing_a_caption_name_and_kohya_caption_files(tmp_path, m
     assert f"{data / 'pic0.png'}: shares the caption file pic0.txt with {data / 'pic0.jpg'}" in res.output
     assert (data / "pic0.txt").exists()  # written once, for the first picture only
     assert not (data / "other.txt").exists()  # its .caption file is the user's caption
+
+
+def test_a_model_that_fails_mid_run_leaves_no_caption(tmp_path, models):
+    # The graph loads and declares WD14's signature, but onnxruntime fails when it runs.
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder = models / "interrogators" / "fails"
+    write_tiny_wd14(folder)
+    model = onnx.load(str(folder / "model.onnx"))
+    # Reshape to [2, 24] while the output is declared [batch, 48].
+    model.graph.node[0].attribute[0].t.CopyFrom(helper.make_tensor("flat_shape_v", TensorProto.INT64, [2], [2, 24]))
+    onnx.save(model, str(folder / "model.onnx"))
+    _pictures(tmp_path / "data", n=2)
+    res = _caption([str(tmp_path / "data"), "--tagger", "fails"], models)
+    assert res.exit_code == 2
+    assert f"{tmp_path / 'data' / 'pic0.png'}: the model failed on this picture" in res.output
+    assert not list((tmp_path / "data").glob("*.txt"))

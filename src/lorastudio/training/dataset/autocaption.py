@@ -130,7 +130,12 @@ def plan_captions(images: list[tuple[Path, str]], models: Interrogators, options
             except DatasetError as exc:
                 plan.failures.append(f"{name}: {getattr(exc, 'why', exc)}; no caption written")
             else:
-                caption = caption_for(prepared.rgb, models, options, trigger)
+                try:
+                    caption = caption_for(prepared.rgb, models, options, trigger)
+                except Exception as exc:  # noqa: BLE001 - onnxruntime / torch errors are untyped
+                    # Nothing has been written yet: the run stops here with the picture named.
+                    raise DatasetError(f"{name}: the model failed on this picture ({type(exc).__name__}: "
+                                       f"{str(exc).strip()[:300]}); no caption was written") from exc
                 plan.entries.append(CaptionEntry(path, caption_file, name, "write", caption, existing))
         if on_progress:
             on_progress(i + 1, len(images))
