@@ -48,6 +48,11 @@ def test_train_caption_auto_writes_into_the_version_copy_only(world):
     assert config["caption"] == "auto" and config["caption_options"]["tagger"] == "wd-tiny"
     assert config["caption_options"]["wd14"]["general_threshold"] == 0.35
     assert config["images"] == str(world / "data")
+    from safetensors import safe_open
+
+    with safe_open(str(version / "Zed.safetensors"), "pt") as f:
+        freq = json.loads(f.metadata()["ss_tag_frequency"])
+    assert freq["Zed"]["px 3 3 r"] == 1 and freq["Zed"]["my caption of blue"] == 1  # kohya's tag counts
 
 
 def test_caption_auto_without_a_model_is_refused(world):
