@@ -6,6 +6,8 @@ extension use: `model.onnx` (input `[batch, size, size, 3]`, BGR, 0-255 float, N
 category 9 = rating, 4 = character, 0 = general). The preprocessing must match the one the
 models were trained with, or the probabilities drift: alpha onto white, pad to a square on
 white (picture centred), resize to the input size with bicubic, RGB -> BGR, float32 0..255.
+That is SmilingWolf's own demo code; kohya's script pads the same way but resizes with OpenCV
+(INTER_AREA down, LANCZOS4 up), so its probabilities can differ from these in the third decimal.
 """
 
 from __future__ import annotations
