@@ -19,8 +19,8 @@ FLORENCE_CAPTION_TASKS = ("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAP
 
 class TransformersCaptioner:
     def __init__(self, folder: Path, model, processor, *, model_type: str, task_prompt: str | None,
-                 max_length: int):
-        self.folder, self.model, self.processor = folder, model, processor
+                 max_length: int, device: str = "cpu"):
+        self.folder, self.model, self.processor, self.device = folder, model, processor, device
         self.model_type, self.max_length = model_type, max_length
         self.task_prompt = task_prompt if task_prompt is not None else SUPPORTED_TYPES[model_type]
 
@@ -31,7 +31,7 @@ class TransformersCaptioner:
         kwargs = {"images": image, "return_tensors": "pt"}
         if self.task_prompt:
             kwargs["text"] = self.task_prompt
-        inputs = self.processor(**kwargs)
+        inputs = self.processor(**kwargs).to(self.device)
         with torch.inference_mode():
             # Greedy decoding: the same picture always gets the same caption.
             out = self.model.generate(**inputs, max_new_tokens=self.max_length, do_sample=False, num_beams=1)
@@ -39,7 +39,8 @@ class TransformersCaptioner:
         return self.processor.batch_decode(out, skip_special_tokens=True)[0].strip()
 
 
-def load_captioner(folder: str | Path, *, task_prompt: str | None = None, max_length: int = 40) -> TransformersCaptioner:
+def load_captioner(folder: str | Path, *, task_prompt: str | None = None, max_length: int = 40,
+                   device: str = "auto") -> TransformersCaptioner:
     """Open a captioner folder; ModelFileError naming the file for a missing or foreign model."""
     folder = Path(folder)
     config_path = folder / "config.json"
@@ -62,6 +63,10 @@ def load_captioner(folder: str | Path, *, task_prompt: str | None = None, max_le
         model = AutoModelForImageTextToText.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelFileError(folder, f"cannot be loaded as a {model_type} captioner ({str(exc)[:300]})") from None
-    model.eval()
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device).eval()
     return TransformersCaptioner(folder, model, processor, model_type=model_type, task_prompt=task_prompt,
-                                 max_length=max_length)
+                                 max_length=max_length, device=device)
