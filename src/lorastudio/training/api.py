@@ -17,18 +17,21 @@ from lorastudio.core.errors import DiskFullError, InvalidParameter
 from lorastudio.core.paths import ModelsRoot
 from lorastudio.training.config import TrainingConfig, training_config
 from lorastudio.training.data import Item
+from lorastudio.training.dataset.masks import mask_path_for
 from lorastudio.training.events import EventSink, TrainingEvent, TrainingResult
 from lorastudio.training.project import project_name, version_dir
 
 
-def prepare_items(config: TrainingConfig, resolution: int, *, regularisation: bool = False):
+def prepare_items(config: TrainingConfig, resolution: int, *, regularisation: bool = False,
+                  images: Path | None = None):
     """Check the dataset (or the regularisation pictures) and return (source, items, report);
-    raises DatasetError listing every problem."""
+    raises DatasetError listing every problem. `images` replaces config.images (the captioned
+    copy that `caption="auto"` makes)."""
     from lorastudio.training.dataset.checks import build_dataset, check_dataset
     from lorastudio.training.dataset.ingest import open_source
 
     dcfg = config.dataset_config(resolution, regularisation=regularisation)
-    source = open_source(config.reg_images if regularisation else config.images,
+    source = open_source(config.reg_images if regularisation else (images or config.images),
                          max_unzipped_bytes=dcfg.max_unzipped_bytes)
     try:
         report = check_dataset(source, dcfg)
@@ -67,6 +70,9 @@ def _train(config: TrainingConfig, on_event: EventSink | None, *, should_stop, y
     if config.reg_images is not None and not Path(config.reg_images).exists():
         raise InvalidParameter("reg_images", str(config.reg_images), "no such folder or .zip file")
 
+    # 1b. automatic captions, into a copy: the user's folder is never written to
+    captioned = _auto_caption(config, emit) if config.caption == "auto" else None
+
     # 2. the model (its family decides the defaults and the dataset resolution)
     from accelerate import Accelerator
 
@@ -84,7 +90,10 @@ def _train(config: TrainingConfig, on_event: EventSink | None, *, should_stop, y
 
     # 3. every dataset problem, before training starts (a zip's extracted copy is removed on every path)
     with contextlib.ExitStack() as sources:
-        source, titems, report = prepare_items(config, config.resolution[0])
+        if captioned is not None:
+            sources.callback(shutil.rmtree, captioned, True)
+        source, titems, report = prepare_items(config, config.resolution[0],
+                                               images=captioned / "dataset" if captioned else None)
         sources.callback(source.close)
         emit(TrainingEvent("log", message=report.render()))
         reg_titems = []
@@ -164,6 +173,42 @@ def _refuse_finished(vdir, name: str) -> None:
             f"train again without --resume to start a new version, or pass --version with a new name")
 
 
+def _auto_caption(config: TrainingConfig, emit) -> Path:
+    """Copy the dataset into a temporary folder and caption the pictures without a caption there.
+
+    The captions become part of the version's dataset copy (step 4 writes every trained caption
+    beside its picture) and `config.json` records the models and thresholds used.
+    """
+    import tempfile
+
+    from lorastudio.training.dataset.autocaption import caption_images_in, load_interrogators, plan_captions, write_captions
+    from lorastudio.training.dataset.ingest import open_source
+
+    options = config.caption_options
+    models = load_interrogators(options, config.models_dir)  # a missing model fails before any copy
+    staging = Path(tempfile.mkdtemp(prefix="lorastudio-autocaption-"))
+    try:
+        with open_source(config.images) as src:
+            for f in src.files:
+                dst = staging / "dataset" / f.rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f.path, dst)
+        root = staging / "dataset"
+        images = [(p, str(Path(config.images) / p.relative_to(root))) for p in caption_images_in(root)]
+        plan = plan_captions(images, models, options, trigger=config.trigger)
+        write_captions(plan)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    freq = ", ".join(f"{t} ({n})" for t, n in list(plan.tag_frequency().items())[:20])
+    emit(TrainingEvent("log", message=f"captioned {len(plan.to_write)} picture(s), kept "
+                                      f"{sum(e.action == 'keep' for e in plan.entries)} caption(s) as written; "
+                                      f"tags: {freq or 'none'}"))
+    for msg in plan.failures:
+        emit(TrainingEvent("log", message=msg))
+    return staging
+
+
 def _precision(config: TrainingConfig) -> str:
     if config.mixed_precision != "auto":
         return config.mixed_precision
@@ -215,6 +260,9 @@ def _copy_dataset(titems, folder: Path, *, write: bool = True, regularisation: b
                 with atomic_path(dst) as tmp:
                     shutil.copyfile(src, tmp)
                 atomic_write_text(dst.with_suffix(".txt"), ti.caption)
+                if mask_path_for(src).is_file():  # the subject mask travels with its picture
+                    with atomic_path(mask_path_for(dst)) as tmp:
+                        shutil.copyfile(mask_path_for(src), tmp)
             seen[src] = dst
         out.append(Item(dst, ti.caption, ti.bucket.width, ti.bucket.height, ti.repeats, regularisation))
     return out

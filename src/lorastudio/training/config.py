@@ -27,6 +27,7 @@ from lorastudio.core.limits import (
 )
 from lorastudio.core.params import build_model
 from lorastudio.training.dataset.config import DatasetConfig, check_colour, parse_colour
+from lorastudio.training.dataset.caption_options import CaptionOptions
 
 CONFIG_VERSION = 1
 
@@ -100,6 +101,9 @@ class TrainingConfig(BaseModel):
     shuffle_tags: bool = False
     keep_tokens: int = Field(1, ge=0)
     skip_bad_images: bool = False
+    caption: Literal["given", "auto"] = Field("given", description="auto: caption the pictures with local models "
+                                                                   "(caption_options) before training")
+    caption_options: CaptionOptions = Field(default_factory=CaptionOptions)
     background: tuple[int, int, int] = Field((255, 255, 255), description="RGB behind transparent pixels: "
                                              "'#rrggbb' or [r, g, b]")
     # --- regularisation (kohya's reg_data_dir, DreamBooth's prior preservation) ---------------
@@ -160,6 +164,9 @@ class TrainingConfig(BaseModel):
     def _length(self) -> "TrainingConfig":
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give steps or epochs, not both")
+        if self.caption == "auto" and self.caption_options.resolved_mode() is None:
+            raise ValueError("caption 'auto' needs a tagger and/or a captioner (caption_options.tagger / "
+                             "caption_options.captioner, --tagger / --captioner)")
         return self
 
     def dataset_config(self, default_resolution: int, *, regularisation: bool = False) -> DatasetConfig:

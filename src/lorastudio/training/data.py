@@ -21,6 +21,7 @@ from lorastudio.core.atomic import atomic_write_bytes
 from lorastudio.training.dataset.buckets import fit_to_bucket
 from lorastudio.training.dataset.captions import augment_caption
 from lorastudio.training.dataset.images import file_digest, load_training_image
+from lorastudio.training.dataset.masks import mask_path_for, read_mask
 
 CACHE_FORMAT = "1"
 
@@ -84,8 +85,13 @@ def image_tensor(item: Item, background) -> tuple[torch.Tensor, torch.Tensor | N
     arr = np.asarray(rgb, dtype=np.float32) / 127.5 - 1.0
     pixels = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
     mask = None
-    if prepared.mask is not None:
-        m = np.asarray(fit_to_bucket(prepared.mask, bucket), dtype=np.float32) / 255.0
+    alpha = prepared.mask
+    mask_file = mask_path_for(item.image_path)
+    if mask_file.is_file():
+        # A subject mask written by `dataset mask` (or by hand, kohya's layout) wins over alpha.
+        alpha = read_mask(mask_file, prepared.rgb.size)
+    if alpha is not None:
+        m = np.asarray(fit_to_bucket(alpha, bucket), dtype=np.float32) / 255.0
         mask = torch.from_numpy(m)[None]
     return pixels, mask
 
@@ -99,6 +105,9 @@ class LatentCache:
 
     def key(self, item: Item) -> str:
         raw = f"{CACHE_FORMAT}|{file_digest(item.image_path)}|{item.width}x{item.height}|{self.background}|{self.model_id}"
+        mask_file = mask_path_for(item.image_path)
+        if mask_file.is_file():
+            raw += f"|mask:{file_digest(mask_file)}"
         return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
     def fill(self, items: list[Item], encode, on_progress=None) -> None:

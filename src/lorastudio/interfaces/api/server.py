@@ -36,7 +36,7 @@ def create_app(settings: StudioSettings, *, engine=None, store=None, api_auth: s
     api_auth (DNS-rebinding defence), any host once requests must authenticate.
     train_fn replaces lorastudio.training.api.train (benchmarks and tests of the queue itself).
     """
-    from lorastudio.interfaces.api import a1111_routes, publish_routes, training_routes
+    from lorastudio.interfaces.api import a1111_routes, caption_routes, publish_routes, training_routes
 
     credentials = parse_api_auth(api_auth)
     if allowed_hosts == _AUTO:
@@ -61,6 +61,7 @@ def create_app(settings: StudioSettings, *, engine=None, store=None, api_auth: s
     app.include_router(training_routes.router)
     app.include_router(publish_routes.router)
     app.include_router(web_router())  # the page at / and the endpoints it needs
+    app.include_router(caption_routes.router)
     _install_error_handlers(app)
     app.add_middleware(SecurityMiddleware, credentials=credentials,
                        max_body_bytes=state.limits.max_body_bytes, max_upload_bytes=state.limits.max_upload_bytes)

@@ -229,6 +229,13 @@ def train(
     no_install: bool = typer.Option(False, "--no-install",
                                     help="Do not copy the finished LoRA into the models folder's Lora/"),
     verbose: bool = verbose_option(),
+    masked_loss: Optional[bool] = typer.Option(None, "--masked-loss/--no-masked-loss",
+                                               help="Loss only on the subject: alpha, or <image>.mask.png (dataset mask)"),
+    caption: Optional[str] = typer.Option(None, "--caption", help="given | auto: caption pictures without a caption "
+                                                                  "with --tagger / --captioner first"),
+    tagger: Optional[str] = typer.Option(None, "--tagger", help="WD14 tagger folder or name under models/interrogators/"),
+    captioner: Optional[str] = typer.Option(None, "--captioner", help="BLIP / Florence-2 folder or name under "
+                                                                      "models/interrogators/"),
 ):
     """Train a LoRA from a folder or zip of pictures."""
     from lorastudio.training.config import load_toml, training_config
@@ -244,8 +251,13 @@ def train(
                  "models_dir": models_dir or (None if "models_dir" in data else
                                               Path(os.environ.get("LORASTUDIO_MODELS_DIR", "models"))),
                  "num_processes": num_processes, "class_word": class_word, "reg_images": reg_images,
-                 "prior_loss_weight": prior_loss_weight}
+                 "prior_loss_weight": prior_loss_weight, "caption": caption,
+                 "masked_loss": masked_loss}
         data.update({k: v for k, v in flags.items() if v is not None})
+        if tagger or captioner:
+            data["caption_options"] = {**data.get("caption_options", {}),
+                                       **({"tagger": tagger} if tagger else {}),
+                                       **({"captioner": captioner} if captioner else {})}
         if resume:
             data["resume"] = True
         if skip_bad_images:
@@ -366,12 +378,13 @@ def demo(workspace: Path = typer.Option(Path("demo"), "--workspace", help="Where
 
 
 def _register_optional_commands() -> None:
-    from lorastudio.interfaces.cli import img2img_cmd, publish_cmd, report_cmd, serve_cmd
+    from lorastudio.interfaces.cli import dataset_prep_cmd, img2img_cmd, publish_cmd, report_cmd, serve_cmd
 
     img2img_cmd.register(app)
     serve_cmd.register(app)
     report_cmd.register(app)
     publish_cmd.register(app)
+    dataset_prep_cmd.register(dataset_app)
 
 
 _register_optional_commands()

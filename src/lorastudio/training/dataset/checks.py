@@ -28,6 +28,7 @@ from lorastudio.training.dataset.images import (
     probe_image,
 )
 from lorastudio.training.dataset.ingest import DatasetSource, SourceFile, open_source
+from lorastudio.training.dataset.masks import is_mask_file
 from lorastudio.training.dataset.report import DatasetReport, Problem, TrainingItem
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".webp", ".bmp", ".dib")
@@ -59,9 +60,9 @@ def check_dataset(source: DatasetSource | str | os.PathLike[str], config: Datase
             return check_dataset(opened, config)
     out = _Collector(source)
     caption_exts = config.caption_extensions
-    images = source.images
+    images, mask_files = _split_masks(source.images)
     captions = [f for f in source.files if f.image_format is None and f.suffix in caption_exts]
-    used = {f.rel for f in images} | {f.rel for f in captions}
+    used = {f.rel for f in images} | {f.rel for f in captions} | set(mask_files.values())
     others = [f for f in source.files if f.rel not in used]
     counts = {"images": len(images), "captions": len(captions), "other": len(others),
               "ignored": len(source.ignored)}
@@ -107,7 +108,8 @@ def check_dataset(source: DatasetSource | str | os.PathLike[str], config: Datase
         repeats = f.repeats if f.repeats is not None else config.repeats
         for bucket in _buckets_for(out, f, prepared_size, config):
             items.append(TrainingItem(image_path=f.path, caption=caption, repeats=repeats, bucket=bucket,
-                                      mask_available=has_alpha and config.use_alpha_mask,
+                                      mask_available=(has_alpha or f.stem_key in mask_files)
+                                      and config.use_alpha_mask,
                                       original_size=prepared_size, name=source.display(f.rel)))
             plan_rows.append((source.display(f.rel), bucket, repeats))
     counts["transparent"] = transparent
@@ -141,6 +143,15 @@ def build_dataset(source: DatasetSource, config: DatasetConfig, skip_bad: bool =
         raise DatasetError(f"{report.origin}: no usable pictures left after skipping the bad ones:\n"
                            + report.problems_text(errors_only=True))
     return list(report.items)
+
+
+def _split_masks(images: list[SourceFile]) -> tuple[list[SourceFile], dict[str, str]]:
+    """Pictures to train on, and {picture stem: rel} of `<stem>.mask.png` subject masks beside them."""
+    stems = {f.stem_key for f in images if not is_mask_file(f.rel)}
+    masks = {f.stem_key[: -len(".mask")]: f.rel for f in images
+             if is_mask_file(f.rel) and f.stem_key[: -len(".mask")] in stems}
+    used = set(masks.values())
+    return [f for f in images if f.rel not in used], masks
 
 
 def _classify_other(out: _Collector, f: SourceFile, caption_exts: tuple[str, ...]) -> None:
