@@ -40,7 +40,9 @@ def make_training_handler(settings: StudioSettings, *, train_fn: Callable | None
             version = version_dir(projects_root, project, None, resume=False).root.name
         ctx.progress(project=project, version=version)
         vdir = version_dir(projects_root, project, version, resume=True)
-        interrupted_before = job.attempts > 0 and vdir.checkpoints.is_dir() and any(vdir.checkpoints.iterdir())
+        # A run killed before its first checkpoint has left its folder (dataset copy, caches) but no
+        # checkpoint: it continues that folder too (resume starts at step 0 when there is none).
+        interrupted_before = job.attempts > 0 and vdir.root.is_dir() and any(vdir.root.iterdir())
         data.update(project=project, version=version, resume=bool(data.get("resume")) or interrupted_before)
         config = training_config(data)
         if interrupted_before:
