@@ -16,7 +16,7 @@ import pytest
 from lorastudio.core.errors import InvalidParameter, LorastudioError, NotFound
 from lorastudio.services.jobs import MIGRATIONS, JobStatus, SqliteJobStore
 from lorastudio.services.jobs import liveness
-from lorastudio.services.jobs import store as store_mod
+from lorastudio.services.jobs import sqlite_store as store_mod
 
 HERE = Path(__file__).parent
 if str(HERE) not in sys.path:  # spawn children import _jobs_child by name
