@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo bench clean ensure-postgres
 
 venv: $(STAMP)
 
@@ -18,7 +18,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP)
+# The job-store tests start a real PostgreSQL server (Debian's `postgresql` package).
+ensure-postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql)
+
+test: $(STAMP) ensure-postgres
 	# The SIGKILL-a-real-server test is part of CI on purpose: restarts must never lose a job.
 	LORASTUDIO_CRASH_TEST=1 $(PY) -m pytest -q -n 2 --timeout 600
 
