@@ -25,6 +25,12 @@ def register(app: typer.Typer) -> None:
                                                help="USER:PASS for HTTP Basic auth on every route "
                                                     "(or $LORASTUDIO_API_AUTH, kept out of the process list)"),
         device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | mps"),
+        db: Optional[str] = typer.Option(None, "--db", envvar="LORASTUDIO_DB",
+                                         help="Job database: postgresql://... for a queue shared by several "
+                                              "API nodes and workers (or $LORASTUDIO_DB); default: a SQLite "
+                                              "file in the projects folder"),
+        no_worker: bool = typer.Option(False, "--no-worker",
+                                       help="Only queue jobs; `lorastudio worker` processes run them"),
     ):
         """Serve /sdapi/v1 (A1111 clients: webuiapi, Krita, SillyTavern...) and /v1/trainings."""
         from lorastudio.core.errors import LorastudioError
@@ -37,7 +43,15 @@ def register(app: typer.Typer) -> None:
         try:
             from lorastudio.interfaces.api.server import run_server
 
-            run_server(StudioSettings(**values), host=host, port=port, api_auth=api_auth or None)
+            settings = StudioSettings(**values)
+            options: dict = {}
+            if db:
+                from lorastudio.services.jobs import open_job_store
+
+                options["store"] = open_job_store(db)
+            if no_worker:
+                options["run_worker"] = False
+            run_server(settings, host=host, port=port, api_auth=api_auth or None, **options)
         except LorastudioError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
