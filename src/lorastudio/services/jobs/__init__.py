@@ -13,6 +13,7 @@ from lorastudio.services.jobs.models import (
     WorkerCapabilities,
 )
 from lorastudio.services.jobs.opening import open_job_store
+from lorastudio.services.jobs.postgres_store import PostgresJobStore  # psycopg is imported on use
 from lorastudio.services.jobs.sqlite_store import MIGRATIONS, SqliteJobStore
 from lorastudio.services.jobs.store import JobStore
 from lorastudio.services.jobs.worker import JobCancelled, JobContext, JobWorker
@@ -28,6 +29,7 @@ __all__ = [
     "JobStore",
     "JobWorker",
     "LogLine",
+    "PostgresJobStore",
     "SqliteJobStore",
     "WorkerCapabilities",
     "open_job_store",
