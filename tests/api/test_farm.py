@@ -20,9 +20,11 @@ import pytest
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")]
 
-LEASE_S = 3.0  # heartbeat timeout of the farm's workers: short, so the tests do not wait long
+# Heartbeat timeout of the farm's workers: short so the kill test does not wait long, yet long
+# enough that a worker starved of CPU on a loaded 2-core machine still beats in time.
+LEASE_S = 10.0
 JOB = {"trigger": "zzfarm", "base": "tiny", "resolution": [64], "rank": 4, "seed": 3, "lr": 5e-3,
-       "images": "datasets/stickers"}
+       "images": "datasets/stickers", "sample_steps": 1}
 
 
 def _cli(*args: str) -> list[str]:
@@ -169,7 +171,7 @@ def test_twenty_jobs_through_two_apis_each_run_exactly_once(farm):
             for i in range(20)]
     final = _done(farm, rids, 240)
     for rid, s in final.items():
-        assert s["status"] == "COMPLETED", (rid, s.get("reason"), s["logs"][-3:])
+        assert s["status"] == "COMPLETED", (rid, s.get("reason"), [x["message"][:300] for x in s["logs"]])
         assert s["attempts"] == 0 and len(_starts(s)) == 1, s["logs"]
     workers = {_starts(s)[0].split()[3] for s in final.values()}
     assert len(workers) >= 2, workers  # the queue was shared, not drained by one process
@@ -235,6 +237,6 @@ def test_database_restart_mid_run_loses_nothing_and_runs_nothing_twice(farm):
     farm.server.restart("fast")  # every connection of every process is cut
     final = _done(farm, rids, 240)
     for rid, s in final.items():
-        assert s["status"] == "COMPLETED", (rid, s.get("reason"), s["logs"][-3:])
+        assert s["status"] == "COMPLETED", (rid, s.get("reason"), [x["message"][:300] for x in s["logs"]])
         assert s["attempts"] == 0 and len(_starts(s)) == 1, s["logs"]
     assert all(p.poll() is None for p in farm.workers.values())  # they reconnected, not died
