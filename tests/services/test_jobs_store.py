@@ -8,13 +8,20 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from lorastudio.core.errors import InvalidParameter, LorastudioError, NotFound
-from lorastudio.services.jobs import MIGRATIONS, JobStatus, SqliteJobStore
+from lorastudio.services.jobs import (
+    MIGRATIONS,
+    JobRequirements,
+    JobStatus,
+    SqliteJobStore,
+    WorkerCapabilities,
+)
 from lorastudio.services.jobs import liveness
 from lorastudio.services.jobs import postgres_store as pg_store
 from lorastudio.services.jobs import sqlite_store as store_mod
@@ -233,6 +240,39 @@ def test_claim_is_fifo_and_filters_kinds(store):
     assert store.claim_next("w", ["training"]) is None
     assert store.claim_next("w", ["caption", "training"]).id == g.id
     assert store.claim_next("w") is None
+
+
+def test_workers_claim_only_jobs_they_can_run(store):
+    flux = store.submit("training", {}, JobRequirements(family="flux", min_memory_mb=20_000))
+    sdxl = store.submit("training", {}, JobRequirements(family="sdxl"))
+    anyone = store.submit("training", {})
+    assert store.get(flux.id).family == "flux" and store.get(flux.id).min_memory_mb == 20_000
+    small_sd1 = WorkerCapabilities(families=("sd1",), memory_mb=8_000)
+    assert store.claim_next("w-sd1", None, small_sd1).id == anyone.id  # skips flux and sdxl
+    assert store.claim_next("w-sd1", None, small_sd1) is None
+    big_flux_only_8gb = WorkerCapabilities(families=("flux", "sdxl"), memory_mb=8_000)
+    assert store.claim_next("w-8gb", ["training"], big_flux_only_8gb).id == sdxl.id  # flux needs 20 GB
+    assert store.claim_next("w-8gb", ["training"], big_flux_only_8gb) is None
+    assert store.claim_next("w-any", None, WorkerCapabilities()).id == flux.id
+
+
+def test_change_counter_moves_on_every_visible_change(store):
+    job = store.submit("training", {})
+    seen = store.change_counter(job.id)
+    if not store.pushes_changes:  # SQLite: no notifications; waiting is a plain sleep
+        assert store.wait_for_change(job.id, seen, 0.01) == seen
+        return
+    store.claim_next("w1")
+    seen = store.wait_for_change(job.id, seen, 10)
+    store.append_log(job.id, "INFO", "hello")
+    after_log = store.wait_for_change(job.id, seen, 10)
+    assert after_log != seen
+    store.heartbeat(job.id, "w1")  # nothing a reader shows: no wake-up
+    started = time.monotonic()
+    assert store.wait_for_change(job.id, after_log, 0.3) == after_log
+    assert time.monotonic() - started >= 0.25
+    store.complete(job.id, "w1", {})
+    assert store.wait_for_change(job.id, after_log, 10) != after_log
 
 
 def test_progress_is_json_and_nan_becomes_null(store):

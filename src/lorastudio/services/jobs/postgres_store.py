@@ -315,7 +315,9 @@ class PostgresJobStore(JobStore):
         now = self._clock()
         owner = (worker_id, HOST_IDENTITY, os.getpid(), process_start_token(os.getpid()), token)
         # FOR UPDATE SKIP LOCKED: a row another claimer holds is passed over, not waited
-        # for; the outer status guard makes a row that changed meanwhile a no-op.
+        # for; a row that changed before it was locked is re-checked and skipped. The row
+        # stays locked by this statement until the UPDATE, so no outer status guard: with
+        # one, the planner walks the queue index past every queued row instead of the key.
         sql = (
             "UPDATE jobs SET status = 'IN_PROGRESS', worker_id = %s, worker_host = %s,"
             " worker_pid = %s, worker_start = %s, claim_token = %s,"
@@ -325,7 +327,7 @@ class PostgresJobStore(JobStore):
             " AND (family IS NULL OR %s::text[] IS NULL OR family = ANY(%s::text[]))"
             " AND (min_memory_mb IS NULL OR %s::integer IS NULL OR min_memory_mb <= %s::integer)"
             " ORDER BY queue_order LIMIT 1 FOR UPDATE SKIP LOCKED)"
-            " AND status = 'IN_QUEUE' RETURNING *"
+            " RETURNING *"
         )
         params = (*owner, now, now, kinds, kinds, families, families, memory_mb, memory_mb)
 
