@@ -40,6 +40,10 @@ def register(app: typer.Typer) -> None:
                                                      "the queue (the lease)"),
         poll_interval: float = typer.Option(1.0, "--poll-interval", min=0.01,
                                             help="Seconds between looks at an empty queue"),
+        artifacts: Optional[str] = typer.Option(None, "--artifacts", envvar="LORASTUDIO_ARTIFACTS",
+                                                help="Artifact store for checkpoints and finished runs: "
+                                                     "s3://bucket/prefix (endpoint: $LORASTUDIO_S3_ENDPOINT) "
+                                                     "or a folder; lets a run resume on another machine"),
     ):
         """Claim queued jobs (that this worker can run) and run them until SIGTERM / Ctrl-C."""
         from lorastudio.core.errors import LorastudioError
@@ -47,7 +51,7 @@ def register(app: typer.Typer) -> None:
         try:
             _run(db, device=device, families=families, memory_mb=memory_mb, models_dir=models_dir,
                  projects_dir=projects_dir, worker_id=worker_id, heartbeat_timeout_s=heartbeat_timeout,
-                 poll_interval_s=poll_interval)
+                 poll_interval_s=poll_interval, artifacts_url=artifacts)
         except LorastudioError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
@@ -69,7 +73,7 @@ def parse_families(text: str | None) -> tuple[str, ...] | None:
 
 
 def _run(db: str, *, device, families, memory_mb, models_dir, projects_dir, worker_id,
-         heartbeat_timeout_s: float, poll_interval_s: float) -> None:
+         heartbeat_timeout_s: float, poll_interval_s: float, artifacts_url: str | None = None) -> None:
     import logging
 
     from lorastudio.core.settings import StudioSettings
@@ -98,7 +102,13 @@ def _run(db: str, *, device, families, memory_mb, models_dir, projects_dir, work
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    worker = JobWorker(store, {"training": make_training_handler(settings)}, worker_id=worker_id,
+    artifacts = None
+    if artifacts_url:
+        from lorastudio.services.artifacts import open_artifact_store
+
+        artifacts = open_artifact_store(artifacts_url)
+    handler = make_training_handler(settings, artifacts=artifacts)
+    worker = JobWorker(store, {"training": handler}, worker_id=worker_id,
                        can_run=can_run, poll_interval_s=poll_interval_s)
     worker.start(recover=True)
     logging.getLogger("lorastudio.worker").info("worker %s ready (families=%s, device=%s)", worker.worker_id,
