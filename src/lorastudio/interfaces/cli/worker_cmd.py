@@ -87,6 +87,7 @@ def _run(db: str, *, device, families, memory_mb, models_dir, projects_dir, work
         if value is not None:
             values[key] = value
     settings = StudioSettings(**values)
+    store = open_job_store(db, heartbeat_timeout_s=heartbeat_timeout_s)  # a bad URL fails before the imports
     # The training stack is imported here, on the main thread, before any job is claimed: a
     # first import of torch from the job thread raced other threads' lazy torch imports
     # (AttributeError on torch._C seen under load), and a job should not wait on imports.
@@ -98,7 +99,6 @@ def _run(db: str, *, device, families, memory_mb, models_dir, projects_dir, work
     import lorastudio.training.loop  # noqa: F401
     import lorastudio.training.sampling  # noqa: F401
 
-    store = open_job_store(db, heartbeat_timeout_s=heartbeat_timeout_s)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

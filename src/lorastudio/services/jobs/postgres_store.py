@@ -176,6 +176,9 @@ class PostgresJobStore(JobStore):
         self._listener: _Listener | None = None
         self._listener_lock = threading.Lock()
         try:
+            # One direct connection first: a wrong host, password or database name is reported
+            # at once, in the server's words, instead of as a pool timeout.
+            psycopg.connect(url, connect_timeout=max(1, int(connect_timeout_s))).close()
             self._pool.open(wait=True, timeout=connect_timeout_s)
             self._migrate(migrations)
         except Exception as exc:
