@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: venv test demo bench clean ensure-postgres
+.PHONY: venv test demo bench bench-queue clean ensure-postgres
 
 venv: $(STAMP)
 
@@ -32,6 +32,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/generate.py
+
+# Claim -> start overhead and claims/s of the PostgreSQL job queue (starts its own server).
+bench-queue: $(STAMP) ensure-postgres
+	$(PY) bench/queue.py
 
 clean:
 	rm -rf $(VENV) outputs projects
