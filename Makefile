@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: venv test demo bench clean ensure-chromium
+.PHONY: venv test demo bench bench-queue clean ensure-chromium ensure-postgres
 
 venv: $(STAMP)
 
@@ -27,7 +27,12 @@ ensure-chromium:
 	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-ipafont-gothic; \
 	    else echo "chromium is missing: run 'sudo apt-get install -y chromium' (the web UI tests need it)"; fi; }
 
-test: $(STAMP) ensure-chromium
+# The job-store tests start a real PostgreSQL server (Debian's `postgresql` package).
+ensure-postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql)
+
+test: $(STAMP) ensure-chromium ensure-postgres
 	# Every test runs, the SIGKILL-a-real-server one included: restarts must never lose a job.
 	$(PY) -m pytest -q -n 2 --timeout 600
 	# Tests that compare two computations of one picture, again on ATen's portable kernels: a suite
@@ -39,6 +44,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/generate.py
+
+# Claim -> start overhead and claims/s of the PostgreSQL job queue (starts its own server).
+bench-queue: $(STAMP) ensure-postgres
+	$(PY) bench/queue.py
 
 clean:
 	rm -rf $(VENV) outputs projects

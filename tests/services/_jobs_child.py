@@ -12,11 +12,18 @@ import time
 from pathlib import Path
 
 
-def claim_until_empty(db: str, strategy: str, worker_id: str, start, out) -> None:
-    """Claim and complete jobs as fast as possible; report what this process claimed."""
-    from lorastudio.services.jobs import SqliteJobStore
+def open_store(db: str, backend: str, **kw):
+    """backend: 'postgres' or 'sqlite-<claim strategy>' (as the store tests name them)."""
+    from lorastudio.services.jobs import SqliteJobStore, open_job_store
 
-    store = SqliteJobStore(db, claim_strategy=strategy)
+    if backend.startswith("sqlite-"):
+        return SqliteJobStore(db, claim_strategy=backend.split("-", 1)[1], **kw)
+    return open_job_store(db, **kw)
+
+
+def claim_until_empty(db: str, backend: str, worker_id: str, start, out) -> None:
+    """Claim and complete jobs as fast as possible; report what this process claimed."""
+    store = open_store(db, backend)
     start.wait(30)
     claimed: list[str] = []
     refused: list[str] = []
@@ -57,9 +64,9 @@ def run_crashing_worker(db: str, markers: str) -> None:
 
 def claim_and_exit(db: str) -> None:
     """Claim one job and exit without finishing it (a clean death, heartbeat fresh)."""
-    from lorastudio.services.jobs import SqliteJobStore
+    from lorastudio.services.jobs import open_job_store
 
-    store = SqliteJobStore(db, heartbeat_timeout_s=60)
+    store = open_job_store(db, heartbeat_timeout_s=60)
     job = store.claim_next(f"exiting-{os.getpid()}")
     print(job.id if job else "")
 

@@ -8,21 +8,33 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from lorastudio.core.errors import InvalidParameter, LorastudioError, NotFound
-from lorastudio.services.jobs import MIGRATIONS, JobStatus, SqliteJobStore
+from lorastudio.services.jobs import (
+    MIGRATIONS,
+    JobRequirements,
+    JobStatus,
+    SqliteJobStore,
+    WorkerCapabilities,
+)
 from lorastudio.services.jobs import liveness
-from lorastudio.services.jobs import store as store_mod
+from lorastudio.services.jobs import postgres_store as pg_store
+from lorastudio.services.jobs import sqlite_store as store_mod
+from lorastudio.services.jobs.postgres_store import PostgresJobStore
 
 HERE = Path(__file__).parent
 if str(HERE) not in sys.path:  # spawn children import _jobs_child by name
     sys.path.insert(0, str(HERE))
 
 STRATEGIES = ["returning", "immediate"] if store_mod._HAS_RETURNING else ["immediate"]
+# The contract runs against every implementation: SQLite with each claim strategy, and
+# a real PostgreSQL server (started by the postgres_server fixture, never mocked).
+BACKENDS = [f"sqlite-{s}" for s in STRATEGIES] + ["postgres"]
 
 
 class FakeClock:
@@ -33,9 +45,34 @@ class FakeClock:
         return self.t
 
 
-@pytest.fixture(params=STRATEGIES)
-def strategy(request) -> str:
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
     return request.param
+
+
+@pytest.fixture
+def location(backend, tmp_path, request) -> str:
+    """Where the backend's database lives: a SQLite file or a fresh PostgreSQL database."""
+    if backend == "postgres":
+        return request.getfixturevalue("postgres_url")
+    return str(tmp_path / "jobs.db")
+
+
+@pytest.fixture
+def make_store(backend, location):
+    opened = []
+
+    def make(**kw):
+        if backend == "postgres":
+            s = PostgresJobStore(location, **kw)
+        else:
+            s = SqliteJobStore(location, claim_strategy=backend.split("-", 1)[1], **kw)
+        opened.append(s)
+        return s
+
+    yield make
+    for s in opened:
+        s.close()
 
 
 @pytest.fixture
@@ -44,11 +81,24 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def store(tmp_path, strategy, clock):
-    s = SqliteJobStore(tmp_path / "jobs.db", claim_strategy=strategy, clock=clock,
-                       heartbeat_timeout_s=10, max_attempts=3)
-    yield s
-    s.close()
+def store(make_store, clock):
+    return make_store(clock=clock, heartbeat_timeout_s=10, max_attempts=3)
+
+
+def _migrations(backend: str) -> tuple[str, ...]:
+    return pg_store.MIGRATIONS if backend == "postgres" else MIGRATIONS
+
+
+def _sql(store, sql: str, params: tuple = ()) -> list:
+    """Run raw SQL against a store's own database (to fake what the API cannot)."""
+    if isinstance(store, PostgresJobStore):
+        def run(c, _attempt):
+            cur = c.execute(sql.replace("?", "%s"), params)
+            return cur.fetchall() if cur.description else []
+
+        return store._run(run)
+    with store._lock:
+        return store._conn.execute(sql, params).fetchall()
 
 
 def _raw(path: Path) -> sqlite3.Connection:
@@ -69,53 +119,63 @@ def test_migrations_from_empty_file(tmp_path):
     assert {"jobs", "job_logs", "schema_version"} <= tables
 
 
-def test_reopen_keeps_data_and_does_not_reapply(tmp_path):
-    path = tmp_path / "jobs.db"
-    with SqliteJobStore(path) as s:
-        job = s.submit("training", {"lr": 1e-4})
+def test_reopen_keeps_data_and_does_not_reapply(make_store, backend):
+    s = make_store()
+    job = s.submit("training", {"lr": 1e-4})
+    s.close()
     # Re-running version 1 would fail on CREATE TABLE jobs: reopening proves idempotence.
-    with SqliteJobStore(path) as s:
-        assert s.schema_version() == len(MIGRATIONS)
-        assert s.get(job.id).payload == {"lr": 1e-4}
+    s = make_store()
+    assert s.schema_version() == len(_migrations(backend))
+    assert s.get(job.id).payload == {"lr": 1e-4}
 
 
-def test_upgrade_applies_only_new_migrations(tmp_path):
-    path = tmp_path / "jobs.db"
-    with SqliteJobStore(path) as s:
-        job = s.submit("training", {})
-    newer = (*MIGRATIONS, "ALTER TABLE jobs ADD COLUMN note TEXT; -- a comment; with ;")
-    with SqliteJobStore(path, migrations=newer) as s:
-        assert s.schema_version() == len(MIGRATIONS) + 1
-        assert s.get(job.id).status == JobStatus.IN_QUEUE
-    cols = [r[1] for r in _raw(path).execute("PRAGMA table_info(jobs)")]
-    assert "note" in cols
+def test_both_databases_have_the_same_numbered_migrations():
+    assert len(pg_store.MIGRATIONS) == len(MIGRATIONS)
 
 
-def test_failing_migration_rolls_back_entirely(tmp_path):
-    path = tmp_path / "jobs.db"
-    SqliteJobStore(path).close()
-    broken = (*MIGRATIONS, "CREATE TABLE extra (x); INSERT INTO missing VALUES (1);")
-    with pytest.raises(sqlite3.OperationalError):
-        SqliteJobStore(path, migrations=broken)
-    with SqliteJobStore(path) as s:
-        assert s.schema_version() == len(MIGRATIONS)
-        assert s._conn.execute(
-            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'extra'").fetchone()[0] == 0
+def test_postgres_starts_from_an_empty_database(postgres_url):
+    with PostgresJobStore(postgres_url) as s:
+        assert s.schema_version() == len(pg_store.MIGRATIONS)
+        tables = {r["table_name"] for r in _sql(
+            s, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")}
+    assert {"jobs", "job_logs", "schema_version"} <= tables
 
 
-def test_database_newer_than_code_is_refused(tmp_path):
-    path = tmp_path / "jobs.db"
-    SqliteJobStore(path, migrations=(*MIGRATIONS, "CREATE TABLE later (x);")).close()
+def test_upgrade_applies_only_new_migrations(make_store, backend):
+    s = make_store()
+    job = s.submit("training", {})
+    s.close()
+    newer = (*_migrations(backend), "ALTER TABLE jobs ADD COLUMN note TEXT; -- a comment; with ;")
+    s = make_store(migrations=newer)
+    assert s.schema_version() == len(_migrations(backend)) + 1
+    assert s.get(job.id).status == JobStatus.IN_QUEUE
+    _sql(s, "UPDATE jobs SET note = 'x'")  # fails unless the column exists
+
+
+def test_failing_migration_rolls_back_entirely(make_store, backend):
+    make_store().close()
+    base = _migrations(backend)
+    broken = (*base, "CREATE TABLE extra (x INTEGER); INSERT INTO missing VALUES (1);")
+    expected = LorastudioError if backend == "postgres" else sqlite3.OperationalError
+    with pytest.raises(expected, match="missing"):
+        make_store(migrations=broken)
+    s = make_store()
+    assert s.schema_version() == len(base)
+    _sql(s, "CREATE TABLE extra (y INTEGER)")  # would fail if the broken run had left it
+
+
+def test_database_newer_than_code_is_refused(make_store, backend):
+    make_store(migrations=(*_migrations(backend), "CREATE TABLE later (x INTEGER);")).close()
     with pytest.raises(LorastudioError, match="newer"):
-        SqliteJobStore(path)
+        make_store()
 
 
-def test_concurrent_first_open_migrates_once(tmp_path):
-    path, errors, stores = tmp_path / "jobs.db", [], []
+def test_concurrent_first_open_migrates_once(make_store, backend):
+    errors, stores = [], []
 
     def open_it():
         try:
-            stores.append(SqliteJobStore(path))
+            stores.append(make_store())
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -125,9 +185,7 @@ def test_concurrent_first_open_migrates_once(tmp_path):
     for t in threads:
         t.join()
     assert errors == []
-    assert {s.schema_version() for s in stores} == {len(MIGRATIONS)}
-    for s in stores:
-        s.close()
+    assert {s.schema_version() for s in stores} == {len(_migrations(backend))}
 
 
 def test_split_sql_keeps_trigger_bodies_whole():
@@ -182,6 +240,39 @@ def test_claim_is_fifo_and_filters_kinds(store):
     assert store.claim_next("w", ["training"]) is None
     assert store.claim_next("w", ["caption", "training"]).id == g.id
     assert store.claim_next("w") is None
+
+
+def test_workers_claim_only_jobs_they_can_run(store):
+    flux = store.submit("training", {}, JobRequirements(family="flux", min_memory_mb=20_000))
+    sdxl = store.submit("training", {}, JobRequirements(family="sdxl"))
+    anyone = store.submit("training", {})
+    assert store.get(flux.id).family == "flux" and store.get(flux.id).min_memory_mb == 20_000
+    small_sd1 = WorkerCapabilities(families=("sd1",), memory_mb=8_000)
+    assert store.claim_next("w-sd1", None, small_sd1).id == anyone.id  # skips flux and sdxl
+    assert store.claim_next("w-sd1", None, small_sd1) is None
+    big_flux_only_8gb = WorkerCapabilities(families=("flux", "sdxl"), memory_mb=8_000)
+    assert store.claim_next("w-8gb", ["training"], big_flux_only_8gb).id == sdxl.id  # flux needs 20 GB
+    assert store.claim_next("w-8gb", ["training"], big_flux_only_8gb) is None
+    assert store.claim_next("w-any", None, WorkerCapabilities()).id == flux.id
+
+
+def test_change_counter_moves_on_every_visible_change(store):
+    job = store.submit("training", {})
+    seen = store.change_counter(job.id)
+    if not store.pushes_changes:  # SQLite: no notifications; waiting is a plain sleep
+        assert store.wait_for_change(job.id, seen, 0.01) == seen
+        return
+    store.claim_next("w1")
+    seen = store.wait_for_change(job.id, seen, 10)
+    store.append_log(job.id, "INFO", "hello")
+    after_log = store.wait_for_change(job.id, seen, 10)
+    assert after_log != seen
+    store.heartbeat(job.id, "w1")  # nothing a reader shows: no wake-up
+    started = time.monotonic()
+    assert store.wait_for_change(job.id, after_log, 0.3) == after_log
+    assert time.monotonic() - started >= 0.25
+    store.complete(job.id, "w1", {})
+    assert store.wait_for_change(job.id, after_log, 10) != after_log
 
 
 def test_progress_is_json_and_nan_becomes_null(store):
@@ -348,12 +439,11 @@ def test_jobs_recovered_together_keep_their_order_at_the_front(store, clock):
     assert [store.queue_position(x.id) for x in (a, b, c)] == [0, 1, 2]
 
 
-def test_dead_process_is_detected_without_waiting_for_the_heartbeat(tmp_path):
-    path = tmp_path / "jobs.db"
-    with SqliteJobStore(path, heartbeat_timeout_s=3600) as s:
+def test_dead_process_is_detected_without_waiting_for_the_heartbeat(make_store, location):
+    with make_store(heartbeat_timeout_s=3600) as s:
         job = s.submit("training", {})
         out = subprocess.run(
-            [sys.executable, str(HERE / "_jobs_child.py"), "claim-and-exit", str(path)],
+            [sys.executable, str(HERE / "_jobs_child.py"), "claim-and-exit", location],
             capture_output=True, text=True, timeout=60, check=True,
         )
         assert out.stdout.strip() == job.id
@@ -367,7 +457,7 @@ def test_reused_pid_counts_as_dead(store):
     store.claim_next("w1")
     # Our own pid, but a different process start time: a restarted container
     # where the new server got the pid of the old one.
-    store._conn.execute("UPDATE jobs SET worker_start = '1' WHERE id = ?", (job.id,))
+    _sql(store, "UPDATE jobs SET worker_start = '1' WHERE id = ?", (job.id,))
     assert [j.id for j in store.recover_after_restart()] == [job.id]
 
 
@@ -388,8 +478,8 @@ def test_unreaped_killed_process_counts_as_dead():
         proc.wait()
 
 
-def test_too_many_interruptions_fail_the_job(tmp_path, clock):
-    s = SqliteJobStore(tmp_path / "j.db", clock=clock, heartbeat_timeout_s=10, max_attempts=2)
+def test_too_many_interruptions_fail_the_job(make_store, clock):
+    s = make_store(clock=clock, heartbeat_timeout_s=10, max_attempts=2)
     job = s.submit("training", {})
     for expected in (JobStatus.IN_QUEUE, JobStatus.FAILED):
         assert s.claim_next("w").id == job.id
@@ -414,17 +504,15 @@ def test_dead_worker_with_pending_cancel_becomes_cancelled(store, clock):
 # ------------------------------------------------------- two-process contention
 
 
-@pytest.mark.parametrize("claim_strategy", STRATEGIES)
-def test_two_processes_claim_each_job_exactly_once(tmp_path, claim_strategy):
+def test_two_processes_claim_each_job_exactly_once(make_store, backend, location):
     from _jobs_child import claim_until_empty
 
-    path = str(tmp_path / "jobs.db")
-    with SqliteJobStore(path) as s:
+    with make_store() as s:
         ids = [s.submit("training", {"i": i}).id for i in range(50)]
     ctx = multiprocessing.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()
     procs = [
-        ctx.Process(target=claim_until_empty, args=(path, claim_strategy, f"p{n}", start, out))
+        ctx.Process(target=claim_until_empty, args=(location, backend, f"p{n}", start, out))
         for n in range(2)
     ]
     for p in procs:
@@ -438,7 +526,7 @@ def test_two_processes_claim_each_job_exactly_once(tmp_path, claim_strategy):
     assert sorted(claimed) == sorted(ids)  # each once: no loss, no duplicate
     assert [refused for _, _, refused in reports] == [[], []]
     by = {job_id: wid for wid, got, _ in reports for job_id in got}
-    with SqliteJobStore(path) as s:
+    with make_store() as s:
         for job in s.list():
             assert job.status == JobStatus.COMPLETED and job.result == {"by": by[job.id]}
 

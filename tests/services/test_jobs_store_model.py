@@ -1,4 +1,4 @@
-"""Random operation sequences against SqliteJobStore, checked against a tiny model.
+"""Random operation sequences against both job stores, checked against a tiny model.
 
 Catches interactions the example tests do not spell out: recovery after a
 cancel, claims after requeues, positions after any mix of them.
@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+import pytest
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
-from lorastudio.services.jobs import JobStatus, SqliteJobStore
+from lorastudio.services.jobs import JobStatus, PostgresJobStore, SqliteJobStore
 
 WORKERS = st.sampled_from(["w1", "w2"])
 TIMEOUT, MAX_ATTEMPTS = 10.0, 2
@@ -24,11 +31,20 @@ class Clock:
 
 
 class QueueModel(RuleBasedStateMachine):
+    postgres_url: str | None = None  # set per run: None = SQLite in memory
+
     def __init__(self):
         super().__init__()
         self.clock = Clock()
-        self.store = SqliteJobStore(":memory:", clock=self.clock,
-                                    heartbeat_timeout_s=TIMEOUT, max_attempts=MAX_ATTEMPTS)
+        options = dict(clock=self.clock, heartbeat_timeout_s=TIMEOUT, max_attempts=MAX_ATTEMPTS)
+        if self.postgres_url is None:
+            self.store = SqliteJobStore(":memory:", **options)
+        else:
+            self.store = PostgresJobStore(self.postgres_url, **options)
+            # Every example starts from an empty queue, as a fresh in-memory SQLite does.
+            self.store._run(lambda c, _: c.execute(
+                "TRUNCATE jobs, job_logs; ALTER SEQUENCE jobs_queue_back RESTART;"
+                " ALTER SEQUENCE jobs_queue_front RESTART"))
         self.ids: list[str] = []
         self.queue: list[str] = []  # front first
         self.owner: dict[str, str] = {}  # running job -> worker
@@ -131,5 +147,10 @@ class QueueModel(RuleBasedStateMachine):
             assert self.store.queue_position(job_id) == job.position  # computed another way
 
 
-QueueModel.TestCase.settings = settings(max_examples=60, stateful_step_count=20, deadline=None)
-test_queue_model = QueueModel.TestCase
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_queue_model(backend, request):
+    url = request.getfixturevalue("postgres_url") if backend == "postgres" else None
+    model = type("Model", (QueueModel,), {"postgres_url": url})
+    examples = 60 if backend == "sqlite" else 30  # a server round trip per call: fewer, still varied
+    run_state_machine_as_test(model, settings=settings(max_examples=examples, stateful_step_count=20,
+                                                       deadline=None))

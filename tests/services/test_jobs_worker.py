@@ -7,14 +7,29 @@ import time
 
 import pytest
 
-from lorastudio.services.jobs import JobCancelled, JobStatus, JobWorker, SqliteJobStore
+from lorastudio.services.jobs import (
+    JobCancelled,
+    JobStatus,
+    JobWorker,
+    PostgresJobStore,
+    SqliteJobStore,
+)
 
 WAIT = 10  # generous ceilings: they only bound a hang, passing runs take ms
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def reopen(request, tmp_path):
+    """reopen(**kw) -> another store on the same queue (SQLite file or PostgreSQL database)."""
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        return lambda **kw: PostgresJobStore(url, **kw)
+    return lambda **kw: SqliteJobStore(tmp_path / "jobs.db", **kw)
+
+
 @pytest.fixture
-def store(tmp_path):
-    s = SqliteJobStore(tmp_path / "jobs.db", heartbeat_timeout_s=10)
+def store(reopen):
+    s = reopen(heartbeat_timeout_s=10)
     yield s
     s.close()
 
@@ -137,11 +152,10 @@ def test_cancelled_is_a_raise_free_check(store, make_worker):
     assert store.get(job.id).status == JobStatus.CANCELLED
 
 
-def test_lost_lease_discards_the_stale_result(tmp_path, store, make_worker):
+def test_lost_lease_discards_the_stale_result(reopen, store, make_worker):
     # Another process, whose clock says our heartbeat is long overdue, takes the
     # job back; the stale run must notice and its result must not count.
-    other = SqliteJobStore(tmp_path / "jobs.db", heartbeat_timeout_s=10,
-                           clock=lambda: time.time() + 1000)
+    other = reopen(heartbeat_timeout_s=10, clock=lambda: time.time() + 1000)
     runs, started = [], threading.Event()
 
     def train(job, ctx):

@@ -29,7 +29,7 @@ _AUTO = "auto"
 def create_app(settings: StudioSettings, *, engine=None, store=None, api_auth: str | None = None,
                limits: ApiLimits | None = None, allowed_hosts: Sequence[str] | None | str = _AUTO,
                webhook_hosts: Sequence[str] = (), dataset_roots: Sequence[Path] = (), train_fn=None,
-               poll_interval_s: float = 0.5) -> FastAPI:
+               poll_interval_s: float = 0.5, run_worker: bool = True) -> FastAPI:
     """Build one app instance; nothing is shared with other instances.
 
     allowed_hosts: Host header names accepted. "auto": loopback names only while there is no
@@ -42,7 +42,8 @@ def create_app(settings: StudioSettings, *, engine=None, store=None, api_auth: s
     if allowed_hosts == _AUTO:
         allowed_hosts = None if credentials else LOOPBACK_NAMES
     state = ApiState(settings, engine=engine, store=store, limits=limits, webhook_hosts=webhook_hosts,
-                     dataset_roots=dataset_roots, train_fn=train_fn, poll_interval_s=poll_interval_s)
+                     dataset_roots=dataset_roots, train_fn=train_fn, poll_interval_s=poll_interval_s,
+                     run_worker=run_worker)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -44,7 +44,7 @@ class ApiLimits:
 class ApiState:
     def __init__(self, settings: StudioSettings, *, engine=None, store=None, limits: ApiLimits | None = None,
                  webhook_hosts: Sequence[str] = (), dataset_roots: Sequence[Path] = (), train_fn=None,
-                 poll_interval_s: float = 0.5):
+                 poll_interval_s: float = 0.5, run_worker: bool = True):
         self.settings = settings
         self.limits = limits or ApiLimits()
         if engine is None:
@@ -68,6 +68,9 @@ class ApiState:
         self.options = OptionsStore(self.outputs_root)
         self.progress = GenerationProgress(self._interrupt_engine)
         self._train_fn = train_fn
+        # False: an API node of a farm (`serve --no-worker`); it queues, `lorastudio worker`
+        # processes elsewhere run the jobs, and nothing here touches an accelerator.
+        self.run_worker = run_worker
         self._poll_interval_s = poll_interval_s
         self._worker = None
         self._worker_lock = threading.Lock()
@@ -77,6 +80,10 @@ class ApiState:
     # --- the worker ----------------------------------------------------------------------------
     @property
     def worker(self):
+        if not self.run_worker:
+            from fastapi import HTTPException
+
+            raise HTTPException(503, "this API node only queues jobs (--no-worker); it runs no generation")
         with self._worker_lock:
             if self._worker is None:
                 from lorastudio.interfaces.api.training_jobs import WebhookNotifier, make_training_handler
@@ -93,7 +100,21 @@ class ApiState:
             return self._worker
 
     def start(self) -> None:
-        _ = self.worker
+        if self.run_worker:
+            _ = self.worker
+            return
+        with self._worker_lock:
+            if self.webhook_hosts and self._notifier is None:
+                from lorastudio.interfaces.api.training_jobs import WebhookNotifier
+
+                self._notifier = WebhookNotifier(self.store, self.projects_root / ".lorastudio" / "webhooks",
+                                                 self.webhook_hosts)
+                self._notifier.start()
+
+    def wake_worker(self) -> None:
+        """Look for work now (after a submit); a no-op where the workers are other processes."""
+        if self.run_worker:
+            self.worker.wake()
 
     def stop(self, timeout: float = 10.0) -> None:
         with self._worker_lock:

@@ -16,7 +16,9 @@ from lorastudio.core.settings import StudioSettings
 log = logging.getLogger(__name__)
 
 
-def make_training_handler(settings: StudioSettings, *, train_fn: Callable | None = None):
+def make_training_handler(settings: StudioSettings, *, train_fn: Callable | None = None, artifacts=None):
+    """The `training` job handler. artifacts: an ArtifactStore that receives every checkpoint and
+    the finished run, and from which a resumed run fetches checkpoints this machine lacks."""
     projects_root = Path(settings.projects_dir).resolve()
     uploads_root = projects_root / ".lorastudio" / "uploads"
 
@@ -40,10 +42,20 @@ def make_training_handler(settings: StudioSettings, *, train_fn: Callable | None
             version = version_dir(projects_root, project, None, resume=False).root.name
         ctx.progress(project=project, version=version)
         vdir = version_dir(projects_root, project, version, resume=True)
+        prefix = f"{project}/versions/{version}"
+        if artifacts is not None and job.attempts > 0:
+            from lorastudio.services.artifacts.runs import pull_checkpoints
+
+            fetched = pull_checkpoints(artifacts, prefix, vdir.checkpoints)
+            if fetched:
+                ctx.log(f"fetched {len(fetched)} checkpoint(s) of {prefix} from the artifact store")
         # A run killed before its first checkpoint has left its folder (dataset copy, caches) but no
         # checkpoint: it continues that folder too (resume starts at step 0 when there is none).
         interrupted_before = job.attempts > 0 and vdir.root.is_dir() and any(vdir.root.iterdir())
-        data.update(project=project, version=version, resume=bool(data.get("resume")) or interrupted_before)
+        # This worker's own projects folder: the same path as the API node's on a shared folder,
+        # a local one when an artifact store carries the runs between machines.
+        data.update(project=project, version=version, resume=bool(data.get("resume")) or interrupted_before,
+                    projects_dir=str(projects_root))
         config = training_config(data)
         if interrupted_before:
             ctx.log(f"resuming {project}/{version} from its last checkpoint (run {job.attempts + 1})")
@@ -62,6 +74,10 @@ def make_training_handler(settings: StudioSettings, *, train_fn: Callable | None
             elif kind in ("sample", "checkpoint"):
                 ctx.log(f"{kind} at step {ev.step}: {ev.path}" if ev.path else f"{kind} at step {ev.step}")
                 if ev.path:
+                    if kind == "checkpoint" and artifacts is not None:
+                        from lorastudio.services.artifacts.runs import push_checkpoint
+
+                        push_checkpoint(artifacts, prefix, Path(ev.path))
                     ctx.progress(**{f"last_{kind}": str(ev.path)})
             elif kind == "done":
                 ctx.log(ev.message or "training done")
@@ -84,6 +100,10 @@ def make_training_handler(settings: StudioSettings, *, train_fn: Callable | None
             upload = job.payload.get("upload_dir")
             if upload and not ctx.lease_lost.is_set() and Path(upload).resolve().is_relative_to(uploads_root):
                 shutil.rmtree(upload, ignore_errors=True)
+        if artifacts is not None:
+            from lorastudio.services.artifacts.runs import push_run
+
+            ctx.log(f"uploaded {len(push_run(artifacts, prefix, vdir.root))} file(s) of {prefix} to the artifact store")
         if settings.report_after_training:
             _write_report(result, settings, ctx)
         payload = result_payload(result, projects_root)

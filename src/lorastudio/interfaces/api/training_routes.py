@@ -26,6 +26,7 @@ router = APIRouter(prefix="/v1/trainings", tags=["training"])
 _UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 _SERVER_FIELDS = ("projects_dir", "models_dir")
 SSE_POLL_S = 0.5
+SSE_NOTIFY_WAIT_S = 2.0
 SSE_KEEPALIVE_S = 15.0
 
 _CONFIG_DOC = {"type": "object", "description": "TrainingConfig fields (trigger, base, steps, rank, ...)",
@@ -99,8 +100,9 @@ async def submit_training(request: Request) -> dict:
         if upload_dir is not None:
             shutil.rmtree(upload_dir, ignore_errors=True)
         raise
-    job = await run_in_threadpool(state.store.submit, "training", payload)
-    state.worker.wake()
+    requires = await run_in_threadpool(_requirements, state, payload)
+    job = await run_in_threadpool(state.store.submit, "training", payload, requires)
+    state.wake_worker()
     return {"request_id": job.id, "status": job.status.value, **_urls(request, job.id)}
 
 
@@ -173,6 +175,28 @@ def _payload(state, fields: dict[str, Any], images: Path, upload_dir: Path | Non
             "upload_dir": str(upload_dir) if upload_dir else None}
 
 
+def _requirements(state, payload: dict[str, Any]):
+    """What a worker needs for this training: the base model's family (read from its header).
+
+    Workers started with --families claim only the families they can load; an unreadable
+    base is left to the worker that runs the job to report.
+    """
+    from lorastudio.core.errors import LorastudioError
+    from lorastudio.services.jobs import JobRequirements
+
+    base = payload["config"].get("base")
+    if not base:
+        return None
+    try:
+        from lorastudio.models.load_options import family_of, load_options
+
+        options = load_options(state.catalog.root, device="cpu", dtype="auto",
+                               allow_pickle=state.settings.allow_pickle)
+        return JobRequirements(family=family_of(Path(base), options).name)
+    except (LorastudioError, OSError):
+        return None
+
+
 # --- status, events, result, files, cancel ----------------------------------------------------------
 def _status(job, request: Request, *, logs=None) -> dict[str, Any]:
     roots = server_roots(_state(request))
@@ -236,7 +260,10 @@ async def training_events(request: Request, request_id: RequestId) -> StreamingR
         nonlocal since
         previous = None
         quiet_since = time.monotonic()
+        seen = 0
         while not await request.is_disconnected():
+            if store.pushes_changes:  # read the counter first: a change after it wakes the wait
+                seen = await run_in_threadpool(store.change_counter, request_id)
             job = await run_in_threadpool(store.get, request_id)
             for line in await run_in_threadpool(store.logs, request_id, since):
                 since = line.seq
@@ -253,7 +280,12 @@ async def training_events(request: Request, request_id: RequestId) -> StreamingR
             if time.monotonic() - quiet_since > SSE_KEEPALIVE_S:
                 quiet_since = time.monotonic()
                 yield ": keep-alive\n\n"
-            await asyncio.sleep(SSE_POLL_S)
+            if store.pushes_changes:
+                # LISTEN/NOTIFY (PostgreSQL): woken by any API node's or worker's change; the
+                # timeout still checks for a disconnected client now and then.
+                await run_in_threadpool(store.wait_for_change, request_id, seen, SSE_NOTIFY_WAIT_S)
+            else:
+                await asyncio.sleep(SSE_POLL_S)
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

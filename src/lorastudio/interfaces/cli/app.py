@@ -378,12 +378,13 @@ def demo(workspace: Path = typer.Option(Path("demo"), "--workspace", help="Where
 
 
 def _register_optional_commands() -> None:
-    from lorastudio.interfaces.cli import dataset_prep_cmd, img2img_cmd, publish_cmd, report_cmd, serve_cmd
+    from lorastudio.interfaces.cli import dataset_prep_cmd, img2img_cmd, publish_cmd, report_cmd, serve_cmd, worker_cmd
 
     img2img_cmd.register(app)
     serve_cmd.register(app)
     report_cmd.register(app)
     publish_cmd.register(app)
+    worker_cmd.register(app)
     dataset_prep_cmd.register(dataset_app)
 
 

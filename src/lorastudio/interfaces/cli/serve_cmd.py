@@ -29,6 +29,12 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | mps"),
         report: bool = typer.Option(True, "--report/--no-report", help="Write the LoRA report after each training"),
         verbose: bool = verbose_option(),
+        db: Optional[str] = typer.Option(None, "--db", envvar="LORASTUDIO_DB",
+                                         help="Job database: postgresql://... for a queue shared by several "
+                                              "API nodes and workers (or $LORASTUDIO_DB); default: a SQLite "
+                                              "file in the projects folder"),
+        no_worker: bool = typer.Option(False, "--no-worker",
+                                       help="Only queue jobs; `lorastudio worker` processes run them"),
     ):
         """Serve /sdapi/v1 (A1111 clients: webuiapi, Krita, SillyTavern...) and /v1/trainings."""
         from lorastudio.core.errors import LorastudioError
@@ -43,8 +49,16 @@ def register(app: typer.Typer) -> None:
         try:
             from lorastudio.interfaces.api.server import run_server
 
+            settings = build_model(StudioSettings, values)
+            options: dict = {}
+            if db:
+                from lorastudio.services.jobs import open_job_store
+
+                options["store"] = open_job_store(db)
+            if no_worker:
+                options["run_worker"] = False
             with library_output(verbose):
-                run_server(build_model(StudioSettings, values), host=host, port=port, api_auth=api_auth or None)
+                run_server(settings, host=host, port=port, api_auth=api_auth or None, **options)
         except LorastudioError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None

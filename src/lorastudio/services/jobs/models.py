@@ -53,6 +53,9 @@ class Job(BaseModel):
     result: dict[str, Any] | None = None
     cancel_requested: bool = False
     worker_id: str | None = None
+    # What a worker needs to take the job (see JobRequirements); None = anyone.
+    family: str | None = None
+    min_memory_mb: int | None = None
 
     @property
     def request_id(self) -> str:
@@ -68,3 +71,34 @@ class LogLine(BaseModel):
     ts: datetime
     level: str
     message: str
+
+
+class JobRequirements(BaseModel):
+    """What a worker must offer to claim a job: the model family it can load, memory."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    family: str | None = Field(None, min_length=1, description="e.g. 'sd1', 'sdxl', 'flux'")
+    min_memory_mb: int | None = Field(None, ge=0)
+
+
+class WorkerCapabilities(BaseModel):
+    """What a worker offers; a job is claimable when its JobRequirements are met.
+
+    None for a field means "no limit": any family, any memory requirement.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    families: tuple[str, ...] | None = None
+    memory_mb: int | None = Field(None, ge=0)
+
+    def can_run(self, requires: JobRequirements | None) -> bool:
+        if requires is None:
+            return True
+        if requires.family is not None and self.families is not None:
+            if requires.family not in self.families:
+                return False
+        if requires.min_memory_mb is not None and self.memory_mb is not None:
+            return requires.min_memory_mb <= self.memory_mb
+        return True

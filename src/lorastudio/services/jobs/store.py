@@ -1,74 +1,30 @@
-"""Persistent job queue: an abstract `JobStore` and its SQLite implementation.
+"""The job queue's contract (`JobStore`) and what its implementations share.
 
-The database is the only shared state between the API process, workers and a
+The database is the only shared state between API processes, workers and a
 restarted server, so every state transition is a single guarded UPDATE (or one
-IMMEDIATE transaction): whoever loses a race sees `False`/`None`, never a job
-claimed twice or finished twice.
+transaction): whoever loses a race sees `False`/`None`, never a job claimed
+twice or finished twice. Implementations: `sqlite_store.SqliteJobStore` (the
+embedded default) and `postgres_store.PostgresJobStore` (many machines).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import re
-import sqlite3
-import threading
 import time
-import uuid
 from abc import ABC, abstractmethod
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+from typing import Any, Iterable
 
-from lorastudio.core.errors import InvalidParameter, LorastudioError, NotFound
-from lorastudio.services.jobs.liveness import HOST_IDENTITY, process_alive, process_start_token
-from lorastudio.services.jobs.models import Job, JobStatus, LogLine
-
-# Append only: version N of a database means MIGRATIONS[:N] have been applied.
-# Never edit a released entry; add a new one (ALTER TABLE, new index...).
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE jobs (
-        id               TEXT PRIMARY KEY,
-        kind             TEXT NOT NULL,
-        payload          TEXT NOT NULL,              -- JSON object
-        status           TEXT NOT NULL CHECK (status IN
-                         ('IN_QUEUE','IN_PROGRESS','COMPLETED','FAILED','CANCELLED')),
-        -- Claim order. Separate from created_at so a recovered job can go back
-        -- to the front of the queue without lying about when it was submitted.
-        queue_order      INTEGER NOT NULL,
-        created_at       REAL NOT NULL,              -- unix seconds, UTC
-        started_at       REAL,
-        finished_at      REAL,
-        heartbeat_at     REAL,
-        attempts         INTEGER NOT NULL DEFAULT 0,
-        progress         TEXT NOT NULL DEFAULT '{}', -- JSON object
-        error            TEXT,
-        result           TEXT,                       -- JSON object
-        cancel_requested INTEGER NOT NULL DEFAULT 0,
-        worker_id        TEXT,
-        worker_host      TEXT,                       -- host + pid namespace of the claimer
-        worker_pid       INTEGER,
-        worker_start     TEXT                        -- process start time: detects pid reuse
-    );
-    CREATE INDEX jobs_status_order ON jobs (status, queue_order);
-    CREATE TABLE job_logs (
-        seq     INTEGER PRIMARY KEY AUTOINCREMENT,
-        job_id  TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-        ts      REAL NOT NULL,
-        level   TEXT NOT NULL,
-        message TEXT NOT NULL
-    );
-    CREATE INDEX job_logs_job_seq ON job_logs (job_id, seq);
-    """,
+from lorastudio.core.errors import InvalidParameter
+from lorastudio.services.jobs.liveness import HOST_IDENTITY, process_alive
+from lorastudio.services.jobs.models import (
+    Job,
+    JobRequirements,
+    JobStatus,
+    LogLine,
+    WorkerCapabilities,
 )
-
-# UPDATE ... RETURNING arrived in SQLite 3.35.0.
-_HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
-
-ClaimStrategy = Literal["auto", "returning", "immediate"]
 
 
 class JobStore(ABC):
@@ -77,9 +33,15 @@ class JobStore(ABC):
     heartbeat_timeout_s: float
     max_attempts: int
 
+    # True when wait_for_change returns as soon as a job changes (LISTEN/NOTIFY);
+    # False: it only sleeps, and a reader should poll at its own pace.
+    pushes_changes: bool = False
+
     @abstractmethod
-    def submit(self, kind: str, payload: dict[str, Any]) -> Job:
-        """Append a job at the back of the queue."""
+    def submit(
+        self, kind: str, payload: dict[str, Any], requires: JobRequirements | None = None
+    ) -> Job:
+        """Append a job at the back of the queue; `requires` limits which workers may take it."""
 
     @abstractmethod
     def get(self, job_id: str) -> Job:
@@ -94,8 +56,14 @@ class JobStore(ABC):
         """0 = next to be claimed; None when the job is not IN_QUEUE."""
 
     @abstractmethod
-    def claim_next(self, worker_id: str, kinds: Iterable[str] | None = None) -> Job | None:
-        """Atomically move the front IN_QUEUE job (of one of `kinds`) to IN_PROGRESS."""
+    def claim_next(
+        self,
+        worker_id: str,
+        kinds: Iterable[str] | None = None,
+        can_run: WorkerCapabilities | None = None,
+    ) -> Job | None:
+        """Atomically move the front IN_QUEUE job (of one of `kinds`, whose requirements
+        `can_run` meets; None = any) to IN_PROGRESS."""
 
     @abstractmethod
     def heartbeat(self, job_id: str, worker_id: str) -> bool:
@@ -134,6 +102,22 @@ class JobStore(ABC):
     def recover_after_restart(self) -> list[Job]:
         """Requeue (front) or fail IN_PROGRESS jobs whose worker is gone; return them."""
 
+    def change_counter(self, job_id: str) -> int:
+        """A number that grows whenever the job or its logs change (0 where not tracked).
+
+        Read it before reading the job, then pass it to wait_for_change: a change in
+        between is not missed.
+        """
+        return 0
+
+    def wait_for_change(self, job_id: str, seen: int, timeout_s: float) -> int:
+        """Block until change_counter(job_id) != seen or timeout_s; return the counter.
+
+        The default only sleeps (see pushes_changes).
+        """
+        time.sleep(timeout_s)
+        return seen
+
     def close(self) -> None:
         """Release resources; a no-op for stores that hold none."""
 
@@ -144,425 +128,99 @@ class JobStore(ABC):
         self.close()
 
 
-class SqliteJobStore(JobStore):
-    """JobStore in one SQLite file (WAL), shareable by threads and processes.
-
-    Crash safety rests on SQLite: every state change is committed before the
-    method returns, with synchronous=FULL so a power cut cannot lose it either.
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        heartbeat_timeout_s: float = 30.0,
-        max_attempts: int = 3,
-        busy_timeout_s: float = 10.0,
-        claim_strategy: ClaimStrategy = "auto",
-        clock: Callable[[], float] = time.time,
-        migrations: Sequence[str] = MIGRATIONS,
-    ):
-        if max_attempts < 1:
-            raise InvalidParameter("max_attempts", max_attempts, "must be >= 1")
-        if claim_strategy == "returning" and not _HAS_RETURNING:
-            raise InvalidParameter(
-                "claim_strategy", claim_strategy, f"SQLite {sqlite3.sqlite_version} < 3.35"
-            )
-        self.path = Path(path) if str(path) != ":memory:" else None
-        self.heartbeat_timeout_s = float(heartbeat_timeout_s)
-        self.max_attempts = int(max_attempts)
-        self._use_returning = claim_strategy == "returning" or (
-            claim_strategy == "auto" and _HAS_RETURNING
-        )
-        self._clock = clock
-        self._lock = threading.RLock()
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so the module's
-        # implicit transactions never hold a write lock behind our back.
-        self._conn = sqlite3.connect(
-            str(path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-        )
-        self._conn.row_factory = sqlite3.Row
-        try:
-            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = FULL")
-            self._conn.execute("PRAGMA foreign_keys = ON")
-            self._migrate(migrations)
-        except BaseException:
-            self._conn.close()
-            raise
-
-    # ---------------------------------------------------------------- plumbing
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        # IMMEDIATE takes the write lock up front: two processes cannot both read
-        # the same state and then both act on it.
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
-
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        # One snapshot for multi-query reads (a row and its queue position).
-        with self._lock:
-            self._conn.execute("BEGIN")
-            try:
-                yield self._conn
-            finally:
-                self._conn.execute("COMMIT")
-
-    def _migrate(self, migrations: Sequence[str]) -> None:
-        with self._write() as c:
-            c.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version ("
-                " id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)"
-            )
-            row = c.execute("SELECT version FROM schema_version").fetchone()
-            current = row[0] if row else 0
-            if row is None:
-                c.execute("INSERT INTO schema_version (id, version) VALUES (1, 0)")
-            if current > len(migrations):
-                raise LorastudioError(
-                    f"{self.path}: job database schema version {current} is newer than this "
-                    f"lorastudio knows ({len(migrations)}); upgrade lorastudio"
-                )
-            for version, script in enumerate(migrations[current:], start=current + 1):
-                for statement in split_sql(script):
-                    c.execute(statement)
-                c.execute("UPDATE schema_version SET version = ?", (version,))
-
-    def schema_version(self) -> int:
-        with self._lock:
-            return self._conn.execute("SELECT version FROM schema_version").fetchone()[0]
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    # ------------------------------------------------------------- queue API
-
-    def submit(self, kind: str, payload: dict[str, Any]) -> Job:
-        if not isinstance(kind, str) or not kind:
-            raise InvalidParameter("kind", kind, "must be a non-empty string")
-        if not isinstance(payload, dict):
-            raise InvalidParameter("payload", type(payload).__name__, "must be a JSON object")
-        job_id = str(uuid.uuid4())
-        with self._write() as c:
-            c.execute(
-                "INSERT INTO jobs (id, kind, payload, status, queue_order, created_at) "
-                "VALUES (?, ?, ?, 'IN_QUEUE', "
-                "(SELECT COALESCE(MAX(queue_order), 0) + 1 FROM jobs), ?)",
-                (job_id, kind, _dumps(payload, "payload"), self._clock()),
-            )
-        return self.get(job_id)
-
-    def get(self, job_id: str) -> Job:
-        with self._read() as c:
-            row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                raise NotFound("job", job_id)
-            return _row_to_job(row, _position(c, row))
-
-    def list(self, status: JobStatus | None = None, kind: str | None = None) -> list[Job]:
-        where, params = [], []
-        if status is not None:
-            where.append("status = ?")
-            params.append(JobStatus(status).value)
-        if kind is not None:
-            where.append("kind = ?")
-            params.append(kind)
-        sql = "SELECT * FROM jobs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        with self._read() as c:
-            rows = c.execute(sql + " ORDER BY created_at, rowid", params).fetchall()
-            queued = c.execute(
-                "SELECT id FROM jobs WHERE status = 'IN_QUEUE' ORDER BY queue_order"
-            ).fetchall()
-        positions = {r["id"]: i for i, r in enumerate(queued)}
-        return [_row_to_job(r, positions.get(r["id"])) for r in rows]
-
-    def queue_position(self, job_id: str) -> int | None:
-        return self.get(job_id).position
-
-    def claim_next(self, worker_id: str, kinds: Iterable[str] | None = None) -> Job | None:
-        kinds = None if kinds is None else sorted(set(kinds))
-        if kinds is not None and not kinds:
-            return None
-        kind_sql = "" if kinds is None else f" AND kind IN ({','.join('?' * len(kinds))})"
-        now = self._clock()
-        owner = (worker_id, HOST_IDENTITY, os.getpid(), process_start_token(os.getpid()))
-        set_sql = (
-            "UPDATE jobs SET status = 'IN_PROGRESS', worker_id = ?, worker_host = ?,"
-            " worker_pid = ?, worker_start = ?, started_at = COALESCE(started_at, ?),"
-            " heartbeat_at = ?"
-        )
-        pick_sql = (
-            "SELECT id FROM jobs WHERE status = 'IN_QUEUE'" + kind_sql
-            + " ORDER BY queue_order LIMIT 1"
-        )
-        if self._use_returning:
-            # One statement: SQLite takes the write lock before evaluating the
-            # subquery, and the repeated status guard makes a lost race a no-op.
-            with self._lock:
-                rows = self._conn.execute(
-                    f"{set_sql} WHERE id = ({pick_sql}) AND status = 'IN_QUEUE' RETURNING *",
-                    (*owner, now, now, *(kinds or ())),
-                ).fetchall()
-            return _row_to_job(rows[0], None) if rows else None
-        with self._write() as c:
-            picked = c.execute(pick_sql, kinds or ()).fetchone()
-            if picked is None:
-                return None
-            c.execute(
-                f"{set_sql} WHERE id = ? AND status = 'IN_QUEUE'",
-                (*owner, now, now, picked["id"]),
-            )
-            row = c.execute("SELECT * FROM jobs WHERE id = ?", (picked["id"],)).fetchone()
-        return _row_to_job(row, None)
-
-    def heartbeat(self, job_id: str, worker_id: str) -> bool:
-        return self._owned_update(job_id, worker_id, "heartbeat_at = ?", (self._clock(),))
-
-    def update_progress(
-        self, job_id: str, progress: dict[str, Any], worker_id: str | None = None
-    ) -> bool:
-        blob = _dumps(_finite(progress), "progress")
-        if worker_id is not None:
-            return self._owned_update(job_id, worker_id, "progress = ?", (blob,))
-        with self._write() as c:
-            cur = c.execute("UPDATE jobs SET progress = ? WHERE id = ?", (blob, job_id))
-        return cur.rowcount == 1
-
-    def append_log(self, job_id: str, level: str, message: str) -> LogLine:
-        ts, level = self._clock(), str(level).upper()
-        try:
-            with self._write() as c:
-                cur = c.execute(
-                    "INSERT INTO job_logs (job_id, ts, level, message) VALUES (?, ?, ?, ?)",
-                    (job_id, ts, level, str(message)),
-                )
-        except sqlite3.IntegrityError:  # foreign key: no such job
-            raise NotFound("job", job_id) from None
-        return LogLine(seq=cur.lastrowid, ts=_dt(ts), level=level, message=str(message))
-
-    def logs(self, job_id: str, since: int | datetime | None = None) -> list[LogLine]:
-        sql, params = "SELECT * FROM job_logs WHERE job_id = ?", [job_id]
-        if isinstance(since, datetime):
-            sql, params = sql + " AND ts > ?", params + [since.timestamp()]
-        elif since is not None:
-            sql, params = sql + " AND seq > ?", params + [int(since)]
-        with self._read() as c:
-            if c.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
-                raise NotFound("job", job_id)
-            rows = c.execute(sql + " ORDER BY seq", params).fetchall()
-        return [
-            LogLine(seq=r["seq"], ts=_dt(r["ts"]), level=r["level"], message=r["message"])
-            for r in rows
-        ]
-
-    def complete(self, job_id: str, worker_id: str, result: dict[str, Any]) -> bool:
-        if not isinstance(result, dict):
-            raise InvalidParameter("result", type(result).__name__, "must be a JSON object")
-        blob = _dumps(result, "result")
-        return self._finish(job_id, worker_id, JobStatus.COMPLETED, "result = ?", (blob,))
-
-    def fail(self, job_id: str, worker_id: str, error: str) -> bool:
-        return self._finish(job_id, worker_id, JobStatus.FAILED, "error = ?", (str(error),))
-
-    def mark_cancelled(self, job_id: str, worker_id: str) -> bool:
-        return self._finish(
-            job_id, worker_id, JobStatus.CANCELLED, "error = ?", ("cancelled by request",)
-        )
-
-    def request_cancel(self, job_id: str) -> Job:
-        now = self._clock()
-        with self._write() as c:
-            row = c.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                raise NotFound("job", job_id)
-            if row["status"] == JobStatus.IN_QUEUE.value:
-                c.execute(
-                    "UPDATE jobs SET status = 'CANCELLED', cancel_requested = 1,"
-                    " finished_at = ?, error = 'cancelled by request' WHERE id = ?",
-                    (now, job_id),
-                )
-                _log(c, job_id, now, "INFO", "cancelled while queued")
-            elif row["status"] == JobStatus.IN_PROGRESS.value:
-                c.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
-                _log(c, job_id, now, "INFO", "cancel requested")
-        return self.get(job_id)
-
-    def recover_after_restart(self) -> list[Job]:
-        now = self._clock()
-        touched: list[str] = []
-        with self._write() as c:
-            # Newest first, each one placed before the current front: the
-            # recovered jobs end up at the front in their original order.
-            rows = c.execute(
-                "SELECT * FROM jobs WHERE status = 'IN_PROGRESS' ORDER BY queue_order DESC"
-            ).fetchall()
-            for row in rows:
-                why = self._orphan_reason(row, now)
-                if why is None:
-                    continue
-                touched.append(row["id"])
-                attempts = row["attempts"] + 1
-                if row["cancel_requested"]:
-                    c.execute(
-                        "UPDATE jobs SET status = 'CANCELLED', finished_at = ?,"
-                        " error = 'cancelled by request' WHERE id = ?",
-                        (now, row["id"]),
-                    )
-                    _log(c, row["id"], now, "INFO", f"cancelled: {why}")
-                elif attempts >= self.max_attempts:
-                    error = (
-                        f"interrupted {attempts} times (max_attempts={self.max_attempts});"
-                        f" last: {why}"
-                    )
-                    c.execute(
-                        "UPDATE jobs SET status = 'FAILED', finished_at = ?, error = ?,"
-                        " attempts = ? WHERE id = ?",
-                        (now, error, attempts, row["id"]),
-                    )
-                    _log(c, row["id"], now, "ERROR", error)
-                else:
-                    c.execute(
-                        "UPDATE jobs SET status = 'IN_QUEUE', attempts = ?,"
-                        " queue_order = (SELECT MIN(queue_order) FROM jobs) - 1,"
-                        " worker_id = NULL, worker_host = NULL, worker_pid = NULL,"
-                        " worker_start = NULL, heartbeat_at = NULL WHERE id = ?",
-                        (attempts, row["id"]),
-                    )
-                    _log(c, row["id"], now, "WARNING", f"resumed after restart ({why})")
-        return [self.get(job_id) for job_id in reversed(touched)]  # queue order
-
-    # ---------------------------------------------------------------- helpers
-
-    def _owned_update(
-        self, job_id: str, worker_id: str, assignment: str, params: tuple[Any, ...]
-    ) -> bool:
-        with self._write() as c:
-            cur = c.execute(
-                f"UPDATE jobs SET {assignment} WHERE id = ? AND worker_id = ?"
-                " AND status = 'IN_PROGRESS'",
-                (*params, job_id, worker_id),
-            )
-        return cur.rowcount == 1
-
-    def _finish(
-        self,
-        job_id: str,
-        worker_id: str,
-        status: JobStatus,
-        assignment: str,
-        params: tuple[Any, ...],
-    ) -> bool:
-        now = self._clock()
-        with self._write() as c:
-            cur = c.execute(
-                f"UPDATE jobs SET status = ?, finished_at = ?, heartbeat_at = ?, {assignment}"
-                " WHERE id = ? AND worker_id = ? AND status = 'IN_PROGRESS'",
-                (status.value, now, now, *params, job_id, worker_id),
-            )
-        return cur.rowcount == 1
-
-    def _orphan_reason(self, row: sqlite3.Row, now: float) -> str | None:
-        last_sign_of_life = row["heartbeat_at"] or row["started_at"] or 0.0
-        silent_for = now - last_sign_of_life
-        if silent_for > self.heartbeat_timeout_s:
-            return f"worker {row['worker_id']} silent for {silent_for:.0f}s"
-        if row["worker_host"] == HOST_IDENTITY and row["worker_pid"] is not None:
-            if not process_alive(row["worker_pid"], row["worker_start"]):
-                return f"worker {row['worker_id']} process {row['worker_pid']} is gone"
-        return None
+# ------------------------------------------------------------------ shared helpers
 
 
-# ------------------------------------------------------------------ module helpers
-
-
-def split_sql(script: str) -> list[str]:
-    """Split a migration script into statements (triggers keep their inner ';').
-
-    Needed because executescript() commits first, which would break the
-    all-or-nothing application of a migration. Every statement must end in ';'.
-    """
-    statements, buf = [], ""
-    pieces = script.split(";")
-    for piece in pieces[:-1]:
-        buf += piece + ";"
-        if sqlite3.complete_statement(buf):
-            statements.append(buf.strip())
-            buf = ""
-    rest = re.sub(r"--[^\n]*|/\*.*?\*/", "", buf + pieces[-1], flags=re.S)
-    if rest.strip():
-        raise ValueError(f"incomplete SQL statement in migration: {rest.strip()[:80]!r}")
-    return statements
-
-
-def _log(c: sqlite3.Connection, job_id: str, ts: float, level: str, message: str) -> None:
-    c.execute(
-        "INSERT INTO job_logs (job_id, ts, level, message) VALUES (?, ?, ?, ?)",
-        (job_id, ts, level, message),
-    )
-
-
-def _position(c: sqlite3.Connection, row: sqlite3.Row) -> int | None:
-    if row["status"] != JobStatus.IN_QUEUE.value:
-        return None
-    return c.execute(
-        "SELECT COUNT(*) FROM jobs WHERE status = 'IN_QUEUE' AND queue_order < ?",
-        (row["queue_order"],),
-    ).fetchone()[0]
-
-
-def _dt(ts: float | None) -> datetime | None:
+def to_datetime(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc)
 
 
-def _row_to_job(row: sqlite3.Row, position: int | None) -> Job:
+def row_to_job(row: Any, position: int | None) -> Job:
+    """A Job from a row of the `jobs` table (sqlite3.Row or a dict), same columns in both."""
     return Job(
         id=row["id"],
         kind=row["kind"],
         payload=json.loads(row["payload"]),
         status=JobStatus(row["status"]),
         position=position,
-        created_at=_dt(row["created_at"]),
-        started_at=_dt(row["started_at"]),
-        finished_at=_dt(row["finished_at"]),
-        heartbeat_at=_dt(row["heartbeat_at"]),
+        created_at=to_datetime(row["created_at"]),
+        started_at=to_datetime(row["started_at"]),
+        finished_at=to_datetime(row["finished_at"]),
+        heartbeat_at=to_datetime(row["heartbeat_at"]),
         attempts=row["attempts"],
         progress=json.loads(row["progress"]),
         error=row["error"],
         result=None if row["result"] is None else json.loads(row["result"]),
         cancel_requested=bool(row["cancel_requested"]),
         worker_id=row["worker_id"],
+        family=row["family"],
+        min_memory_mb=row["min_memory_mb"],
     )
 
 
-def _dumps(value: Any, field: str) -> str:
+def dumps_json(value: Any, field: str) -> str:
     try:
         return json.dumps(value, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as e:
         raise InvalidParameter(field, type(value).__name__, f"not JSON-serializable: {e}") from None
 
 
-def _finite(value: Any) -> Any:
+def finite(value: Any) -> Any:
     # A diverging run reports loss=nan; JSON has no NaN, and the run should
     # still be observable, so non-finite numbers become null.
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
+
+
+def check_submission(kind: Any, payload: Any) -> None:
+    if not isinstance(kind, str) or not kind:
+        raise InvalidParameter("kind", kind, "must be a non-empty string")
+    if not isinstance(payload, dict):
+        raise InvalidParameter("payload", type(payload).__name__, "must be a JSON object")
+
+
+def orphan_reason(row: Any, now: float, heartbeat_timeout_s: float) -> str | None:
+    """Why an IN_PROGRESS row's worker counts as gone, or None while it may be alive.
+
+    A lease: silent past the heartbeat timeout. Sooner, on the claimer's own host
+    (same pid namespace), when its process is provably gone.
+    """
+    last_sign_of_life = row["heartbeat_at"] or row["started_at"] or 0.0
+    silent_for = now - last_sign_of_life
+    if silent_for > heartbeat_timeout_s:
+        return f"worker {row['worker_id']} silent for {silent_for:.0f}s"
+    if row["worker_host"] == HOST_IDENTITY and row["worker_pid"] is not None:
+        if not process_alive(row["worker_pid"], row["worker_start"]):
+            return f"worker {row['worker_id']} process {row['worker_pid']} is gone"
+    return None
+
+
+def job_filter_values(
+    kinds: Iterable[str] | None, can_run: WorkerCapabilities | None
+) -> tuple[list[str] | None, list[str] | None, int | None]:
+    """(kinds, families, memory_mb) for a claim; None means 'no limit' for each."""
+    kind_list = None if kinds is None else sorted(set(kinds))
+    if can_run is None:
+        return kind_list, None, None
+    families = None if can_run.families is None else sorted(set(can_run.families))
+    return kind_list, families, can_run.memory_mb
+
+
+def requirement_values(requires: JobRequirements | None) -> tuple[str | None, int | None]:
+    if requires is None:
+        return None, None
+    return requires.family, requires.min_memory_mb
+
+
+def __getattr__(name: str) -> Any:
+    # The SQLite store lived here before the PostgreSQL one existed; old imports keep working.
+    if name in ("SqliteJobStore", "MIGRATIONS", "split_sql"):
+        from lorastudio.services.jobs import sqlite_store
+
+        return getattr(sqlite_store, name)
+    raise AttributeError(name)

@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from typing import Any, Callable, Mapping, TypeVar
 
 from lorastudio.core.errors import InvalidParameter
-from lorastudio.services.jobs.models import Job, JobStatus
+from lorastudio.services.jobs.models import Job, JobStatus, WorkerCapabilities
 from lorastudio.services.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,7 @@ class JobWorker:
         poll_interval_s: float = 0.5,
         heartbeat_interval_s: float | None = None,
         recover_interval_s: float | None = None,
+        can_run: WorkerCapabilities | None = None,
     ):
         if not handlers:
             raise InvalidParameter("handlers", {}, "a worker needs at least one job kind")
@@ -143,6 +144,8 @@ class JobWorker:
             5.0, store.heartbeat_timeout_s / 4
         )
         self.recover_interval_s = recover_interval_s or store.heartbeat_timeout_s
+        # What this worker's machine offers: it claims only jobs whose requirements fit.
+        self.can_run = can_run
         self.current_job_id: str | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -239,7 +242,7 @@ class JobWorker:
         try:
             if time.monotonic() - self._last_recover > self.recover_interval_s:
                 self._recover()
-            job = self.store.claim_next(self.worker_id, self.handlers)
+            job = self.store.claim_next(self.worker_id, self.handlers, self.can_run)
         except Exception:
             log.exception("worker %s: could not claim a job", self.worker_id)
             self._wake.wait(self.poll_interval_s)
