@@ -91,7 +91,7 @@ def _cache_file(path: Path, options: LoadOptions, kind: str) -> Path:
     st = path.stat()
     # v2: converted files carry the SOURCE_NOTE_KEY metadata and the current text-encoder names
     digest = hashlib.sha256(f"v2:{path.resolve()}:{st.st_mtime_ns}:{st.st_size}".encode()).hexdigest()[:16]
-    return (options.cache_dir or path.parent / ".lorastudio-cache") / kind / f"{path.stem}-{digest}.safetensors"
+    return options.cache_dir / kind / f"{path.stem}-{digest}.safetensors"
 
 
 def detect_family(path: Path, keys) -> ModelFamily:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 from lorastudio.core.errors import InvalidParameter, LorastudioError, NotFound
-from lorastudio.services.jobs.liveness import HOST_IDENTITY, process_alive, process_start_token
+from lorastudio.services.jobs.liveness import host_identity, process_alive, process_start_token
 from lorastudio.services.jobs.models import Job, JobStatus, LogLine
 
 # Append only: version N of a database means MIGRATIONS[:N] have been applied.
@@ -175,6 +175,8 @@ class SqliteJobStore(JobStore):
             claim_strategy == "auto" and _HAS_RETURNING
         )
         self._clock = clock
+        # Read when the store opens, not when the module is imported.
+        self._host = host_identity()
         self._lock = threading.RLock()
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -300,7 +302,7 @@ class SqliteJobStore(JobStore):
             return None
         kind_sql = "" if kinds is None else f" AND kind IN ({','.join('?' * len(kinds))})"
         now = self._clock()
-        owner = (worker_id, HOST_IDENTITY, os.getpid(), process_start_token(os.getpid()))
+        owner = (worker_id, self._host, os.getpid(), process_start_token(os.getpid()))
         set_sql = (
             "UPDATE jobs SET status = 'IN_PROGRESS', worker_id = ?, worker_host = ?,"
             " worker_pid = ?, worker_start = ?, started_at = COALESCE(started_at, ?),"
@@ -481,7 +483,7 @@ class SqliteJobStore(JobStore):
         silent_for = now - last_sign_of_life
         if silent_for > self.heartbeat_timeout_s:
             return f"worker {row['worker_id']} silent for {silent_for:.0f}s"
-        if row["worker_host"] == HOST_IDENTITY and row["worker_pid"] is not None:
+        if row["worker_host"] == self._host and row["worker_pid"] is not None:
             if not process_alive(row["worker_pid"], row["worker_start"]):
                 return f"worker {row['worker_id']} process {row['worker_pid']} is gone"
         return None
