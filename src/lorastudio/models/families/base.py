@@ -91,6 +91,11 @@ class ModelFamily(ABC):
     def claims_folder(self, model_index: Mapping[str, Any]) -> bool:
         """True when a diffusers folder with this model_index.json belongs to this family."""
 
+    def checkpoint_key_renames(self, keys: Collection[str]) -> dict[str, str]:
+        """{old key: current key} for a single-file checkpoint of this family saved with outdated
+        names; the loader serves such a file as a renamed copy. Empty: nothing to rename."""
+        return {}
+
     @abstractmethod
     def claims_lora(self, shapes: Mapping[str, tuple[int, ...]]) -> bool:
         """True when a LoRA state dict (key -> shape) was made for this family."""

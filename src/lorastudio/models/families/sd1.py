@@ -31,6 +31,11 @@ class SD1Family(StableDiffusionFamily):
         return "model.diffusion_model.input_blocks.0.0.weight" in keys and any(
             k.startswith("cond_stage_model.transformer.") for k in keys)
 
+    def checkpoint_key_renames(self, keys: Collection[str]) -> dict[str, str]:
+        from lorastudio.models.formats.checkpoint_facts import legacy_sd1_text_encoder_renames
+
+        return legacy_sd1_text_encoder_renames(keys)
+
     def claims_lora(self, shapes: Mapping[str, tuple[int, ...]]) -> bool:
         keys = list(shapes)
         if any(k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) or "input_blocks" in k for k in keys):
