@@ -113,8 +113,8 @@ def load_adapter(pipe, family, lora: ActiveLora, state: LoraState, *, allow_pick
     if owner is None:
         from lorastudio.models.families.registry import families
 
-        raise LoraError(f"{lora.path}: LoRA {lora.name!r} fits none of {', '.join(f.title for f in families())} "
-                        f"(keys such as {sorted(sd)[:2]})")
+        titles = ", ".join(f.title for f in families())
+        raise LoraError(f"{lora.path}: LoRA {lora.name!r} fits none of {titles} (keys such as {sorted(sd)[:2]})")
     if owner.name != family.name:
         raise LoraError(f"{lora.path}: LoRA {lora.name!r} was made for {owner.title} models; the loaded model "
                         f"is {family.title}")
