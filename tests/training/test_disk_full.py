@@ -121,7 +121,7 @@ def test_disk_full_before_the_diffusers_copy_is_written(tmp_path, monkeypatch):
     from collections import namedtuple
 
     from lorastudio.testing.tiny_sd import tiny_sd1_pipeline
-    from lorastudio.training.export import save_diffusers_lora
+    from lorastudio.models.diffusers_lora import save_diffusers_lora
 
     pipe = tiny_sd1_pipeline(0)
     lora = {"unet": {"down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.zeros(4, 32)}}

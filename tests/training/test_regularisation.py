@@ -73,7 +73,7 @@ def test_no_regularisation_gives_the_seeded_shuffle_of_the_training_places():
 
 
 def test_sample_weights_scale_each_sample_loss():
-    from lorastudio.training.objectives import weighted_mse
+    from lorastudio.models.objectives import weighted_mse
 
     pred = torch.zeros(2, 1, 2, 2)
     target = torch.stack([torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 2.0)])  # per-sample mse 1 and 4

@@ -1,7 +1,12 @@
-"""Settings built once at an entry point (CLI flags, server options) and passed down."""
+"""Settings built once at an entry point (CLI flags, server options) and passed down.
+
+Only entry points read the environment, and they read it through `default_models_dir`: nothing
+below them looks at os.environ, so a library caller gets exactly the settings it passes.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -31,3 +36,11 @@ class StudioSettings(BaseModel):
     @classmethod
     def _fits_the_filesystem(cls, v: Path) -> Path:
         return check_path(v)
+
+
+MODELS_DIR_ENV = "LORASTUDIO_MODELS_DIR"
+
+
+def default_models_dir(environ: Mapping[str, str]) -> Path:
+    """The models folder when none is given: `$LORASTUDIO_MODELS_DIR`, else ./models."""
+    return Path(environ.get(MODELS_DIR_ENV, "models"))

@@ -20,22 +20,11 @@ from lorastudio.generation.txt2img import GenerationResult, ProgressFn, run_txt2
 from lorastudio.lora.activation import LoraState, activate, tags_to_active
 from lorastudio.lora.embeddings import EmbeddingState, apply_embeddings, ti_hashes_field
 from lorastudio.models.catalog import Catalog, ModelEntry
+from lorastudio.models.devices import pick_device
 from lorastudio.models.families.base import LoadOptions, ModelFamily
 from lorastudio.models.load_options import family_of, load_options
 from lorastudio.models.loaded import LoadedModel
 from lorastudio.models.loader import load_model
-
-
-def pick_device(setting: str) -> str:
-    import torch
-
-    if setting != "auto":
-        return setting
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 class GenerationEngine:

@@ -44,7 +44,6 @@ from lorastudio.generation.noise import all_seeds, initial_noise, resolve_seed, 
 from lorastudio.generation.txt2img import (
     GenerationResult,
     ProgressFn,
-    latent_dtype,
     seed_brownian_noise,
     build_infotext,
     collect_outputs,
@@ -99,9 +98,6 @@ def conditioning_mask(image_mask):
 
 def encode_pixels(family, pipe, pixel_list: list) -> torch.Tensor:
     """[1, 3, H, W] tensors in [-1, 1] -> scaled latents from the VAE posterior's mean."""
-    encode = getattr(family, "encode_images", None)
-    if encode is None:
-        raise InvalidParameter("init_images", "<image>", f"img2img is not available for {family.title} models")
     vae = pipe.vae
     # SDXL's VAE overflows in float16; diffusers encodes such VAEs (force_upcast) in float32.
     upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
@@ -111,7 +107,7 @@ def encode_pixels(family, pipe, pixel_list: list) -> torch.Tensor:
         latents = []
         for pixels in pixel_list:  # one at a time: a batch of large images would need the memory of all
             with torch.no_grad():
-                latents.append(encode(pipe, pixels))
+                latents.append(family.encode_images(pipe, pixels))
     finally:
         if upcast:
             vae.to(torch.float16)
@@ -182,6 +178,7 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
         gens = seeded_generators(batch_seeds)
         seed_brownian_noise(pipe, batch_seeds[0])
         # 5. denoise
+        latents = latents.to(pipe.device, dtype=family.denoiser(pipe).dtype)
         if channels is not None:
             cond_mask, masked = channels
             masked = masked.expand(len(batch_seeds), *masked.shape[1:]) if len(masked) == 1 else masked
@@ -212,7 +209,6 @@ def _denoise(pipe, cond_kwargs, params, latents, strength, run, mask_image, gens
             p._interrupt = True
         return kwargs
 
-    latents = latents.to(pipe.device, dtype=latent_dtype(pipe))
     kwargs = dict(image=latents, strength=strength, num_inference_steps=params.steps,
                   num_images_per_prompt=len(gens), generator=gens, callback_on_step_end=on_step_end,
                   output_type="np")

@@ -48,17 +48,12 @@ class GenerationResult:
         return [im.infotext for im in self.images]
 
 
-def sampler_label(choice) -> str:
-    # Forge writes FLUX's flow-matching Euler simply as "Euler".
-    return "Euler" if choice.sampler.name == "Euler (flow)" else choice.sampler.name
-
-
 def build_infotext(model: LoadedModel, params: GenerationParams, seed: int, choice, loras: list[ActiveLora],
                    model_hash: str | None, extra: dict[str, Any] | None = None,
                    img2img: dict[str, Any] | None = None) -> str:
     fields: dict[str, Any] = {
         "Steps": params.steps,
-        "Sampler": sampler_label(choice),
+        "Sampler": model.family.sampler_label(choice),
         "Schedule type": choice.schedule,
         "CFG scale": _num(params.cfg_scale),
         "Seed": seed,
@@ -114,7 +109,7 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
         batch_seeds = seeds[b * params.batch_size:(b + 1) * params.batch_size]
         # 4. noise from each image's own seed, on the CPU
         latents, gens = initial_noise(batch_seeds, shape)
-        latents = family.pack_latents(pipe, latents)
+        latents = family.pack_latents(pipe, latents).to(pipe.device, dtype=family.denoiser(pipe).dtype)
         seed_brownian_noise(pipe, batch_seeds[0])
         # 5. denoise
         images = _denoise(pipe, cond.kwargs, params, latents, gens, b, on_progress, should_stop)
@@ -156,7 +151,7 @@ def _denoise(pipe, cond_kwargs, params, latents, gens, batch_index, on_progress,
             width=params.width,
             height=params.height,
             num_images_per_prompt=len(gens),
-            latents=latents.to(pipe.device, dtype=latent_dtype(pipe)),
+            latents=latents,
             generator=gens,
             callback_on_step_end=on_step_end,
             output_type="np",
@@ -171,10 +166,3 @@ def seed_brownian_noise(pipe, seed: int) -> None:
     if "noise_sampler_seed" in sched.config:
         pipe.scheduler = type(sched).from_config(sched.config, noise_sampler_seed=seed)
 
-
-def latent_dtype(pipe):
-    for comp in ("unet", "transformer"):
-        m = getattr(pipe, comp, None)
-        if m is not None:
-            return m.dtype
-    return torch.float32

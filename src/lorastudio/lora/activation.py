@@ -111,8 +111,10 @@ def load_adapter(pipe, family, lora: ActiveLora, state: LoraState, *, allow_pick
     check_keys(lora, sd)
     owner = lora_family({k: tuple(v.shape) for k, v in sd.items()})
     if owner is None:
-        raise LoraError(f"{lora.path}: LoRA {lora.name!r} fits none of SD 1.x, SDXL, FLUX.1 "
-                        f"(keys such as {sorted(sd)[:2]})")
+        from lorastudio.models.families.registry import families
+
+        titles = ", ".join(f.title for f in families())
+        raise LoraError(f"{lora.path}: LoRA {lora.name!r} fits none of {titles} (keys such as {sorted(sd)[:2]})")
     if owner.name != family.name:
         raise LoraError(f"{lora.path}: LoRA {lora.name!r} was made for {owner.title} models; the loaded model "
                         f"is {family.title}")
@@ -121,7 +123,7 @@ def load_adapter(pipe, family, lora: ActiveLora, state: LoraState, *, allow_pick
         pipe.load_lora_weights(sd, adapter_name=name)
     except (ValueError, KeyError, RuntimeError, IndexError, AttributeError) as exc:
         _delete_adapter(pipe, name)
-        gaps = _unplaceable(pipe, sd)
+        gaps = _unplaceable(pipe, family, sd)
         if gaps:
             raise LoraError(_unmapped(lora, family, gaps, keys)) from None
         raise LoraError(f"{lora.path}: cannot apply LoRA {lora.name!r} to this {family.title} model: "
@@ -131,7 +133,7 @@ def load_adapter(pipe, family, lora: ActiveLora, state: LoraState, *, allow_pick
         raise LoraError(f"{lora.path}: no module of this {family.title} model matched any key of LoRA {lora.name!r}")
     # Keys that name no module are dropped (text encoders: without a word): compare what the file
     # names (as diffusers reads it) with where adapters were injected.
-    gaps = _uncovered(pipe, sd, name)
+    gaps = _uncovered(pipe, family, sd, name)
     if gaps:
         _delete_adapter(pipe, name)
         raise LoraError(_unmapped(lora, family, gaps, keys))
@@ -156,21 +158,24 @@ def _canonical(component: str, key: str) -> str:
     return path[len("text_model."):] if path.startswith("text_model.") else path
 
 
-def _converted(pipe, sd: dict) -> dict | None:
+def _converted(pipe, family, sd: dict) -> dict | None:
     """The file's keys as load_lora_weights reads them (None when diffusers cannot read it)."""
     try:
-        # SGM block names are mapped with the UNet's layout, as load_lora_weights does
-        extra = {"unet_config": pipe.unet.config} if getattr(pipe, "unet", None) is not None else {}
-        read = pipe.lora_state_dict(dict(sd), **extra)
+        read = pipe.lora_state_dict(dict(sd), **family.lora_state_dict_kwargs(pipe))
     except (ValueError, KeyError, RuntimeError, IndexError, AttributeError):
         return None
     return read[0] if isinstance(read, tuple) else read
 
 
+def _lora_components(pipe) -> list[str]:
+    # diffusers' own list of the components its LoRA loader fills (denoiser, text encoders).
+    return list(pipe._lora_loadable_modules)
+
+
 def _gaps(pipe, converted: dict, placed) -> list[str]:
     """Module paths the file names (per component) that `placed(component, module)` does not accept."""
     gaps = []
-    for comp in getattr(pipe, "_lora_loadable_modules", ["unet", "text_encoder"]):
+    for comp in _lora_components(pipe):
         module = getattr(pipe, comp, None)
         if module is None:
             continue
@@ -180,19 +185,19 @@ def _gaps(pipe, converted: dict, placed) -> list[str]:
     return gaps
 
 
-def _uncovered(pipe, sd: dict, name: str) -> list[str]:
+def _uncovered(pipe, family, sd: dict, name: str) -> list[str]:
     """After loading: what the file names that did not receive the adapter."""
-    converted = _converted(pipe, sd)
+    converted = _converted(pipe, family, sd)
     if converted is None:
         return []  # loading already succeeded; nothing more to learn from a second reading
     return _gaps(pipe, converted, lambda m: name in getattr(m, "lora_A", {}))
 
 
-def _unplaceable(pipe, sd: dict) -> list[str]:
+def _unplaceable(pipe, family, sd: dict) -> list[str]:
     """After a refused load: what the file names that is no module of the model at all."""
     import torch
 
-    converted = _converted(pipe, sd)
+    converted = _converted(pipe, family, sd)
     if converted is None:
         return []
     return _gaps(pipe, converted, lambda m: isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Embedding))
@@ -262,7 +267,7 @@ def _backup_merged(pipe, names: list[str]) -> list:
     """The base weights and biases a merge of `names` will change, copied to the CPU (as A1111 keeps them)."""
     out = []
     names = set(names)
-    for comp in getattr(pipe, "_lora_loadable_modules", ["unet", "text_encoder"]):
+    for comp in _lora_components(pipe):
         module = getattr(pipe, comp, None)
         if module is None:
             continue
@@ -300,14 +305,14 @@ def _component_weights(pipe, te: float, unet: float):
     if te == unet:
         return unet
     comps = {}
-    for comp in getattr(pipe, "_lora_loadable_modules", ["unet", "text_encoder"]):
+    for comp in _lora_components(pipe):
         comps[comp] = te if comp.startswith("text_encoder") else unet
     return comps
 
 
 def _injected_layers(pipe, name: str) -> int:
     count = 0
-    for comp in getattr(pipe, "_lora_loadable_modules", ["unet", "text_encoder"]):
+    for comp in _lora_components(pipe):
         module = getattr(pipe, comp, None)
         if module is None:
             continue

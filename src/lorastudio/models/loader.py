@@ -27,7 +27,6 @@ from lorastudio.models.formats.checkpoint_facts import (
     ema_note,
     ema_tensor_count,
     is_ema_key,
-    legacy_sd1_text_encoder_renames,
     rename_map_is_safe,
 )
 from lorastudio.models.formats.unsupported import identify_by_magic, identify_unsupported
@@ -65,7 +64,7 @@ def open_checkpoint(path: Path, options: LoadOptions) -> tuple[Path, Safetensors
     what = identify_unsupported(header.tensors.keys())
     if what:
         raise UnknownModelFamily(source, f"this is {what}")
-    renames = legacy_sd1_text_encoder_renames(header.tensors.keys())
+    renames = key_renames(header.tensors.keys())
     if renames:
         from lorastudio.models.formats.renamed_copy import write_renamed_copy
 
@@ -91,7 +90,16 @@ def _cache_file(path: Path, options: LoadOptions, kind: str) -> Path:
     st = path.stat()
     # v2: converted files carry the SOURCE_NOTE_KEY metadata and the current text-encoder names
     digest = hashlib.sha256(f"v2:{path.resolve()}:{st.st_mtime_ns}:{st.st_size}".encode()).hexdigest()[:16]
-    return (options.cache_dir or path.parent / ".lorastudio-cache") / kind / f"{path.stem}-{digest}.safetensors"
+    return options.cache_dir / kind / f"{path.stem}-{digest}.safetensors"
+
+
+def key_renames(keys) -> dict[str, str]:
+    """{old key: current key} that some family asks for before its checkpoints are detected and loaded."""
+    for fam in families():
+        renames = fam.checkpoint_key_renames(keys)
+        if renames:
+            return renames
+    return {}
 
 
 def detect_family(path: Path, keys) -> ModelFamily:
@@ -99,7 +107,8 @@ def detect_family(path: Path, keys) -> ModelFamily:
         if fam.claims_checkpoint(keys):
             return fam
     sample = ", ".join(sorted(keys)[:5])
-    raise UnknownModelFamily(path, f"not a SD 1.x, SDXL or FLUX.1 checkpoint (first keys: {sample})")
+    titles = [f.title for f in reversed(families())]  # oldest first: "SD 1.x, SDXL or FLUX.1"
+    raise UnknownModelFamily(path, f"not a {', '.join(titles[:-1])} or {titles[-1]} checkpoint (first keys: {sample})")
 
 
 def detect_folder_family(path: Path) -> tuple[ModelFamily, dict]:
@@ -220,7 +229,7 @@ def _pickle_to_safetensors(path: Path, options: LoadOptions) -> Path:
         # not copied into the cache: nothing reads them (A1111 neither), and they double its size
         tensors = {k: v for k, v in tensors.items() if not is_ema_key(k)}
         notes.append(ema_note(ema))
-    renames = legacy_sd1_text_encoder_renames(tensors.keys())
+    renames = key_renames(tensors.keys())
     if renames and rename_map_is_safe(tensors.keys(), renames):
         tensors = {renames.get(k, k): v for k, v in tensors.items()}
         notes.append(OLD_NAMES_NOTE)

@@ -61,7 +61,7 @@ def run_demo(workspace: Path, *, steps: int = 300, reg_pictures: int = REG_PICTU
     engine = GenerationEngine(settings)
     base = engine.default_checkpoint()
     model = engine.load(base.name)
-    size = _native_size(model.pipe)
+    size = model.family.native_resolution(model.pipe)
     say(f"base model: {engine.catalog.title(base)} ({model.family.title}, {size}x{size} px)")
     seconds: dict[str, float] = {}
 
@@ -140,10 +140,6 @@ def run_demo(workspace: Path, *, steps: int = 300, reg_pictures: int = REG_PICTU
     say(f"   publish it: lorastudio publish {result.version_dir} --repo YOUR-NAME/deltamon")
     return DemoResult(workspace, base_grid, dataset, result.lora_path, xy_grid, without, with_, seconds,
                       report=report, hub_preview=preview)
-
-
-def _native_size(pipe) -> int:
-    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
 
 
 def _save(img: Image.Image, path: Path) -> Path:

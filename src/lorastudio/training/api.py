@@ -76,7 +76,7 @@ def _train(config: TrainingConfig, on_event: EventSink | None, *, should_stop, y
     # 2. the model (its family decides the defaults and the dataset resolution)
     from accelerate import Accelerator
 
-    from lorastudio.generation.engine import pick_device
+    from lorastudio.models.devices import pick_device
     from lorastudio.models.load_options import load_options
     from lorastudio.models.loader import load_model
 

@@ -1,4 +1,4 @@
-"""Writing the finished LoRA: kohya format with kohya's metadata, and the diffusers format.
+"""Writing the finished LoRA in kohya format with kohya's metadata (the diffusers format: models/diffusers_lora.py).
 
 The kohya file carries the `ss_*` keys kohya's train_network.py writes, the SAI model-spec keys
 (`modelspec.*`) it adds, and `sshs_model_hash` / `sshs_legacy_hash` computed as kohya does
@@ -9,16 +9,14 @@ index LoRAs by hash recognise it.
 from __future__ import annotations
 
 import datetime as _dt
-import errno
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lorastudio.core.atomic import atomic_write_bytes, disk_space_checked
+from lorastudio.core.atomic import atomic_write_bytes
 from lorastudio.core.hashes import kohya_sshs_hashes
 
 
@@ -115,18 +113,14 @@ def kohya_metadata(*, config, family, output_name: str, rank: int, alpha: float,
     date = _dt.datetime.fromtimestamp(finished, tz=_dt.timezone.utc).isoformat(timespec="seconds")
     md.update({
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": f"{family.modelspec_architecture}/lora",
-        "modelspec.implementation": family.modelspec_implementation,
         "modelspec.title": output_name,
         "modelspec.date": date,
         "modelspec.resolution": f"{resolution}x{resolution}",
         "modelspec.trigger_phrase": config.trigger,
-        "modelspec.prediction_type": family.modelspec_prediction_type,
         "modelspec.encoder_layer": str(clip_skip),
         "modelspec.description": f"LoRA trained with lorastudio on {num_images} images; trigger word: {config.trigger}",
     })
-    if md["modelspec.prediction_type"] is None:
-        del md["modelspec.prediction_type"]
+    md.update(family.modelspec_fields())
     return {k: ("None" if v is None else str(v)) for k, v in md.items()}
 
 
@@ -141,38 +135,3 @@ def write_kohya_lora(path: Path, tensors: dict[str, torch.Tensor], metadata: dic
     full = dict(metadata) | {"sshs_model_hash": model_hash, "sshs_legacy_hash": legacy_hash}
     atomic_write_bytes(path, st_save(tensors, full))
     return path
-
-
-def save_diffusers_lora(pipeline_cls, pipe, lora: dict[str, dict[str, torch.Tensor]], folder: Path) -> Path:
-    """pipeline_cls.save_lora_weights with the adapter configs, so alpha survives the round trip."""
-    kwargs: dict[str, Any] = {}
-    for comp, sd in lora.items():
-        # PEFT names (lora_A / lora_B) as they are: diffusers' older "lora.down" renaming only
-        # covers the attention projections and leaves FLUX files half in each convention.
-        kwargs[f"{comp}_lora_layers"] = sd
-        module = getattr(pipe, comp)
-        cfg = getattr(module, "peft_config", {}).get("default")
-        if cfg is not None:
-            kwargs[f"{comp}_lora_adapter_metadata"] = cfg.to_dict()
-    import shutil
-
-    folder = Path(folder)
-    staging = folder.with_name(folder.name + ".partial")
-    with disk_space_checked(folder.parent):
-        # diffusers writes this file itself, and its writer reports a full disk in its own words;
-        # so the space is checked first (tensor bytes plus room for the header).
-        needed = sum(t.numel() * t.element_size() for sd in lora.values() for t in sd.values()) + 1024**2
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        if shutil.disk_usage(folder.parent).free < needed:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder.parent))
-        if staging.exists():
-            shutil.rmtree(staging)
-        try:
-            pipeline_cls.save_lora_weights(str(staging), safe_serialization=True, **kwargs)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    return folder / "pytorch_lora_weights.safetensors"

@@ -25,7 +25,7 @@ from lorastudio.training.config import TrainingConfig
 from lorastudio.training.data import Item, LatentCache, TextCache, epoch_batches, step_caption
 from lorastudio.training.events import EventSink, TrainingEvent, TrainingStopped
 from lorastudio.training.network import LoraNetwork, add_lora
-from lorastudio.training.objectives import sample_generators
+from lorastudio.models.objectives import sample_generators
 from lorastudio.training.optimizers import build_lr_scheduler, build_optimizer
 from lorastudio.training.project import VersionDir
 
@@ -74,6 +74,8 @@ class Trainer:
                 comp.requires_grad_(False)
         modules = self.family.trainable_modules(self.pipe, text_encoders=bool(c.train_text_encoder))
         targets = self.family.lora_targets()
+        # Built before any preview swaps pipe.scheduler for a sampler.
+        self.noise_schedule = self.family.noise_schedule(self.pipe)
         self.network: LoraNetwork = add_lora(modules, targets, rank=c.rank, alpha=c.alpha, dropout=c.dropout)
         if c.gradient_checkpointing and acc.device.type == "cuda":
             for m in modules.values():
@@ -83,7 +85,7 @@ class Trainer:
                     m.gradient_checkpointing_enable()
         groups = []
         for name in modules:
-            lr = c.lr if name in ("unet", "transformer") else c.te_lr
+            lr = c.lr if name == self.family.denoiser_name else c.te_lr
             groups.append({"params": self.network.trainable_parameters(name), "lr": lr})
         self.optimizer = build_optimizer(c.optimizer, groups, lr=c.lr, weight_decay=c.weight_decay,
                                          device=acc.device.type)
@@ -119,7 +121,7 @@ class Trainer:
         mods = [getattr(self.pipe, "vae", None)]
         if self.text is not None and not self.config.shuffle_tags:
             # Every caption the run can see is cached: the text encoders are not needed until sampling.
-            mods += [getattr(self.pipe, n, None) for n in ("text_encoder", "text_encoder_2")]
+            mods += self.family.text_encoders(self.pipe)
         return [m for m in mods if m is not None]
 
     def _offload_encoders(self) -> None:
@@ -185,7 +187,8 @@ class Trainer:
                                        device=acc.device)
             with acc.autocast():
                 loss = self.family.training_loss(self.pipe, self.modules, latents, cond, gens, c,
-                                                 mask=mask if c.masked_loss else None, sample_weights=weights)
+                                                 mask=mask if c.masked_loss else None, sample_weights=weights,
+                                                 schedule=self.noise_schedule)
             acc.backward(loss / len(micro))
             total += float(loss.detach()) / len(micro)
         if c.max_grad_norm > 0:

@@ -9,10 +9,12 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lorastudio.core.settings import default_models_dir
+
     ap = argparse.ArgumentParser(prog="python -m lorastudio.interfaces.api", description=__doc__)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=7860)
-    ap.add_argument("--models-dir", type=Path, default=Path(os.environ.get("LORASTUDIO_MODELS_DIR", "models")))
+    ap.add_argument("--models-dir", type=Path, default=default_models_dir(os.environ))
     ap.add_argument("--outdir", type=Path, default=Path("outputs"))
     ap.add_argument("--projects-dir", type=Path, default=Path("projects"))
     ap.add_argument("--device", default="auto")

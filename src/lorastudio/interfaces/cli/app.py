@@ -25,9 +25,9 @@ ModelsDir = typer.Option(None, "--models-dir", help="A1111/Forge `models` folder
 
 def _settings(models_dir: Optional[Path] = None, outdir: Optional[Path] = None, **extra):
     from lorastudio.core.params import build_model
-    from lorastudio.core.settings import StudioSettings
+    from lorastudio.core.settings import StudioSettings, default_models_dir
 
-    values = {"models_dir": models_dir or Path(os.environ.get("LORASTUDIO_MODELS_DIR", "models"))}
+    values = {"models_dir": models_dir or default_models_dir(os.environ)}
     if outdir is not None:
         values["outdir"] = outdir
     values.update({k: v for k, v in extra.items() if v is not None})
@@ -238,6 +238,7 @@ def train(
                                                                       "models/interrogators/"),
 ):
     """Train a LoRA from a folder or zip of pictures."""
+    from lorastudio.core.settings import default_models_dir
     from lorastudio.training.config import load_toml, training_config
 
     try:
@@ -249,7 +250,7 @@ def train(
                  "save_every": save_every, "sample_every": sample_every, "sample_prompts": sample_prompt or None,
                  "seed": seed, "project": project, "version": version, "projects_dir": projects_dir,
                  "models_dir": models_dir or (None if "models_dir" in data else
-                                              Path(os.environ.get("LORASTUDIO_MODELS_DIR", "models"))),
+                                              default_models_dir(os.environ)),
                  "num_processes": num_processes, "class_word": class_word, "reg_images": reg_images,
                  "prior_loss_weight": prior_loss_weight, "caption": caption,
                  "masked_loss": masked_loss}

@@ -13,9 +13,11 @@ from typing import Optional
 
 import typer
 
+from lorastudio.core.settings import default_models_dir
+
 
 def _models_dir(models_dir: Optional[Path]) -> Path:
-    return models_dir or Path(os.environ.get("LORASTUDIO_MODELS_DIR", "models"))
+    return models_dir or default_models_dir(os.environ)
 
 
 def register(dataset_app: typer.Typer) -> None:

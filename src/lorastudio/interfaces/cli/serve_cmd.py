@@ -39,9 +39,9 @@ def register(app: typer.Typer) -> None:
         """Serve /sdapi/v1 (A1111 clients: webuiapi, Krita, SillyTavern...) and /v1/trainings."""
         from lorastudio.core.errors import LorastudioError
         from lorastudio.core.params import build_model
-        from lorastudio.core.settings import StudioSettings
+        from lorastudio.core.settings import StudioSettings, default_models_dir
 
-        values: dict = {"models_dir": models_dir or Path(os.environ.get("LORASTUDIO_MODELS_DIR", "models")),
+        values: dict = {"models_dir": models_dir or default_models_dir(os.environ),
                         "report_after_training": report}
         for key, value in (("outdir", outdir), ("projects_dir", projects_dir), ("device", device)):
             if value is not None:

@@ -15,6 +15,8 @@ from typing import Optional
 
 import typer
 
+from lorastudio.core.settings import default_models_dir
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
@@ -82,7 +84,7 @@ def _run(db: str, *, device, families, memory_mb, models_dir, projects_dir, work
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     can_run = WorkerCapabilities(families=parse_families(families), memory_mb=memory_mb)
-    values: dict = {"models_dir": models_dir or Path(os.environ.get("LORASTUDIO_MODELS_DIR", "models"))}
+    values: dict = {"models_dir": models_dir or default_models_dir(os.environ)}
     for key, value in (("projects_dir", projects_dir), ("device", device)):
         if value is not None:
             values[key] = value

@@ -17,14 +17,17 @@ if TYPE_CHECKING:
     import torch
     from diffusers import DiffusionPipeline
 
+    from lorastudio.core.params import GenerationParams
     from lorastudio.core.samplers import SamplerChoice
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LoadOptions:
+    # Where config skeletons, VAE configs and converted .ckpt copies are written. Required: a
+    # cache is always a folder the caller chose (models_dir/.lorastudio-cache), never a hidden one.
+    cache_dir: Path
     device: str = "cpu"
     dtype: str = "float32"  # "float16" | "bfloat16" on GPUs
-    cache_dir: Path | None = None  # where config skeletons are written
     text_encoder_dir: Path | None = None  # FLUX: where clip_l / t5xxl files live
     vae_dir: Path | None = None
     allow_pickle: bool = False
@@ -47,12 +50,37 @@ class ModelFamily(ABC):
     default_cfg: ClassVar[float] = 7.0
     # Precision on GPUs; CPUs always run float32.
     gpu_dtype: ClassVar[str] = "float16"
-    # `modelspec.prediction_type` written into LoRAs trained on this family (None: left out).
+    # The pipeline component that denoises ("unet", "transformer"): it gets the main learning
+    # rate in training and sets the latents' dtype in generation.
+    denoiser_name: ClassVar[str]
+    # The pipeline's text-encoder components, in the pipeline's order (offloaded together once
+    # their outputs are cached).
+    text_encoder_names: ClassVar[tuple[str, ...]]
+    # SAI model-spec entries written into LoRAs trained on this family.
+    modelspec_architecture: ClassVar[str]
+    modelspec_implementation: ClassVar[str]
+    # `modelspec.prediction_type` (None: the key is left out).
     modelspec_prediction_type: ClassVar[str | None] = "epsilon"
 
     def preferred_dtype(self, device: str) -> str:
         """The compute precision on `device`: float32 on CPUs, `gpu_dtype` on accelerators."""
         return "float32" if device == "cpu" else self.gpu_dtype
+
+    def denoiser(self, pipe: "DiffusionPipeline") -> "torch.nn.Module":
+        """The pipeline's denoiser module (`denoiser_name`)."""
+        return getattr(pipe, self.denoiser_name)
+
+    def text_encoders(self, pipe: "DiffusionPipeline") -> list["torch.nn.Module"]:
+        """The pipeline's text encoders (`text_encoder_names`) that are present."""
+        return [m for m in (getattr(pipe, n, None) for n in self.text_encoder_names) if m is not None]
+
+    def modelspec_fields(self) -> dict[str, str]:
+        """The family's `modelspec.*` entries of a trained LoRA (architecture, implementation, prediction type)."""
+        fields = {"modelspec.architecture": f"{self.modelspec_architecture}/lora",
+                  "modelspec.implementation": self.modelspec_implementation}
+        if self.modelspec_prediction_type is not None:
+            fields["modelspec.prediction_type"] = self.modelspec_prediction_type
+        return fields
 
     # --- recognising files -------------------------------------------------------------
     @abstractmethod
@@ -62,6 +90,11 @@ class ModelFamily(ABC):
     @abstractmethod
     def claims_folder(self, model_index: Mapping[str, Any]) -> bool:
         """True when a diffusers folder with this model_index.json belongs to this family."""
+
+    def checkpoint_key_renames(self, keys: Collection[str]) -> dict[str, str]:
+        """{old key: current key} for a single-file checkpoint of this family saved with outdated
+        names; the loader serves such a file as a renamed copy. Empty: nothing to rename."""
+        return {}
 
     @abstractmethod
     def claims_lora(self, shapes: Mapping[str, tuple[int, ...]]) -> bool:
@@ -111,9 +144,19 @@ class ModelFamily(ABC):
         """Turn [batch, *latent_shape] noise into what the pipeline's `latents` argument takes."""
         return latents
 
-    def infotext_fields(self, params) -> dict[str, Any]:
+    def sampler_label(self, choice: "SamplerChoice") -> str:
+        """The sampler name written into infotexts (as the reference UI for this family writes it)."""
+        return choice.sampler.name
+
+    def infotext_fields(self, params: "GenerationParams") -> dict[str, Any]:
         """Family-specific entries for the PNG parameters text."""
         return {}
+
+    def encode_images(self, pipe: "DiffusionPipeline", pixels: "torch.Tensor") -> "torch.Tensor":
+        """pixels [B, 3, H, W] in [-1, 1] -> scaled latents (the VAE posterior's mean), for img2img and training."""
+        from lorastudio.core.errors import InvalidParameter
+
+        raise InvalidParameter("init_images", "<image>", f"img2img is not available for {self.title} models")
 
     def img2img_pipeline(self, pipe: "DiffusionPipeline", inpaint: bool) -> "DiffusionPipeline":
         """The img2img (inpaint=True: inpainting) pipeline sharing `pipe`'s modules: no weights are copied,
@@ -126,6 +169,10 @@ class ModelFamily(ABC):
         """True for a denoiser that takes the masked image and the mask as extra input channels
         (SD 1.x inpainting: 4 latent + 1 mask + 4 masked-image channels)."""
         return False
+
+    def lora_state_dict_kwargs(self, pipe: "DiffusionPipeline") -> dict[str, Any]:
+        """Extra keyword arguments for `pipe.lora_state_dict`, so a file is read as `load_lora_weights` reads it."""
+        return {}
 
     def textual_inversion_targets(self, pipe: "DiffusionPipeline") -> list[tuple[str | None, Any, Any]]:
         """(key in an embedding file, tokenizer, text encoder) per encoder that takes A1111 embeddings.
@@ -148,8 +195,9 @@ class TrainableFamily(ABC):
     """
 
     @abstractmethod
-    def training_defaults(self) -> dict[str, Any]:
-        """Values for TrainingConfig fields left as None (rank, alpha, lr, steps, resolution…)."""
+    def training_defaults(self, pipe: "DiffusionPipeline") -> dict[str, Any]:
+        """Values for TrainingConfig fields left as None (rank, alpha, lr, steps, resolution…);
+        the resolution is the loaded checkpoint's own."""
 
     @abstractmethod
     def trainable_modules(self, pipe: "DiffusionPipeline", *, text_encoders: bool) -> dict[str, "torch.nn.Module"]:
@@ -160,19 +208,22 @@ class TrainableFamily(ABC):
         """Component name -> peft target_modules."""
 
     @abstractmethod
-    def encode_images(self, pipe: "DiffusionPipeline", pixels: "torch.Tensor") -> "torch.Tensor":
-        """pixels [B, 3, H, W] in [-1, 1] -> scaled latents."""
-
-    @abstractmethod
     def encode_captions(self, pipe: "DiffusionPipeline", captions: list[str], *, clip_skip: int) -> dict[str, "torch.Tensor"]:
         """Captions -> conditioning tensors (batch-first)."""
+
+    def noise_schedule(self, pipe: "DiffusionPipeline") -> Any:
+        """The training noise schedule, built once per run from the pipeline as loaded (previews
+        swap `pipe.scheduler` for samplers; training must not follow them). None: the family
+        draws its timesteps without one (rectified flow)."""
+        return None
 
     @abstractmethod
     def training_loss(self, pipe: "DiffusionPipeline", modules: dict[str, "torch.nn.Module"], latents: "torch.Tensor",
                       cond: dict[str, "torch.Tensor"], gens: list, config, mask=None,
-                      sample_weights: "torch.Tensor | None" = None) -> "torch.Tensor":
+                      sample_weights: "torch.Tensor | None" = None, *, schedule: Any) -> "torch.Tensor":
         """One batch's loss: noise the latents, predict, compare with the target.
 
+        `schedule` is what `noise_schedule(pipe)` returned at the start of the run.
         `sample_weights` (one per sample, e.g. the prior-loss weight of regularisation pictures)
         multiply the per-sample losses before the batch mean."""
 
@@ -186,6 +237,6 @@ class TrainableFamily(ABC):
         """Write the diffusers / PEFT-format LoRA that `pipe.load_lora_weights(folder)` reads.
 
         Every pipeline class saves its own components, so one implementation serves all families."""
-        from lorastudio.training.export import save_diffusers_lora
+        from lorastudio.models.diffusers_lora import save_diffusers_lora
 
         return save_diffusers_lora(type(pipe), pipe, lora, folder)

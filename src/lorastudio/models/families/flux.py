@@ -13,8 +13,8 @@ from typing import Any
 
 from lorastudio.core.errors import ModelFileError
 from lorastudio.core.samplers import SamplerChoice
+from lorastudio.models.devices import torch_dtype
 from lorastudio.models.families.base import Conditioning, LoadOptions, ModelFamily, TrainableFamily
-from lorastudio.models.families.sd1 import torch_dtype
 
 # Where the separate component files are looked for, by component.
 _SEPARATE = {
@@ -38,6 +38,8 @@ class FluxFamily(ModelFamily, TrainableFamily):
     default_sampler = "Euler (flow)"
     default_cfg = 1.0
     gpu_dtype = "bfloat16"
+    denoiser_name = "transformer"
+    text_encoder_names = ("text_encoder", "text_encoder_2")  # CLIP-L, T5-XXL
     # Flow matching has no epsilon / v prediction type: the key is left out of a LoRA's metadata,
     # as kohya's sd-scripts does for its flow-matching models.
     modelspec_prediction_type = None
@@ -165,6 +167,10 @@ class FluxFamily(ModelFamily, TrainableFamily):
         b, c, h, w = latents.shape
         return pipe._pack_latents(latents, b, c, h, w)
 
+    def sampler_label(self, choice: SamplerChoice) -> str:
+        # Forge writes FLUX's flow-matching Euler simply as "Euler".
+        return "Euler" if choice.sampler.name == "Euler (flow)" else choice.sampler.name
+
     def infotext_fields(self, params) -> dict[str, Any]:
         # As Forge writes FLUX images: "Sampler: Euler, Schedule type: Simple", which reads back as flow Euler.
         return {"Schedule type": "Simple", "Distilled CFG Scale": params.guidance}
@@ -203,10 +209,10 @@ class FluxFamily(ModelFamily, TrainableFamily):
                                                num_images_per_prompt=1, max_sequence_length=self._max_seq(pipe))
         return {"embeds": embeds, "pooled": pooled}
 
-    def training_loss(self, pipe, modules, latents, cond, gens, config, mask=None, sample_weights=None):
+    def training_loss(self, pipe, modules, latents, cond, gens, config, mask=None, sample_weights=None, *, schedule):
         import torch
 
-        from lorastudio.training.objectives import flow_noised, weighted_mse
+        from lorastudio.models.objectives import flow_noised, weighted_mse
 
         model = modules["transformer"]
         nb = flow_noised(latents, gens, sampling=config.timestep_sampling or "shift", shift=config.discrete_flow_shift)
@@ -230,7 +236,6 @@ class FluxFamily(ModelFamily, TrainableFamily):
         from lorastudio.models.formats.kohya_lora_flux import kohya_flux_lora_from_peft
 
         return kohya_flux_lora_from_peft(lora["transformer"], lora.get("text_encoder"), alpha=alpha, rank=rank)
-
 
 
 def _unwrap(m):

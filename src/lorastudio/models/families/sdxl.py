@@ -1,4 +1,5 @@
-"""Stable Diffusion XL (base): everything specific to this family lives here."""
+"""Stable Diffusion XL (base): everything specific to this family lives here (what it shares with
+SD 1.x is in stable_diffusion_base.py)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from lorastudio.core.errors import UnknownModelFamily
-from lorastudio.core.samplers import SamplerChoice
-from lorastudio.models.families.base import Conditioning, LoadOptions, ModelFamily, TrainableFamily
-from lorastudio.models.families.sd1 import _cache_root, replace_sd_vae, torch_dtype
+from lorastudio.models.devices import torch_dtype
+from lorastudio.models.families.base import Conditioning, LoadOptions
+from lorastudio.models.families.stable_diffusion_base import StableDiffusionFamily, config_cache
 
 # stabilityai/stable-diffusion-xl-base-1.0's scheduler config.
 from lorastudio.models.formats.sd_config_inference import SDXL_SCHEDULER
 
-SDXL_PIPELINES = {"StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"}
 
-
-class SDXLFamily(ModelFamily, TrainableFamily):
+class SDXLFamily(StableDiffusionFamily):
     name = "sdxl"
     title = "SDXL"
     modelspec_architecture = "stable-diffusion-xl-v1-base"
@@ -25,6 +24,9 @@ class SDXLFamily(ModelFamily, TrainableFamily):
     base_model_version = "sdxl_base_v1-0"
     default_size = 1024
     default_cfg = 7.0
+    text_encoder_names = ("text_encoder", "text_encoder_2")
+    pipeline_names = frozenset({"StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline",
+                                "StableDiffusionXLInpaintPipeline"})
 
     def claims_checkpoint(self, keys: Collection[str]) -> bool:
         keys = set(keys)
@@ -35,9 +37,6 @@ class SDXLFamily(ModelFamily, TrainableFamily):
         if not has_l and any(k.startswith("conditioner.embedders.0.model.") for k in keys):
             raise UnknownModelFamily("checkpoint", "SDXL refiner checkpoints are not supported yet")
         return has_l and has_g
-
-    def claims_folder(self, model_index: Mapping[str, Any]) -> bool:
-        return model_index.get("_class_name") in SDXL_PIPELINES
 
     def claims_lora(self, shapes: Mapping[str, tuple[int, ...]]) -> bool:
         keys = list(shapes)
@@ -67,7 +66,7 @@ class SDXLFamily(ModelFamily, TrainableFamily):
             "StableDiffusionXLPipeline", configs,
             {"tokenizer": {"kind": "clip", "pad_token": "<|endoftext|>"},
              "tokenizer_2": {"kind": "clip", "pad_token": "!"}},
-            SDXL_SCHEDULER, _cache_root(options))
+            SDXL_SCHEDULER, config_cache(options))
         return StableDiffusionXLPipeline.from_single_file(
             str(path), config=str(cfg_dir), local_files_only=True, torch_dtype=torch_dtype(options.dtype))
 
@@ -77,18 +76,7 @@ class SDXLFamily(ModelFamily, TrainableFamily):
         return StableDiffusionXLPipeline.from_pretrained(str(path), local_files_only=True,
                                                          torch_dtype=torch_dtype(options.dtype))
 
-    def replace_vae(self, pipe, path: Path, options: LoadOptions) -> None:
-        replace_sd_vae(pipe, path, options)
-
     # --- generation ------------------------------------------------------------------------
-    def supports_sampler(self, choice: SamplerChoice) -> bool:
-        return choice.sampler.scheduler_class != "FlowMatchEulerDiscreteScheduler"
-
-    def make_scheduler(self, base_config, choice: SamplerChoice):
-        from lorastudio.generation.schedulers import build_scheduler
-
-        return build_scheduler(base_config, choice)
-
     def encode_prompts(self, pipe, prompt: str, negative_prompt: str, *, clip_skip: int, cfg_scale: float,
                        guidance: float) -> Conditioning:
         import torch
@@ -100,7 +88,7 @@ class SDXLFamily(ModelFamily, TrainableFamily):
         else:
             uncond, unpooled = self._encode(pipe, negative_prompt, clip_skip)
         if cond.shape[1] != uncond.shape[1]:
-            from lorastudio.generation.conditioning import pad_to_same_length
+            from lorastudio.models.conditioning import pad_to_same_length
 
             empty, _ = self._encode(pipe, "", clip_skip)
             cond, uncond = pad_to_same_length(cond, uncond, empty)
@@ -111,7 +99,7 @@ class SDXLFamily(ModelFamily, TrainableFamily):
     def _encode(self, pipe, text: str, clip_skip: int):
         import torch
 
-        from lorastudio.generation.conditioning import ClipEncodeSpec, encode_clip
+        from lorastudio.models.conditioning import ClipEncodeSpec, encode_clip
 
         # SDXL conditions on the penultimate layer of both encoders, without the final norm.
         spec_l = ClipEncodeSpec(skip_layers=clip_skip, final_norm_on_skip=False)
@@ -119,19 +107,6 @@ class SDXLFamily(ModelFamily, TrainableFamily):
         h1, _, _ = encode_clip(pipe.tokenizer, pipe.text_encoder, text, spec_l)
         h2, pooled, _ = encode_clip(pipe.tokenizer_2, pipe.text_encoder_2, text, spec_g, want_pooled=True)
         return torch.cat([h1, h2.to(h1.dtype)], dim=-1), pooled
-
-    def native_resolution(self, pipe) -> int:
-        # The UNet config's sample_size (latent side) times the VAE factor, as diffusers' own default.
-        from lorastudio.models.families.sd1 import native_resolution
-
-        return native_resolution(pipe)
-
-    def latent_shape(self, pipe, width: int, height: int) -> tuple[int, ...]:
-        f = pipe.vae_scale_factor
-        return (pipe.unet.config.in_channels, height // f, width // f)
-
-    def infotext_fields(self, params) -> dict[str, Any]:
-        return {"Clip skip": params.clip_skip if params.clip_skip > 1 else None}
 
     def textual_inversion_targets(self, pipe):
         return [("clip_l", pipe.tokenizer, pipe.text_encoder), ("clip_g", pipe.tokenizer_2, pipe.text_encoder_2)]
@@ -142,30 +117,6 @@ class SDXLFamily(ModelFamily, TrainableFamily):
         return (StableDiffusionXLInpaintPipeline if inpaint else StableDiffusionXLImg2ImgPipeline).from_pipe(pipe)
 
     # --- training --------------------------------------------------------------------------
-    def training_defaults(self, pipe) -> dict[str, Any]:
-        # kohya's SDXL character-LoRA values are SD 1.5's at the model's own size (1024 px).
-        from lorastudio.models.families.sd1 import SD1Family
-
-        return SD1Family().training_defaults(pipe)
-
-    def trainable_modules(self, pipe, *, text_encoders: bool):
-        mods = {"unet": pipe.unet}
-        if text_encoders:
-            mods["text_encoder"] = pipe.text_encoder
-            mods["text_encoder_2"] = pipe.text_encoder_2
-        return mods
-
-    def lora_targets(self) -> dict[str, list[str]]:
-        from lorastudio.models.families.sd1 import CLIP_LORA_TARGETS, UNET_LORA_TARGETS
-
-        return {"unet": list(UNET_LORA_TARGETS), "text_encoder": list(CLIP_LORA_TARGETS),
-                "text_encoder_2": list(CLIP_LORA_TARGETS)}
-
-    def encode_images(self, pipe, pixels):
-        from lorastudio.models.families.sd1 import encode_sd_latents
-
-        return encode_sd_latents(pipe, pixels)
-
     def encode_captions(self, pipe, captions: list[str], *, clip_skip: int):
         import torch
 
@@ -176,23 +127,16 @@ class SDXLFamily(ModelFamily, TrainableFamily):
             pooled.append(p)
         return {"hidden": torch.cat(hidden), "pooled": torch.cat(pooled)}
 
-    def training_loss(self, pipe, modules, latents, cond, gens, config, mask=None, sample_weights=None):
+    def _predict_noise(self, pipe, unet, noisy, timesteps, cond):
         import torch
 
-        from lorastudio.models.families.sd1 import noise_scheduler
-        from lorastudio.training.objectives import ddpm_noised, weighted_mse
-
-        nb = ddpm_noised(noise_scheduler(pipe), latents, gens, noise_offset=config.noise_offset,
-                         min_snr_gamma=config.min_snr_gamma)
-        unet = modules["unet"]
         dtype = next(unet.parameters()).dtype
-        b, _, h, w = latents.shape
+        b, _, h, w = noisy.shape
         px_h, px_w = h * pipe.vae_scale_factor, w * pipe.vae_scale_factor
         # SDXL's size conditioning: original size, crop top-left, target size (no crop: buckets fit).
-        time_ids = torch.tensor([[px_h, px_w, 0, 0, px_h, px_w]], dtype=dtype, device=latents.device).repeat(b, 1)
-        pred = unet(nb.noisy.to(dtype), nb.timesteps, encoder_hidden_states=cond["hidden"].to(dtype),
+        time_ids = torch.tensor([[px_h, px_w, 0, 0, px_h, px_w]], dtype=dtype, device=noisy.device).repeat(b, 1)
+        return unet(noisy.to(dtype), timesteps, encoder_hidden_states=cond["hidden"].to(dtype),
                     added_cond_kwargs={"text_embeds": cond["pooled"].to(dtype), "time_ids": time_ids}).sample
-        return weighted_mse(pred, nb.target, nb.weights, mask, sample_weights)
 
     def export_kohya(self, pipe, lora, *, alpha: float, rank: int):
         from lorastudio.models.formats.kohya_lora_sd import kohya_lora_from_peft

@@ -22,9 +22,6 @@ def host_identity() -> str:
     return f"{socket.gethostname()}|{ns}"
 
 
-HOST_IDENTITY = host_identity()
-
-
 def _proc_stat(pid: int) -> tuple[str, str] | None:
     """(state, start time in clock ticks) from /proc, or None without procfs/process."""
     try:

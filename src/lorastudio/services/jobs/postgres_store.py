@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from lorastudio.core.errors import InvalidParameter, LorastudioError, NotFound
-from lorastudio.services.jobs.liveness import HOST_IDENTITY, process_start_token
+from lorastudio.services.jobs.liveness import host_identity, process_start_token
 from lorastudio.services.jobs.models import (
     Job,
     JobRequirements,
@@ -160,6 +160,8 @@ class PostgresJobStore(JobStore):
         self.max_attempts = int(max_attempts)
         self.reconnect_timeout_s = float(reconnect_timeout_s)
         self._clock = clock
+        # Read when the store opens, not when the module is imported.
+        self._host = host_identity()
         self._connect_timeout_s = connect_timeout_s
         self._pool = ConnectionPool(
             url,
@@ -316,7 +318,7 @@ class PostgresJobStore(JobStore):
             return None
         token = uuid.uuid4().hex
         now = self._clock()
-        owner = (worker_id, HOST_IDENTITY, os.getpid(), process_start_token(os.getpid()), token)
+        owner = (worker_id, self._host, os.getpid(), process_start_token(os.getpid()), token)
         # FOR UPDATE SKIP LOCKED: a row another claimer holds is passed over, not waited
         # for; a row that changed before it was locked is re-checked and skipped. The row
         # stays locked by this statement until the UPDATE, so no outer status guard: with
@@ -451,7 +453,7 @@ class PostgresJobStore(JobStore):
                     " ORDER BY queue_order DESC FOR UPDATE SKIP LOCKED"
                 ).fetchall()
                 for row in rows:  # newest first: each takes the new front, order is kept
-                    why = orphan_reason(row, now, self.heartbeat_timeout_s)
+                    why = orphan_reason(row, now, self.heartbeat_timeout_s, self._host)
                     if why is None:
                         continue
                     touched.append(row["id"])

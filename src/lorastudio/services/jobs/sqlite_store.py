@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 from lorastudio.core.errors import InvalidParameter, LorastudioError, NotFound
-from lorastudio.services.jobs.liveness import HOST_IDENTITY, process_start_token
+from lorastudio.services.jobs.liveness import host_identity, process_start_token
 from lorastudio.services.jobs.models import (
     Job,
     JobRequirements,
@@ -115,6 +115,8 @@ class SqliteJobStore(JobStore):
             claim_strategy == "auto" and _HAS_RETURNING
         )
         self._clock = clock
+        # Read when the store opens, not when the module is imported.
+        self._host = host_identity()
         self._lock = threading.RLock()
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -254,7 +256,7 @@ class SqliteJobStore(JobStore):
             kind_sql += " AND (min_memory_mb IS NULL OR min_memory_mb <= ?)"
             filter_params.append(memory_mb)
         now = self._clock()
-        owner = (worker_id, HOST_IDENTITY, os.getpid(), process_start_token(os.getpid()))
+        owner = (worker_id, self._host, os.getpid(), process_start_token(os.getpid()))
         set_sql = (
             "UPDATE jobs SET status = 'IN_PROGRESS', worker_id = ?, worker_host = ?,"
             " worker_pid = ?, worker_start = ?, started_at = COALESCE(started_at, ?),"
@@ -431,7 +433,7 @@ class SqliteJobStore(JobStore):
         return cur.rowcount == 1
 
     def _orphan_reason(self, row: sqlite3.Row, now: float) -> str | None:
-        return orphan_reason(row, now, self.heartbeat_timeout_s)
+        return orphan_reason(row, now, self.heartbeat_timeout_s, self._host)
 
 
 # ------------------------------------------------------------------ module helpers

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable
 
 from lorastudio.core.errors import InvalidParameter
-from lorastudio.services.jobs.liveness import HOST_IDENTITY, process_alive
+from lorastudio.services.jobs.liveness import process_alive
 from lorastudio.services.jobs.models import (
     Job,
     JobRequirements,
@@ -184,17 +184,17 @@ def check_submission(kind: Any, payload: Any) -> None:
         raise InvalidParameter("payload", type(payload).__name__, "must be a JSON object")
 
 
-def orphan_reason(row: Any, now: float, heartbeat_timeout_s: float) -> str | None:
+def orphan_reason(row: Any, now: float, heartbeat_timeout_s: float, host: str) -> str | None:
     """Why an IN_PROGRESS row's worker counts as gone, or None while it may be alive.
 
     A lease: silent past the heartbeat timeout. Sooner, on the claimer's own host
-    (same pid namespace), when its process is provably gone.
+    (same pid namespace, `host` = this store's host_identity()), when its process is provably gone.
     """
     last_sign_of_life = row["heartbeat_at"] or row["started_at"] or 0.0
     silent_for = now - last_sign_of_life
     if silent_for > heartbeat_timeout_s:
         return f"worker {row['worker_id']} silent for {silent_for:.0f}s"
-    if row["worker_host"] == HOST_IDENTITY and row["worker_pid"] is not None:
+    if row["worker_host"] == host and row["worker_pid"] is not None:
         if not process_alive(row["worker_pid"], row["worker_start"]):
             return f"worker {row['worker_id']} process {row['worker_pid']} is gone"
     return None

@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from lorastudio.training.objectives import (ddpm_noised, flow_noised, flow_sigmas, sample_generators,
+from lorastudio.models.objectives import (ddpm_noised, flow_noised, flow_sigmas, sample_generators,
                                             weighted_mse)
 
 
