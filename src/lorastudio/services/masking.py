@@ -23,13 +23,13 @@ class MaskRun:
 
 
 def mask_dataset(folder: str | Path, *, model: str | None, models_dir: str | Path,
-                 overwrite: bool = False) -> MaskRun:
+                 overwrite: bool = False, u2net_home: str | Path | None = None) -> MaskRun:
     """Masks beside the pictures of `folder`. The model loads first (a bad file fails before any
     mask is written); a picture that cannot be read is reported by name and gets no mask."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"{folder}: not a folder (extract a zip first, e.g. with dataset caption --out)")
-    seg = load_segmentation_model(resolve_segmentation_model(model, models_dir)) if model else None
+    seg = load_segmentation_model(resolve_segmentation_model(model, models_dir, u2net_home)) if model else None
     run = MaskRun()
     with open_source(folder) as src:
         pictures = [f for f in src.images if not is_mask_file(f.rel)]

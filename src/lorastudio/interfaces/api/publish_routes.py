@@ -7,6 +7,8 @@ taken from or sent back in a request, and the job database never sees it.
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import Any
 
@@ -66,5 +68,5 @@ def _publish(vdir: Path, body: PublishBody) -> dict[str, Any]:
     if body.dry_run:
         files, card = prepare(vdir, options)
         return {"repo": options.repo, "files": sorted(files.files), "total_bytes": files.total_bytes(), "card": card}
-    result = publish(vdir, options, endpoint=endpoint_from_env())
+    result = publish(vdir, options, endpoint=endpoint_from_env(os.environ))
     return {"repo": result.repo, "files": result.files, "total_bytes": result.total_bytes, "commit_url": result.url}

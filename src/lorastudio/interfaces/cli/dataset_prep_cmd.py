@@ -98,7 +98,7 @@ def _register_mask(dataset_app: typer.Typer) -> None:
         from lorastudio.services.masking import mask_dataset
 
         try:
-            run = mask_dataset(folder, model=model, models_dir=_models_dir(models_dir), overwrite=overwrite)
+            run = mask_dataset(folder, model=model, models_dir=_models_dir(models_dir), overwrite=overwrite, u2net_home=os.environ.get("U2NET_HOME"))
         except LorastudioError as exc:
             _fail(exc)
         for r in run.results:

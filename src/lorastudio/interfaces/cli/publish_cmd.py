@@ -6,6 +6,8 @@ Registered by app.py (`publish_cmd.register(app)`); importing this module import
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import Optional
 
@@ -36,7 +38,7 @@ def register(app: typer.Typer) -> None:
                    "base_model_id": base_model_id, "revision": revision, "commit_message": commit_message,
                    "to_folder": to_folder}
         try:
-            result = run_publish(version_dir, options, endpoint=endpoint_from_env(), say=typer.echo,
+            result = run_publish(version_dir, options, endpoint=endpoint_from_env(os.environ), say=typer.echo,
                                  confirm=None if yes else (lambda q: typer.confirm(q, default=False)))
         except LorastudioError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)

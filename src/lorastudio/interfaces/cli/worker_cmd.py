@@ -108,7 +108,7 @@ def _run(db: str, *, device, families, memory_mb, models_dir, projects_dir, work
     if artifacts_url:
         from lorastudio.services.artifacts import open_artifact_store
 
-        artifacts = open_artifact_store(artifacts_url)
+        artifacts = open_artifact_store(artifacts_url, **_s3_endpoint(artifacts_url))
     handler = make_training_handler(settings, artifacts=artifacts)
     worker = JobWorker(store, {"training": handler}, worker_id=worker_id,
                        can_run=can_run, poll_interval_s=poll_interval_s)
@@ -123,3 +123,9 @@ def _run(db: str, *, device, families, memory_mb, models_dir, projects_dir, work
         # takes it over after the lease, resuming from its last checkpoint.
         worker.stop(timeout=5)
         store.close()
+
+
+def _s3_endpoint(url: str) -> dict:
+    """$LORASTUDIO_S3_ENDPOINT (MinIO and other S3-compatible servers), read here at the entry point."""
+    endpoint = os.environ.get("LORASTUDIO_S3_ENDPOINT") if str(url).startswith("s3://") else None
+    return {"endpoint_url": endpoint} if endpoint else {}

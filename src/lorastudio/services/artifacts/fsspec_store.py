@@ -6,7 +6,6 @@ Credentials come from the usual places (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KE
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,8 @@ class FsspecArtifactStore(ArtifactStore):
         protocol, _, rest = url.partition("://")
         self.url = url.rstrip("/")
         self.base = rest.strip("/")
-        if protocol == "s3":
-            endpoint_url = endpoint_url or os.environ.get("LORASTUDIO_S3_ENDPOINT") or None
-            if endpoint_url:
-                storage_options.setdefault("client_kwargs", {})["endpoint_url"] = endpoint_url
+        if protocol == "s3" and endpoint_url:
+            storage_options.setdefault("client_kwargs", {})["endpoint_url"] = endpoint_url
         # A cached instance would be shared with other stores in the process (and its listing
         # cache would hide files other machines wrote): one instance per store, no listing cache.
         self.fs = fsspec.filesystem(protocol, skip_instance_cache=True, use_listings_cache=False,

@@ -7,7 +7,6 @@ handed to huggingface_hub: every message that leaves this module has it scrubbed
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from collections.abc import Callable
@@ -176,6 +175,7 @@ def _scrub(text: str, token: str | None) -> str:
     return text.replace(token, "***") if token else text
 
 
-def endpoint_from_env() -> str | None:
-    """HF_ENDPOINT read when a command runs (huggingface_hub reads it once, at import)."""
-    return os.environ.get("HF_ENDPOINT") or None
+def endpoint_from_env(environ) -> str | None:
+    """HF_ENDPOINT from the environment the entry point passes in, read when a command runs
+    (huggingface_hub reads it once, at import)."""
+    return environ.get("HF_ENDPOINT") or None

@@ -11,7 +11,6 @@ NCHW; first output min-max scaled to 0..1, resized back (Lanczos).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +60,7 @@ class SegmentationModel:
         return small.resize(image.size, Image.Resampling.LANCZOS)
 
 
-def resolve_segmentation_model(name_or_path: str, models_dir: str | Path) -> Path:
+def resolve_segmentation_model(name_or_path: str, models_dir: str | Path, u2net_home: str | Path | None = None) -> Path:
     """A .onnx path as given, or a bare name looked up in models/rembg/ and rembg's own folder
     ($U2NET_HOME, default ~/.u2net), where rembg users already keep these files."""
     given = Path(name_or_path).expanduser()
@@ -71,7 +70,7 @@ def resolve_segmentation_model(name_or_path: str, models_dir: str | Path) -> Pat
         from lorastudio.core.paths import ModelsRoot
 
         homes = [ModelsRoot.at(models_dir).root / "rembg",
-                 Path(os.environ.get("U2NET_HOME", Path.home() / ".u2net")).expanduser()]
+                 Path(u2net_home or Path.home() / ".u2net").expanduser()]  # rembg's folder ($U2NET_HOME, read by the CLI)
         names = [name_or_path] if name_or_path.endswith(".onnx") else [name_or_path + ".onnx", name_or_path]
         for home in homes:
             for n in names:
