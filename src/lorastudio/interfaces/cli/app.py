@@ -13,6 +13,7 @@ import typer
 
 from lorastudio.core.errors import LorastudioError
 from lorastudio.interfaces.cli.memory import GENERATE_HINT, TRAIN_HINT, out_of_memory_message
+from lorastudio.interfaces.cli.options_from_model import GroupedCommand, with_model_options
 from lorastudio.interfaces.cli.quiet import library_output, verbose_option
 
 # rich_markup_mode=None: help texts are plain text, so A1111 syntax such as `[word]` is shown as
@@ -190,67 +191,31 @@ def models(models_dir: Optional[Path] = ModelsDir,
             typer.echo("  (none)")
 
 
-@app.command()
+def _training_options():
+    from lorastudio.interfaces.cli.options_from_model import model_fields_for_cli
+    from lorastudio.training.config import TrainingConfig
+
+    return model_fields_for_cli(TrainingConfig)
+
+
+@app.command(cls=GroupedCommand)
+@with_model_options(("flags", _training_options()))
 def train(
     config_file: Optional[Path] = typer.Argument(None, help="A TOML file with the same settings (flags override it)"),
-    images: Optional[Path] = typer.Option(None, "--images", help="Folder or .zip of pictures (+ same-name .txt captions)"),
-    trigger: Optional[str] = typer.Option(None, "--trigger", help="Trigger word, e.g. DeltamonStamp"),
-    base: Optional[str] = typer.Option(None, "--base", help="Base model: name, title, hash or path"),
-    steps: Optional[int] = typer.Option(None, "--steps"),
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
-    repeats: Optional[int] = typer.Option(None, "--repeats"),
-    resolution: Optional[list[int]] = typer.Option(None, "--resolution", help="One or several, e.g. --resolution 512 --resolution 768"),
-    rank: Optional[int] = typer.Option(None, "--rank"),
-    alpha: Optional[float] = typer.Option(None, "--alpha"),
-    lr: Optional[float] = typer.Option(None, "--lr"),
-    te_lr: Optional[float] = typer.Option(None, "--te-lr", help="Text-encoder learning rate"),
-    train_text_encoder: Optional[bool] = typer.Option(None, "--train-text-encoder/--no-train-text-encoder"),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adamw | adamw8bit | lion | prodigy | adafactor"),
-    lr_scheduler: Optional[str] = typer.Option(None, "--lr-scheduler", help="constant | cosine | linear | constant_with_warmup"),
-    warmup: Optional[int] = typer.Option(None, "--warmup"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    grad_accum: Optional[int] = typer.Option(None, "--grad-accum"),
-    save_every: Optional[int] = typer.Option(None, "--save-every"),
-    sample_every: Optional[int] = typer.Option(None, "--sample-every"),
-    sample_prompt: Optional[list[str]] = typer.Option(None, "--sample-prompt"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    project: Optional[str] = typer.Option(None, "--project"),
-    version: Optional[str] = typer.Option(None, "--version"),
-    projects_dir: Optional[Path] = typer.Option(None, "--projects-dir"),
-    models_dir: Optional[Path] = ModelsDir,
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last complete checkpoint"),
-    skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="Leave out pictures with problems"),
-    class_word: Optional[str] = typer.Option(None, "--class-word", help='Added after the trigger in default captions ("sticker")'),
-    reg_images: Optional[Path] = typer.Option(None, "--reg-images",
-                                              help="Regularisation pictures of the class (folder or zip; captions as written, no trigger)"),
-    prior_loss_weight: Optional[float] = typer.Option(None, "--prior-loss-weight", help="Loss weight of regularisation pictures [1.0]"),
-    num_processes: Optional[int] = typer.Option(None, "--num-processes", help="Data-parallel processes (accelerate)"),
-    no_install: bool = typer.Option(False, "--no-install",
-                                    help="Do not copy the finished LoRA into the models folder's Lora/"),
+    flags: dict = None,
     verbose: bool = verbose_option(),
 ):
-    """Train a LoRA from a folder or zip of pictures."""
+    """Train a LoRA from a folder or zip of pictures.
+
+    Every setting is a field of the run's config (config.json, the TOML file, POST /v1/trainings
+    take the same names, with _ for -); unset ones take the base model family's defaults."""
     from lorastudio.training.config import load_toml, training_config
 
     try:
         data: dict = load_toml(config_file).model_dump(exclude_unset=True) if config_file else {}
-        flags = {"images": images, "trigger": trigger, "base": base, "steps": steps, "epochs": epochs,
-                 "repeats": repeats, "resolution": resolution or None, "rank": rank, "alpha": alpha, "lr": lr,
-                 "te_lr": te_lr, "train_text_encoder": train_text_encoder, "optimizer": optimizer,
-                 "lr_scheduler": lr_scheduler, "warmup": warmup, "batch_size": batch_size, "grad_accum": grad_accum,
-                 "save_every": save_every, "sample_every": sample_every, "sample_prompts": sample_prompt or None,
-                 "seed": seed, "project": project, "version": version, "projects_dir": projects_dir,
-                 "models_dir": models_dir or (None if "models_dir" in data else
-                                              Path(os.environ.get("LORASTUDIO_MODELS_DIR", "models"))),
-                 "num_processes": num_processes, "class_word": class_word, "reg_images": reg_images,
-                 "prior_loss_weight": prior_loss_weight}
-        data.update({k: v for k, v in flags.items() if v is not None})
-        if resume:
-            data["resume"] = True
-        if skip_bad_images:
-            data["skip_bad_images"] = True
-        if no_install:
-            data["install_lora"] = False
+        if "models_dir" not in data:
+            data["models_dir"] = Path(os.environ.get("LORASTUDIO_MODELS_DIR", "models"))
+        data.update(flags)
         config = training_config(data)
         if config.num_processes > 1 and "LOCAL_RANK" not in os.environ:
             _train_in_processes(config)
