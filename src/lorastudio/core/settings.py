@@ -13,11 +13,13 @@ from lorastudio.core.limits import check_path
 class StudioSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    models_dir: Path = Field(Path("models"), description="An A1111/Forge `models` folder (or the webui folder)")
+    models_dir: Path = Field(Path("models"), description="An A1111/Forge `models` folder (or the webui folder)",
+                             json_schema_extra={"cli_default": "./models or $LORASTUDIO_MODELS_DIR"})
     outdir: Path = Field(Path("outputs"), description="Where generated images go (A1111 layout)")
     projects_dir: Path = Field(Path("projects"), description="Training projects")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Weights' dtype; auto = the model family's preferred one on a GPU, float32 on the CPU")
     lora_mode: Literal["fused", "unfused"] = Field(
         "fused", description="fused: merge LoRA weights into the model (fast); unfused: keep adapters separate")
     lora_cache_size: int = Field(
@@ -30,3 +32,24 @@ class StudioSettings(BaseModel):
     @classmethod
     def _fits_the_filesystem(cls, v: Path) -> Path:
         return check_path(v)
+
+
+class ServerSettings(BaseModel):
+    """How `lorastudio serve` and `python -m lorastudio.interfaces.api` listen and what they allow;
+    both take their options from this model (and StudioSettings), so they cannot drift apart."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Address to listen on; anything but loopback needs --api-auth")
+    port: int = Field(7860, ge=1, le=65535, description="Port (A1111's default)")
+    # Also read from the environment so a password need not appear in the process list.
+    api_auth: str | None = Field(None, description="USER:PASS for HTTP Basic auth on every route (or "
+                                 "$LORASTUDIO_API_AUTH, kept out of the process list)",
+                                 json_schema_extra={"env": "LORASTUDIO_API_AUTH", "cli_default": "none"})
+    webhook_hosts: list[str] = Field(default_factory=list, description="Host allowed as a webhook target of "
+                                     "POST /v1/trainings", json_schema_extra={"cli": "--webhook-host"})
+    dataset_roots: list[Path] = Field(default_factory=list, description="Folder whose datasets may be named by "
+                                      "path in POST /v1/trainings", json_schema_extra={"cli": "--dataset-root"})
+    max_generation_work: int | None = Field(None, ge=1, description="Refuse txt2img/img2img requests above "
+                                            "steps x width x height x images", json_schema_extra={"cli_default":
+                                                                                                    "no limit"})

@@ -203,6 +203,8 @@ def _training_options():
 def train(
     config_file: Optional[Path] = typer.Argument(None, help="A TOML file with the same settings (flags override it)"),
     flags: dict = None,
+    print_config: bool = typer.Option(False, "--print-config",
+                                      help="Print the settings the TOML file and the flags make, as JSON, and stop"),
     verbose: bool = verbose_option(),
 ):
     """Train a LoRA from a folder or zip of pictures.
@@ -217,6 +219,9 @@ def train(
             data["models_dir"] = Path(os.environ.get("LORASTUDIO_MODELS_DIR", "models"))
         data.update(flags)
         config = training_config(data)
+        if print_config:
+            typer.echo(config.model_dump_json(indent=2))
+            return
         if config.num_processes > 1 and "LOCAL_RANK" not in os.environ:
             _train_in_processes(config)
             return

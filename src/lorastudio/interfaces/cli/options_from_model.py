@@ -10,6 +10,7 @@ A field becomes an option named after it (`batch_size` -> `--batch-size`) with i
     {"cli": False}                      no flag (the field is not a command-line setting)
     {"group": "Network"}                the help section the option is listed under
     {"cli_default": "the family's"}     what the help says the default is, where the model says None
+    {"env": "LORASTUDIO_API_AUTH"}      also read from this environment variable
 
 Bools are `--x/--no-x`, lists are repeatable, Literals are choices. Every option's parsed default is
 None, so only what the user typed reaches the model (a TOML file's values are not overridden by
@@ -48,6 +49,7 @@ class CliField:
     group: str
     show_default: str | None
     choices: tuple[str, ...] | None = None
+    envvar: str | None = None  # read from the environment when the flag is not given
 
     @property
     def option(self) -> str:
@@ -137,7 +139,8 @@ def model_fields_for_cli(model: type[BaseModel], *, include: "typing.Iterable[st
             shown = _default_text(info)
         help_text = (info.description or "") + (" (repeatable)" if repeats else "")
         out.append(CliField(name=name, flags=flags, annotation=tp, help=help_text.strip(),
-                            group=group or extra.get("group", DEFAULT_GROUP), show_default=shown, choices=choices))
+                            group=group or extra.get("group", DEFAULT_GROUP), show_default=shown, choices=choices,
+                            envvar=extra.get("env")))
     # the model may order its help sections: model_config json_schema_extra {"cli_groups": [...]}
     order = list((model.model_config.get("json_schema_extra") or {}).get("cli_groups", []))
     out.sort(key=lambda f: order.index(f.group) if f.group in order else len(order))
@@ -148,8 +151,9 @@ def _typer_parameter(field: CliField) -> inspect.Parameter:
     # typer turns a Literal into click's Choice (the choices are then listed in the help)
     annotation = Optional[Literal[field.choices] if field.choices else field.annotation]
     inner = typing.get_args(field.annotation)
-    metavar = f"<{inner[0].__name__}>" if inner else None  # not "<list[int]>": the option takes one value
+    metavar = f"<{inner[0].__name__.lower()}>" if inner else None  # not "<list[int]>": the option takes one value
     option = typer.Option(None, *field.flags, help=field.help, rich_help_panel=field.group, metavar=metavar,
+                          envvar=field.envvar,
                           show_default=field.show_default if field.show_default is not None else False)
     return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
 

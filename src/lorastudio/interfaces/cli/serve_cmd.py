@@ -1,48 +1,49 @@
 """`lorastudio serve`: the A1111-compatible API and the training queue.
 
-Registered by app.py; importing this module imports neither torch nor fastapi.
+Registered by app.py; `python -m lorastudio.interfaces.api` registers the same command, so both
+take the same options, generated from ServerSettings and StudioSettings. Importing this module
+imports neither torch nor fastapi.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 
+from lorastudio.interfaces.cli.options_from_model import GroupedCommand, model_fields_for_cli, with_model_options
 from lorastudio.interfaces.cli.quiet import library_output, verbose_option
 
 
+def serve_option_fields():
+    """The options of the server entry points: how it listens, then the studio's settings."""
+    from lorastudio.core.settings import ServerSettings, StudioSettings
+
+    return (("server", model_fields_for_cli(ServerSettings, group="Server")),
+            ("studio", model_fields_for_cli(StudioSettings, group="Models and outputs")))
+
+
 def register(app: typer.Typer) -> None:
-    @app.command()
-    def serve(
-        host: str = typer.Option("127.0.0.1", help="Address to listen on; anything but loopback needs --api-auth"),
-        port: int = typer.Option(7860, help="Port (A1111's default)"),
-        models_dir: Optional[Path] = typer.Option(None, "--models-dir", help="A1111/Forge `models` folder "
-                                                  "(default: ./models or $LORASTUDIO_MODELS_DIR)"),
-        outdir: Optional[Path] = typer.Option(None, "--outdir", help="Output root [outputs]"),
-        projects_dir: Optional[Path] = typer.Option(None, "--projects-dir", help="Training projects [projects]"),
-        api_auth: Optional[str] = typer.Option(None, "--api-auth", envvar="LORASTUDIO_API_AUTH",
-                                               help="USER:PASS for HTTP Basic auth on every route "
-                                                    "(or $LORASTUDIO_API_AUTH, kept out of the process list)"),
-        device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | mps"),
-        verbose: bool = verbose_option(),
-    ):
+    @app.command(cls=GroupedCommand)
+    @with_model_options(*serve_option_fields())
+    def serve(server: dict = None, studio: dict = None, verbose: bool = verbose_option()):
         """Serve /sdapi/v1 (A1111 clients: webuiapi, Krita, SillyTavern...) and /v1/trainings."""
         from lorastudio.core.errors import LorastudioError
         from lorastudio.core.params import build_model
-        from lorastudio.core.settings import StudioSettings
+        from lorastudio.core.settings import ServerSettings, StudioSettings
 
-        values: dict = {"models_dir": models_dir or Path(os.environ.get("LORASTUDIO_MODELS_DIR", "models"))}
-        for key, value in (("outdir", outdir), ("projects_dir", projects_dir), ("device", device)):
-            if value is not None:
-                values[key] = value
+        studio.setdefault("models_dir", Path(os.environ.get("LORASTUDIO_MODELS_DIR", "models")))
         try:
+            settings = build_model(StudioSettings, studio)
+            options = build_model(ServerSettings, server)
             from lorastudio.interfaces.api.server import run_server
+            from lorastudio.interfaces.api.state import ApiLimits
 
             with library_output(verbose):
-                run_server(build_model(StudioSettings, values), host=host, port=port, api_auth=api_auth or None)
+                run_server(settings, host=options.host, port=options.port, api_auth=options.api_auth or None,
+                           webhook_hosts=options.webhook_hosts, dataset_roots=options.dataset_roots,
+                           limits=ApiLimits(max_generation_work=options.max_generation_work))
         except LorastudioError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
