@@ -229,3 +229,31 @@ def test_options_are_generated_from_whatever_fields_a_model_has():
     seen.clear()
     runner.invoke(mini, ["run"])
     assert seen == {"strength": 0.5, "mode": "a", "tags": [], "fast": True}
+
+
+def test_generate_and_img2img_options_are_the_models_fields():
+    from lorastudio.core.params import GenerationParams, Img2ImgOptions
+    from lorastudio.interfaces.cli.app import GENERATION_STUDIO_FIELDS
+
+    def cli_fields(model):
+        return {n for n, f in model.model_fields.items() if (f.json_schema_extra or {}).get("cli", True) is not False}
+
+    own = {"prompt", "from_png", "verbose"}
+    generate = {p.name for p in _command("generate").params}
+    assert generate == cli_fields(GenerationParams) - {"denoising_strength"} | set(GENERATION_STUDIO_FIELDS) | own
+    img2img = {p.name for p in _command("img2img").params}
+    assert img2img == (cli_fields(GenerationParams) | cli_fields(Img2ImgOptions) | set(GENERATION_STUDIO_FIELDS)
+                       | own | {"init", "mask"})
+    opts = _options(_command("img2img"))
+    for flag in ("--negative", "-n", "--model", "-m", "--cfg", "--strength", "--denoising-strength", "--mask-blur",
+                 "--invert-mask", "--inpainting-fill", "--resize-mode", "--allow-pickle", "--vae", "--clip-skip"):
+        assert flag in opts, flag
+
+
+def test_mask_blur_sets_both_directions():
+    from lorastudio.core.params import validate_img2img_options
+
+    both = validate_img2img_options({"mask_blur": 9})
+    assert (both.mask_blur_x, both.mask_blur_y) == (9, 9)
+    assert validate_img2img_options({"mask_blur": 9, "mask_blur_y": 2}).mask_blur_y == 2
+    assert validate_img2img_options({}).mask_blur_x == 4

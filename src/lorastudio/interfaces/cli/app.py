@@ -60,28 +60,40 @@ def _fail_if_out_of_memory(exc: BaseException, hint: str) -> None:
     raise typer.Exit(3)
 
 
-@app.command()
+GENERATION_STUDIO_FIELDS = ("models_dir", "outdir", "device", "dtype", "lora_mode", "allow_pickle")
+
+
+def generation_option_fields(*, exclude: tuple[str, ...] = (), shown_defaults: dict | None = None):
+    """The options of the generation commands: every GenerationParams field (less `exclude`), then
+    the studio settings a one-shot run can change."""
+    from lorastudio.core.params import GenerationParams
+    from lorastudio.core.settings import StudioSettings
+    from lorastudio.interfaces.cli.options_from_model import model_fields_for_cli
+
+    return (("given", model_fields_for_cli(GenerationParams, exclude=exclude, group="Generation",
+                                           shown_defaults=shown_defaults)),
+            ("studio", model_fields_for_cli(StudioSettings, include=GENERATION_STUDIO_FIELDS,
+                                            group="Models and outputs")))
+
+
+def _generation_values(prompt: str, from_png: Optional[Path], given: dict) -> dict:
+    """The infotext of --from-png, then the prompt and the flags given (they win)."""
+    values: dict = _params_from_png(from_png) if from_png is not None else {}
+    if prompt:
+        values["prompt"] = prompt
+    values.update(given)
+    return values
+
+
+@app.command(cls=GroupedCommand)
+@with_model_options(*generation_option_fields(exclude=("denoising_strength",),
+                                              shown_defaults={"width": "the checkpoint's native size",
+                                                              "height": "the checkpoint's native size"}))
 def generate(
     prompt: str = typer.Argument("", help="Prompt, with A1111 syntax: (word:1.2), [word], BREAK, <lora:name:0.8>"),
-    negative: str = typer.Option("", "--negative", "-n", help="Negative prompt"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Checkpoint name, title, short hash or path"),
-    models_dir: Optional[Path] = ModelsDir,
-    steps: Optional[int] = typer.Option(None, help="Sampling steps [20]"),
-    cfg: Optional[float] = typer.Option(None, "--cfg", help="CFG scale [7]"),
-    sampler: Optional[str] = typer.Option(None, help="A1111 sampler name, e.g. 'DPM++ 2M' or 'DPM++ 2M Karras'"),
-    scheduler: Optional[str] = typer.Option(None, help="Schedule type: Automatic, Karras, Exponential, SGM Uniform"),
-    seed: Optional[int] = typer.Option(None, help="Seed; -1 draws a random one [-1]"),
-    width: Optional[int] = typer.Option(None, help="Width, a multiple of 8 [the checkpoint's native size]"),
-    height: Optional[int] = typer.Option(None, help="Height, a multiple of 8 [the checkpoint's native size]"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch"),
-    batch_count: Optional[int] = typer.Option(None, "--batch-count", help="Number of batches"),
-    clip_skip: Optional[int] = typer.Option(None, "--clip-skip", help="CLIP skip (A1111 numbering: 1 = none)"),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="FLUX distilled guidance [3.5]"),
-    vae: Optional[str] = typer.Option(None, "--vae", help="VAE from models/VAE"),
-    outdir: Optional[Path] = typer.Option(None, "--outdir", help="Output root [outputs]"),
+    given: dict = None,
+    studio: dict = None,
     from_png: Optional[Path] = typer.Option(None, "--from-png", help="Reproduce the image whose infotext this PNG holds"),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | mps"),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .ckpt/.pt (loaded with weights_only=True)"),
     verbose: bool = verbose_option(),
 ):
     """txt2img with the A1111 conventions; every PNG carries its `parameters` text.
@@ -91,18 +103,9 @@ def generate(
     try:
         from lorastudio.core.params import validate_params
 
-        values: dict = {}
-        if from_png is not None:
-            values.update(_params_from_png(from_png))
-        if prompt:
-            values["prompt"] = prompt
-        given = {"negative_prompt": negative or None, "model": model, "steps": steps, "cfg_scale": cfg,
-                 "sampler": sampler, "scheduler": scheduler, "seed": seed, "width": width, "height": height,
-                 "batch_size": batch_size, "batch_count": batch_count, "clip_skip": clip_skip,
-                 "guidance": guidance, "vae": vae}
-        values.update({k: v for k, v in given.items() if v is not None})
+        values = _generation_values(prompt, from_png, given)
         params = validate_params(values)  # a bad value fails before any model loads
-        settings = _settings(models_dir, outdir, device=device, allow_pickle=allow_pickle or None)
+        settings = _settings(**studio)
 
         from lorastudio.generation.engine import GenerationEngine
         from lorastudio.interfaces.cli.progress import step_progress

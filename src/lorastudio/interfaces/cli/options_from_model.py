@@ -105,7 +105,7 @@ def _default_text(info: FieldInfo) -> str | None:
         return None
     else:
         value = info.default
-    if value is None or value == []:
+    if value is None or value == [] or value == "":
         return None
     if isinstance(value, bool):
         return None  # the --x/--no-x pair's help says which one applies
@@ -115,8 +115,11 @@ def _default_text(info: FieldInfo) -> str | None:
 
 
 def model_fields_for_cli(model: type[BaseModel], *, include: "typing.Iterable[str] | None" = None,
-                         exclude: "typing.Iterable[str]" = (), group: str | None = None) -> list[CliField]:
-    """The command-line view of `model`'s fields, in the model's order."""
+                         exclude: "typing.Iterable[str]" = (), group: str | None = None,
+                         shown_defaults: "dict[str, str] | None" = None) -> list[CliField]:
+    """The command-line view of `model`'s fields, in the model's order. `shown_defaults` says what
+    a command does when an option is left out, where that differs from the model's default (the
+    size of an img2img is the init image's)."""
     wanted = None if include is None else list(include)
     skip = set(exclude)
     names = wanted if wanted is not None else list(model.model_fields)
@@ -137,6 +140,7 @@ def model_fields_for_cli(model: type[BaseModel], *, include: "typing.Iterable[st
         else:
             flags = tuple(spellings) if spellings else ("--" + name.replace("_", "-"),)
             shown = _default_text(info)
+        shown = (shown_defaults or {}).get(name, shown)
         help_text = (info.description or "") + (" (repeatable)" if repeats else "")
         out.append(CliField(name=name, flags=flags, annotation=tp, help=help_text.strip(),
                             group=group or extra.get("group", DEFAULT_GROUP), show_default=shown, choices=choices,
