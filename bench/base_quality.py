@@ -70,7 +70,7 @@ def load_pipeline(model: Path):
     return pipe
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=None)
     p.add_argument("--per-pair", type=int, default=2, help="pictures per colour x shape (2 -> 80 prompts)")
@@ -81,34 +81,26 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=20)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--save-grid", type=Path, default=None, help="write all pictures as one PNG grid")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
+
+def draw(pipe, items: list[dict], args) -> list:
+    """One picture per prompt, in batches, each with its own seeded generator."""
     import torch
-    from PIL import Image
 
-    from lorastudio.testing import shapes
-
-    torch.set_num_threads(args.threads)
-    model = args.model or default_model()
-    t0 = time.time()
-    pipe = load_pipeline(model)
-    load_s = time.time() - t0
-    items = shapes.benchmark_prompts(n_per_pair=args.per_pair)
     images = []
-    t1 = time.time()
     for i in range(0, len(items), args.batch):
         chunk = items[i : i + args.batch]
         gens = [torch.Generator().manual_seed(args.seed + i + k) for k in range(len(chunk))]
-        out = pipe(
-            [it["prompt"] for it in chunk],
-            height=args.size,
-            width=args.size,
-            num_inference_steps=args.steps,
-            guidance_scale=args.cfg,
-            generator=gens,
-        ).images
-        images.extend(out)
-    gen_s = time.time() - t1
+        images.extend(pipe([it["prompt"] for it in chunk], height=args.size, width=args.size,
+                           num_inference_steps=args.steps, guidance_scale=args.cfg, generator=gens).images)
+    return images
+
+
+def score(items: list[dict], images: list) -> dict:
+    """Colour, shape and both accuracies, per colour and per shape, and the shape confusions."""
+    from lorastudio.testing import shapes
+
     per_colour: dict[str, list[int]] = {}
     per_shape: dict[str, list[int]] = {}
     c_ok = s_ok = both = 0
@@ -130,16 +122,7 @@ def main(argv=None) -> int:
             key = f"{it['shape']}->{r['shape']}"
             confusions[key] = confusions.get(key, 0) + 1
     n = len(items)
-    if args.save_grid:
-        cols = 2 * len(shapes.SHAPES)
-        rows = (n + cols - 1) // cols
-        grid = Image.new("RGB", (cols * (args.size + 2), rows * (args.size + 2)), (128, 128, 128))
-        for k, img in enumerate(images):
-            grid.paste(img, ((k % cols) * (args.size + 2), (k // cols) * (args.size + 2)))
-        grid.resize((grid.width * 3, grid.height * 3), Image.Resampling.NEAREST).save(args.save_grid)
-    result = {
-        "bench": "base_quality",
-        "model": str(model.relative_to(ROOT) if model.is_relative_to(ROOT) else model),
+    return {
         "n_prompts": n,
         "colour_accuracy": round(c_ok / n, 4),
         "shape_accuracy": round(s_ok / n, 4),
@@ -149,10 +132,48 @@ def main(argv=None) -> int:
         "per_colour": {k: round(v[0] / v[1], 3) for k, v in per_colour.items()},
         "per_shape": {k: round(v[0] / v[1], 3) for k, v in per_shape.items()},
         "shape_confusions": dict(sorted(confusions.items(), key=lambda kv: -kv[1])),
+    }
+
+
+def save_grid(images: list, size: int, path: Path) -> None:
+    from PIL import Image
+
+    from lorastudio.testing import shapes
+
+    cols = 2 * len(shapes.SHAPES)
+    rows = (len(images) + cols - 1) // cols
+    grid = Image.new("RGB", (cols * (size + 2), rows * (size + 2)), (128, 128, 128))
+    for k, img in enumerate(images):
+        grid.paste(img, ((k % cols) * (size + 2), (k // cols) * (size + 2)))
+    grid.resize((grid.width * 3, grid.height * 3), Image.Resampling.NEAREST).save(path)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+
+    import torch
+
+    from lorastudio.testing import shapes
+
+    torch.set_num_threads(args.threads)
+    model = args.model or default_model()
+    t0 = time.time()
+    pipe = load_pipeline(model)
+    load_s = time.time() - t0
+    items = shapes.benchmark_prompts(n_per_pair=args.per_pair)
+    t1 = time.time()
+    images = draw(pipe, items, args)
+    gen_s = time.time() - t1
+    if args.save_grid:
+        save_grid(images, args.size, args.save_grid)
+    result = {
+        "bench": "base_quality",
+        "model": str(model.relative_to(ROOT) if model.is_relative_to(ROOT) else model),
+        **score(items, images),
         "sampler": f"DPM++ 2M, {args.steps} steps, CFG {args.cfg}, {args.size}x{args.size}",
         "load_seconds": round(load_s, 2),
         "generate_seconds": round(gen_s, 2),
-        "seconds_per_image": round(gen_s / n, 3),
+        "seconds_per_image": round(gen_s / len(items), 3),
     }
     print(json.dumps(result))
     return 0

@@ -154,7 +154,7 @@ def rgb(img):
     return np.asarray(img.convert("RGB"))
 
 
-def main() -> None:
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=32, help="width = height in pixels (tiny VAE: latents are size/2)")
     ap.add_argument("--steps", type=int, default=20)
@@ -166,70 +166,81 @@ def main() -> None:
     ap.add_argument("--unet-calls", type=int, default=40, help="interleaved UNet-only calls per LoRA mode")
     ap.add_argument("--lora-library", type=int, default=2000,
                     help="files in the Lora folder for the find_lora timing (0: skip)")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
 
-    import numpy as np
-    import torch
-    from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
 
-    torch.set_num_threads(args.threads)
-    t_setup = time.perf_counter()
-    tmp = tempfile.TemporaryDirectory(prefix="bench-generate-")
-    base = Path(tmp.name)
-    models = make_models_root(base / "models", args.rank)
-    eng_none = engine(models, base / "out", "fused")
-    eng_fused = engine(models, base / "out", "fused")
-    eng_unfused = engine(models, base / "out", "unfused")
+class Sides:
+    """lorastudio's engines (no LoRA, fused, unfused) and a plain diffusers pipeline over the very
+    same modules; `runs[name]()` draws one image."""
 
-    # The reference: a plain diffusers pipeline over the very same modules as eng_none.
-    src = eng_none.model.pipe
-    sched_cfg = dict(src.scheduler.config)  # the checkpoint's own scheduler config (PNDM, SD 1.5 values)
-    ref = StableDiffusionPipeline(vae=src.vae, text_encoder=src.text_encoder, tokenizer=src.tokenizer, unet=src.unet,
-                                  scheduler=src.scheduler, safety_checker=None, feature_extractor=None,
-                                  requires_safety_checker=False)
-    ref.set_progress_bar_config(disable=True)
-    default_schedulers = {  # what `Cls.from_config(pipe.scheduler.config)` gives: the diffusers idiom
-        "Euler": EulerDiscreteScheduler.from_config(sched_cfg),
-        "DPM++ 2M": DPMSolverMultistepScheduler.from_config(sched_cfg, algorithm_type="dpmsolver++", solver_order=2),
-    }
-    ref_schedulers: dict = {}  # the same scheduler config lorastudio built, filled after its warm-up call
+    def __init__(self, args, base: Path):
+        import torch
+        from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
 
-    common = dict(negative_prompt=NEGATIVE, steps=args.steps, width=args.size, height=args.size, cfg_scale=args.cfg,
-                  seed=args.seed)
+        self.args = args
+        models = make_models_root(base / "models", args.rank)
+        self.eng_none = engine(models, base / "out", "fused")
+        self.eng_fused = engine(models, base / "out", "fused")
+        self.eng_unfused = engine(models, base / "out", "unfused")
+        self.src = src = self.eng_none.model.pipe
+        sched_cfg = dict(src.scheduler.config)  # the checkpoint's own scheduler config (PNDM, SD 1.5 values)
+        self.ref = StableDiffusionPipeline(vae=src.vae, text_encoder=src.text_encoder, tokenizer=src.tokenizer,
+                                           unet=src.unet, scheduler=src.scheduler, safety_checker=None,
+                                           feature_extractor=None, requires_safety_checker=False)
+        self.ref.set_progress_bar_config(disable=True)
+        self.default_schedulers = {  # what `Cls.from_config(pipe.scheduler.config)` gives: the diffusers idiom
+            "Euler": EulerDiscreteScheduler.from_config(sched_cfg),
+            "DPM++ 2M": DPMSolverMultistepScheduler.from_config(sched_cfg, algorithm_type="dpmsolver++",
+                                                                solver_order=2),
+        }
+        self.ref_schedulers: dict = {}  # the same scheduler config lorastudio built, filled by warm_up
+        self.torch = torch
+        lora_prompt = f"<lora:{LORA_NAME}:1> {PROMPT}"
+        self.runs = {}
+        for s in SAMPLERS:
+            self.runs[f"ours {s}"] = lambda s=s: self.ours(s)
+            self.runs[f"diffusers {s}"] = lambda s=s: self.diffusers_call(s)
+        self.runs["lora none"] = lambda: self.ours("Euler")  # the same call as "ours Euler", beside the LoRA runs
+        self.runs["lora fused"] = lambda: self.ours("Euler", self.eng_fused, lora_prompt)
+        self.runs["lora unfused"] = lambda: self.ours("Euler", self.eng_unfused, lora_prompt)
 
-    def ours(sampler: str, eng=eng_none, prompt: str = PROMPT):
-        return eng.txt2img(dict(prompt=prompt, sampler=sampler, **common), save=False).images[0].image
+    def ours(self, sampler: str, eng=None, prompt: str = PROMPT):
+        a = self.args
+        common = dict(negative_prompt=NEGATIVE, steps=a.steps, width=a.size, height=a.size, cfg_scale=a.cfg,
+                      seed=a.seed)
+        return (eng or self.eng_none).txt2img(dict(prompt=prompt, sampler=sampler, **common),
+                                              save=False).images[0].image
 
-    def diffusers_call(sampler: str, schedulers=ref_schedulers):
-        ref.scheduler = schedulers[sampler]
-        return ref(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=args.steps, guidance_scale=args.cfg,
-                   width=args.size, height=args.size, generator=torch.Generator("cpu").manual_seed(args.seed),
-                   output_type="pil").images[0]
+    def diffusers_call(self, sampler: str, schedulers=None):
+        a = self.args
+        self.ref.scheduler = (schedulers if schedulers is not None else self.ref_schedulers)[sampler]
+        return self.ref(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=a.steps, guidance_scale=a.cfg,
+                        width=a.size, height=a.size, generator=self.torch.Generator("cpu").manual_seed(a.seed),
+                        output_type="pil").images[0]
 
-    lora_prompt = f"<lora:{LORA_NAME}:1> {PROMPT}"
-    runs = {}
-    for s in SAMPLERS:
-        runs[f"ours {s}"] = lambda s=s: ours(s)
-        runs[f"diffusers {s}"] = lambda s=s: diffusers_call(s)
-    runs["lora none"] = lambda: ours("Euler")  # the same call as "ours Euler", timed beside the LoRA runs
-    runs["lora fused"] = lambda: ours("Euler", eng_fused, lora_prompt)
-    runs["lora unfused"] = lambda: ours("Euler", eng_unfused, lora_prompt)
 
-    # Warm-up (untimed) doubles as the correctness check.
+def warm_up(sides: Sides) -> tuple[dict, dict]:
+    """One untimed call of every run, which doubles as the correctness check: (images, scheduler
+    config differences [lorastudio, diffusers idiom] per sampler)."""
     images, sched_notes = {}, {}
     for s in SAMPLERS:
-        images[f"ours {s}"] = runs[f"ours {s}"]()
-        built = src.scheduler  # the scheduler run_txt2img just built for this sampler
-        ref_schedulers[s] = type(built).from_config(dict(built.config))
-        images[f"diffusers {s}"] = runs[f"diffusers {s}"]()
-        images[f"diffusers-default {s}"] = diffusers_call(s, default_schedulers)
-        differing = {k: [built.config.get(k), default_schedulers[s].config.get(k)]
-                     for k in set(built.config) | set(default_schedulers[s].config)
-                     if not k.startswith("_") and built.config.get(k) != default_schedulers[s].config.get(k)}
-        sched_notes[s] = differing  # [lorastudio, diffusers idiom]
+        images[f"ours {s}"] = sides.runs[f"ours {s}"]()
+        built = sides.src.scheduler  # the scheduler run_txt2img just built for this sampler
+        sides.ref_schedulers[s] = type(built).from_config(dict(built.config))
+        images[f"diffusers {s}"] = sides.runs[f"diffusers {s}"]()
+        default = sides.default_schedulers[s]
+        images[f"diffusers-default {s}"] = sides.diffusers_call(s, sides.default_schedulers)
+        sched_notes[s] = {k: [built.config.get(k), default.config.get(k)]
+                          for k in set(built.config) | set(default.config)
+                          if not k.startswith("_") and built.config.get(k) != default.config.get(k)}
     for name in ("lora none", "lora fused", "lora unfused"):
-        images[name] = runs[name]()
-    setup_s = time.perf_counter() - t_setup
+        images[name] = sides.runs[name]()
+    return images, sched_notes
+
+
+def compare_pixels(images: dict) -> tuple[dict, dict, dict, dict]:
+    import numpy as np
+
     identical, max_diff, default_identical = {}, {}, {}
     for s in SAMPLERS:
         a, b = rgb(images[f"ours {s}"]), rgb(images[f"diffusers {s}"])
@@ -241,15 +252,14 @@ def main() -> None:
         "lora_changes_image": bool(not np.array_equal(none_px, fused_px)),
         "fused_vs_unfused_max_abs_diff": int(np.abs(fused_px.astype(int) - unfused_px.astype(int)).max()),
     }
-    print(f"setup {setup_s:.1f}s; pixels identical: {identical} (max |diff| {max_diff}); {lora_check}", flush=True)
-    print(f"with Cls.from_config(pipe.scheduler.config) instead: identical {default_identical}; "
-          f"config differences [lorastudio, diffusers idiom]: {sched_notes}", flush=True)
+    return identical, max_diff, default_identical, lora_check
 
-    # CPU time of this process (all its threads) is the primary measure: on a shared machine the wall
-    # clock also counts the time other processes held the cores. Wall times are reported beside it.
+
+def timed_rounds(args, runs: dict, order_rng: random.Random) -> tuple[dict, dict]:
+    """CPU time of this process (all its threads) is the primary measure: on a shared machine the wall
+    clock also counts the time other processes held the cores. Wall times are reported beside it."""
     cpu: dict[str, list[float]] = {k: [] for k in runs}
     wall: dict[str, list[float]] = {k: [] for k in runs}
-    order_rng = random.Random(0)
     # Runs that are compared sit next to each other: blocks in a shuffled order, shuffled inside.
     blocks = [[f"ours {s}", f"diffusers {s}"] for s in SAMPLERS] + [["lora none", "lora fused", "lora unfused"]]
     for r in range(args.rounds):
@@ -265,18 +275,18 @@ def main() -> None:
             wall[name].append(time.perf_counter() - t)
         print(f"round {r + 1}/{args.rounds} cpu s: " + ", ".join(f"{k} {cpu[k][-1]:.3f}" for k in runs)
               + " | wall s: " + ", ".join(f"{k} {wall[k][-1]:.3f}" for k in runs), flush=True)
+    return cpu, wall
 
-    def paired(a: str, b: str, times=cpu) -> float:  # per-round ratio a / b, median over rounds
-        return round(statistics.median(x / y for x, y in zip(times[a], times[b])), 4)
 
-    def paired_diff_ms(a: str, b: str) -> float:
-        return round(statistics.median(x - y for x, y in zip(cpu[a], cpu[b])) * 1000, 1)
+def unet_call_times(args, sides: Sides, order_rng: random.Random) -> dict:
+    """The UNet alone (one CFG-sized call, batch 2), many short interleaved calls: the LoRA cost
+    with less noise than whole images."""
+    import torch
 
-    # The UNet alone (one CFG-sized call, batch 2), many short interleaved calls: the LoRA cost with
-    # less noise than whole images.
-    unets = {"none": eng_none.model.pipe.unet, "fused": eng_fused.model.pipe.unet,
-             "unfused": eng_unfused.model.pipe.unet}
-    shape = eng_none.model.family.latent_shape(src, args.size, args.size)
+    unets = {"none": sides.eng_none.model.pipe.unet, "fused": sides.eng_fused.model.pipe.unet,
+             "unfused": sides.eng_unfused.model.pipe.unet}
+    src = sides.src
+    shape = sides.eng_none.model.family.latent_shape(src, args.size, args.size)
     x = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0))
     hidden = torch.randn((2, 77, src.text_encoder.config.hidden_size), generator=torch.Generator().manual_seed(1))
     unet_cpu: dict[str, list[float]] = {k: [] for k in unets}
@@ -286,6 +296,35 @@ def main() -> None:
                 c = time.process_time()
                 unets[k](x, 500, encoder_hidden_states=hidden)
                 unet_cpu[k].append(time.process_time() - c)
+    return unet_cpu
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t_setup = time.perf_counter()
+    tmp = tempfile.TemporaryDirectory(prefix="bench-generate-")
+    base = Path(tmp.name)
+    sides = Sides(args, base)
+    images, sched_notes = warm_up(sides)
+    setup_s = time.perf_counter() - t_setup
+    identical, max_diff, default_identical, lora_check = compare_pixels(images)
+    print(f"setup {setup_s:.1f}s; pixels identical: {identical} (max |diff| {max_diff}); {lora_check}", flush=True)
+    print(f"with Cls.from_config(pipe.scheduler.config) instead: identical {default_identical}; "
+          f"config differences [lorastudio, diffusers idiom]: {sched_notes}", flush=True)
+
+    order_rng = random.Random(0)
+    cpu, wall = timed_rounds(args, sides.runs, order_rng)
+    unet_cpu = unet_call_times(args, sides, order_rng)
+
+    def paired(a: str, b: str, times=cpu) -> float:  # per-round ratio a / b, median over rounds
+        return round(statistics.median(x / y for x, y in zip(times[a], times[b])), 4)
+
+    def paired_diff_ms(a: str, b: str) -> float:
+        return round(statistics.median(x - y for x, y in zip(cpu[a], cpu[b])) * 1000, 1)
 
     def unet_ratio(k: str) -> float:
         return round(statistics.median(a / b for a, b in zip(unet_cpu[k], unet_cpu["none"])), 4)
@@ -325,7 +364,7 @@ def main() -> None:
         "median_cpu_s": {k: round(statistics.median(v), 4) for k, v in cpu.items()},
         "median_wall_s": {k: round(statistics.median(v), 4) for k, v in wall.items()},
         "size": [args.size, args.size],
-        "latent_size": list(eng_none.model.family.latent_shape(src, args.size, args.size)),
+        "latent_size": list(sides.eng_none.model.family.latent_shape(sides.src, args.size, args.size)),
         "steps": args.steps,
         "cfg": args.cfg,
         "lora_rank": args.rank,

@@ -30,7 +30,7 @@ from pathlib import Path
 from PIL import Image
 
 
-def main() -> None:
+def parse_args(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--prompts", type=int, default=48, help="base-preservation prompts (>= 48 covers all pairs)")
@@ -40,40 +40,23 @@ def main() -> None:
     ap.add_argument("--reg", type=int, default=48, help="regularisation pictures drawn by the base (0 = none)")
     ap.add_argument("--prior-loss-weight", type=float, default=1.0)
     ap.add_argument("--workspace", type=Path, default=None)
-    args = ap.parse_args()
+    return ap.parse_args(argv)
 
-    from lorastudio.core.settings import StudioSettings
+
+def regularisation(args, engine, ws: Path, common: dict) -> dict:
+    """The demo's recipe: class pictures drawn by the base (seed 77 is not the benchmark prompts' seed)."""
+    if not args.reg:
+        return {}
+    from lorastudio.services.class_images import write_class_images
+    from lorastudio.testing.shapes import random_captions
+
+    write_class_images(engine, random_captions(args.reg, seed=77), ws / "reg", seed=5000, **common)
+    return dict(reg_images=ws / "reg", prior_loss_weight=args.prior_loss_weight)
+
+
+def concept_scores(args, engine, ws: Path, common: dict) -> tuple[dict[str, float], float]:
+    """Concept score of the trigger prompts at LoRA weights 0, 0.5, 1; and the per-image spread at 0."""
     from lorastudio.evaluation.scores import concept_score
-    from lorastudio.generation.engine import GenerationEngine
-    from lorastudio.testing.shapes import benchmark_prompts, classify_image
-    from lorastudio.training.api import train
-    from lorastudio.training.dataset.fixtures import draw_sticker_dataset
-
-    ws = args.workspace or Path(tempfile.mkdtemp(prefix="lora-efficacy-"))
-    models = ws / "models"
-    (models / "Lora").mkdir(parents=True, exist_ok=True)
-    draw_sticker_dataset(ws / "dataset", n=12, trigger="DeltamonStamp", seed=0, size=128)
-    engine = GenerationEngine(StudioSettings(models_dir=models, outdir=ws / "outputs", device="cpu"))
-    base = engine.default_checkpoint()
-    size = int(engine.load(base.name).pipe.unet.config.sample_size * engine.model.pipe.vae_scale_factor)
-
-    common = dict(width=size, height=size, steps=20, cfg_scale=5.0, sampler="DPM++ 2M")
-    reg = {}
-    t0 = time.monotonic()
-    if args.reg:
-        from lorastudio.services.class_images import write_class_images
-        from lorastudio.testing.shapes import random_captions
-
-        # the demo's recipe; seed 77 is not the benchmark prompts' seed
-        write_class_images(engine, random_captions(args.reg, seed=77), ws / "reg", seed=5000, **common)
-        reg = dict(reg_images=ws / "reg", prior_loss_weight=args.prior_loss_weight)
-    reg_s = time.monotonic() - t0
-    t0 = time.monotonic()
-    result = train(dict(images=ws / "dataset", trigger="DeltamonStamp", base=base.name, models_dir=models,
-                        projects_dir=ws / "projects", project="deltamon", steps=args.steps, batch_size=4, rank=args.rank,
-                        alpha=float(args.rank), lr=args.lr, resolution=[size], seed=0, **reg))
-    train_s = time.monotonic() - t0
-    (models / "Lora" / "deltamon.safetensors").write_bytes(result.lora_path.read_bytes())
 
     refs = [Image.open(p) for p in sorted((ws / "dataset").glob("*.png"))]
     concept: dict[str, float] = {}
@@ -88,25 +71,58 @@ def main() -> None:
                 if w == 0.0:
                     per_seed0.append(concept_score([im], refs))
         concept[f"{w:g}"] = round(concept_score(imgs, refs), 4)
+    return concept, statistics.pstdev(per_seed0) if len(per_seed0) > 1 else 0.0
 
+
+def accuracy(engine, prompts: list[dict], common: dict, tag: str) -> tuple[float, float, dict[str, int]]:
+    """Colour and shape accuracy (%) of the base's prompts with `tag` appended, and the shape confusions."""
+    from lorastudio.testing.shapes import classify_image
+
+    c = s = 0
+    misses: dict[str, int] = {}
+    for i, spec in enumerate(prompts):
+        im = engine.txt2img({**common, "prompt": spec["prompt"] + tag, "seed": 2000 + i}, save=False).images[0].image
+        r = classify_image(im)
+        c += r["colour"] == spec["colour"]
+        s += r["shape"] == spec["shape"]
+        if r["shape"] != spec["shape"]:
+            key = f"{spec['shape']}->{r['shape']}"
+            misses[key] = misses.get(key, 0) + 1
+    return 100.0 * c / len(prompts), 100.0 * s / len(prompts), misses
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+
+    from lorastudio.core.settings import StudioSettings
+    from lorastudio.generation.engine import GenerationEngine
+    from lorastudio.testing.shapes import benchmark_prompts
+    from lorastudio.training.api import train
+    from lorastudio.training.dataset.fixtures import draw_sticker_dataset
+
+    ws = args.workspace or Path(tempfile.mkdtemp(prefix="lora-efficacy-"))
+    models = ws / "models"
+    (models / "Lora").mkdir(parents=True, exist_ok=True)
+    draw_sticker_dataset(ws / "dataset", n=12, trigger="DeltamonStamp", seed=0, size=128)
+    engine = GenerationEngine(StudioSettings(models_dir=models, outdir=ws / "outputs", device="cpu"))
+    base = engine.default_checkpoint()
+    size = int(engine.load(base.name).pipe.unet.config.sample_size * engine.model.pipe.vae_scale_factor)
+    common = dict(width=size, height=size, steps=20, cfg_scale=5.0, sampler="DPM++ 2M")
+
+    t0 = time.monotonic()
+    reg = regularisation(args, engine, ws, common)
+    reg_s = time.monotonic() - t0
+    t0 = time.monotonic()
+    result = train(dict(images=ws / "dataset", trigger="DeltamonStamp", base=base.name, models_dir=models,
+                        projects_dir=ws / "projects", project="deltamon", steps=args.steps, batch_size=4, rank=args.rank,
+                        alpha=float(args.rank), lr=args.lr, resolution=[size], seed=0, **reg))
+    train_s = time.monotonic() - t0
+    (models / "Lora" / "deltamon.safetensors").write_bytes(result.lora_path.read_bytes())
+
+    concept, spread = concept_scores(args, engine, ws, common)
     prompts = benchmark_prompts(n_per_pair=2)[: max(48, args.prompts)]
-
-    def accuracy(tag: str) -> tuple[float, float, dict[str, int]]:
-        c = s = 0
-        misses: dict[str, int] = {}
-        for i, spec in enumerate(prompts):
-            im = engine.txt2img({**common, "prompt": spec["prompt"] + tag, "seed": 2000 + i}, save=False).images[0].image
-            r = classify_image(im)
-            c += r["colour"] == spec["colour"]
-            s += r["shape"] == spec["shape"]
-            if r["shape"] != spec["shape"]:
-                key = f"{spec['shape']}->{r['shape']}"
-                misses[key] = misses.get(key, 0) + 1
-        return 100.0 * c / len(prompts), 100.0 * s / len(prompts), misses
-
-    base_c, base_s, base_miss = accuracy("")
-    lora_c, lora_s, lora_miss = accuracy(" <lora:deltamon:1>")
-    spread = statistics.pstdev(per_seed0) if len(per_seed0) > 1 else 0.0
+    base_c, base_s, base_miss = accuracy(engine, prompts, common, "")
+    lora_c, lora_s, lora_miss = accuracy(engine, prompts, common, " <lora:deltamon:1>")
     out = {
         "bench": "lora_efficacy",
         "base_model": base.name,

@@ -24,6 +24,7 @@ Without --models-dir a tiny random SD 1.x checkpoint is written to a temporary m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -97,7 +98,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def main() -> int:
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models-dir", type=Path)
     ap.add_argument("--model", default=None, help="checkpoint name (default: the first one)")
@@ -107,7 +108,75 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--train-steps", type=int, default=100000, help="long enough to outlast the measurement")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+@contextlib.contextmanager
+def server_process(models: Path, work: Path, args):
+    """`python -m lorastudio.interfaces.api` on a free port; yields its base URL, stops it after."""
+    import httpx
+
+    port = free_port()
+    log = open(work / "server.log", "wb")
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    server = subprocess.Popen([sys.executable, "-m", "lorastudio.interfaces.api", "--host", "127.0.0.1",
+                               "--port", str(port), "--models-dir", str(models), "--outdir", str(work / "out"),
+                               "--projects-dir", str(work / "projects"), "--device", args.device],
+                              env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(base + "/sdapi/v1/samplers", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"server did not start: {(work / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(30)
+        log.close()
+
+
+def measure_during_training(http, call, work: Path, args, base_model: str, http_p50_ms: float) -> dict:
+    """The same requests while a training runs in the server's queue."""
+    ds = dataset(work / "projects" / "bench-data")
+    sub = http.post("/v1/trainings", json={"images": str(ds), "trigger": "zzbench", "base": base_model,
+                                           "steps": args.train_steps, "resolution": 64, "rank": 4})
+    if sub.status_code != 202:
+        return {"skipped": f"submit refused: {sub.status_code} {sub.text[:300]}"}
+    rid = sub.json()["request_id"]
+    status, deadline = {}, time.monotonic() + 300
+    while time.monotonic() < deadline:
+        status = http.get(f"/v1/trainings/{rid}/status").json()
+        if status["status"] != "IN_QUEUE" and (status.get("step") or status["status"] != "IN_PROGRESS"):
+            break
+        time.sleep(0.2)
+    if status.get("status") != "IN_PROGRESS":
+        reason = status.get("reason") or status.get("status")
+        return {"skipped": f"training did not run: {reason}"[:500]}
+    before = status.get("step") or 0
+    lat, wall = timed(call, args.requests)
+    after = http.get(f"/v1/trainings/{rid}/status").json()
+    during = stats(lat, wall)
+    http.put(f"/v1/trainings/{rid}/cancel")
+    return {**during, "training_steps_during": (after.get("step") or 0) - before,
+            "slowdown_p50": round(during["p50_ms"] / http_p50_ms, 3)}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+
+    import gc
 
     import httpx
     import torch
@@ -120,83 +189,26 @@ def main() -> int:
     result: dict = {"device": args.device, "torch_threads": args.threads, "steps": args.steps, "size": args.size,
                     "requests": args.requests}
 
-    # --- in-process ------------------------------------------------------------------------------
     result["inproc"] = measure_inproc(models, work, args)
-    import gc
-
     gc.collect()  # the server below loads its own copy of the model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
-    # --- HTTP ----------------------------------------------------------------------------------
-    port = free_port()
-    log = open(work / "server.log", "wb")
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    server = subprocess.Popen([sys.executable, "-m", "lorastudio.interfaces.api", "--host", "127.0.0.1",
-                               "--port", str(port), "--models-dir", str(models), "--outdir", str(work / "out"),
-                               "--projects-dir", str(work / "projects"), "--device", args.device],
-                              env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=base, timeout=600) as http:
-            deadline = time.monotonic() + 180
-            while True:
-                try:
-                    if http.get("/sdapi/v1/samplers").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"server did not start: {(work / 'server.log').read_text()[-2000:]}")
-                time.sleep(0.2)
-            if args.model:
-                http.post("/sdapi/v1/options", json={"sd_model_checkpoint": args.model}).raise_for_status()
+    with server_process(models, work, args) as base, httpx.Client(base_url=base, timeout=600) as http:
+        if args.model:
+            http.post("/sdapi/v1/options", json={"sd_model_checkpoint": args.model}).raise_for_status()
 
-            def call():
-                r = http.post("/sdapi/v1/txt2img", json=request)
-                r.raise_for_status()
+        def call():
+            r = http.post("/sdapi/v1/txt2img", json=request)
+            r.raise_for_status()
 
-            first_model = http.get("/sdapi/v1/sd-models").json()[0]["title"]
-            call()  # load + warm up
-            lat, wall = timed(call, args.requests)
-            result["http"] = stats(lat, wall)
-            result["overhead_ratio"] = round(result["http"]["p50_ms"] / result["inproc"]["p50_ms"], 3)
-
-            # --- while training ------------------------------------------------------------------
-            ds = dataset(work / "projects" / "bench-data")
-            sub = http.post("/v1/trainings", json={"images": str(ds), "trigger": "zzbench",
-                                                   "base": args.model or first_model, "steps": args.train_steps,
-                                                   "resolution": 64, "rank": 4})
-            if sub.status_code != 202:
-                result["training"] = {"skipped": f"submit refused: {sub.status_code} {sub.text[:300]}"}
-            else:
-                rid = sub.json()["request_id"]
-                status, deadline = {}, time.monotonic() + 300
-                while time.monotonic() < deadline:
-                    status = http.get(f"/v1/trainings/{rid}/status").json()
-                    if status["status"] != "IN_QUEUE" and (status.get("step") or status["status"] != "IN_PROGRESS"):
-                        break
-                    time.sleep(0.2)
-                if status.get("status") == "IN_PROGRESS":
-                    before = status.get("step") or 0
-                    lat, wall = timed(call, args.requests)
-                    after = http.get(f"/v1/trainings/{rid}/status").json()
-                    during = stats(lat, wall)
-                    result["training"] = {**during, "training_steps_during": (after.get("step") or 0) - before,
-                                          "slowdown_p50": round(during["p50_ms"] / result["http"]["p50_ms"], 3)}
-                    http.put(f"/v1/trainings/{rid}/cancel")
-                else:
-                    reason = status.get("reason") or status.get("status")
-                    result["training"] = {"skipped": f"training did not run: {reason}"[:500]}
-    finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(30)
-        log.close()
+        first_model = http.get("/sdapi/v1/sd-models").json()[0]["title"]
+        call()  # load + warm up
+        lat, wall = timed(call, args.requests)
+        result["http"] = stats(lat, wall)
+        result["overhead_ratio"] = round(result["http"]["p50_ms"] / result["inproc"]["p50_ms"], 3)
+        result["training"] = measure_during_training(http, call, work, args, args.model or first_model,
+                                                     result["http"]["p50_ms"])
     print(json.dumps(result))
     return 0
 

@@ -8,10 +8,9 @@ bucketed pixels and captions, same batches (the reference takes the indices of
 Trainer.micro_batches(step)), same LoRA rank/alpha/targets, AdamW (lr, weight decay 1e-2), constant
 LR schedule, gradient clipping at 1.0, float32 on the CPU. Four variants:
 
-    ours            Trainer.step(step) after Trainer.setup(), as lorastudio.training.api.train runs it
-                    (the real train() is run up to its trainer.run() call; the set-up Trainer is
-                    taken from there): latents come from its latent cache, captions from its
-                    text-embedding cache.
+    ours            Trainer.step(step) of the Trainer lorastudio.training.api.prepare sets up (the
+                    first of train()'s public steps, prepare -> run -> export): latents come from
+                    its latent cache, captions from its text-embedding cache.
     ours_uncached   the same with cache_text_embeddings=False (captions go through the text
                     encoder every step) and, since TrainingConfig.cache_latents is not read by the
                     loop (it always caches), the latent cache EMULATED by this file: the cache's
@@ -68,7 +67,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -102,24 +100,11 @@ def train_config(args, projects: Path, models: Path, data: Path, project: str, c
                 cache_text_embeddings=cache_text)
 
 
-class _SetUp(Exception):
-    pass
-
-
 def setup_ours(cfg: dict):
-    """Run lorastudio.training.api.train up to trainer.run() and return the set-up Trainer."""
-    from lorastudio.training.api import train
-    from lorastudio.training.loop import Trainer
+    """The set-up Trainer of lorastudio's public first step (`prepare`), as `train` runs it; no previews."""
+    from lorastudio.training.api import prepare
 
-    def grab(self):
-        raise _SetUp(self)
-
-    with mock.patch.object(Trainer, "run", grab):
-        try:
-            train(cfg)
-        except _SetUp as got:
-            return got.args[0]
-    raise RuntimeError("train() returned without reaching Trainer.run")
+    return prepare(cfg, previews=None).trainer
 
 
 def pixel_tensors(trainer) -> dict:
@@ -311,7 +296,7 @@ def memory(args, world: Path, names) -> dict:
     return out
 
 
-def main() -> None:
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--resolution", type=int, default=64, help="training side in pixels (tiny VAE: latents /2)")
     ap.add_argument("--batch", type=int, default=2)
@@ -327,36 +312,29 @@ def main() -> None:
                     help="memory children for all four variants (default: ours and reference; adds ~1 min)")
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--world", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.child:
-        return child(args)
+    return ap.parse_args(argv)
 
-    import torch
 
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    tmp = tempfile.TemporaryDirectory(prefix="bench-train-")
-    base = Path(tmp.name)
+def build_runners(args, base: Path) -> dict:
+    """Every variant set up on the same world; `runners[name](s)` trains its step s."""
     make_world(base, args.images, args.resolution)
     ours = build_ours(args, base, "ours")
     unc = build_ours(args, base, "ours_uncached")
-    total_steps = 1 + args.rounds * args.steps
-    inputs = reference_inputs(ours, max(total_steps, args.mem_steps + 1))
+    inputs = reference_inputs(ours, max(1 + args.rounds * args.steps, args.mem_steps + 1))
     refs = {name: Reference(args, inputs["pixels"], inputs["captions"], cached=name == "reference_cached")
             for name in ("reference", "reference_cached")}
     runners = {"ours": ours.step, "ours_uncached": unc.step,
                # the reference trains on exactly the indices of lorastudio's step s
                "reference": lambda s: refs["reference"].step(inputs["batches"][s]),
                "reference_cached": lambda s: refs["reference_cached"].step(inputs["batches"][s])}
-    latent_shape = list(ours.latents.memory[0][0].shape)
+    return {"runners": runners, "inputs": inputs, "ours": ours, "unc": unc, "refs": refs,
+            "latent_shape": list(ours.latents.memory[0][0].shape)}
 
-    # Warm-up step 0 of every variant, then rounds of interleaved steps.
-    first_loss = {name: runners[name](0) for name in VARIANTS}
-    setup_s = time.perf_counter() - t0
-    print(f"setup {setup_s:.1f}s; threads {torch.get_num_threads()}; step-0 losses "
-          + ", ".join(f"{k} {v:.4f}" for k, v in first_loss.items()), flush=True)
-    # CPU time of this process is the primary measure: on a shared machine the wall clock also counts
-    # the time other processes held the cores. Wall times are reported beside it.
+
+def timed_rounds(args, runners: dict) -> tuple[dict, dict, dict]:
+    """Rounds of interleaved steps (order shuffled per round, seeded): CPU s per step, per-round
+    CPU and wall means. CPU time of this process is the primary measure: on a shared machine the
+    wall clock also counts the time other processes held the cores."""
     cpu_step: dict[str, list[float]] = {k: [] for k in VARIANTS}
     cpu_round: dict[str, list[float]] = {k: [] for k in VARIANTS}
     wall_round: dict[str, list[float]] = {k: [] for k in VARIANTS}
@@ -378,23 +356,24 @@ def main() -> None:
             cpu_round[name].append(statistics.fmean(cpu_times))
         print(f"round {r + 1}/{args.rounds} cpu s/step: " + ", ".join(f"{k} {cpu_round[k][-1]:.3f}" for k in VARIANTS)
               + " | wall s/step: " + ", ".join(f"{k} {wall_round[k][-1]:.3f}" for k in VARIANTS), flush=True)
+    return cpu_step, cpu_round, wall_round
 
-    def ratio(a: str, b: str, per_round=cpu_round) -> float:  # steps/s of a over steps/s of b, paired by round
-        return round(statistics.median(tb / ta for ta, tb in zip(per_round[a], per_round[b])), 4)
 
-    te_grads = any(p.grad is not None for p in unc.pipe.text_encoder.parameters())
-    timing_s = time.perf_counter() - t0
-    mem = {}
-    if not args.no_memory:
-        del ours, unc, refs, runners
-        save_reference_inputs(inputs, base / "reference-inputs")
-        mem = memory(args, base, VARIANTS if args.memory_all else ("ours", "reference"))
-    tmp.cleanup()
-    result = {
+def ratio(a: str, b: str, per_round: dict) -> float:
+    """Steps/s of a over steps/s of b, paired by round, median over rounds."""
+    return round(statistics.median(tb / ta for ta, tb in zip(per_round[a], per_round[b])), 4)
+
+
+def summary(args, timings: tuple[dict, dict, dict], mem: dict, *, te_grads: bool, latent_shape: list,
+            setup_s: float, timing_s: float) -> dict:
+    import torch
+
+    cpu_step, cpu_round, wall_round = timings
+    return {
         "bench": "train",
-        "ratio_vs_reference": ratio("ours", "reference"),
-        "ratio_uncached_vs_reference": ratio("ours_uncached", "reference"),
-        "ratio_cached_vs_reference_cached": ratio("ours", "reference_cached"),
+        "ratio_vs_reference": ratio("ours", "reference", cpu_round),
+        "ratio_uncached_vs_reference": ratio("ours_uncached", "reference", cpu_round),
+        "ratio_cached_vs_reference_cached": ratio("ours", "reference_cached", cpu_round),
         "time_measure": "process CPU time per step (time.process_time), paired per round, median of ratios",
         "steps_per_s_cpu": {k: round(1 / statistics.median(v), 3) for k, v in cpu_step.items()},
         "median_step_cpu_s": {k: round(statistics.median(v), 4) for k, v in cpu_step.items()},
@@ -422,7 +401,37 @@ def main() -> None:
         "timing_phase_s": round(timing_s, 1),
         "torch": torch.__version__,
     }
-    print(json.dumps(result))
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.child:
+        return child(args)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        base = Path(tmp)
+        world = build_runners(args, base)
+        runners = world.pop("runners")
+        # Warm-up step 0 of every variant, then rounds of interleaved steps.
+        first_loss = {name: runners[name](0) for name in VARIANTS}
+        setup_s = time.perf_counter() - t0
+        print(f"setup {setup_s:.1f}s; threads {torch.get_num_threads()}; step-0 losses "
+              + ", ".join(f"{k} {v:.4f}" for k, v in first_loss.items()), flush=True)
+        timings = timed_rounds(args, runners)
+        te_grads = any(p.grad is not None for p in world["unc"].pipe.text_encoder.parameters())
+        timing_s = time.perf_counter() - t0
+        inputs, latent_shape = world["inputs"], world["latent_shape"]
+        del world, runners  # the memory children measure alone
+        mem = {}
+        if not args.no_memory:
+            save_reference_inputs(inputs, base / "reference-inputs")
+            mem = memory(args, base, VARIANTS if args.memory_all else ("ours", "reference"))
+    print(json.dumps(summary(args, timings, mem, te_grads=te_grads, latent_shape=latent_shape, setup_s=setup_s,
+                             timing_s=timing_s)))
 
 
 if __name__ == "__main__":

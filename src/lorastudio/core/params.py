@@ -28,29 +28,38 @@ class GenerationParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
 
-    prompt: Prompt = ""
-    negative_prompt: Prompt = ""
-    steps: int = Field(20, ge=1, le=MAX_STEPS)
-    cfg_scale: float = Field(7.0, ge=0.0, le=100.0)
-    sampler: Label = "DPM++ 2M"
-    scheduler: Label = "Automatic"
-    seed: int = Field(-1, ge=-1, le=SEED_MAX, description="-1 draws a random seed; the seed used is reported")
-    width: int = Field(512, ge=8, le=MAX_SIDE)
-    height: int = Field(512, ge=8, le=MAX_SIDE)
-    batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)
-    batch_count: int = Field(1, ge=1, le=MAX_BATCH_COUNT)
-    clip_skip: int = Field(1, ge=1, le=12)
+    # The help text of `lorastudio generate` / `img2img` flags is each field's description; `cli`
+    # keeps the flag names README documents, `cli: False` keeps a field off the command line.
+    prompt: Prompt = Field("", description="Prompt, with A1111 syntax: (word:1.2), [word], BREAK, <lora:name:0.8>",
+                           json_schema_extra={"cli": False})  # the commands' positional argument
+    negative_prompt: Prompt = Field("", description="Negative prompt", json_schema_extra={"cli": ["--negative", "-n"]})
+    steps: int = Field(20, ge=1, le=MAX_STEPS, description="Sampling steps (img2img runs strength x steps + 1 of "
+                                                           "them, as A1111)")
+    cfg_scale: float = Field(7.0, ge=0.0, le=100.0, description="CFG scale", json_schema_extra={"cli": "--cfg"})
+    sampler: Label = Field("DPM++ 2M", description="A1111 sampler name, e.g. 'DPM++ 2M' or 'DPM++ 2M Karras'")
+    scheduler: Label = Field("Automatic", description="Schedule type: Automatic, Karras, Exponential, SGM Uniform")
+    seed: int = Field(-1, ge=-1, le=SEED_MAX, description="Seed; -1 draws a random one (the seed used is reported)")
+    width: int = Field(512, ge=8, le=MAX_SIDE, description="Width, a multiple of 8")
+    height: int = Field(512, ge=8, le=MAX_SIDE, description="Height, a multiple of 8")
+    batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE, description="Images per batch")
+    batch_count: int = Field(1, ge=1, le=MAX_BATCH_COUNT, description="Number of batches")
+    clip_skip: int = Field(1, ge=1, le=12, description="CLIP skip (A1111 numbering: 1 = none)")
     # FLUX-dev's distilled guidance (Forge: "Distilled CFG Scale"); ignored by families without it.
-    guidance: float = Field(3.5, ge=0.0, le=100.0)
-    model: ModelRef | None = None
-    vae: ModelRef | None = None
+    guidance: float = Field(3.5, ge=0.0, le=100.0, description="FLUX distilled guidance")
+    model: ModelRef | None = Field(None, description="Checkpoint name, title, short hash or path",
+                                   json_schema_extra={"cli": ["--model", "-m"], "cli_default": "the first one"})
+    vae: ModelRef | None = Field(None, description="VAE from models/VAE",
+                                 json_schema_extra={"cli_default": "the checkpoint's own"})
     # img2img / inpaint
-    denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
-    # hires fix
-    enable_hr: bool = False
-    hr_scale: float = Field(2.0, ge=1.0, le=8.0)
-    hr_second_pass_steps: int = Field(0, ge=0, le=MAX_STEPS)
-    hr_upscaler: Label = "Latent"
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0, description="0 keeps the image, 1 replaces it",
+                                      json_schema_extra={"cli": ["--denoising-strength", "--strength"]})
+    # hires fix: no flags until it is implemented (the API refuses enable_hr)
+    enable_hr: bool = Field(False, description="Hires fix", json_schema_extra={"cli": False})
+    hr_scale: float = Field(2.0, ge=1.0, le=8.0, description="Hires fix upscale factor",
+                            json_schema_extra={"cli": False})
+    hr_second_pass_steps: int = Field(0, ge=0, le=MAX_STEPS, description="Hires fix steps (0 = steps)",
+                                      json_schema_extra={"cli": False})
+    hr_upscaler: Label = Field("Latent", description="Hires fix upscaler", json_schema_extra={"cli": False})
 
     @field_validator("width", "height")
     @classmethod
@@ -110,13 +119,26 @@ class Img2ImgOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    # 0 "Just resize", 1 "Crop and resize", 2 "Resize and fill" (3, latent upscale, is not offered)
-    resize_mode: int = Field(0, ge=0, le=2)
-    mask_blur_x: int = Field(4, ge=0, le=256)
-    mask_blur_y: int = Field(4, ge=0, le=256)
-    # 0 fill, 1 original, 2 latent noise, 3 latent nothing
-    inpainting_fill: int = Field(1, ge=0, le=3)
-    inpainting_mask_invert: bool = False
+    resize_mode: int = Field(0, ge=0, le=2, description="0 just resize, 1 crop and resize, 2 resize and fill "
+                                                        "(3, latent upscale, is not offered)")
+    mask_blur: int | None = Field(None, ge=0, le=256, description="Mask blur in pixels, both directions (sets "
+                                  "mask_blur_x and mask_blur_y)", json_schema_extra={"cli_default": "4"})
+    mask_blur_x: int = Field(4, ge=0, le=256, description="Horizontal mask blur in pixels",
+                             json_schema_extra={"cli": False})
+    mask_blur_y: int = Field(4, ge=0, le=256, description="Vertical mask blur in pixels",
+                             json_schema_extra={"cli": False})
+    inpainting_fill: int = Field(1, ge=0, le=3, description="Masked content: 0 fill, 1 original, 2 latent noise, "
+                                                            "3 latent nothing")
+    inpainting_mask_invert: bool = Field(False, description="Repaint what the mask does not cover",
+                                         json_schema_extra={"cli": "invert-mask"})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _both_blurs(cls, data: Any) -> Any:
+        # A1111's `mask_blur` is the blur in both directions, unless _x / _y are given.
+        if isinstance(data, dict) and data.get("mask_blur") is not None:
+            data = {"mask_blur_x": data["mask_blur"], "mask_blur_y": data["mask_blur"], **data}
+        return data
 
 
 def validate_img2img_options(data: dict[str, Any] | Img2ImgOptions | None) -> Img2ImgOptions:

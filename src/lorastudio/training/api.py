@@ -1,7 +1,9 @@
-"""`train(config, on_event)`: the one entry point the CLI, the job queue and the API call.
+"""Training as public steps: `prepare` -> `run` -> `export`, and `train(config, on_event)`, the
+one-call API composed of them that the CLI, the job queue and the HTTP API call. The benchmark
+runs `prepare` and then single steps; a caller that wants progress listens to `on_event`.
 
-Numbered steps: validate, find the base model, check the dataset (every problem is reported
-before anything trains), load, resolve defaults, lay out the version folder, train, export.
+`prepare` numbers its own steps: find the base model, load it, resolve defaults, check the
+dataset (every problem is reported before anything trains), lay out the version folder, set up.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import contextlib
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lorastudio.core.atomic import atomic_path, atomic_write_text
 from lorastudio.core.errors import DiskFullError, InvalidParameter
@@ -19,7 +23,12 @@ from lorastudio.training.config import TrainingConfig, training_config
 from lorastudio.training.data import Item
 from lorastudio.training.dataset.masks import mask_path_for
 from lorastudio.training.events import EventSink, TrainingEvent, TrainingResult
-from lorastudio.training.project import project_name, version_dir
+from lorastudio.training.project import VersionDir, project_name, version_dir
+from lorastudio.training.sampling import make_sampler
+
+if TYPE_CHECKING:  # the loop imports torch; this module is imported by light entry points
+    from lorastudio.models.catalog import ModelEntry
+    from lorastudio.training.loop import LoopState, Trainer
 
 
 def prepare_items(config: TrainingConfig, resolution: int, *, regularisation: bool = False,
@@ -42,12 +51,45 @@ def prepare_items(config: TrainingConfig, resolution: int, *, regularisation: bo
     return source, items, report
 
 
+PreviewMaker = Callable[..., Callable[[int], list[Path]]]  # (model, config, vdir, pipe) -> draw(step) -> paths
+
+
+@dataclass
+class PreparedRun:
+    """What `prepare` set up, ready for `run`: the resolved config (every default filled in, as
+    config.json records it), the loaded base model, the version folder and a set-up Trainer."""
+
+    config: TrainingConfig
+    trainer: Trainer
+    entry: ModelEntry
+    sha256: str | None
+    items: list[Item]
+    vdir: VersionDir
+    name: str
+    started: float
+    emit: EventSink
+
+    @property
+    def accelerator(self):
+        return self.trainer.acc
+
+
 def train(config: TrainingConfig | dict, on_event: EventSink | None = None, *,
           should_stop: Callable[[], bool] | None = None, yield_point: Callable[[], None] | None = None,
           accelerator=None) -> TrainingResult:
+    """The whole run in one call: `prepare`, `run`, `export`."""
     config = training_config(config)
+    with disk_full_hint(config):
+        prepared = prepare(config, on_event, should_stop=should_stop, yield_point=yield_point,
+                           accelerator=accelerator)
+        return export(prepared, run(prepared))
+
+
+@contextlib.contextmanager
+def disk_full_hint(config: TrainingConfig):
+    """A full disk during any step says what can be freed and how to continue."""
     try:
-        return _train(config, on_event, should_stop=should_stop, yield_point=yield_point, accelerator=accelerator)
+        yield
     except DiskFullError as exc:
         # Every write went to a temporary name first: nothing incomplete is under a final name, and the
         # last complete checkpoint is still the one --resume continues from.
@@ -56,8 +98,15 @@ def train(config: TrainingConfig | dict, on_event: EventSink | None = None, *,
                                       f"--resume to continue from the last complete checkpoint") from exc
 
 
-def _train(config: TrainingConfig, on_event: EventSink | None, *, should_stop, yield_point,
-           accelerator) -> TrainingResult:
+def prepare(config: TrainingConfig | dict, on_event: EventSink | None = None, *,
+            should_stop: Callable[[], bool] | None = None, yield_point: Callable[[], None] | None = None,
+            accelerator=None, previews: PreviewMaker | None = make_sampler) -> PreparedRun:
+    """Everything before the first step: find the base model, load it, resolve the family's
+    defaults, check the dataset (every problem is reported before anything trains), lay out the
+    version folder, copy the pictures into it and set up the Trainer (LoRA layers, optimizer,
+    caches, resume). `previews(model, config, vdir, pipe)` makes the preview drawer the Trainer
+    calls every `sample_every` steps and `export` calls at the end (None: no previews)."""
+    config = training_config(config)
     emit = on_event or (lambda e: None)
     # 1. the base model must exist before anything else happens
     from lorastudio.models.catalog import Catalog
@@ -123,29 +172,39 @@ def _train(config: TrainingConfig, on_event: EventSink | None, *, should_stop, y
     if acc.is_main_process:
         atomic_write_text(vdir.config, config.model_dump_json(indent=2))
 
-    # 5. train
+    # 5. the trainer, set up
     from lorastudio.training.loop import Trainer
-    from lorastudio.training.sampling import make_sampler
 
-    started = time.time()
     trainer = Trainer(config, family, pipe, items, vdir, model_id=sha or str(entry.path), accelerator=acc,
                       on_event=emit, should_stop=should_stop, yield_point=yield_point,
-                      sampler=make_sampler(model, config, vdir, pipe))
+                      sampler=previews(model, config, vdir, pipe) if previews is not None else None)
     trainer.setup()
-    state = trainer.run()
+    return PreparedRun(config, trainer, entry, sha, items, vdir, name, time.time(), emit)
 
-    # 6. export
+
+def run(prepared: PreparedRun) -> LoopState:
+    """The training steps, from the first (or the resumed checkpoint's) to the last; raises
+    TrainingStopped when should_stop() turns true (the last checkpoint stays resumable)."""
+    return prepared.trainer.run()
+
+
+def export(prepared: PreparedRun, state: LoopState) -> TrainingResult:
+    """The finished LoRA, as kohya's .safetensors (A1111/Forge/ComfyUI) and as diffusers/PEFT,
+    the loss curve, and the final previews."""
     from lorastudio.training.export import kohya_metadata, write_kohya_lora
     from lorastudio.training.report import write_loss_curve
 
+    config, trainer, vdir, items = prepared.config, prepared.trainer, prepared.vdir, prepared.items
+    acc, family, pipe = trainer.acc, trainer.family, trainer.pipe
     acc.wait_for_everyone()
-    lora_path = vdir.lora(name)
+    lora_path = vdir.lora(prepared.name)
     samples: list[Path] = []
     if acc.is_main_process:
         sds = trainer.network.state_dicts()
-        md = kohya_metadata(config=config, family=family, output_name=name, rank=config.rank, alpha=config.alpha,
-                            base_name=entry.name, base_sha256=sha, started=started, finished=time.time(),
-                            steps=state.step, epochs=max(1, state.step * config.grad_accum // max(1, trainer.batches_per_epoch)),
+        md = kohya_metadata(config=config, family=family, output_name=prepared.name, rank=config.rank,
+                            alpha=config.alpha, base_name=prepared.entry.name, base_sha256=prepared.sha256,
+                            started=prepared.started, finished=time.time(), steps=state.step,
+                            epochs=max(1, state.step * config.grad_accum // max(1, trainer.batches_per_epoch)),
                             num_images=len({i.image_path for i in items if not i.regularisation}),
                             num_reg_images=len({i.image_path for i in items if i.regularisation}),
                             resolution=config.resolution[0],
@@ -155,10 +214,11 @@ def _train(config: TrainingConfig, on_event: EventSink | None, *, should_stop, y
         family.save_diffusers_lora(pipe, sds, vdir.diffusers)
         write_loss_curve(vdir.logs / "metrics.jsonl", vdir.logs / "loss.png")
         if trainer.sampler and config.sample_prompts is not None:
-            samples = trainer._samples(state.step)
+            samples = trainer.draw_previews(state.step)
     result = TrainingResult(vdir.root, lora_path, vdir.diffusers, vdir.config, samples, state.step,
                             state.losses[-1] if state.losses else None)
-    emit(TrainingEvent("done", state.step, trainer.total_steps, path=lora_path, message=f"saved {lora_path}"))
+    prepared.emit(TrainingEvent("done", state.step, trainer.total_steps, path=lora_path,
+                                message=f"saved {lora_path}"))
     return result
 
 

@@ -36,81 +36,150 @@ LrScheduler = Literal["constant", "constant_with_warmup", "cosine", "linear"]
 _NAME = re.compile(r"^[^/\\\x00]{1,100}$")
 
 
-class TrainingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
+def _field(default: Any, group: str, description: str, *, cli: Any = None, cli_default: str | None = None,
+           **constraints: Any) -> Any:
+    """A setting: its default, help section, help text (units, default, kohya's name) and bounds.
+    `cli` spells the flag where it differs from the field name (the flags documented in README)."""
+    extra: dict[str, Any] = {"group": group}
+    if cli is not None:
+        extra["cli"] = cli
+    if cli_default is not None:
+        extra["cli_default"] = cli_default
+    if default is list:
+        return Field(default_factory=list, description=description, json_schema_extra=extra, **constraints)
+    return Field(default, description=description, json_schema_extra=extra, **constraints)
 
-    config_version: int = Field(CONFIG_VERSION, ge=1, description="Format of this settings file; a file from a "
-                                                                    "newer lorastudio is refused, not misread")
+
+FAMILY = "the base model family's"  # what a None default means: resolved by `resolve_defaults`
+
+
+class TrainingConfig(BaseModel):
+    """Every setting of a run. The help text of each `lorastudio train` flag is the field's
+    description, so a new setting is one field here: the CLI, the TOML file, config.json and the
+    HTTP API (POST /v1/trainings) read the same model."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True, json_schema_extra={
+        "cli_groups": ["Inputs", "Dataset", "Network", "Optimizer", "Schedule", "Loss", "Precision and memory",
+                       "Saving", "Sampling"]})
+
+    config_version: int = Field(CONFIG_VERSION, ge=1, json_schema_extra={"cli": False},
+                                description="Format of this settings file; a file from a newer lorastudio is "
+                                            "refused, not misread (a file's property, not a command-line setting)")
     # --- the three required inputs --------------------------------------------------------
-    images: Path = Field(..., description="Folder or .zip of training pictures (+ optional same-name .txt captions)")
-    trigger: Prompt = Field(..., description="Trigger word, e.g. DeltamonStamp")
-    base: ModelRef = Field(..., description="Base model: name, title, hash or path (.safetensors or diffusers folder)")
+    images: Path = _field(..., "Inputs", "Folder or .zip of training pictures (+ optional same-name .txt "
+                          "captions) (kohya: train_data_dir)")
+    trigger: Prompt = _field(..., "Inputs", "Trigger word, e.g. DeltamonStamp (kohya: the first word of class_tokens)")
+    base: ModelRef = _field(..., "Inputs", "Base model: name, title, hash or path (.safetensors or diffusers "
+                            "folder) (kohya: pretrained_model_name_or_path)")
     # --- where ---------------------------------------------------------------------------
-    project: str | None = Field(None, description="Project name [the trigger word]")
-    version: str | None = Field(None, description="Version name [v1, v2, … the next free]")
-    projects_dir: Path = Path("projects")
-    models_dir: Path = Path("models")
-    output_name: str | None = Field(None, description="LoRA file stem [project name]")
-    resume: bool = Field(False, description="Continue the version from its last complete checkpoint")
-    install_lora: bool = Field(True, description="Copy the finished LoRA into models_dir/Lora (as NAME, or "
-                                                 "NAME-v2... when the name is taken) so <lora:NAME:1> works at once")
+    project: str | None = _field(None, "Saving", "Project name", cli_default="the trigger word")
+    version: str | None = _field(None, "Saving", "Version name", cli_default="v1, v2, ... the next free one")
+    projects_dir: Path = _field(Path("projects"), "Saving", "Folder holding the projects")
+    models_dir: Path = _field(Path("models"), "Inputs", "A1111/Forge `models` folder the base is looked up in",
+                              cli_default="./models or $LORASTUDIO_MODELS_DIR")
+    output_name: str | None = _field(None, "Saving", "LoRA file stem (kohya: output_name)",
+                                     cli_default="the project name")
+    resume: bool = _field(False, "Saving", "Continue the version from its last complete checkpoint")
+    install_lora: bool = _field(True, "Saving", "Copy the finished LoRA into models_dir/Lora (as NAME, or "
+                                "NAME-v2... when the name is taken) so <lora:NAME:1> works at once", cli="install")
     # --- length ----------------------------------------------------------------------------
-    steps: int | None = Field(None, ge=1, le=MAX_TRAINING_STEPS)
-    epochs: int | None = Field(None, ge=1, le=100_000)
-    repeats: int | None = Field(None, ge=1, le=10_000)
-    batch_size: int = Field(1, ge=1, le=256)
-    grad_accum: int = Field(1, ge=1, le=1024)
+    steps: int | None = _field(None, "Schedule", "Optimizer steps to train; give steps or epochs "
+                               "(kohya: max_train_steps)", cli_default=FAMILY, ge=1, le=MAX_TRAINING_STEPS)
+    epochs: int | None = _field(None, "Schedule", "Passes over the dataset, instead of steps "
+                                "(kohya: max_train_epochs)", cli_default="off: --steps decides", ge=1, le=100_000)
+    repeats: int | None = _field(None, "Dataset", "Times each picture is seen per epoch (kohya: num_repeats, the "
+                                 "N_ folder prefix)", cli_default="1", ge=1, le=10_000)
+    batch_size: int = _field(1, "Optimizer", "Pictures per batch (kohya: train_batch_size)", ge=1, le=256)
+    grad_accum: int = _field(1, "Optimizer", "Batches accumulated per optimizer step "
+                             "(kohya: gradient_accumulation_steps)", ge=1, le=1024)
     # --- network ---------------------------------------------------------------------------
-    rank: int | None = Field(None, ge=1, le=1024)
-    alpha: float | None = Field(None, gt=0, le=4096)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    train_text_encoder: bool | None = None
+    rank: int | None = _field(None, "Network", "LoRA rank, the size of the low-rank matrices (kohya: network_dim)",
+                              cli_default=FAMILY, ge=1, le=1024)
+    alpha: float | None = _field(None, "Network", "LoRA alpha; updates are scaled by alpha/rank "
+                                 "(kohya: network_alpha)", cli_default=FAMILY, gt=0, le=4096)
+    dropout: float = _field(0.0, "Network", "Dropout on the LoRA layers' input, 0 to <1 (kohya: network_dropout)",
+                            ge=0.0, lt=1.0)
+    train_text_encoder: bool | None = _field(None, "Network", "Also train LoRA layers on the text encoder(s) "
+                                             "(kohya: the opposite of network_train_unet_only)",
+                                             cli_default=FAMILY)
     # --- optimisation ----------------------------------------------------------------------
-    lr: float | None = Field(None, gt=0, le=10)
-    te_lr: float | None = Field(None, gt=0, le=10)
-    optimizer: Optimizer = "adamw"
-    lr_scheduler: LrScheduler = "constant"
-    warmup: int = Field(0, ge=0, le=MAX_TRAINING_STEPS)
-    max_grad_norm: float = Field(1.0, ge=0)
-    weight_decay: float = Field(1e-2, ge=0)
+    lr: float | None = _field(None, "Optimizer", "Learning rate of the denoiser's LoRA layers "
+                              "(kohya: unet_lr / learning_rate)", cli_default=FAMILY, gt=0, le=10)
+    te_lr: float | None = _field(None, "Optimizer", "Text-encoder learning rate (kohya: text_encoder_lr)",
+                                 cli_default="--lr", gt=0, le=10)
+    optimizer: Optimizer = _field("adamw", "Optimizer", "Optimizer (kohya: optimizer_type)")
+    lr_scheduler: LrScheduler = _field("constant", "Schedule", "Learning-rate schedule (kohya: lr_scheduler)")
+    warmup: int = _field(0, "Schedule", "Warm-up steps of the learning rate (kohya: lr_warmup_steps)",
+                         ge=0, le=MAX_TRAINING_STEPS)
+    max_grad_norm: float = _field(1.0, "Optimizer", "Gradient clipping norm; 0 turns it off "
+                                  "(kohya: max_grad_norm)", ge=0)
+    weight_decay: float = _field(1e-2, "Optimizer", "AdamW-style weight decay (kohya: optimizer_args "
+                                 "weight_decay)", ge=0)
     # --- loss ------------------------------------------------------------------------------
-    min_snr_gamma: float | None = Field(None, gt=0)
-    noise_offset: float = Field(0.0, ge=0, le=1)
-    masked_loss: bool = False
-    timestep_sampling: Literal["uniform", "sigmoid", "shift"] | None = None  # flow-matching families
-    discrete_flow_shift: float = Field(3.0, gt=0)
-    guidance: float = Field(1.0, ge=0)  # FLUX-dev guidance input during training
+    min_snr_gamma: float | None = _field(None, "Loss", "Min-SNR loss weighting gamma, e.g. 5; off when not "
+                                         "given (kohya: min_snr_gamma)", cli_default="off", gt=0)
+    noise_offset: float = _field(0.0, "Loss", "Noise offset, 0 to 1 (kohya: noise_offset)", ge=0, le=1)
+    masked_loss: bool = _field(False, "Loss", "Weight the loss by the pictures' alpha channel "
+                               "(kohya: masked_loss with alpha_mask)")
+    timestep_sampling: Literal["uniform", "sigmoid", "shift"] | None = _field(
+        None, "Loss", "Timestep sampling of flow-matching families (FLUX) (kohya: timestep_sampling)",
+        cli_default=FAMILY)
+    discrete_flow_shift: float = _field(3.0, "Loss", "Shift of the 'shift' timestep sampling "
+                                        "(kohya: discrete_flow_shift)", gt=0)
+    guidance: float = _field(1.0, "Loss", "FLUX-dev guidance input during training (kohya: guidance_scale)", ge=0)
     # --- precision and memory ----------------------------------------------------------------
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
-    gradient_checkpointing: bool | None = None
-    cache_text_embeddings: bool = True
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = _field(
+        "auto", "Precision and memory", "Autocast precision; auto = bf16 or fp16 on CUDA, no on the CPU "
+        "(kohya: mixed_precision)")
+    gradient_checkpointing: bool | None = _field(None, "Precision and memory", "Recompute activations in the "
+                                                 "backward pass: less memory, slower (kohya: gradient_checkpointing)",
+                                                 cli_default="--gradient-checkpointing")
+    cache_text_embeddings: bool = _field(True, "Precision and memory", "Encode each caption once, not every "
+                                         "step (kohya: cache_text_encoder_outputs)")
     # --- checkpoints and samples --------------------------------------------------------------
-    save_every: int | None = Field(None, ge=1, le=MAX_TRAINING_STEPS)
-    keep_checkpoints: int = Field(3, ge=1, le=10_000)
-    sample_every: int | None = Field(None, ge=1, le=MAX_TRAINING_STEPS)
-    sample_prompts: list[Prompt] = Field(default_factory=list, max_length=MAX_SAMPLE_PROMPTS)
-    sample_steps: int = Field(20, ge=1, le=200)
-    sample_seed: int = Field(1234, ge=0, le=SEED_MAX)
-    seed: int = Field(42, ge=0, le=2**32 - 1)
-    num_processes: int = Field(1, ge=1, le=64)
+    save_every: int | None = _field(None, "Saving", "Save a resumable checkpoint every N steps "
+                                    "(kohya: save_every_n_steps)", cli_default="off", ge=1, le=MAX_TRAINING_STEPS)
+    keep_checkpoints: int = _field(3, "Saving", "Checkpoints kept; older ones are deleted "
+                                   "(kohya counts them in steps: save_last_n_steps)", ge=1, le=10_000)
+    sample_every: int | None = _field(None, "Sampling", "Draw the sample prompts every N steps "
+                                      "(kohya: sample_every_n_steps)", cli_default="off", ge=1, le=MAX_TRAINING_STEPS)
+    sample_prompts: list[Prompt] = _field(list, "Sampling", "A prompt drawn during and after training; "
+                                          "repeat the flag for several (kohya: sample_prompts)", cli="--sample-prompt",
+                                          max_length=MAX_SAMPLE_PROMPTS)
+    sample_steps: int = _field(20, "Sampling", "Sampling steps of each sample picture", ge=1, le=200)
+    sample_seed: int = _field(1234, "Sampling", "Seed of the sample pictures", ge=0, le=SEED_MAX)
+    seed: int = _field(42, "Optimizer", "Seed of the run: LoRA init, noise, timesteps, caption augmentation "
+                       "(kohya: seed)", ge=0, le=2**32 - 1)
+    num_processes: int = _field(1, "Precision and memory", "Data-parallel processes, one per device "
+                                "(accelerate's num_processes)", ge=1, le=64)
     # --- dataset -----------------------------------------------------------------------------
-    resolution: list[Annotated[int, Field(ge=MIN_TRAINING_SIDE, le=MAX_SIDE)]] | None = Field(None, min_length=1,
-                                                                                             max_length=16)
-    class_word: Prompt | None = None
-    caption_dropout: float = Field(0.0, ge=0, le=1)
-    shuffle_tags: bool = False
-    keep_tokens: int = Field(1, ge=0)
-    skip_bad_images: bool = False
-    caption: Literal["given", "auto"] = Field("given", description="auto: caption the pictures with local models "
-                                                                   "(caption_options) before training")
-    caption_options: CaptionOptions = Field(default_factory=CaptionOptions)
-    background: tuple[int, int, int] = Field((255, 255, 255), description="RGB behind transparent pixels: "
-                                             "'#rrggbb' or [r, g, b]")
+    resolution: list[Annotated[int, Field(ge=MIN_TRAINING_SIDE, le=MAX_SIDE)]] | None = _field(
+        None, "Dataset", "Training side in pixels; repeat for several bucket resolutions, e.g. --resolution 512 "
+        "--resolution 768 (kohya: resolution)", cli_default="the base model's native size", min_length=1,
+        max_length=16)
+    class_word: Prompt | None = _field(None, "Dataset", 'Added after the trigger in default captions ("sticker") '
+                                       "(kohya: the words after the trigger in class_tokens)", cli_default="none")
+    caption_dropout: float = _field(0.0, "Dataset", "Probability of training a step on an empty caption, 0 to 1 "
+                                    "(kohya: caption_dropout_rate)", ge=0, le=1)
+    shuffle_tags: bool = _field(False, "Dataset", "Shuffle comma-separated caption tags each step, after the "
+                                "first --keep-tokens (kohya: shuffle_caption)")
+    keep_tokens: int = _field(1, "Dataset", "Leading caption tags kept in place when shuffling or dropping "
+                              "(kohya: keep_tokens)", ge=0)
+    skip_bad_images: bool = _field(False, "Dataset", "Leave out pictures with problems instead of refusing "
+                                   "the dataset")
+    caption: Literal["given", "auto"] = _field("given", "Dataset", "auto: caption the pictures without a caption "
+                                               "with the local models of --tagger / --captioner first")
+    # Set from --tagger / --captioner on the command line (see interfaces/cli/app.py), in full in TOML.
+    caption_options: CaptionOptions = Field(default_factory=CaptionOptions, json_schema_extra={"cli": False},
+                                            description="Models and thresholds of the automatic captions")
+    background: tuple[int, int, int] = _field((255, 255, 255), "Dataset", "RGB behind transparent pixels: "
+                                              "'#rrggbb' or [r, g, b]", cli_default="#ffffff")
     # --- regularisation (kohya's reg_data_dir, DreamBooth's prior preservation) ---------------
-    reg_images: Path | None = Field(None, description="Folder or .zip of pictures of the class without the concept "
-                                                      "(captions as written, no trigger): keeps the base's other "
-                                                      "prompts as they were")
-    prior_loss_weight: float = Field(1.0, gt=0, le=100, description="Loss weight of regularisation pictures")
+    reg_images: Path | None = _field(None, "Dataset", "Folder or .zip of pictures of the class without the "
+                                     "concept (captions as written, no trigger): keeps the base's other prompts "
+                                     "as they were (kohya: reg_data_dir)", cli_default="none")
+    prior_loss_weight: float = _field(1.0, "Dataset", "Loss weight of regularisation pictures "
+                                      "(kohya: prior_loss_weight)", gt=0, le=100)
 
     @field_validator("resolution", mode="before")
     @classmethod

@@ -240,7 +240,7 @@ class Trainer:
             if c.save_every and st.step % c.save_every == 0 and st.step < self.total_steps:
                 self._checkpoint()
             if c.sample_every and self.sampler and st.step % c.sample_every == 0 and st.step < self.total_steps:
-                self._samples(st.step)
+                self.draw_previews(st.step)
             self.yield_point()
         if self.tensorboard is not None:
             self.tensorboard.close()
@@ -256,7 +256,8 @@ class Trainer:
         self.on_event(TrainingEvent("checkpoint", self.state.step, self.total_steps, path=path,
                                     message=f"checkpoint {path.name}"))
 
-    def _samples(self, step: int) -> list[Path]:
+    def draw_previews(self, step: int) -> list[Path]:
+        """The sampler's previews at `step`, with the training RNG and modes left as they were."""
         if not self.acc.is_main_process:
             return []
         for m in self.modules.values():

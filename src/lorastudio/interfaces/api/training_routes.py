@@ -29,10 +29,26 @@ SSE_POLL_S = 0.5
 SSE_NOTIFY_WAIT_S = 2.0
 SSE_KEEPALIVE_S = 15.0
 
-_CONFIG_DOC = {"type": "object", "description": "TrainingConfig fields (trigger, base, steps, rank, ...)",
-               "properties": {"images": {"type": "string"}, "trigger": {"type": "string"},
-                              "base": {"type": "string"}, "webhook_url": {"type": "string"}},
-               "required": ["images", "trigger", "base"]}
+# Keys of a field's json_schema_extra that only shape the command line (options_from_model.py).
+_CLI_KEYS = ("cli", "group", "cli_default", "env")
+
+
+def _config_doc() -> dict:
+    """The JSON body's schema: TrainingConfig's own fields and descriptions (the CLI's help texts),
+    less the folders the server decides, plus webhook_url."""
+    from lorastudio.training.config import TrainingConfig
+
+    schema = TrainingConfig.model_json_schema()
+    props = {name: {k: v for k, v in prop.items() if k not in _CLI_KEYS}
+             for name, prop in schema["properties"].items() if name not in _SERVER_FIELDS}
+    props["webhook_url"] = {"type": "string", "description": "http(s) URL called when the training ends; its "
+                                                             "host must be one the server allows (--webhook-host)"}
+    return {"type": "object", "title": "TrainingRequest", "additionalProperties": False, "properties": props,
+            "description": "TrainingConfig fields; images is a folder or .zip path on the server",
+            "required": list(schema.get("required", []))}
+
+
+_CONFIG_DOC = _config_doc()
 _SUBMIT_DOC = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": _CONFIG_DOC},
     "multipart/form-data": {"schema": {"type": "object", "required": ["images", "config"], "properties": {

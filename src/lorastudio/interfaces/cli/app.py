@@ -13,6 +13,7 @@ import typer
 
 from lorastudio.core.errors import LorastudioError
 from lorastudio.interfaces.cli.memory import GENERATE_HINT, TRAIN_HINT, out_of_memory_message
+from lorastudio.interfaces.cli.options_from_model import GroupedCommand, with_model_options
 from lorastudio.interfaces.cli.quiet import library_output, verbose_option
 
 # rich_markup_mode=None: help texts are plain text, so A1111 syntax such as `[word]` is shown as
@@ -59,28 +60,40 @@ def _fail_if_out_of_memory(exc: BaseException, hint: str) -> None:
     raise typer.Exit(3)
 
 
-@app.command()
+GENERATION_STUDIO_FIELDS = ("models_dir", "outdir", "device", "dtype", "lora_mode", "allow_pickle")
+
+
+def generation_option_fields(*, exclude: tuple[str, ...] = (), shown_defaults: dict | None = None):
+    """The options of the generation commands: every GenerationParams field (less `exclude`), then
+    the studio settings a one-shot run can change."""
+    from lorastudio.core.params import GenerationParams
+    from lorastudio.core.settings import StudioSettings
+    from lorastudio.interfaces.cli.options_from_model import model_fields_for_cli
+
+    return (("given", model_fields_for_cli(GenerationParams, exclude=exclude, group="Generation",
+                                           shown_defaults=shown_defaults)),
+            ("studio", model_fields_for_cli(StudioSettings, include=GENERATION_STUDIO_FIELDS,
+                                            group="Models and outputs")))
+
+
+def _generation_values(prompt: str, from_png: Optional[Path], given: dict) -> dict:
+    """The infotext of --from-png, then the prompt and the flags given (they win)."""
+    values: dict = _params_from_png(from_png) if from_png is not None else {}
+    if prompt:
+        values["prompt"] = prompt
+    values.update(given)
+    return values
+
+
+@app.command(cls=GroupedCommand)
+@with_model_options(*generation_option_fields(exclude=("denoising_strength",),
+                                              shown_defaults={"width": "the checkpoint's native size",
+                                                              "height": "the checkpoint's native size"}))
 def generate(
     prompt: str = typer.Argument("", help="Prompt, with A1111 syntax: (word:1.2), [word], BREAK, <lora:name:0.8>"),
-    negative: str = typer.Option("", "--negative", "-n", help="Negative prompt"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Checkpoint name, title, short hash or path"),
-    models_dir: Optional[Path] = ModelsDir,
-    steps: Optional[int] = typer.Option(None, help="Sampling steps [20]"),
-    cfg: Optional[float] = typer.Option(None, "--cfg", help="CFG scale [7]"),
-    sampler: Optional[str] = typer.Option(None, help="A1111 sampler name, e.g. 'DPM++ 2M' or 'DPM++ 2M Karras'"),
-    scheduler: Optional[str] = typer.Option(None, help="Schedule type: Automatic, Karras, Exponential, SGM Uniform"),
-    seed: Optional[int] = typer.Option(None, help="Seed; -1 draws a random one [-1]"),
-    width: Optional[int] = typer.Option(None, help="Width, a multiple of 8 [the checkpoint's native size]"),
-    height: Optional[int] = typer.Option(None, help="Height, a multiple of 8 [the checkpoint's native size]"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch"),
-    batch_count: Optional[int] = typer.Option(None, "--batch-count", help="Number of batches"),
-    clip_skip: Optional[int] = typer.Option(None, "--clip-skip", help="CLIP skip (A1111 numbering: 1 = none)"),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="FLUX distilled guidance [3.5]"),
-    vae: Optional[str] = typer.Option(None, "--vae", help="VAE from models/VAE"),
-    outdir: Optional[Path] = typer.Option(None, "--outdir", help="Output root [outputs]"),
+    given: dict = None,
+    studio: dict = None,
     from_png: Optional[Path] = typer.Option(None, "--from-png", help="Reproduce the image whose infotext this PNG holds"),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | mps"),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .ckpt/.pt (loaded with weights_only=True)"),
     verbose: bool = verbose_option(),
 ):
     """txt2img with the A1111 conventions; every PNG carries its `parameters` text.
@@ -90,18 +103,9 @@ def generate(
     try:
         from lorastudio.core.params import validate_params
 
-        values: dict = {}
-        if from_png is not None:
-            values.update(_params_from_png(from_png))
-        if prompt:
-            values["prompt"] = prompt
-        given = {"negative_prompt": negative or None, "model": model, "steps": steps, "cfg_scale": cfg,
-                 "sampler": sampler, "scheduler": scheduler, "seed": seed, "width": width, "height": height,
-                 "batch_size": batch_size, "batch_count": batch_count, "clip_skip": clip_skip,
-                 "guidance": guidance, "vae": vae}
-        values.update({k: v for k, v in given.items() if v is not None})
+        values = _generation_values(prompt, from_png, given)
         params = validate_params(values)  # a bad value fails before any model loads
-        settings = _settings(models_dir, outdir, device=device, allow_pickle=allow_pickle or None)
+        settings = _settings(**studio)
 
         from lorastudio.generation.engine import GenerationEngine
         from lorastudio.interfaces.cli.progress import step_progress
@@ -190,82 +194,46 @@ def models(models_dir: Optional[Path] = ModelsDir,
             typer.echo("  (none)")
 
 
-@app.command()
+def _training_options():
+    from lorastudio.interfaces.cli.options_from_model import model_fields_for_cli
+    from lorastudio.training.config import TrainingConfig
+
+    return model_fields_for_cli(TrainingConfig)
+
+
+@app.command(cls=GroupedCommand)
+@with_model_options(("flags", _training_options()))
 def train(
     config_file: Optional[Path] = typer.Argument(None, help="A TOML file with the same settings (flags override it)"),
-    images: Optional[Path] = typer.Option(None, "--images", help="Folder or .zip of pictures (+ same-name .txt captions)"),
-    trigger: Optional[str] = typer.Option(None, "--trigger", help="Trigger word, e.g. DeltamonStamp"),
-    base: Optional[str] = typer.Option(None, "--base", help="Base model: name, title, hash or path"),
-    steps: Optional[int] = typer.Option(None, "--steps"),
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
-    repeats: Optional[int] = typer.Option(None, "--repeats"),
-    resolution: Optional[list[int]] = typer.Option(None, "--resolution", help="One or several, e.g. --resolution 512 --resolution 768"),
-    rank: Optional[int] = typer.Option(None, "--rank"),
-    alpha: Optional[float] = typer.Option(None, "--alpha"),
-    lr: Optional[float] = typer.Option(None, "--lr"),
-    te_lr: Optional[float] = typer.Option(None, "--te-lr", help="Text-encoder learning rate"),
-    train_text_encoder: Optional[bool] = typer.Option(None, "--train-text-encoder/--no-train-text-encoder"),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adamw | adamw8bit | lion | prodigy | adafactor"),
-    lr_scheduler: Optional[str] = typer.Option(None, "--lr-scheduler", help="constant | cosine | linear | constant_with_warmup"),
-    warmup: Optional[int] = typer.Option(None, "--warmup"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    grad_accum: Optional[int] = typer.Option(None, "--grad-accum"),
-    save_every: Optional[int] = typer.Option(None, "--save-every"),
-    sample_every: Optional[int] = typer.Option(None, "--sample-every"),
-    sample_prompt: Optional[list[str]] = typer.Option(None, "--sample-prompt"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    project: Optional[str] = typer.Option(None, "--project"),
-    version: Optional[str] = typer.Option(None, "--version"),
-    projects_dir: Optional[Path] = typer.Option(None, "--projects-dir"),
-    models_dir: Optional[Path] = ModelsDir,
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last complete checkpoint"),
-    skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="Leave out pictures with problems"),
-    class_word: Optional[str] = typer.Option(None, "--class-word", help='Added after the trigger in default captions ("sticker")'),
-    reg_images: Optional[Path] = typer.Option(None, "--reg-images",
-                                              help="Regularisation pictures of the class (folder or zip; captions as written, no trigger)"),
-    prior_loss_weight: Optional[float] = typer.Option(None, "--prior-loss-weight", help="Loss weight of regularisation pictures [1.0]"),
-    num_processes: Optional[int] = typer.Option(None, "--num-processes", help="Data-parallel processes (accelerate)"),
+    flags: dict = None,
+    print_config: bool = typer.Option(False, "--print-config",
+                                      help="Print the settings the TOML file and the flags make, as JSON, and stop"),
     report: bool = typer.Option(True, "--report/--no-report", help="Write the LoRA report (weight sweep) after training"),
-    no_install: bool = typer.Option(False, "--no-install",
-                                    help="Do not copy the finished LoRA into the models folder's Lora/"),
+    tagger: Optional[str] = typer.Option(None, "--tagger", help="With --caption auto: WD14 tagger folder or name under "
+                                                                "models/interrogators/"),
+    captioner: Optional[str] = typer.Option(None, "--captioner", help="With --caption auto: BLIP / Florence-2 folder "
+                                                                      "or name under models/interrogators/"),
     verbose: bool = verbose_option(),
-    masked_loss: Optional[bool] = typer.Option(None, "--masked-loss/--no-masked-loss",
-                                               help="Loss only on the subject: alpha, or <image>.mask.png (dataset mask)"),
-    caption: Optional[str] = typer.Option(None, "--caption", help="given | auto: caption pictures without a caption "
-                                                                  "with --tagger / --captioner first"),
-    tagger: Optional[str] = typer.Option(None, "--tagger", help="WD14 tagger folder or name under models/interrogators/"),
-    captioner: Optional[str] = typer.Option(None, "--captioner", help="BLIP / Florence-2 folder or name under "
-                                                                      "models/interrogators/"),
 ):
-    """Train a LoRA from a folder or zip of pictures."""
-    from lorastudio.core.settings import default_models_dir
+    """Train a LoRA from a folder or zip of pictures.
+
+    Every setting is a field of the run's config (config.json, the TOML file, POST /v1/trainings
+    take the same names, with _ for -); unset ones take the base model family's defaults."""
     from lorastudio.training.config import load_toml, training_config
 
     try:
         data: dict = load_toml(config_file).model_dump(exclude_unset=True) if config_file else {}
-        flags = {"images": images, "trigger": trigger, "base": base, "steps": steps, "epochs": epochs,
-                 "repeats": repeats, "resolution": resolution or None, "rank": rank, "alpha": alpha, "lr": lr,
-                 "te_lr": te_lr, "train_text_encoder": train_text_encoder, "optimizer": optimizer,
-                 "lr_scheduler": lr_scheduler, "warmup": warmup, "batch_size": batch_size, "grad_accum": grad_accum,
-                 "save_every": save_every, "sample_every": sample_every, "sample_prompts": sample_prompt or None,
-                 "seed": seed, "project": project, "version": version, "projects_dir": projects_dir,
-                 "models_dir": models_dir or (None if "models_dir" in data else
-                                              default_models_dir(os.environ)),
-                 "num_processes": num_processes, "class_word": class_word, "reg_images": reg_images,
-                 "prior_loss_weight": prior_loss_weight, "caption": caption,
-                 "masked_loss": masked_loss}
-        data.update({k: v for k, v in flags.items() if v is not None})
+        if "models_dir" not in data:
+            data["models_dir"] = default_models_dir(os.environ)
+        data.update(flags)
         if tagger or captioner:
             data["caption_options"] = {**data.get("caption_options", {}),
                                        **({"tagger": tagger} if tagger else {}),
                                        **({"captioner": captioner} if captioner else {})}
-        if resume:
-            data["resume"] = True
-        if skip_bad_images:
-            data["skip_bad_images"] = True
-        if no_install:
-            data["install_lora"] = False
         config = training_config(data)
+        if print_config:
+            typer.echo(config.model_dump_json(indent=2))
+            return
         if config.num_processes > 1 and "LOCAL_RANK" not in os.environ:
             _train_in_processes(config)
             return
@@ -294,7 +262,8 @@ def train(
     if report:
         from lorastudio.interfaces.cli.report_cmd import report_after_training
 
-        report_after_training(result.version_dir, models_dir)
+        with library_output(verbose):
+            report_after_training(result.version_dir, config.models_dir)
 
 
 def _train_in_processes(config) -> None:

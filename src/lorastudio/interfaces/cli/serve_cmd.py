@@ -1,64 +1,56 @@
 """`lorastudio serve`: the A1111-compatible API and the training queue.
 
-Registered by app.py; importing this module imports neither torch nor fastapi.
+Registered by app.py; `python -m lorastudio.interfaces.api` registers the same command, so both
+take the same options, generated from ServerSettings and StudioSettings. Importing this module
+imports neither torch nor fastapi.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 
+from lorastudio.interfaces.cli.options_from_model import GroupedCommand, model_fields_for_cli, with_model_options
 from lorastudio.interfaces.cli.quiet import library_output, verbose_option
 
 
+def serve_option_fields():
+    """The options of the server entry points: how it listens, then the studio's settings."""
+    from lorastudio.core.settings import ServerSettings, StudioSettings
+
+    return (("server", model_fields_for_cli(ServerSettings, group="Server")),
+            ("studio", model_fields_for_cli(StudioSettings, group="Models and outputs")))
+
+
 def register(app: typer.Typer) -> None:
-    @app.command()
-    def serve(
-        host: str = typer.Option("127.0.0.1", help="Address to listen on; anything but loopback needs --api-auth"),
-        port: int = typer.Option(7860, help="Port (A1111's default)"),
-        models_dir: Optional[Path] = typer.Option(None, "--models-dir", help="A1111/Forge `models` folder "
-                                                  "(default: ./models or $LORASTUDIO_MODELS_DIR)"),
-        outdir: Optional[Path] = typer.Option(None, "--outdir", help="Output root [outputs]"),
-        projects_dir: Optional[Path] = typer.Option(None, "--projects-dir", help="Training projects [projects]"),
-        api_auth: Optional[str] = typer.Option(None, "--api-auth", envvar="LORASTUDIO_API_AUTH",
-                                               help="USER:PASS for HTTP Basic auth on every route "
-                                                    "(or $LORASTUDIO_API_AUTH, kept out of the process list)"),
-        device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | mps"),
-        report: bool = typer.Option(True, "--report/--no-report", help="Write the LoRA report after each training"),
-        verbose: bool = verbose_option(),
-        db: Optional[str] = typer.Option(None, "--db", envvar="LORASTUDIO_DB",
-                                         help="Job database: postgresql://... for a queue shared by several "
-                                              "API nodes and workers (or $LORASTUDIO_DB); default: a SQLite "
-                                              "file in the projects folder"),
-        no_worker: bool = typer.Option(False, "--no-worker",
-                                       help="Only queue jobs; `lorastudio worker` processes run them"),
-    ):
+    @app.command(cls=GroupedCommand)
+    @with_model_options(*serve_option_fields())
+    def serve(server: dict = None, studio: dict = None, verbose: bool = verbose_option()):
         """Serve /sdapi/v1 (A1111 clients: webuiapi, Krita, SillyTavern...) and /v1/trainings."""
         from lorastudio.core.errors import LorastudioError
         from lorastudio.core.params import build_model
-        from lorastudio.core.settings import StudioSettings, default_models_dir
+        from lorastudio.core.settings import ServerSettings, StudioSettings, default_models_dir
 
-        values: dict = {"models_dir": models_dir or default_models_dir(os.environ),
-                        "report_after_training": report}
-        for key, value in (("outdir", outdir), ("projects_dir", projects_dir), ("device", device)):
-            if value is not None:
-                values[key] = value
+        studio.setdefault("models_dir", default_models_dir(os.environ))
         try:
+            settings = build_model(StudioSettings, studio)
+            options = build_model(ServerSettings, server)
             from lorastudio.interfaces.api.server import run_server
+            from lorastudio.interfaces.api.state import ApiLimits
 
-            settings = build_model(StudioSettings, values)
-            options: dict = {}
-            if db:
+            queue: dict = {}
+            if options.db:
                 from lorastudio.services.jobs import open_job_store
 
-                options["store"] = open_job_store(db)
-            if no_worker:
-                options["run_worker"] = False
+                queue["store"] = open_job_store(options.db)
+            if not options.worker:
+                queue["run_worker"] = False
             with library_output(verbose):
-                run_server(settings, host=host, port=port, api_auth=api_auth or None, **options)
+                run_server(settings, host=options.host, port=options.port, api_auth=options.api_auth or None,
+                           webhook_hosts=options.webhook_hosts, dataset_roots=options.dataset_roots,
+                           limits=ApiLimits(max_generation_work=options.max_generation_work), **queue)
         except LorastudioError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None

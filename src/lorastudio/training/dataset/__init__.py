@@ -1,25 +1,32 @@
 """Dataset side of training: ingest a folder or zip, check it, caption and bucket the pictures.
 
 Importable without torch. Entry points: `open_source`, `check_dataset`, `build_dataset`.
+
+The names below are imported on first use (PEP 562), so importing one light submodule (the
+TrainingConfig needs only `config`) does not load Pillow and numpy: `lorastudio --help` builds
+the train command's flags from TrainingConfig and stays quick.
 """
 
-from lorastudio.training.dataset.buckets import Bucket, BucketPlan, assign_bucket, fit_to_bucket, make_buckets
-from lorastudio.training.dataset.captions import (
-    augment_caption,
-    default_caption,
-    ensure_trigger,
-    read_caption_file,
-    safe_filename,
-)
-from lorastudio.training.dataset.checks import build_dataset, check_dataset
-from lorastudio.training.dataset.config import DatasetConfig, dataset_config
-from lorastudio.training.dataset.images import PreparedImage, load_training_image, probe_image
-from lorastudio.training.dataset.ingest import DatasetSource, SourceFile, open_source
-from lorastudio.training.dataset.report import DatasetReport, Problem, TrainingItem
+from __future__ import annotations
 
-__all__ = [
-    "Bucket", "BucketPlan", "DatasetConfig", "DatasetReport", "DatasetSource", "PreparedImage", "Problem",
-    "SourceFile", "TrainingItem", "assign_bucket", "augment_caption", "build_dataset", "check_dataset",
-    "dataset_config", "default_caption", "ensure_trigger", "fit_to_bucket", "load_training_image",
-    "make_buckets", "open_source", "probe_image", "read_caption_file", "safe_filename",
-]
+import importlib
+
+_WHERE = {
+    "Bucket": "buckets", "BucketPlan": "buckets", "assign_bucket": "buckets", "fit_to_bucket": "buckets",
+    "make_buckets": "buckets",
+    "augment_caption": "captions", "default_caption": "captions", "ensure_trigger": "captions",
+    "read_caption_file": "captions", "safe_filename": "captions",
+    "build_dataset": "checks", "check_dataset": "checks",
+    "DatasetConfig": "config", "dataset_config": "config",
+    "PreparedImage": "images", "load_training_image": "images", "probe_image": "images",
+    "DatasetSource": "ingest", "SourceFile": "ingest", "open_source": "ingest",
+    "DatasetReport": "report", "Problem": "report", "TrainingItem": "report",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
