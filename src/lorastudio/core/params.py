@@ -45,7 +45,8 @@ class GenerationParams(BaseModel):
     batch_count: int = Field(1, ge=1, le=MAX_BATCH_COUNT, description="Number of batches")
     clip_skip: int = Field(1, ge=1, le=12, description="CLIP skip (A1111 numbering: 1 = none)")
     # FLUX-dev's distilled guidance (Forge: "Distilled CFG Scale"); ignored by families without it.
-    guidance: float = Field(3.5, ge=0.0, le=100.0, description="FLUX distilled guidance")
+    guidance: float = Field(3.5, ge=0.0, le=100.0, description="Distilled guidance, for models that take guidance as an input "
+                                                                        "(Forge: Distilled CFG Scale)")
     model: ModelRef | None = Field(None, description="Checkpoint name, title, short hash or path",
                                    json_schema_extra={"cli": ["--model", "-m"], "cli_default": "the first one"})
     vae: ModelRef | None = Field(None, description="VAE from models/VAE",

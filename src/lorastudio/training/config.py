@@ -122,11 +122,12 @@ class TrainingConfig(BaseModel):
     masked_loss: bool = _field(False, "Loss", "Weight the loss by the pictures' alpha channel "
                                "(kohya: masked_loss with alpha_mask)")
     timestep_sampling: Literal["uniform", "sigmoid", "shift"] | None = _field(
-        None, "Loss", "Timestep sampling of flow-matching families (FLUX) (kohya: timestep_sampling)",
+        None, "Loss", "Timestep sampling of flow-matching families (kohya: timestep_sampling)",
         cli_default=FAMILY)
     discrete_flow_shift: float = _field(3.0, "Loss", "Shift of the 'shift' timestep sampling "
                                         "(kohya: discrete_flow_shift)", gt=0)
-    guidance: float = _field(1.0, "Loss", "FLUX-dev guidance input during training (kohya: guidance_scale)", ge=0)
+    guidance: float = _field(1.0, "Loss", "Guidance input during training, for flow-matching models that take one "
+                              "(kohya: guidance_scale)", ge=0)
     # --- precision and memory ----------------------------------------------------------------
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = _field(
         "auto", "Precision and memory", "Autocast precision; auto = bf16 or fp16 on CUDA, no on the CPU "

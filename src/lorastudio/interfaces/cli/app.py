@@ -219,6 +219,7 @@ def train(
 
     Every setting is a field of the run's config (config.json, the TOML file, POST /v1/trainings
     take the same names, with _ for -); unset ones take the base model family's defaults."""
+    from lorastudio.core.settings import default_models_dir
     from lorastudio.training.config import load_toml, training_config
 
     try:
