@@ -41,11 +41,23 @@ class GenerationParams(BaseModel):
     vae: str | None = None
     # img2img / inpaint
     denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
-    # hires fix
+    # hires fix (A1111's names; see generation/hires_fix.py)
     enable_hr: bool = False
     hr_scale: float = Field(2.0, ge=1.0, le=8.0)
     hr_second_pass_steps: int = Field(0, ge=0, le=MAX_STEPS)
     hr_upscaler: str = "Latent"
+    hr_resize_x: int = Field(0, ge=0, le=MAX_SIDE)
+    hr_resize_y: int = Field(0, ge=0, le=MAX_SIDE)
+    hr_sampler_name: str | None = None  # None: the first pass's sampler
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""  # "": the prompt
+    hr_negative_prompt: str = ""
+    hr_cfg: float | None = Field(None, ge=0.0, le=100.0)  # Forge's "Hires CFG Scale"; None: cfg_scale
+    # variation seeds (see generation/variation_seeds.py)
+    subseed: int = Field(-1, ge=-1, le=SEED_MAX, description="-1 draws a random variation seed")
+    subseed_strength: float = Field(0.0, ge=0.0, le=1.0)
+    seed_resize_from_w: int = Field(-1, ge=-1, le=MAX_SIDE)
+    seed_resize_from_h: int = Field(-1, ge=-1, le=MAX_SIDE)
 
     @field_validator("width", "height")
     @classmethod
@@ -54,7 +66,7 @@ class GenerationParams(BaseModel):
             raise ValueError(f"must be a multiple of 8 (nearest: {round(v / 8) * 8})")
         return v
 
-    @field_validator("cfg_scale", "guidance", "denoising_strength", "hr_scale")
+    @field_validator("cfg_scale", "guidance", "denoising_strength", "hr_scale", "subseed_strength")
     @classmethod
     def _finite(cls, v: float) -> float:
         if not math.isfinite(v):

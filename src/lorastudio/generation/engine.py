@@ -17,6 +17,7 @@ from lorastudio.core.samplers import resolve_sampler
 from lorastudio.core.settings import StudioSettings
 from lorastudio.generation.outputs import dated_folder
 from lorastudio.generation.txt2img import GenerationResult, ProgressFn, run_txt2img
+from lorastudio.generation.variation_seeds import check_supported as check_variation_supported
 from lorastudio.lora.activation import LoraState, activate, tags_to_active
 from lorastudio.lora.embeddings import EmbeddingState, apply_embeddings, ti_hashes_field
 from lorastudio.models.catalog import Catalog, ModelEntry
@@ -39,6 +40,8 @@ def pick_device(setting: str) -> str:
 
 
 class GenerationEngine:
+    supports_hires = True  # the API's hires fields reach run_txt2img (generation/hires_fix.py)
+
     def __init__(self, settings: StudioSettings):
         self.settings = settings
         self.root = ModelsRoot.at(settings.models_dir)
@@ -127,6 +130,7 @@ class GenerationEngine:
         params = validate_params(params)
         options = validate_img2img_options(options)
         resolve_sampler(params.sampler, params.scheduler)
+        check_variation_supported(params, "img2img")
         if not init_images:
             raise InvalidParameter("init_images", [], "img2img needs at least one init image")
         from lorastudio.generation.img2img import run_img2img

@@ -161,6 +161,13 @@ def check_common(req: _ProcessingRequest, sampler_name: str, stochastic: bool) -
 def check_txt2img(req: Txt2ImgRequest, hires_supported: bool) -> None:
     if req.enable_hr and not hires_supported:
         _refuse("enable_hr", True, "hires fix is " + _NOT_YET)
+    if req.enable_hr:
+        if req.hr_checkpoint_name not in (None, "", "Use same checkpoint"):
+            _refuse("hr_checkpoint_name", req.hr_checkpoint_name, "a second checkpoint for the hires pass is " + _NOT_YET)
+        if req.hr_additional_modules not in (None, [], ["Use same choices"]):
+            _refuse("hr_additional_modules", req.hr_additional_modules, "other modules for the hires pass are " + _NOT_YET)
+        if req.hr_distilled_cfg is not None and req.hr_distilled_cfg != req.distilled_cfg_scale:
+            _refuse("hr_distilled_cfg", req.hr_distilled_cfg, "a different distilled CFG for the hires pass is " + _NOT_YET)
     if req.firstphase_width or req.firstphase_height:
         _refuse("firstphase_width", req.firstphase_width, "the old hires first-pass size is " + _NOT_YET)
 
@@ -231,6 +238,8 @@ def plan_generation(req: _ProcessingRequest, state, kind: str, *, hires_supporte
     }
     if img2img is not None:
         values["denoising_strength"] = _or(req.denoising_strength, 0.75)
+    if isinstance(req, Txt2ImgRequest) and req.enable_hr:
+        values.update(hires_values(req))
     distilled = getattr(req, "distilled_cfg_scale", None)
     if distilled is not None:
         values["guidance"] = distilled
@@ -260,6 +269,27 @@ def plan_generation(req: _ProcessingRequest, state, kind: str, *, hires_supporte
         task_id=req.force_task_id,
         img2img=img2img,
     )
+
+
+def hires_values(req: Txt2ImgRequest) -> dict[str, Any]:
+    """The hires-fix request fields as GenerationParams values (A1111's "Use same ..." = not set)."""
+    def same(v):
+        return None if v in (None, "", "Use same sampler", "Use same scheduler") else v
+
+    return {
+        "enable_hr": True,
+        "denoising_strength": _or(req.denoising_strength, 0.75),
+        "hr_scale": _or(req.hr_scale, 2.0),
+        "hr_upscaler": req.hr_upscaler or "Latent",  # A1111's latent_upscale_default_mode
+        "hr_second_pass_steps": _or(req.hr_second_pass_steps, 0),
+        "hr_resize_x": _or(req.hr_resize_x, 0),
+        "hr_resize_y": _or(req.hr_resize_y, 0),
+        "hr_sampler_name": same(req.hr_sampler_name),
+        "hr_scheduler": scheduler_label(same(req.hr_scheduler)) if same(req.hr_scheduler) else None,
+        "hr_prompt": req.hr_prompt or "",
+        "hr_negative_prompt": req.hr_negative_prompt or "",
+        "hr_cfg": req.hr_cfg,
+    }
 
 
 def _or(value: Any, default: Any) -> Any:
@@ -310,7 +340,7 @@ def info_json(plan: GenerationPlan, infotexts: list[str], seeds: list[int], inde
         "sd_vae_hash": parsed.get("VAE hash"),
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": p.denoising_strength if plan.kind == "img2img" else None,
+        "denoising_strength": p.denoising_strength if plan.kind == "img2img" or p.enable_hr else None,
         "extra_generation_params": {k: v for k, v in parsed.items()
                                     if k not in standard and not k.startswith(("Hires", "Size"))},
         "index_of_first_image": index_of_first_image,
