@@ -36,6 +36,10 @@ _FROM_INFOTEXT = {
     "prompt": "prompt", "negative_prompt": "negative_prompt", "steps": "steps", "sampler": "sampler_name",
     "scheduler": "scheduler", "cfg_scale": "cfg_scale", "seed": "seed", "width": "width", "height": "height",
     "guidance": "distilled_cfg_scale", "denoising_strength": "denoising_strength",
+    # hires fix and variation seeds: the same names on both sides
+    **{k: k for k in ("enable_hr", "hr_scale", "hr_resize_x", "hr_resize_y", "hr_second_pass_steps", "hr_upscaler",
+                      "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt", "hr_cfg", "subseed",
+                      "subseed_strength", "seed_resize_from_w", "seed_resize_from_h")},
 }
 _INFOTEXT_OPTIONS = {"clip_skip": "CLIP_stop_at_last_layers", "model": "sd_model_checkpoint", "vae": "sd_vae"}
 
@@ -121,11 +125,6 @@ def check_common(req: _ProcessingRequest, sampler_name: str, stochastic: bool) -
     """Refuse what we cannot honour in the fields txt2img and img2img share."""
     if req.styles:
         _refuse("styles", req.styles, "prompt styles are not supported; put the text in the prompt")
-    if not _zero(req.subseed_strength):
-        _refuse("subseed_strength", req.subseed_strength, "variation seeds are " + _NOT_YET)
-    h, w = req.seed_resize_from_h or 0, req.seed_resize_from_w or 0
-    if h > 0 and w > 0 and (h, w) != (req.height, req.width):
-        _refuse("seed_resize_from_h", h, "resizing the seed is " + _NOT_YET)
     if req.restore_faces:
         _refuse("restore_faces", True, "face restoration is " + _NOT_YET)
     if req.tiling:
@@ -240,6 +239,8 @@ def plan_generation(req: _ProcessingRequest, state, kind: str, *, hires_supporte
         values["denoising_strength"] = _or(req.denoising_strength, 0.75)
     if isinstance(req, Txt2ImgRequest) and req.enable_hr:
         values.update(hires_values(req))
+    values.update(subseed=subseed, subseed_strength=_or(req.subseed_strength, 0.0),
+                  seed_resize_from_w=_or(req.seed_resize_from_w, -1), seed_resize_from_h=_or(req.seed_resize_from_h, -1))
     distilled = getattr(req, "distilled_cfg_scale", None)
     if distilled is not None:
         values["guidance"] = distilled
@@ -324,7 +325,7 @@ def info_json(plan: GenerationPlan, infotexts: list[str], seeds: list[int], inde
         "all_seeds": seeds,
         "subseed": plan.subseed,
         "all_subseeds": [(plan.subseed + i) % (SEED_MAX + 1) for i in range(n)],
-        "subseed_strength": 0,
+        "subseed_strength": p.subseed_strength,
         "width": p.width,
         "height": p.height,
         "sampler_name": _sampler_label(p.sampler),
@@ -338,8 +339,8 @@ def info_json(plan: GenerationPlan, infotexts: list[str], seeds: list[int], inde
         "sd_model_hash": parsed.get("Model hash"),
         "sd_vae_name": parsed.get("VAE"),
         "sd_vae_hash": parsed.get("VAE hash"),
-        "seed_resize_from_w": -1,
-        "seed_resize_from_h": -1,
+        "seed_resize_from_w": p.seed_resize_from_w,
+        "seed_resize_from_h": p.seed_resize_from_h,
         "denoising_strength": p.denoising_strength if plan.kind == "img2img" or p.enable_hr else None,
         "extra_generation_params": {k: v for k, v in parsed.items()
                                     if k not in standard and not k.startswith(("Hires", "Size"))},

@@ -121,7 +121,8 @@ def _run(state, plan: GenerationPlan):
             if progress.was_interrupted:
                 interrupted = True
                 break
-            batch = p.model_copy(update={"batch_count": 1, "seed": seeds[b * p.batch_size]})
+            batch = p.model_copy(update={"batch_count": 1, "seed": seeds[b * p.batch_size],
+                                         "subseed": (p.subseed + b * p.batch_size) % (SEED_MAX + 1)})
 
             def on_step(_i, step, steps, b=b):
                 progress.on_step(b, step, steps)
