@@ -31,6 +31,7 @@ from lorastudio.core.errors import InvalidParameter
 from lorastudio.core.params import GenerationParams
 from lorastudio.core.prompt_syntax import extract_lora_tags
 from lorastudio.core.samplers import resolve_sampler
+from lorastudio.generation.prompt_editing import scheduled_conditioning
 
 
 # A1111's shared.latent_upscale_modes: name -> (interpolate mode, antialias).
@@ -183,7 +184,7 @@ class HiresPlan:
     """Everything the second pass needs, prepared once per call (prompts encoded, scheduler built)."""
 
     pipe: Any
-    cond_kwargs: dict
+    step_cond: Any  # generation.prompt_editing.StepConditioning
     params: GenerationParams  # the second pass: schedule steps, target size
     run: int
     strength: float
@@ -223,11 +224,11 @@ def plan_hires(model, params: GenerationParams, lora_tags: list, *, prepare_prom
     if prepare_prompts is not None:
         prompt_text, negative, extra = prepare_prompts(prompt_text, negative)
     cfg = params.cfg_scale if params.hr_cfg is None else params.hr_cfg
-    with torch.no_grad():
-        cond = family.encode_prompts(pipe, prompt_text, negative, clip_skip=params.clip_skip, cfg_scale=cfg,
-                                     guidance=params.guidance)
+    # Prompt editing in the hires pass: `when` counts over both passes (A1111's hires_steps offsets).
+    step_cond = scheduled_conditioning(family, pipe, prompt_text, negative, params.steps, clip_skip=params.clip_skip,
+                                       cfg_scale=cfg, guidance=params.guidance, hires_steps=run)
     second = params.model_copy(update={"steps": schedule, "width": target.width, "height": target.height})
-    return HiresPlan(pipe=pipe, cond_kwargs=cond.kwargs, params=second, run=run,
+    return HiresPlan(pipe=pipe, step_cond=step_cond, params=second, run=run,
                      strength=pipeline_strength(type(pipe), schedule, run), target=target, kind=kind,
                      upscale=upscale, infotext=hires_infotext(params, label))
 
@@ -263,5 +264,5 @@ def run_second_pass(model, plan: HiresPlan, first, seeds: list[int], batch_index
     latents = upscaled_latents(model, plan, first)
     gens = seeded_generators(seeds)
     seed_brownian_noise(plan.pipe, seeds[0])
-    return _denoise(plan.pipe, plan.cond_kwargs, plan.params, latents, plan.strength, plan.run, None, gens,
-                    batch_index, on_progress, should_stop)
+    return _denoise(plan.pipe, plan.step_cond.kwargs_at(0), plan.params, latents, plan.strength, plan.run, None,
+                    gens, batch_index, on_progress, should_stop, step_cond=plan.step_cond)

@@ -21,6 +21,7 @@ from lorastudio.core.prompt_syntax import extract_lora_tags
 from lorastudio.core.samplers import resolve_sampler
 from lorastudio.generation.finite import check_latents, finite_pil
 from lorastudio.generation.noise import all_seeds, resolve_seed
+from lorastudio.generation.prompt_editing import scheduled_conditioning, step_callback_inputs, swap_for_next_call
 from lorastudio.generation.variation_seeds import check_supported as check_variation_supported
 from lorastudio.generation.variation_seeds import seeded_noise, subseeds_for, variation_infotext
 from lorastudio.lora.activation import ActiveLora
@@ -107,9 +108,9 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
     negative, extra = params.negative_prompt, {}
     if prepare_prompts is not None:
         prompt_text, negative, extra = prepare_prompts(prompt_text, negative)
-    with torch.no_grad():
-        cond = family.encode_prompts(pipe, prompt_text, negative, clip_skip=params.clip_skip,
-                                     cfg_scale=params.cfg_scale, guidance=params.guidance)
+    # prompt editing [from:to:when] and alternation [a|b]: the texts per step, encoded once each
+    step_cond = scheduled_conditioning(family, pipe, prompt_text, negative, params.steps, clip_skip=params.clip_skip,
+                                       cfg_scale=params.cfg_scale, guidance=params.guidance)
     hires = None
     if params.enable_hr:
         from lorastudio.generation.hires_fix import plan_hires
@@ -129,8 +130,8 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
         latents = family.pack_latents(pipe, latents)
         seed_brownian_noise(pipe, batch_seeds[0])
         # 5. denoise
-        images = _denoise(pipe, cond.kwargs, params, latents, gens, b, on_progress, should_stop,
-                          output_type=hires.first_pass_output if hires else "np")
+        images = _denoise(pipe, step_cond.kwargs_at(0), params, latents, gens, b, on_progress, should_stop,
+                          output_type=hires.first_pass_output if hires else "np", step_cond=step_cond)
         if hires is not None:  # 5b. hires fix: upscale, then the img2img second pass
             from lorastudio.generation.hires_fix import run_second_pass
 
@@ -160,9 +161,11 @@ def collect_outputs(result: GenerationResult, images, seeds, save_to: Path | Non
         result.images.append(gi)
 
 
-def _denoise(pipe, cond_kwargs, params, latents, gens, batch_index, on_progress, should_stop, output_type="np"):
+def _denoise(pipe, cond_kwargs, params, latents, gens, batch_index, on_progress, should_stop, output_type="np",
+             step_cond=None):
     def on_step_end(p, step, timestep, kwargs):
         check_latents(kwargs.get("latents"), step + 1)
+        swap_for_next_call(step_cond, p, step, kwargs)
         if on_progress:
             on_progress(batch_index, step + 1, params.steps)
         if should_stop and should_stop():
@@ -179,6 +182,7 @@ def _denoise(pipe, cond_kwargs, params, latents, gens, batch_index, on_progress,
             latents=latents.to(pipe.device, dtype=latent_dtype(pipe)),
             generator=gens,
             callback_on_step_end=on_step_end,
+            callback_on_step_end_tensor_inputs=["latents", *step_callback_inputs(step_cond, pipe)],
             output_type=output_type,
         )
     if output_type == "latent":  # the hires fix upscales these
