@@ -82,7 +82,7 @@ def test_a_lora_weight_past_the_limit_is_a_422_and_the_server_draws_as_before(cl
     ({"enable_hr": True, "subseed_strength": 0.5}, "subseed_strength"),
     ({"restore_faces": True}, "restore_faces"),
     ({"tiling": True}, "tiling"),
-    ({"styles": ["anime"]}, "styles"),
+    ({"styles": ["anime"]}, "styles"),  # no such style in the (absent) styles.csv
     ({"script_name": "x/y/z plot"}, "script_name"),
     ({"alwayson_scripts": {"ControlNet": {"args": []}}}, "alwayson_scripts.ControlNet"),
     ({"refiner_checkpoint": "other"}, "refiner_checkpoint"),

@@ -48,3 +48,26 @@ def test_variation_seed_strength_0_and_1(client):
     assert not np.array_equal(half, plain7) and not np.array_equal(half, plain9)
     assert (half_info["subseed"], half_info["subseed_strength"]) == (9, 0.5)
     assert "Variation seed: 9, Variation seed strength: 0.5" in half_info["infotexts"][0]
+
+
+def test_styles_field_and_prompt_styles_route(client, engine, tmp_path):
+    path = tmp_path / "styles.csv"
+    path.write_text('name,prompt,negative_prompt\nCine,"film still of {prompt}",cartoon\n', encoding="utf-8")
+    saved = engine.settings
+    engine.settings = saved.model_copy(update={"styles_file": path})
+    try:
+        assert client.get("/sdapi/v1/prompt-styles").json() == [
+            {"name": "Cine", "prompt": "film still of {prompt}", "negative_prompt": "cartoon"}]
+        styled = client.post("/sdapi/v1/txt2img", json={**SMALL, "styles": ["Cine"]})
+        assert styled.status_code == 200, styled.text
+        info = json.loads(styled.json()["info"])
+        assert info["styles"] == ["Cine"]
+        assert info["infotexts"][0].startswith("film still of a cat\nNegative prompt: cartoon\n")
+        plain = client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "film still of a cat",
+                                                       "negative_prompt": "cartoon"})
+        assert np.array_equal(np.asarray(_image(styled.json()["images"][0])),
+                              np.asarray(_image(plain.json()["images"][0])))
+        bad = client.post("/sdapi/v1/txt2img", json={**SMALL, "styles": ["Nope"]})
+        assert bad.status_code == 422 and "Nope" in bad.text
+    finally:
+        engine.settings = saved

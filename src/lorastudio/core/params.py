@@ -39,6 +39,7 @@ class GenerationParams(BaseModel):
     guidance: float = Field(3.5, ge=0.0, le=100.0)
     model: str | None = None
     vae: str | None = None
+    styles: list[str] = Field(default_factory=list, description="A1111 style names from the styles file, in order")
     # img2img / inpaint
     denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
     # hires fix (A1111's names; see generation/hires_fix.py)

@@ -23,3 +23,4 @@ class StudioSettings(BaseModel):
                                     "unloaded past this)")
     allow_pickle: bool = Field(False, description="Load .ckpt/.pt files with torch.load(weights_only=True)")
     include_bundled: bool = Field(True, description="List the bundled demo base model beside the user's models")
+    styles_file: Path = Field(Path("styles.csv"), description="A1111's prompt styles file (name, prompt, negative_prompt)")

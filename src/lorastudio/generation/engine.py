@@ -112,7 +112,7 @@ class GenerationEngine:
     # --- generation ---------------------------------------------------------------------
     def txt2img(self, params: GenerationParams | dict, *, save: bool = True, on_progress: ProgressFn | None = None,
                 outdir: Path | None = None) -> GenerationResult:
-        params = validate_params(params)
+        params = self._with_styles(validate_params(params))
         resolve_sampler(params.sampler, params.scheduler)  # a misspelt sampler fails before any model loads
         with self._lock:
             self.interrupt_flag.clear()
@@ -127,7 +127,7 @@ class GenerationEngine:
                 options: Img2ImgOptions | dict | None = None, save: bool = True,
                 on_progress: ProgressFn | None = None, outdir: Path | None = None) -> GenerationResult:
         """img2img (inpainting when `mask` is given: white = repaint) with A1111's semantics."""
-        params = validate_params(params)
+        params = self._with_styles(validate_params(params))
         options = validate_img2img_options(options)
         resolve_sampler(params.sampler, params.scheduler)
         check_variation_supported(params, "img2img")
@@ -144,6 +144,21 @@ class GenerationEngine:
                                activate_loras=self._activate_loras, model_hash=short, save_to=folder,
                                on_progress=on_progress, should_stop=self.interrupt_flag.is_set,
                                prepare_prompts=self._apply_embeddings)
+
+    def prompt_styles(self) -> dict:
+        from lorastudio.core.styles import load_styles
+
+        return load_styles(self.settings.styles_file)
+
+    def _with_styles(self, params: GenerationParams) -> GenerationParams:
+        """A1111 applies styles before anything else: the infotext holds the styled prompt."""
+        if not params.styles:
+            return params
+        from lorastudio.core.styles import apply_styles
+
+        prompt, negative = apply_styles(params.prompt, params.negative_prompt, params.styles, self.prompt_styles(),
+                                        str(self.settings.styles_file))
+        return params.model_copy(update={"prompt": prompt, "negative_prompt": negative, "styles": []})
 
     def _activate_loras(self, tags):
         model = self._model

@@ -67,6 +67,7 @@ class GenerationPlan:
     img2img: Img2ImgOptions | None = None  # set for kind "img2img"
     init_images: list = field(default_factory=list)  # decoded PIL images
     mask: Any = None
+    styles: list = field(default_factory=list)
 
 
 def schedulers() -> list[dict[str, Any]]:
@@ -123,8 +124,6 @@ def apply_infotext(req: _ProcessingRequest) -> _ProcessingRequest:
 
 def check_common(req: _ProcessingRequest, sampler_name: str, stochastic: bool) -> None:
     """Refuse what we cannot honour in the fields txt2img and img2img share."""
-    if req.styles:
-        _refuse("styles", req.styles, "prompt styles are not supported; put the text in the prompt")
     if req.restore_faces:
         _refuse("restore_faces", True, "face restoration is " + _NOT_YET)
     if req.tiling:
@@ -232,6 +231,7 @@ def plan_generation(req: _ProcessingRequest, state, kind: str, *, hires_supporte
         "batch_size": _or(req.batch_size, 1),
         "batch_count": _or(req.n_iter, 1),
         "clip_skip": effective.get("CLIP_stop_at_last_layers", 1),
+        "styles": list(req.styles or []),
         "model": str(entry.path),
         "vae": vae,
     }
@@ -268,6 +268,7 @@ def plan_generation(req: _ProcessingRequest, state, kind: str, *, hires_supporte
         persist_options=persist,
         comments=dict(req.comments or {}),
         task_id=req.force_task_id,
+        styles=list(req.styles or []),
         img2img=img2img,
     )
 
@@ -346,7 +347,7 @@ def info_json(plan: GenerationPlan, infotexts: list[str], seeds: list[int], inde
                                     if k not in standard and not k.startswith(("Hires", "Size"))},
         "index_of_first_image": index_of_first_image,
         "infotexts": infotexts,
-        "styles": [],
+        "styles": list(plan.styles),
         "job_timestamp": job_timestamp,
         "clip_skip": p.clip_skip,
         "is_using_inpainting_conditioning": False,
