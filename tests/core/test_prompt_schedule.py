@@ -56,3 +56,8 @@ def test_step_lookup_is_a1111s_reconstruct_cond_batch():
     # Denoiser call k (0-based) uses the first entry with k <= end: calls 0, 1, 2 see "cat".
     assert [text_at(sched, k) for k in range(4)] == ["cat", "cat", "cat", "dog"]
     assert text_at(sched, 7) == "cat"  # past the end A1111 falls back to the first entry
+
+
+def test_brackets_nested_thousands_deep_are_text():
+    deep = "[" * 5000 + "a:b:2" + "]" * 5000
+    assert prompt_schedule(deep, 4) == [(4, deep)]

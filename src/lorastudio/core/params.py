@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -40,6 +40,8 @@ class GenerationParams(BaseModel):
     model: str | None = None
     vae: str | None = None
     styles: list[str] = Field(default_factory=list, description="A1111 style names from the styles file, in order")
+    # sd-dynamic-prompts syntax ({a|b}, __wildcard__); "off" keeps braces as text
+    dynamic_prompts: Literal["off", "random", "combinatorial"] = "off"
     # img2img / inpaint
     denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
     # hires fix (A1111's names; see generation/hires_fix.py)

@@ -162,9 +162,13 @@ def prompt_schedule(prompt: str, steps: int, hires_steps: int | None = None) -> 
         int_offset, flt_offset = 0, 0.0
     else:
         int_offset, flt_offset, steps = steps, 1.0, hires_steps
+    if "[" not in prompt:  # edits and alternations need a "[": nothing to schedule
+        return [(steps, prompt)]
     try:
         tree = _parse(prompt)
-    except _NoParse:
+    except (_NoParse, RecursionError):
+        # RecursionError: brackets nested hundreds deep; kept as text for the emphasis parser,
+        # which clamps what such nesting would do.
         return [(steps, prompt)]
     ends = {steps}
     for node in _walk(tree):

@@ -23,4 +23,5 @@ class StudioSettings(BaseModel):
                                     "unloaded past this)")
     allow_pickle: bool = Field(False, description="Load .ckpt/.pt files with torch.load(weights_only=True)")
     include_bundled: bool = Field(True, description="List the bundled demo base model beside the user's models")
+    wildcards_dir: Path | None = Field(None, description="sd-dynamic-prompts wildcards (default: <models_dir>/wildcards)")
     styles_file: Path = Field(Path("styles.csv"), description="A1111's prompt styles file (name, prompt, negative_prompt)")

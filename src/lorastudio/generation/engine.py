@@ -111,9 +111,13 @@ class GenerationEngine:
 
     # --- generation ---------------------------------------------------------------------
     def txt2img(self, params: GenerationParams | dict, *, save: bool = True, on_progress: ProgressFn | None = None,
-                outdir: Path | None = None) -> GenerationResult:
+                outdir: Path | None = None, infotext_extra: dict | None = None) -> GenerationResult:
         params = self._with_styles(validate_params(params))
         resolve_sampler(params.sampler, params.scheduler)  # a misspelt sampler fails before any model loads
+        if params.dynamic_prompts != "off":
+            from lorastudio.generation.dynamic_prompts import run_dynamic
+
+            return run_dynamic(self, params, save=save, on_progress=on_progress, outdir=outdir)
         with self._lock:
             self.interrupt_flag.clear()
             model = self.load(params.model, params.vae)
@@ -121,7 +125,7 @@ class GenerationEngine:
             short = self.catalog.short_hash(self._entry) if self._entry else None
             return run_txt2img(model, params, activate_loras=self._activate_loras, model_hash=short,
                                save_to=folder, on_progress=on_progress, should_stop=self.interrupt_flag.is_set,
-                               prepare_prompts=self._apply_embeddings)
+                               prepare_prompts=self._prompt_preparer(infotext_extra))
 
     def img2img(self, params: GenerationParams | dict, init_images: list, mask=None, *,
                 options: Img2ImgOptions | dict | None = None, save: bool = True,
@@ -144,6 +148,18 @@ class GenerationEngine:
                                activate_loras=self._activate_loras, model_hash=short, save_to=folder,
                                on_progress=on_progress, should_stop=self.interrupt_flag.is_set,
                                prepare_prompts=self._apply_embeddings)
+
+    def wildcards_dir(self) -> Path:
+        return self.settings.wildcards_dir or Path(self.settings.models_dir) / "wildcards"
+
+    def _prompt_preparer(self, infotext_extra: dict | None):
+        if not infotext_extra:
+            return self._apply_embeddings
+
+        def prepare(prompt: str, negative: str):
+            prompt, negative, extra = self._apply_embeddings(prompt, negative)
+            return prompt, negative, {**extra, **infotext_extra}
+        return prepare
 
     def prompt_styles(self) -> dict:
         from lorastudio.core.styles import load_styles
