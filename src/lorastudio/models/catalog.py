@@ -6,6 +6,7 @@ No torch here: listing models must stay instant.
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,28 @@ class Catalog:
         self.root = root
         self.include_bundled = include_bundled
         self.hashes = HashCache(root.hash_cache)
+        # folder -> (directory mtimes seen, entries): a <lora:> tag is looked up on every request,
+        # and re-walking thousands of files each time costs more than a tiny image.
+        self._scans: dict[tuple, tuple[dict[str, int], list[ModelEntry]]] = {}
+        self._scan_count = 0  # bumped on every (re)scan: an index built from an older scan is stale
+        self._lora_index: tuple[int, dict[str, ModelEntry]] = (-1, {})
+
+    def _cached_scan(self, folder: Path, extensions: tuple[str, ...], *, folders: bool) -> list[ModelEntry]:
+        """`_scan`, redone only when a directory of the tree changed (a file added, removed or
+        renamed changes its directory's mtime; a new subfolder changes its parent's)."""
+        return list(self._scan_entries(folder, extensions, folders=folders))
+
+    def _scan_entries(self, folder: Path, extensions: tuple[str, ...], *, folders: bool) -> list[ModelEntry]:
+        key = (str(folder), extensions, folders)
+        cached = self._scans.get(key)
+        if cached is not None and _dirs_unchanged(cached[0]):
+            return cached[1]
+        # Stamps first: a file added while the scan runs makes the next call scan again.
+        stamps = _dir_stamps(folder)
+        entries = _scan(folder, extensions, folders=folders)
+        self._scans[key] = (stamps, entries)
+        self._scan_count += 1
+        return entries
 
     # --- checkpoints --------------------------------------------------------------------
     def checkpoints(self) -> list[ModelEntry]:
@@ -80,7 +103,7 @@ class Catalog:
 
     # --- other folders -------------------------------------------------------------------
     def loras(self) -> list[ModelEntry]:
-        return _scan(self.root.lora, LORA_EXTENSIONS, folders=False)
+        return self._cached_scan(self.root.lora, LORA_EXTENSIONS, folders=False)
 
     def find_lora(self, name: str) -> ModelEntry:
         # Most tags name a file at the top of models/Lora: look there before scanning the tree,
@@ -89,10 +112,18 @@ class Catalog:
             direct = self.root.lora / f"{name}{ext}"
             if direct.is_file() and direct.parent == self.root.lora and not name.startswith("."):
                 return ModelEntry(direct, direct.name, "file")
-        entries = self.loras()
-        for e in entries:
-            if name in (e.stem, e.name, e.path.stem):
-                return e
+        entries = self._scan_entries(self.root.lora, LORA_EXTENSIONS, folders=False)
+        built_from, index = self._lora_index
+        if built_from != self._scan_count:
+            # First entry wins for each of its names, as the linear search it replaces did.
+            index = {}
+            for e in entries:
+                for key in (e.stem, e.name, e.path.stem):
+                    index.setdefault(key, e)
+            self._lora_index = (self._scan_count, index)
+        found = index.get(name)
+        if found is not None:
+            return found
         raise NotFound("LoRA", name, _closest(name, [e.path.stem for e in entries]))
 
     def vaes(self) -> list[ModelEntry]:
@@ -130,6 +161,29 @@ def _scan(folder: Path, extensions: tuple[str, ...], *, folders: bool) -> list[M
         elif folders and p.is_dir() and (p / "model_index.json").is_file():
             found.append(ModelEntry(p, p.relative_to(folder).as_posix(), "diffusers"))
     return found
+
+
+def _dir_stamps(folder: Path) -> dict[str, int]:
+    stamps: dict[str, int] = {}
+    if not folder.is_dir():
+        return {str(folder): -1}
+    for dirpath, _dirs, _files in os.walk(folder):
+        try:
+            stamps[dirpath] = os.stat(dirpath).st_mtime_ns
+        except OSError:
+            stamps[dirpath] = -1
+    return stamps
+
+
+def _dirs_unchanged(stamps: dict[str, int]) -> bool:
+    for d, mtime in stamps.items():
+        try:
+            if os.stat(d).st_mtime_ns != mtime:
+                return False
+        except OSError:
+            if mtime != -1:
+                return False
+    return True
 
 
 def _closest(name: str, names: list[str]) -> list[str]:
