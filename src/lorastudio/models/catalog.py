@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from lorastudio.core.hashes import HashCache, a1111_short_hash, sha256_file
 from lorastudio.core.paths import CHECKPOINT_EXTENSIONS, LORA_EXTENSIONS, ModelsRoot
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled" / "base"
+_RACY_NS = 2_000_000_000
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class Catalog:
         self.hashes = HashCache(root.hash_cache)
         # folder -> (directory mtimes seen, entries): a <lora:> tag is looked up on every request,
         # and re-walking thousands of files each time costs more than a tiny image.
-        self._scans: dict[tuple, tuple[dict[str, int], list[ModelEntry]]] = {}
+        self._scans: dict[tuple, tuple[dict[str, int], list[ModelEntry], bool]] = {}
         self._scan_count = 0  # bumped on every (re)scan: an index built from an older scan is stale
         self._lora_index: tuple[int, dict[str, ModelEntry]] = (-1, {})
 
@@ -47,12 +49,16 @@ class Catalog:
     def _scan_entries(self, folder: Path, extensions: tuple[str, ...], *, folders: bool) -> list[ModelEntry]:
         key = (str(folder), extensions, folders)
         cached = self._scans.get(key)
-        if cached is not None and _dirs_unchanged(cached[0]):
+        if cached is not None and cached[2] and _dirs_unchanged(cached[0]):
             return cached[1]
         # Stamps first: a file added while the scan runs makes the next call scan again.
+        started = time.time_ns()
         stamps = _dir_stamps(folder)
         entries = _scan(folder, extensions, folders=folders)
-        self._scans[key] = (stamps, entries)
+        # A directory changed within the last seconds may change again within the same mtime
+        # tick (coarse on many filesystems): such a scan is not reused (git's "racy" rule).
+        trusted = max(stamps.values()) < started - _RACY_NS
+        self._scans[key] = (stamps, entries, trusted)
         self._scan_count += 1
         return entries
 
