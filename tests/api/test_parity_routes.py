@@ -71,3 +71,19 @@ def test_styles_field_and_prompt_styles_route(client, engine, tmp_path):
         assert bad.status_code == 422 and "Nope" in bad.text
     finally:
         engine.settings = saved
+
+
+def test_dynamic_prompts_always_on_script(client):
+    from dynamicprompts.generators import RandomPromptGenerator
+
+    template = "a {red|green|blue} cat"
+    r = client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": template, "batch_size": 2,
+                                               "alwayson_scripts": {"Dynamic Prompts v2.17.1": {"args": [True, False]}}})
+    assert r.status_code == 200, r.text
+    texts = json.loads(r.json()["info"])["infotexts"]
+    want = RandomPromptGenerator(seed=7).generate(template, 2, seeds=[7, 8])
+    assert [t.split("\n")[0] for t in texts] == want
+    assert all(f"Template: {template}" in t for t in texts)
+    bad = client.post("/sdapi/v1/txt2img", json={**SMALL, "alwayson_scripts": {
+        "Dynamic Prompts v2.17.1": {"args": [True, False, 1, True]}}})
+    assert bad.status_code == 422 and "is_magic_prompt" in bad.text

@@ -149,11 +149,41 @@ def check_common(req: _ProcessingRequest, sampler_name: str, stochastic: bool) -
         _refuse("firstpass_image", "<image>", "a given first-pass image is " + _NOT_YET)
     if req.script_name not in (None, "", "None"):
         _refuse("script_name", req.script_name, "no scripts are installed")
-    if req.alwayson_scripts:
-        name = next(iter(req.alwayson_scripts))
-        _refuse(f"alwayson_scripts.{name}", "...", "no always-on scripts are installed")
+    for name in req.alwayson_scripts or {}:
+        if not _is_dynamic_prompts(name):
+            _refuse(f"alwayson_scripts.{name}", "...", "no always-on scripts are installed but Dynamic Prompts")
     if req.disable_extra_networks and extract_lora_tags(req.prompt or "")[1]:
         _refuse("disable_extra_networks", True, "generating with <lora:...> tags left inactive is " + _NOT_YET)
+
+
+# sd-dynamic-prompts' script arguments, in its order; only the first two have an effect here.
+_DYNAMIC_ARGS = ("is_enabled", "is_combinatorial", "combinatorial_batches", "is_magic_prompt", "is_feeling_lucky",
+                 "is_attention_grabber", "min_attention", "max_attention", "magic_prompt_length", "magic_temp_value",
+                 "use_fixed_seed", "unlink_seed_from_prompt", "disable_negative_prompt", "enable_jinja_templates")
+_DYNAMIC_REFUSED = ("is_magic_prompt", "is_feeling_lucky", "is_attention_grabber", "use_fixed_seed",
+                    "unlink_seed_from_prompt", "disable_negative_prompt", "enable_jinja_templates")
+
+
+def _is_dynamic_prompts(name: str) -> bool:
+    return name.lower().startswith("dynamic prompts")
+
+
+def dynamic_prompts_mode(req: _ProcessingRequest) -> str:
+    """The sd-dynamic-prompts always-on script ("Dynamic Prompts v2.x": {"args": [...]}) as a mode."""
+    for name, value in (req.alwayson_scripts or {}).items():
+        if not _is_dynamic_prompts(name):
+            continue
+        args = list((value or {}).get("args") or []) if isinstance(value, dict) else []
+        given = dict(zip(_DYNAMIC_ARGS, args))
+        for key in _DYNAMIC_REFUSED:
+            if given.get(key):
+                _refuse(f"alwayson_scripts.{name}.args", key, f"the Dynamic Prompts option {key} is " + _NOT_YET)
+        if given.get("combinatorial_batches", 1) not in (1, None):
+            _refuse(f"alwayson_scripts.{name}.args", "combinatorial_batches", "combinatorial batches are " + _NOT_YET)
+        if not given.get("is_enabled", True):
+            return "off"
+        return "combinatorial" if given.get("is_combinatorial") else "random"
+    return "off"
 
 
 def check_txt2img(req: Txt2ImgRequest, hires_supported: bool) -> None:
@@ -239,6 +269,10 @@ def plan_generation(req: _ProcessingRequest, state, kind: str, *, hires_supporte
         values["denoising_strength"] = _or(req.denoising_strength, 0.75)
     if isinstance(req, Txt2ImgRequest) and req.enable_hr:
         values.update(hires_values(req))
+    if isinstance(req, Txt2ImgRequest):
+        values["dynamic_prompts"] = dynamic_prompts_mode(req)
+    elif dynamic_prompts_mode(req) != "off":
+        _refuse("alwayson_scripts", "Dynamic Prompts", "dynamic prompts in img2img are " + _NOT_YET)
     values.update(subseed=subseed, subseed_strength=_or(req.subseed_strength, 0.0),
                   seed_resize_from_w=_or(req.seed_resize_from_w, -1), seed_resize_from_h=_or(req.seed_resize_from_h, -1))
     distilled = getattr(req, "distilled_cfg_scale", None)
