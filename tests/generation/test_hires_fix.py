@@ -138,3 +138,15 @@ def test_upscaler_registry_takes_extra_image_upscalers():
     small = Image.new("RGB", (10, 10), "red")
     assert upscale_image(small, 36, 36, doubler).size == (36, 36)
     assert parse_infotext("x\nSteps: 1, Hires upscaler: My ESRGAN, Size: 8x8")["Hires upscaler"] == "My ESRGAN"
+
+
+def test_from_png_reads_the_hires_settings_back(engine, tmp_path):
+    from lorastudio.interfaces.cli.app import _params_from_png
+
+    p = {**BASE, "enable_hr": True, "hr_upscaler": "Nearest", "hr_scale": 1.5, "hr_second_pass_steps": 2}
+    saved = engine.txt2img(p, outdir=tmp_path).images[0]
+    back = _params_from_png(saved.path)  # what `lorastudio txt2img --from-png` starts from
+    assert {k: back[k] for k in ("enable_hr", "hr_upscaler", "hr_scale", "hr_second_pass_steps")} == \
+        {"enable_hr": True, "hr_upscaler": "Nearest", "hr_scale": 1.5, "hr_second_pass_steps": 2}
+    again = engine.txt2img({**back, "model": None}, save=False).images[0]
+    assert np.array_equal(arr(again.image), arr(saved.image))
