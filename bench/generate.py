@@ -127,6 +127,11 @@ def lora_lookup_ms(base: Path, n_files: int, repeats: int = 5) -> float:
         folder.mkdir(parents=True)
         for i in range(per):
             (folder / f"lora{sub:02d}_{i:04d}.safetensors").write_bytes(b"\0")
+    # A library written an hour ago, as users' are: the catalog rescans a folder changed in the last
+    # seconds (coarse mtime ticks), so fresh folders would time the scan, not the lookup.
+    old = time.time() - 3600
+    for dirpath, _dirs, _files in os.walk(root / "Lora"):
+        os.utime(dirpath, (old, old))
     catalog = Catalog(ModelsRoot.at(root), include_bundled=False)
     want = f"lora19_{per - 1:04d}"
     catalog.find_lora(want)

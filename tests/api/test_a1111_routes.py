@@ -77,16 +77,16 @@ def test_a_lora_weight_past_the_limit_is_a_422_and_the_server_draws_as_before(cl
 
 
 @pytest.mark.parametrize("extra, field", [
-    ({"subseed_strength": 0.5}, "subseed_strength"),
-    ({"enable_hr": True}, "enable_hr"),
+    ({"enable_hr": True, "hr_checkpoint_name": "other.safetensors"}, "hr_checkpoint_name"),
+    ({"enable_hr": True, "hr_upscaler": "R-ESRGAN 4x+"}, "hr_upscaler"),
+    ({"enable_hr": True, "subseed_strength": 0.5}, "subseed_strength"),
     ({"restore_faces": True}, "restore_faces"),
     ({"tiling": True}, "tiling"),
-    ({"styles": ["anime"]}, "styles"),
+    ({"styles": ["anime"]}, "styles"),  # no such style in the (absent) styles.csv
     ({"script_name": "x/y/z plot"}, "script_name"),
     ({"alwayson_scripts": {"ControlNet": {"args": []}}}, "alwayson_scripts.ControlNet"),
     ({"refiner_checkpoint": "other"}, "refiner_checkpoint"),
     ({"firstphase_width": 64}, "firstphase_width"),
-    ({"seed_resize_from_h": 128, "seed_resize_from_w": 128}, "seed_resize_from_h"),
     ({"sampler_name": "Euler a", "eta": 0.5}, "eta"),
     ({"sampler_name": "Euler", "s_churn": 0.3}, "s_churn"),
     ({"override_settings": {"eta_noise_seed_delta": 31337}}, "override_settings.eta_noise_seed_delta"),

@@ -57,6 +57,15 @@ def test_webuiapi_against_a_real_server(server):
         api.img2img(images=[result.image], mask_image=mask, prompt="x", width=32, height=32)
     assert err.value.args[0] == 422 and "inpaint_full_res" in err.value.args[1]
 
+    # The hires fix and variation seeds, as webuiapi sends them (every hires field, "Use same" as None).
+    hires = api.txt2img(prompt="a tiny cat", seed=77, width=32, height=32, enable_hr=True, hr_scale=1.5,
+                        hr_upscaler=webuiapi.HiResUpscaler.LatentBicubic, denoising_strength=0.6,
+                        subseed=5, subseed_strength=0.0)
+    assert hires.image.size == (48, 48)
+    assert "Hires upscale: 1.5, Hires upscaler: Latent (bicubic)" in hires.info["infotexts"][0]
+    varied = api.txt2img(prompt="a tiny cat", seed=77, width=32, height=32, subseed=5, subseed_strength=0.3)
+    assert varied.info["subseed_strength"] == 0.3 and "Variation seed: 5," in varied.info["infotexts"][0]
+
     with pytest.raises(RuntimeError) as err:
         api.txt2img(prompt="x", width=32, height=32, restore_faces=True)
     assert err.value.args[0] == 422 and "restore_faces" in err.value.args[1]

@@ -22,14 +22,31 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "Guidance": ("guidance", float),
     "Denoising strength": ("denoising_strength", float),
     "VAE": ("vae", str),
+    # hires fix (A1111's keys; "Use same ..." is A1111's filler for "not set")
+    "Hires upscale": ("hr_scale", float),
+    "Hires resize-1": ("hr_resize_x", int),
+    "Hires resize-2": ("hr_resize_y", int),
+    "Hires steps": ("hr_second_pass_steps", int),
+    "Hires upscaler": ("hr_upscaler", str),
+    "Hires sampler": ("hr_sampler_name", str),
+    "Hires schedule type": ("hr_scheduler", str),
+    "Hires prompt": ("hr_prompt", str),
+    "Hires negative prompt": ("hr_negative_prompt", str),
+    "Hires CFG Scale": ("hr_cfg", float),
+    # variation seeds
+    "Variation seed": ("subseed", int),
+    "Variation seed strength": ("subseed_strength", float),
+    "Seed resize from-1": ("seed_resize_from_w", int),
+    "Seed resize from-2": ("seed_resize_from_h", int),
 }
+_UNSET = {"Use same sampler", "Use same scheduler", "Use same checkpoint"}
 
 
 def params_from_infotext(text: str) -> dict[str, Any]:
     parsed = parse_infotext(text)
     out: dict[str, Any] = {}
     for key, (field, conv) in _FIELDS.items():
-        if key in parsed and parsed[key] not in ("", None):
+        if key in parsed and parsed[key] not in ("", None) and parsed[key] not in _UNSET:
             try:
                 out[field] = conv(parsed[key])
             except (TypeError, ValueError):
@@ -40,6 +57,11 @@ def params_from_infotext(text: str) -> dict[str, Any]:
         out["model"] = f"{name} [{short}]" if name else short
     elif name:
         out["model"] = name
+    # A1111 fills in "Hires resize: 0x0" for every infotext; the hires fix ran when it wrote its keys.
+    if out.get("hr_resize_x") == 0 and out.get("hr_resize_y") == 0:
+        out.pop("hr_resize_x"), out.pop("hr_resize_y")
+    if "hr_scale" in out or "hr_resize_x" in out or "hr_upscaler" in out:
+        out["enable_hr"] = True
     if out.get("sampler") == "Euler" and parsed.get("Schedule type") == "Simple":
         out["sampler"] = "Euler (flow)"
     return out

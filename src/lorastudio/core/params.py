@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -54,13 +54,35 @@ class GenerationParams(BaseModel):
     # img2img / inpaint
     denoising_strength: float = Field(0.75, ge=0.0, le=1.0, description="0 keeps the image, 1 replaces it",
                                       json_schema_extra={"cli": ["--denoising-strength", "--strength"]})
-    # hires fix: no flags until it is implemented (the API refuses enable_hr)
-    enable_hr: bool = Field(False, description="Hires fix", json_schema_extra={"cli": False})
-    hr_scale: float = Field(2.0, ge=1.0, le=8.0, description="Hires fix upscale factor",
-                            json_schema_extra={"cli": False})
-    hr_second_pass_steps: int = Field(0, ge=0, le=MAX_STEPS, description="Hires fix steps (0 = steps)",
-                                      json_schema_extra={"cli": False})
-    hr_upscaler: Label = Field("Latent", description="Hires fix upscaler", json_schema_extra={"cli": False})
+    styles: list[Label] = Field(default_factory=list, description="A1111 style names from the styles file, in order",
+                                json_schema_extra={"cli": "--style"})
+    # sd-dynamic-prompts syntax ({a|b}, __wildcard__); "off" keeps braces as text
+    dynamic_prompts: Literal["off", "random", "combinatorial"] = Field(
+        "off", description="sd-dynamic-prompts templates ({a|b}, __wildcard__): off keeps braces as text")
+    # hires fix (A1111's names; see generation/hires_fix.py)
+    enable_hr: bool = Field(False, description="Hires fix: a second pass at a larger size",
+                            json_schema_extra={"cli": "hires"})
+    hr_scale: float = Field(2.0, ge=1.0, le=8.0, description="Hires fix upscale factor")
+    hr_second_pass_steps: int = Field(0, ge=0, le=MAX_STEPS, description="Hires fix steps (0 = steps)")
+    hr_upscaler: Label = Field("Latent", description="Hires fix upscaler: Latent (and its modes), None, Lanczos, "
+                                                     "Nearest, or a model in models/ESRGAN ...")
+    hr_resize_x: int = Field(0, ge=0, le=MAX_SIDE, description="Hires fix width (0: from the scale)")
+    hr_resize_y: int = Field(0, ge=0, le=MAX_SIDE, description="Hires fix height (0: from the scale)")
+    hr_sampler_name: Label | None = Field(None, description="Hires fix sampler", json_schema_extra={
+        "cli_default": "the first pass's"})
+    hr_scheduler: Label | None = Field(None, description="Hires fix schedule type", json_schema_extra={
+        "cli_default": "the first pass's"})
+    hr_prompt: Prompt = Field("", description="Hires fix prompt", json_schema_extra={"cli_default": "the prompt"})
+    hr_negative_prompt: Prompt = Field("", description="Hires fix negative prompt",
+                                       json_schema_extra={"cli_default": "the negative prompt"})
+    hr_cfg: float | None = Field(None, ge=0.0, le=100.0, description="Hires fix CFG scale (Forge)",
+                                 json_schema_extra={"cli_default": "the CFG scale"})
+    # variation seeds (see generation/variation_seeds.py)
+    subseed: int = Field(-1, ge=-1, le=SEED_MAX, description="Variation seed; -1 draws a random one")
+    subseed_strength: float = Field(0.0, ge=0.0, le=1.0, description="Variation strength: 0 = the seed, 1 = the "
+                                                                     "variation seed")
+    seed_resize_from_w: int = Field(-1, ge=-1, le=MAX_SIDE, description="Resize seed from width (-1: off)")
+    seed_resize_from_h: int = Field(-1, ge=-1, le=MAX_SIDE, description="Resize seed from height (-1: off)")
 
     @field_validator("width", "height")
     @classmethod
@@ -69,7 +91,7 @@ class GenerationParams(BaseModel):
             raise ValueError(f"must be a multiple of 8 (nearest: {round(v / 8) * 8})")
         return v
 
-    @field_validator("cfg_scale", "guidance", "denoising_strength", "hr_scale")
+    @field_validator("cfg_scale", "guidance", "denoising_strength", "hr_scale", "subseed_strength")
     @classmethod
     def _finite(cls, v: float) -> float:
         if not math.isfinite(v):

@@ -22,18 +22,32 @@ class SamplerSpec:
     aliases: tuple[str, ...] = ()
     # Samplers that consume fresh noise every step: they need a generator per image.
     stochastic: bool = False
+    # A1111 runs these through k-diffusion: the levels are spaced over t = 999..0 whatever
+    # spacing the checkpoint's scheduler config names, and "Automatic" is the sampler's own
+    # schedule (A1111 v1.10 modules/sd_samplers_kdiffusion.py, option 'scheduler').
+    kdiffusion: bool = False
+    default_schedule: str = "Uniform"
+    # A1111's 'discard_next_to_last_sigma': levels for steps + 1, the next-to-last dropped.
+    discard_next_to_last_sigma: bool = False
 
 
 SAMPLERS: tuple[SamplerSpec, ...] = (
-    SamplerSpec("DPM++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, ("k_dpmpp_2m",)),
-    SamplerSpec("DPM++ SDE", "DPMSolverSDEScheduler", {}, ("k_dpmpp_sde",), stochastic=True),
-    SamplerSpec("DPM++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, ("k_dpmpp_2m_sde",), stochastic=True),
-    SamplerSpec("Euler a", "EulerAncestralDiscreteScheduler", {}, ("k_euler_a", "k_euler_ancestral", "Euler Ancestral"), stochastic=True),
-    SamplerSpec("Euler", "EulerDiscreteScheduler", {}, ("k_euler",)),
-    SamplerSpec("LMS", "LMSDiscreteScheduler", {}, ("k_lms",)),
-    SamplerSpec("Heun", "HeunDiscreteScheduler", {}, ("k_heun",)),
-    SamplerSpec("DPM2", "KDPM2DiscreteScheduler", {}, ("k_dpm_2",)),
-    SamplerSpec("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, ("k_dpm_2_a",), stochastic=True),
+    SamplerSpec("DPM++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2},
+                ("k_dpmpp_2m",), kdiffusion=True, default_schedule="Karras"),
+    SamplerSpec("DPM++ SDE", "DPMSolverSDEScheduler", {}, ("k_dpmpp_sde",), stochastic=True, kdiffusion=True,
+                default_schedule="Karras"),
+    SamplerSpec("DPM++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+                ("k_dpmpp_2m_sde",), stochastic=True, kdiffusion=True, default_schedule="Exponential"),
+    SamplerSpec("Euler a", "EulerAncestralDiscreteScheduler", {}, ("k_euler_a", "k_euler_ancestral", "Euler Ancestral"),
+                stochastic=True, kdiffusion=True),
+    SamplerSpec("Euler", "EulerDiscreteScheduler", {}, ("k_euler",), kdiffusion=True),
+    SamplerSpec("LMS", "LMSDiscreteScheduler", {}, ("k_lms",), kdiffusion=True),
+    SamplerSpec("Heun", "HeunDiscreteScheduler", {}, ("k_heun",), kdiffusion=True),
+    SamplerSpec("DPM2", "KDPM2DiscreteScheduler", {}, ("k_dpm_2",), kdiffusion=True, default_schedule="Karras",
+                discard_next_to_last_sigma=True),
+    SamplerSpec("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, ("k_dpm_2_a",), stochastic=True, kdiffusion=True,
+                default_schedule="Karras", discard_next_to_last_sigma=True),
+    # Not k-diffusion in A1111 (sd_samplers_timesteps.py): "Automatic" keeps the model's timesteps.
     SamplerSpec("DDIM", "DDIMScheduler", {}, ("ddim",)),
     SamplerSpec("UniPC", "UniPCMultistepScheduler", {}, ("unipc",)),
     # FLUX (and other rectified-flow models) sample with flow-matching Euler; Forge writes it as "Euler".
@@ -61,8 +75,23 @@ class SamplerChoice:
     schedule: str
 
     @property
+    def effective_schedule(self) -> str:
+        """The schedule type that runs: A1111's "Automatic" is a k-diffusion sampler's own default."""
+        if self.schedule == "Automatic" and self.sampler.kdiffusion:
+            return self.sampler.default_schedule
+        return self.schedule
+
+    @property
+    def schedule_kwargs(self) -> dict:
+        sched = SCHEDULE_TYPES[self.effective_schedule]
+        if self.sampler.kdiffusion and "timestep_spacing" not in sched:
+            # k-diffusion's levels span t = 999..0: SDXL's "leading" spacing would start at t < 999.
+            sched = {"timestep_spacing": "linspace", **sched}
+        return sched
+
+    @property
     def scheduler_kwargs(self) -> dict:
-        return {**self.sampler.kwargs, **SCHEDULE_TYPES[self.schedule]}
+        return {**self.sampler.kwargs, **self.schedule_kwargs}
 
 
 def sampler_names() -> list[str]:

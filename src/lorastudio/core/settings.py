@@ -35,6 +35,9 @@ class StudioSettings(BaseModel):
     report_after_training: bool = Field(True, description="Write the LoRA report (weight sweep) after every training",
                                         json_schema_extra={"cli": "report"})
 
+    wildcards_dir: Path | None = Field(None, description="sd-dynamic-prompts wildcards (default: <models_dir>/wildcards)")
+    styles_file: Path = Field(Path("styles.csv"), description="A1111's prompt styles file (name, prompt, negative_prompt)")
+
     @field_validator("models_dir", "outdir", "projects_dir")
     @classmethod
     def _fits_the_filesystem(cls, v: Path) -> Path:

@@ -17,6 +17,7 @@ from lorastudio.core.samplers import resolve_sampler
 from lorastudio.core.settings import StudioSettings
 from lorastudio.generation.outputs import dated_folder
 from lorastudio.generation.txt2img import GenerationResult, ProgressFn, run_txt2img
+from lorastudio.generation.variation_seeds import check_supported as check_variation_supported
 from lorastudio.lora.activation import LoraState, activate, tags_to_active
 from lorastudio.lora.embeddings import EmbeddingState, apply_embeddings, ti_hashes_field
 from lorastudio.models.catalog import Catalog, ModelEntry
@@ -28,6 +29,8 @@ from lorastudio.models.loader import load_model
 
 
 class GenerationEngine:
+    supports_hires = True  # the API's hires fields reach run_txt2img (generation/hires_fix.py)
+
     def __init__(self, settings: StudioSettings):
         self.settings = settings
         self.root = ModelsRoot.at(settings.models_dir)
@@ -94,9 +97,13 @@ class GenerationEngine:
 
     # --- generation ---------------------------------------------------------------------
     def txt2img(self, params: GenerationParams | dict, *, save: bool = True, on_progress: ProgressFn | None = None,
-                outdir: Path | None = None) -> GenerationResult:
-        params = validate_params(params)
+                outdir: Path | None = None, infotext_extra: dict | None = None) -> GenerationResult:
+        params = self._with_styles(validate_params(params))
         resolve_sampler(params.sampler, params.scheduler)  # a misspelt sampler fails before any model loads
+        if params.dynamic_prompts != "off":
+            from lorastudio.generation.dynamic_prompts import run_dynamic
+
+            return run_dynamic(self, params, save=save, on_progress=on_progress, outdir=outdir)
         with self._lock:
             self.interrupt_flag.clear()
             model = self.load(params.model, params.vae)
@@ -104,15 +111,16 @@ class GenerationEngine:
             short = self.catalog.short_hash(self._entry) if self._entry else None
             return run_txt2img(model, params, activate_loras=self._activate_loras, model_hash=short,
                                save_to=folder, on_progress=on_progress, should_stop=self.interrupt_flag.is_set,
-                               prepare_prompts=self._apply_embeddings)
+                               prepare_prompts=self._prompt_preparer(infotext_extra))
 
     def img2img(self, params: GenerationParams | dict, init_images: list, mask=None, *,
                 options: Img2ImgOptions | dict | None = None, save: bool = True,
                 on_progress: ProgressFn | None = None, outdir: Path | None = None) -> GenerationResult:
         """img2img (inpainting when `mask` is given: white = repaint) with A1111's semantics."""
-        params = validate_params(params)
+        params = self._with_styles(validate_params(params))
         options = validate_img2img_options(options)
         resolve_sampler(params.sampler, params.scheduler)
+        check_variation_supported(params, "img2img")
         if not init_images:
             raise InvalidParameter("init_images", [], "img2img needs at least one init image")
         from lorastudio.generation.img2img import run_img2img
@@ -126,6 +134,33 @@ class GenerationEngine:
                                activate_loras=self._activate_loras, model_hash=short, save_to=folder,
                                on_progress=on_progress, should_stop=self.interrupt_flag.is_set,
                                prepare_prompts=self._apply_embeddings)
+
+    def wildcards_dir(self) -> Path:
+        return self.settings.wildcards_dir or Path(self.settings.models_dir) / "wildcards"
+
+    def _prompt_preparer(self, infotext_extra: dict | None):
+        if not infotext_extra:
+            return self._apply_embeddings
+
+        def prepare(prompt: str, negative: str):
+            prompt, negative, extra = self._apply_embeddings(prompt, negative)
+            return prompt, negative, {**extra, **infotext_extra}
+        return prepare
+
+    def prompt_styles(self) -> dict:
+        from lorastudio.core.styles import load_styles
+
+        return load_styles(self.settings.styles_file)
+
+    def _with_styles(self, params: GenerationParams) -> GenerationParams:
+        """A1111 applies styles before anything else: the infotext holds the styled prompt."""
+        if not params.styles:
+            return params
+        from lorastudio.core.styles import apply_styles
+
+        prompt, negative = apply_styles(params.prompt, params.negative_prompt, params.styles, self.prompt_styles(),
+                                        str(self.settings.styles_file))
+        return params.model_copy(update={"prompt": prompt, "negative_prompt": negative, "styles": []})
 
     def _activate_loras(self, tags):
         model = self._model

@@ -41,6 +41,7 @@ from lorastudio.core.samplers import resolve_sampler
 from lorastudio.generation.finite import check_latents, finite_pil
 from lorastudio.generation.img2img_inputs import apply_overlay, prepare_inputs
 from lorastudio.generation.noise import all_seeds, initial_noise, resolve_seed, seeded_generators
+from lorastudio.generation.prompt_editing import scheduled_conditioning, step_callback_inputs, swap_for_next_call
 from lorastudio.generation.txt2img import (
     GenerationResult,
     ProgressFn,
@@ -140,9 +141,8 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
     # 3. images and mask, as A1111 prepares them; then latents
     shape = family.latent_shape(pipe, params.width, params.height)
     inputs = prepare_inputs(init_images, mask, params.width, params.height, options, pipe.vae_scale_factor)
-    with torch.no_grad():
-        cond = family.encode_prompts(pipe, prompt_text, negative, clip_skip=params.clip_skip,
-                                     cfg_scale=params.cfg_scale, guidance=params.guidance)
+    step_cond = scheduled_conditioning(family, pipe, prompt_text, negative, params.steps, clip_skip=params.clip_skip,
+                                       cfg_scale=params.cfg_scale, guidance=params.guidance)
     init_latents = encode_init_images(family, pipe, inputs.images)
     if tuple(init_latents.shape[-2:]) != tuple(shape[-2:]):
         # FLUX packs 2x2 latent cells: 520 px encodes to 65 cells, which do not pack (txt2img rounds down).
@@ -182,11 +182,11 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
         if channels is not None:
             cond_mask, masked = channels
             masked = masked.expand(len(batch_seeds), *masked.shape[1:]) if len(masked) == 1 else masked
-            images = _denoise(pipe, cond.kwargs, params, latents, strength, run, cond_mask, gens, b,
-                              on_progress, should_stop, masked_latents=masked)
+            images = _denoise(pipe, step_cond.kwargs_at(0), params, latents, strength, run, cond_mask, gens, b,
+                              on_progress, should_stop, masked_latents=masked, step_cond=step_cond)
         else:
-            images = _denoise(pipe, cond.kwargs, params, latents, strength, run, inputs.pipeline_mask, gens, b,
-                              on_progress, should_stop)
+            images = _denoise(pipe, step_cond.kwargs_at(0), params, latents, strength, run, inputs.pipeline_mask,
+                              gens, b, on_progress, should_stop, step_cond=step_cond)
         # 6. outputs
         if inputs.overlays is not None:
             images = [apply_overlay(img, inputs.overlays[i % len(inputs.overlays)]) for i, img in enumerate(images)]
@@ -200,9 +200,10 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
 
 
 def _denoise(pipe, cond_kwargs, params, latents, strength, run, mask_image, gens, batch_index, on_progress,
-             should_stop, masked_latents=None):
+             should_stop, masked_latents=None, step_cond=None):
     def on_step_end(p, step, timestep, kwargs):
         check_latents(kwargs.get("latents"), step + 1)
+        swap_for_next_call(step_cond, p, step, kwargs)
         if on_progress:
             on_progress(batch_index, step + 1, run)
         if should_stop and should_stop():
@@ -211,6 +212,7 @@ def _denoise(pipe, cond_kwargs, params, latents, strength, run, mask_image, gens
 
     kwargs = dict(image=latents, strength=strength, num_inference_steps=params.steps,
                   num_images_per_prompt=len(gens), generator=gens, callback_on_step_end=on_step_end,
+                  callback_on_step_end_tensor_inputs=["latents", *step_callback_inputs(step_cond, pipe)],
                   output_type="np")
     if mask_image is not None:
         # A 4-channel denoiser does not read masked_image_latents; it is given so the pipeline does

@@ -20,7 +20,10 @@ from lorastudio.core.params import GenerationParams
 from lorastudio.core.prompt_syntax import extract_lora_tags
 from lorastudio.core.samplers import resolve_sampler
 from lorastudio.generation.finite import check_latents, finite_pil
-from lorastudio.generation.noise import all_seeds, initial_noise, resolve_seed
+from lorastudio.generation.noise import all_seeds, resolve_seed
+from lorastudio.generation.prompt_editing import scheduled_conditioning, step_callback_inputs, swap_for_next_call
+from lorastudio.generation.variation_seeds import check_supported as check_variation_supported
+from lorastudio.generation.variation_seeds import seeded_noise, subseeds_for, variation_infotext
 from lorastudio.lora.activation import ActiveLora
 from lorastudio.models.loaded import LoadedModel
 
@@ -50,7 +53,7 @@ class GenerationResult:
 
 def build_infotext(model: LoadedModel, params: GenerationParams, seed: int, choice, loras: list[ActiveLora],
                    model_hash: str | None, extra: dict[str, Any] | None = None,
-                   img2img: dict[str, Any] | None = None) -> str:
+                   img2img: dict[str, Any] | None = None, variation: dict[str, Any] | None = None) -> str:
     fields: dict[str, Any] = {
         "Steps": params.steps,
         "Sampler": model.family.sampler_label(choice),
@@ -62,6 +65,7 @@ def build_infotext(model: LoadedModel, params: GenerationParams, seed: int, choi
         "Model": Path(model.name).stem,
         "VAE hash": model.vae_sha256[:10] if model.vae_sha256 else None,
         "VAE": Path(model.vae_name).stem if model.vae_name else None,  # A1111 writes the file's stem
+        **(variation or {}),  # Variation seed, Variation seed strength, Seed resize from
     }
     img2img = dict(img2img or {})
     if "Denoising strength" in img2img:  # A1111 writes it before Clip skip, its mask fields before Lora hashes
@@ -84,7 +88,8 @@ def _num(x: float):
 def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras: Callable[[list], list[ActiveLora]],
                 model_hash: str | None, save_to: Path | None, on_progress: ProgressFn | None = None,
                 should_stop: Callable[[], bool] | None = None, pipeline_override=None,
-                prepare_prompts: Callable[[str, str], tuple[str, str, dict]] | None = None) -> GenerationResult:
+                prepare_prompts: Callable[[str, str], tuple[str, str, dict]] | None = None,
+                upscalers=None) -> GenerationResult:
     family, pipe = model.family, pipeline_override or model.pipe
     # 1. check inputs
     choice = resolve_sampler(params.sampler, params.scheduler)
@@ -98,24 +103,40 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
     negative, extra = params.negative_prompt, {}
     if prepare_prompts is not None:
         prompt_text, negative, extra = prepare_prompts(prompt_text, negative)
-    with torch.no_grad():
-        cond = family.encode_prompts(pipe, prompt_text, negative, clip_skip=params.clip_skip,
-                                     cfg_scale=params.cfg_scale, guidance=params.guidance)
+    # prompt editing [from:to:when] and alternation [a|b]: the texts per step, encoded once each
+    step_cond = scheduled_conditioning(family, pipe, prompt_text, negative, params.steps, clip_skip=params.clip_skip,
+                                       cfg_scale=params.cfg_scale, guidance=params.guidance)
+    hires = None
+    if params.enable_hr:
+        from lorastudio.generation.hires_fix import plan_hires
+
+        check_variation_supported(params, "the hires fix")
+        hires = plan_hires(model, params, tags, prepare_prompts=prepare_prompts, upscalers=upscalers)
     seed = resolve_seed(params.seed)
     seeds = all_seeds(seed, params.batch_size * params.batch_count)
+    subseeds = subseeds_for(params, len(seeds))
     result = GenerationResult(seed=seed, all_seeds=seeds, params=params)
     shape = family.latent_shape(pipe, params.width, params.height)
     for b in range(params.batch_count):
         batch_seeds = seeds[b * params.batch_size:(b + 1) * params.batch_size]
-        # 4. noise from each image's own seed, on the CPU
-        latents, gens = initial_noise(batch_seeds, shape)
+        batch_subseeds = subseeds[b * params.batch_size:(b + 1) * params.batch_size]
+        # 4. noise from each image's own seed (and variation seed), on the CPU
+        latents, gens = seeded_noise(params, batch_seeds, batch_subseeds, shape)
         latents = family.pack_latents(pipe, latents).to(pipe.device, dtype=family.denoiser(pipe).dtype)
         seed_brownian_noise(pipe, batch_seeds[0])
         # 5. denoise
-        images = _denoise(pipe, cond.kwargs, params, latents, gens, b, on_progress, should_stop)
+        images = _denoise(pipe, step_cond.kwargs_at(0), params, latents, gens, b, on_progress, should_stop,
+                          output_type=hires.first_pass_output if hires else "np", step_cond=step_cond)
+        if hires is not None:  # 5b. hires fix: upscale, then the img2img second pass
+            from lorastudio.generation.hires_fix import run_second_pass
+
+            images = run_second_pass(model, hires, images, batch_seeds, b, on_progress, should_stop)
         # 6. outputs
+        sub_of = dict(zip(batch_seeds, batch_subseeds))
         collect_outputs(result, images, batch_seeds, save_to,
-                        lambda s: build_infotext(model, params, s, choice, loras, model_hash, extra))
+                        lambda s: build_infotext(model, params, s, choice, loras, model_hash, extra,
+                                                 img2img=hires.infotext if hires else None,
+                                                 variation=variation_infotext(params, sub_of[s])))
         if should_stop and should_stop():
             # As A1111: what was made so far is kept, the remaining batches are not started.
             result.interrupted = True
@@ -135,9 +156,11 @@ def collect_outputs(result: GenerationResult, images, seeds, save_to: Path | Non
         result.images.append(gi)
 
 
-def _denoise(pipe, cond_kwargs, params, latents, gens, batch_index, on_progress, should_stop):
+def _denoise(pipe, cond_kwargs, params, latents, gens, batch_index, on_progress, should_stop, output_type="np",
+             step_cond=None):
     def on_step_end(p, step, timestep, kwargs):
         check_latents(kwargs.get("latents"), step + 1)
+        swap_for_next_call(step_cond, p, step, kwargs)
         if on_progress:
             on_progress(batch_index, step + 1, params.steps)
         if should_stop and should_stop():
@@ -154,8 +177,12 @@ def _denoise(pipe, cond_kwargs, params, latents, gens, batch_index, on_progress,
             latents=latents,
             generator=gens,
             callback_on_step_end=on_step_end,
-            output_type="np",
+            callback_on_step_end_tensor_inputs=["latents", *step_callback_inputs(step_cond, pipe)],
+            output_type=output_type,
         )
+    if output_type == "latent":  # the hires fix upscales these
+        check_latents(out.images, params.steps)
+        return out.images
     return finite_pil(pipe, out.images)
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from lorastudio.core.paths import CHECKPOINT_EXTENSIONS, LORA_EXTENSIONS, PICKLE
 from lorastudio.core.safetensors_header import read_header
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled" / "base"
+_RACY_NS = 2_000_000_000
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,32 @@ class Catalog:
         self.root = root
         self.include_bundled = include_bundled
         self.hashes = HashCache(root.hash_cache)
+        # folder -> (directory mtimes seen, entries): a <lora:> tag is looked up on every request,
+        # and re-walking thousands of files each time costs more than a tiny image.
+        self._scans: dict[tuple, tuple[dict[str, int], list[ModelEntry], bool]] = {}
+        self._scan_count = 0  # bumped on every (re)scan: an index built from an older scan is stale
+        self._lora_index: tuple[int, dict[str, ModelEntry]] = (-1, {})
+
+    def _cached_scan(self, folder: Path, extensions: tuple[str, ...], *, folders: bool) -> list[ModelEntry]:
+        """`_scan`, redone only when a directory of the tree changed (a file added, removed or
+        renamed changes its directory's mtime; a new subfolder changes its parent's)."""
+        return list(self._scan_entries(folder, extensions, folders=folders))
+
+    def _scan_entries(self, folder: Path, extensions: tuple[str, ...], *, folders: bool) -> list[ModelEntry]:
+        key = (str(folder), extensions, folders)
+        cached = self._scans.get(key)
+        if cached is not None and cached[2] and _dirs_unchanged(cached[0]):
+            return cached[1]
+        # Stamps first: a file added while the scan runs makes the next call scan again.
+        started = time.time_ns()
+        stamps = _dir_stamps(folder)
+        entries = _scan(folder, extensions, folders=folders)
+        # A directory changed within the last seconds may change again within the same mtime
+        # tick (coarse on many filesystems): such a scan is not reused (git's "racy" rule).
+        trusted = max(stamps.values()) < started - _RACY_NS
+        self._scans[key] = (stamps, entries, trusted)
+        self._scan_count += 1
+        return entries
 
     # --- checkpoints --------------------------------------------------------------------
     def checkpoints(self) -> list[ModelEntry]:
@@ -105,7 +134,7 @@ class Catalog:
 
     # --- other folders -------------------------------------------------------------------
     def loras(self) -> list[ModelEntry]:
-        return _scan(self.root.lora, LORA_EXTENSIONS, folders=False)
+        return self._cached_scan(self.root.lora, LORA_EXTENSIONS, folders=False)
 
     def find_lora(self, name: str) -> ModelEntry:
         # Most tags name a file at the top of models/Lora: look there before scanning the tree,
@@ -119,10 +148,18 @@ class Catalog:
             direct = self.root.lora / f"{name}{ext}"
             if direct.is_file() and direct.parent == self.root.lora and not name.startswith("."):
                 return ModelEntry(direct, direct.name, "file")
-        entries = self.loras()
-        for e in entries:
-            if name in (e.stem, e.name, e.path.stem):
-                return e
+        entries = self._scan_entries(self.root.lora, LORA_EXTENSIONS, folders=False)
+        built_from, index = self._lora_index
+        if built_from != self._scan_count:
+            # First entry wins for each of its names, as the linear search it replaces did.
+            index = {}
+            for e in entries:
+                for key in (e.stem, e.name, e.path.stem):
+                    index.setdefault(key, e)
+            self._lora_index = (self._scan_count, index)
+        found = index.get(name)
+        if found is not None:
+            return found
         raise NotFound("LoRA", name, _closest(name, [e.path.stem for e in entries]))
 
     def vaes(self) -> list[ModelEntry]:
@@ -200,6 +237,27 @@ def _exists(path: Path) -> bool:
         return path.exists()
     except OSError:  # unreadable or not a possible path: it names no file we can use
         return False
+def _dir_stamps(folder: Path) -> dict[str, int]:
+    stamps: dict[str, int] = {}
+    if not folder.is_dir():
+        return {str(folder): -1}
+    for dirpath, _dirs, _files in os.walk(folder):
+        try:
+            stamps[dirpath] = os.stat(dirpath).st_mtime_ns
+        except OSError:
+            stamps[dirpath] = -1
+    return stamps
+
+
+def _dirs_unchanged(stamps: dict[str, int]) -> bool:
+    for d, mtime in stamps.items():
+        try:
+            if os.stat(d).st_mtime_ns != mtime:
+                return False
+        except OSError:
+            if mtime != -1:
+                return False
+    return True
 
 
 def _closest(name: str, names: list[str]) -> list[str]:

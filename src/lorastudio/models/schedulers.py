@@ -8,13 +8,14 @@ import diffusers
 
 from lorastudio.core.errors import InvalidParameter
 from lorastudio.core.samplers import SCHEDULE_TYPES, SamplerChoice
+from lorastudio.generation.sigma_discard import discarding_class
 
 
 def build_scheduler(base_config, choice: SamplerChoice):
     cls = getattr(diffusers, choice.sampler.scheduler_class)
     accepted = set(inspect.signature(cls.__init__).parameters)
     wanted = choice.scheduler_kwargs
-    for key in SCHEDULE_TYPES[choice.schedule]:
+    for key in SCHEDULE_TYPES[choice.effective_schedule]:
         if key not in accepted:
             raise InvalidParameter(
                 "scheduler", choice.schedule, f"schedule type is not available with sampler {choice.sampler.name!r}")
@@ -28,4 +29,6 @@ def build_scheduler(base_config, choice: SamplerChoice):
             if k.startswith("use_") and k.endswith("_sigmas"):
                 config.pop(k)
     config.update({k: v for k, v in wanted.items() if k in accepted})
+    if choice.sampler.discard_next_to_last_sigma:
+        cls = discarding_class(cls)
     return cls.from_config(config)

@@ -36,6 +36,10 @@ _FROM_INFOTEXT = {
     "prompt": "prompt", "negative_prompt": "negative_prompt", "steps": "steps", "sampler": "sampler_name",
     "scheduler": "scheduler", "cfg_scale": "cfg_scale", "seed": "seed", "width": "width", "height": "height",
     "guidance": "distilled_cfg_scale", "denoising_strength": "denoising_strength",
+    # hires fix and variation seeds: the same names on both sides
+    **{k: k for k in ("enable_hr", "hr_scale", "hr_resize_x", "hr_resize_y", "hr_second_pass_steps", "hr_upscaler",
+                      "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt", "hr_cfg", "subseed",
+                      "subseed_strength", "seed_resize_from_w", "seed_resize_from_h")},
 }
 _INFOTEXT_OPTIONS = {"clip_skip": "CLIP_stop_at_last_layers", "model": "sd_model_checkpoint", "vae": "sd_vae"}
 
@@ -63,6 +67,7 @@ class GenerationPlan:
     img2img: Img2ImgOptions | None = None  # set for kind "img2img"
     init_images: list = field(default_factory=list)  # decoded PIL images
     mask: Any = None
+    styles: list = field(default_factory=list)
 
 
 def schedulers() -> list[dict[str, Any]]:
@@ -119,13 +124,6 @@ def apply_infotext(req: _ProcessingRequest) -> _ProcessingRequest:
 
 def check_common(req: _ProcessingRequest, sampler_name: str, stochastic: bool) -> None:
     """Refuse what we cannot honour in the fields txt2img and img2img share."""
-    if req.styles:
-        _refuse("styles", req.styles, "prompt styles are not supported; put the text in the prompt")
-    if not _zero(req.subseed_strength):
-        _refuse("subseed_strength", req.subseed_strength, "variation seeds are " + _NOT_YET)
-    h, w = req.seed_resize_from_h or 0, req.seed_resize_from_w or 0
-    if h > 0 and w > 0 and (h, w) != (req.height, req.width):
-        _refuse("seed_resize_from_h", h, "resizing the seed is " + _NOT_YET)
     if req.restore_faces:
         _refuse("restore_faces", True, "face restoration is " + _NOT_YET)
     if req.tiling:
@@ -151,16 +149,53 @@ def check_common(req: _ProcessingRequest, sampler_name: str, stochastic: bool) -
         _refuse("firstpass_image", "<image>", "a given first-pass image is " + _NOT_YET)
     if req.script_name not in (None, "", "None"):
         _refuse("script_name", req.script_name, "no scripts are installed")
-    if req.alwayson_scripts:
-        name = next(iter(req.alwayson_scripts))
-        _refuse(f"alwayson_scripts.{name}", "...", "no always-on scripts are installed")
+    for name in req.alwayson_scripts or {}:
+        if not _is_dynamic_prompts(name):
+            _refuse(f"alwayson_scripts.{name}", "...", "no always-on scripts are installed but Dynamic Prompts")
     if req.disable_extra_networks and extract_lora_tags(req.prompt or "")[1]:
         _refuse("disable_extra_networks", True, "generating with <lora:...> tags left inactive is " + _NOT_YET)
+
+
+# sd-dynamic-prompts' script arguments, in its order; only the first two have an effect here.
+_DYNAMIC_ARGS = ("is_enabled", "is_combinatorial", "combinatorial_batches", "is_magic_prompt", "is_feeling_lucky",
+                 "is_attention_grabber", "min_attention", "max_attention", "magic_prompt_length", "magic_temp_value",
+                 "use_fixed_seed", "unlink_seed_from_prompt", "disable_negative_prompt", "enable_jinja_templates")
+_DYNAMIC_REFUSED = ("is_magic_prompt", "is_feeling_lucky", "is_attention_grabber", "use_fixed_seed",
+                    "unlink_seed_from_prompt", "disable_negative_prompt", "enable_jinja_templates")
+
+
+def _is_dynamic_prompts(name: str) -> bool:
+    return name.lower().startswith("dynamic prompts")
+
+
+def dynamic_prompts_mode(req: _ProcessingRequest) -> str:
+    """The sd-dynamic-prompts always-on script ("Dynamic Prompts v2.x": {"args": [...]}) as a mode."""
+    for name, value in (req.alwayson_scripts or {}).items():
+        if not _is_dynamic_prompts(name):
+            continue
+        args = list((value or {}).get("args") or []) if isinstance(value, dict) else []
+        given = dict(zip(_DYNAMIC_ARGS, args))
+        for key in _DYNAMIC_REFUSED:
+            if given.get(key):
+                _refuse(f"alwayson_scripts.{name}.args", key, f"the Dynamic Prompts option {key} is " + _NOT_YET)
+        if given.get("combinatorial_batches", 1) not in (1, None):
+            _refuse(f"alwayson_scripts.{name}.args", "combinatorial_batches", "combinatorial batches are " + _NOT_YET)
+        if not given.get("is_enabled", True):
+            return "off"
+        return "combinatorial" if given.get("is_combinatorial") else "random"
+    return "off"
 
 
 def check_txt2img(req: Txt2ImgRequest, hires_supported: bool) -> None:
     if req.enable_hr and not hires_supported:
         _refuse("enable_hr", True, "hires fix is " + _NOT_YET)
+    if req.enable_hr:
+        if req.hr_checkpoint_name not in (None, "", "Use same checkpoint"):
+            _refuse("hr_checkpoint_name", req.hr_checkpoint_name, "a second checkpoint for the hires pass is " + _NOT_YET)
+        if req.hr_additional_modules not in (None, [], ["Use same choices"]):
+            _refuse("hr_additional_modules", req.hr_additional_modules, "other modules for the hires pass are " + _NOT_YET)
+        if req.hr_distilled_cfg is not None and req.hr_distilled_cfg != req.distilled_cfg_scale:
+            _refuse("hr_distilled_cfg", req.hr_distilled_cfg, "a different distilled CFG for the hires pass is " + _NOT_YET)
     if req.firstphase_width or req.firstphase_height:
         _refuse("firstphase_width", req.firstphase_width, "the old hires first-pass size is " + _NOT_YET)
 
@@ -226,11 +261,20 @@ def plan_generation(req: _ProcessingRequest, state, kind: str, *, hires_supporte
         "batch_size": _or(req.batch_size, 1),
         "batch_count": _or(req.n_iter, 1),
         "clip_skip": effective.get("CLIP_stop_at_last_layers", 1),
+        "styles": list(req.styles or []),
         "model": str(entry.path),
         "vae": vae,
     }
     if img2img is not None:
         values["denoising_strength"] = _or(req.denoising_strength, 0.75)
+    if isinstance(req, Txt2ImgRequest) and req.enable_hr:
+        values.update(hires_values(req))
+    if isinstance(req, Txt2ImgRequest):
+        values["dynamic_prompts"] = dynamic_prompts_mode(req)
+    elif dynamic_prompts_mode(req) != "off":
+        _refuse("alwayson_scripts", "Dynamic Prompts", "dynamic prompts in img2img are " + _NOT_YET)
+    values.update(subseed=subseed, subseed_strength=_or(req.subseed_strength, 0.0),
+                  seed_resize_from_w=_or(req.seed_resize_from_w, -1), seed_resize_from_h=_or(req.seed_resize_from_h, -1))
     distilled = getattr(req, "distilled_cfg_scale", None)
     if distilled is not None:
         values["guidance"] = distilled
@@ -258,8 +302,30 @@ def plan_generation(req: _ProcessingRequest, state, kind: str, *, hires_supporte
         persist_options=persist,
         comments=dict(req.comments or {}),
         task_id=req.force_task_id,
+        styles=list(req.styles or []),
         img2img=img2img,
     )
+
+
+def hires_values(req: Txt2ImgRequest) -> dict[str, Any]:
+    """The hires-fix request fields as GenerationParams values (A1111's "Use same ..." = not set)."""
+    def same(v):
+        return None if v in (None, "", "Use same sampler", "Use same scheduler") else v
+
+    return {
+        "enable_hr": True,
+        "denoising_strength": _or(req.denoising_strength, 0.75),
+        "hr_scale": _or(req.hr_scale, 2.0),
+        "hr_upscaler": req.hr_upscaler or "Latent",  # A1111's latent_upscale_default_mode
+        "hr_second_pass_steps": _or(req.hr_second_pass_steps, 0),
+        "hr_resize_x": _or(req.hr_resize_x, 0),
+        "hr_resize_y": _or(req.hr_resize_y, 0),
+        "hr_sampler_name": same(req.hr_sampler_name),
+        "hr_scheduler": scheduler_label(same(req.hr_scheduler)) if same(req.hr_scheduler) else None,
+        "hr_prompt": req.hr_prompt or "",
+        "hr_negative_prompt": req.hr_negative_prompt or "",
+        "hr_cfg": req.hr_cfg,
+    }
 
 
 def _or(value: Any, default: Any) -> Any:
@@ -294,7 +360,7 @@ def info_json(plan: GenerationPlan, infotexts: list[str], seeds: list[int], inde
         "all_seeds": seeds,
         "subseed": plan.subseed,
         "all_subseeds": [(plan.subseed + i) % (SEED_MAX + 1) for i in range(n)],
-        "subseed_strength": 0,
+        "subseed_strength": p.subseed_strength,
         "width": p.width,
         "height": p.height,
         "sampler_name": _sampler_label(p.sampler),
@@ -308,14 +374,14 @@ def info_json(plan: GenerationPlan, infotexts: list[str], seeds: list[int], inde
         "sd_model_hash": parsed.get("Model hash"),
         "sd_vae_name": parsed.get("VAE"),
         "sd_vae_hash": parsed.get("VAE hash"),
-        "seed_resize_from_w": -1,
-        "seed_resize_from_h": -1,
-        "denoising_strength": p.denoising_strength if plan.kind == "img2img" else None,
+        "seed_resize_from_w": p.seed_resize_from_w,
+        "seed_resize_from_h": p.seed_resize_from_h,
+        "denoising_strength": p.denoising_strength if plan.kind == "img2img" or p.enable_hr else None,
         "extra_generation_params": {k: v for k, v in parsed.items()
                                     if k not in standard and not k.startswith(("Hires", "Size"))},
         "index_of_first_image": index_of_first_image,
         "infotexts": infotexts,
-        "styles": [],
+        "styles": list(plan.styles),
         "job_timestamp": job_timestamp,
         "clip_skip": p.clip_skip,
         "is_using_inpainting_conditioning": False,

@@ -129,7 +129,8 @@ def _run(state, plan: GenerationPlan):
             if progress.was_interrupted:
                 interrupted = True
                 break
-            batch = p.model_copy(update={"batch_count": 1, "seed": seeds[b * p.batch_size]})
+            batch = p.model_copy(update={"batch_count": 1, "seed": seeds[b * p.batch_size],
+                                         "subseed": (p.subseed + b * p.batch_size) % (SEED_MAX + 1)})
 
             def on_step(_i, step, steps, b=b):
                 progress.on_step(b, step, steps)
@@ -330,8 +331,10 @@ async def embeddings(request: Request) -> dict:
 
 @router.get("/upscalers", response_model=list[m.UpscalerItem])
 async def upscalers() -> list[dict]:
+    from lorastudio.generation.hires_fix import BUILTIN_IMAGE_UPSCALERS
+
     return [{"name": n, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
-            for n in ("None", "Lanczos", "Nearest")]
+            for n in BUILTIN_IMAGE_UPSCALERS]
 
 
 @router.get("/latent-upscale-modes", response_model=list[m.LatentUpscalerModeItem])
@@ -399,5 +402,6 @@ async def hypernetworks() -> list:
 
 
 @router.get("/prompt-styles")
-async def prompt_styles() -> list:
-    return []
+async def prompt_styles(request: Request) -> list:
+    styles = await run_in_threadpool(_state(request).engine.prompt_styles)
+    return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in styles.values()]
