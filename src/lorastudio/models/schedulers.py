@@ -8,7 +8,7 @@ import diffusers
 
 from lorastudio.core.errors import InvalidParameter
 from lorastudio.core.samplers import SCHEDULE_TYPES, SamplerChoice
-from lorastudio.generation.sigma_discard import discarding_class
+from lorastudio.models.sigma_discard import discarding_class
 
 
 def build_scheduler(base_config, choice: SamplerChoice):
