@@ -6,6 +6,7 @@ noise, denoise (the diffusers pipeline), write outputs.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,8 +90,12 @@ def _num(x: float):
 def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras: Callable[[list], list[ActiveLora]],
                 model_hash: str | None, save_to: Path | None, on_progress: ProgressFn | None = None,
                 should_stop: Callable[[], bool] | None = None, pipeline_override=None,
-                prepare_prompts: Callable[[str, str], tuple[str, str, dict]] | None = None) -> GenerationResult:
+                prepare_prompts: Callable[[str, str], tuple[str, str, dict]] | None = None,
+                control=None) -> GenerationResult:
+    """`control`: a generation.controlnet_units.ControlPlan (ControlNet units), or None."""
     family, pipe = model.family, pipeline_override or model.pipe
+    if control is not None:
+        pipe = control.pipeline(family, pipe, "txt2img")
     # 1. check inputs
     choice = resolve_sampler(params.sampler, params.scheduler)
     if not family.supports_sampler(choice):
@@ -106,6 +111,10 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
     with torch.no_grad():
         cond = family.encode_prompts(pipe, prompt_text, negative, clip_skip=params.clip_skip,
                                      cfg_scale=params.cfg_scale, guidance=params.guidance)
+    call_kwargs = cond.kwargs
+    if control is not None:
+        call_kwargs = {**cond.kwargs, **control.call_kwargs("txt2img")}
+        extra = {**extra, **control.infotext()}
     seed = resolve_seed(params.seed)
     seeds = all_seeds(seed, params.batch_size * params.batch_count)
     result = GenerationResult(seed=seed, all_seeds=seeds, params=params)
@@ -117,7 +126,8 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
         latents = family.pack_latents(pipe, latents)
         seed_brownian_noise(pipe, batch_seeds[0])
         # 5. denoise
-        images = _denoise(pipe, cond.kwargs, params, latents, gens, b, on_progress, should_stop)
+        with control.hooks() if control is not None else contextlib.nullcontext():
+            images = _denoise(pipe, call_kwargs, params, latents, gens, b, on_progress, should_stop)
         # 6. outputs
         collect_outputs(result, images, batch_seeds, save_to,
                         lambda s: build_infotext(model, params, s, choice, loras, model_hash, extra))
