@@ -119,8 +119,6 @@ def control_map(unit: ControlNetUnit, image, width: int, height: int, models_roo
 
     rgb = np.asarray(image.convert("RGB"))
     res = unit.processor_res
-    if unit.pixel_perfect:
-        res = pixel_perfect_resolution(rgb.shape[:2], width, height, unit.resize_mode)
     detected = run_preprocessor(unit.module, rgb, resolution=res, threshold_a=unit.threshold_a,
                                 threshold_b=unit.threshold_b, models_root=models_root)
     mode = {ResizeMode.JUST_RESIZE: 0, ResizeMode.CROP_AND_RESIZE: 1, ResizeMode.RESIZE_AND_FILL: 2}[unit.resize_mode]
@@ -290,6 +288,11 @@ def prepare_control(units: list[ControlNetUnit], *, width: int, height: int, cfg
         image = unit.image if unit.image is not None else init_image
         if image is None:
             raise InvalidParameter(f"controlnet[{i}].image", None, "a unit needs a control image in txt2img")
+        if unit.pixel_perfect and unit.processor_res != -1:
+            # as the extension: the resolution written to the infotext is the one used
+            hw = (image.height, image.width)
+            unit = active[i] = unit.model_copy(update={"processor_res": pixel_perfect_resolution(
+                hw, width, height, unit.resize_mode)})
         module, title = load(unit.model)
         modules.append(module)
         titles.append(title)

@@ -20,6 +20,7 @@ from lorastudio.core.params import SEED_MAX, GenerationParams, Img2ImgOptions, v
 from lorastudio.core.prompt_syntax import extract_lora_tags
 from lorastudio.core.samplers import SCHEDULE_TYPES, resolve_sampler
 from lorastudio.interfaces.api.a1111_models import Img2ImgRequest, Txt2ImgRequest, _ProcessingRequest
+from lorastudio.interfaces.api.controlnet_request import script_args, units_from_args
 
 # GenerationParams field -> the A1111 request field a client should fix.
 _A1111_FIELD = {
@@ -63,6 +64,7 @@ class GenerationPlan:
     img2img: Img2ImgOptions | None = None  # set for kind "img2img"
     init_images: list = field(default_factory=list)  # decoded PIL images
     mask: Any = None
+    controlnet: list | None = None  # ControlNetUnit, from alwayson_scripts.controlnet
 
 
 def schedulers() -> list[dict[str, Any]]:
@@ -151,9 +153,10 @@ def check_common(req: _ProcessingRequest, sampler_name: str, stochastic: bool) -
         _refuse("firstpass_image", "<image>", "a given first-pass image is " + _NOT_YET)
     if req.script_name not in (None, "", "None"):
         _refuse("script_name", req.script_name, "no scripts are installed")
-    if req.alwayson_scripts:
-        name = next(iter(req.alwayson_scripts))
-        _refuse(f"alwayson_scripts.{name}", "...", "no always-on scripts are installed")
+    others = script_args(req.alwayson_scripts)[1]
+    if others:
+        name = next(iter(others))
+        _refuse(f"alwayson_scripts.{name}", "...", "the only always-on script is controlnet")
     if req.disable_extra_networks and extract_lora_tags(req.prompt or "")[1]:
         _refuse("disable_extra_networks", True, "generating with <lora:...> tags left inactive is " + _NOT_YET)
 
@@ -259,7 +262,16 @@ def plan_generation(req: _ProcessingRequest, state, kind: str, *, hires_supporte
         comments=dict(req.comments or {}),
         task_id=req.force_task_id,
         img2img=img2img,
+        controlnet=_controlnet_units(req, state),
     )
+
+
+def _controlnet_units(req, state) -> list | None:
+    args = script_args(req.alwayson_scripts)[0]
+    if not args:
+        return None
+    limits = state.limits
+    return units_from_args(args, max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels) or None
 
 
 def _or(value: Any, default: Any) -> Any:

@@ -126,12 +126,13 @@ def _run(state, plan: GenerationPlan):
             def on_step(_i, step, steps, b=b):
                 progress.on_step(b, step, steps)
 
+            control = {"controlnet": plan.controlnet} if plan.controlnet else {}
             try:
                 if plan.kind == "img2img":
                     result = engine.img2img(batch, plan.init_images, plan.mask, options=plan.img2img, save=False,
-                                            on_progress=on_step)
+                                            on_progress=on_step, **control)
                 else:
-                    result = engine.txt2img(batch, save=False, on_progress=on_step)
+                    result = engine.txt2img(batch, save=False, on_progress=on_step, **control)
             except InvalidParameter as exc:
                 raise renamed_error(exc) from None
             for gi in result.images:
@@ -375,7 +376,7 @@ def _memory() -> dict:
 # Routes clients probe at start-up (webuiapi asks for /scripts); we have none of these things.
 @router.get("/scripts", response_model=m.ScriptsList)
 async def scripts() -> dict:
-    return {"txt2img": [], "img2img": []}
+    return {"txt2img": ["controlnet"], "img2img": ["controlnet"]}
 
 
 @router.get("/script-info")
