@@ -96,3 +96,18 @@ def save_controlnet_single_file(cn, unet_config, path: str | Path, *, prefix: st
     with atomic_path(path) as tmp:
         save_file(sd, str(tmp), metadata={"format": "pt"})
     return path
+
+
+def write_controlnet_models_root(root: str | Path) -> dict[str, Any]:
+    """An A1111 models folder with the tiny 8x SD 1.x checkpoint and a single-file ControlNet for it
+    (`ControlNet/control_tiny.safetensors`); returns the in-memory originals."""
+    from lorastudio.testing.tiny_sd import save_sd1_single_file
+
+    root = Path(root)
+    for d in ("Stable-diffusion", "Lora", "VAE", "ControlNet"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    pipe = tiny_sd1_x8_pipeline(seed=0)
+    save_sd1_single_file(pipe, root / "Stable-diffusion" / "tiny-x8.safetensors")
+    cn = tiny_controlnet(pipe.unet, seed=5)
+    save_controlnet_single_file(cn, pipe.unet.config, root / "ControlNet" / "control_tiny.safetensors")
+    return {"pipe": pipe, "controlnet": cn}

@@ -56,6 +56,10 @@ def generate(
     from_png: Optional[Path] = typer.Option(None, "--from-png", help="Reproduce the image whose infotext this PNG holds"),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | mps"),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .ckpt/.pt (loaded with weights_only=True)"),
+    controlnet: Optional[list[str]] = typer.Option(None, "--controlnet", help="ControlNet model from models/ControlNet (repeatable)"),
+    control_image: Optional[list[Path]] = typer.Option(None, "--control-image", help="Its control picture (one per --controlnet)"),
+    control_module: Optional[list[str]] = typer.Option(None, "--control-module", help="Preprocessor: none, canny, invert, ... [none]"),
+    control_weight: Optional[list[float]] = typer.Option(None, "--control-weight", help="ControlNet weight [1]"),
 ):
     """txt2img with the A1111 conventions; every PNG carries its `parameters` text."""
     try:
@@ -77,9 +81,12 @@ def generate(
         from lorastudio.generation.engine import GenerationEngine
         from lorastudio.interfaces.cli.progress import step_progress
 
+        from lorastudio.interfaces.cli.controlnet_opts import controlnet_units
+
+        units = controlnet_units(controlnet, control_image, control_module, control_weight, from_png)
         engine = GenerationEngine(settings)
         with step_progress(params.steps * params.batch_count) as advance:
-            result = engine.txt2img(params, on_progress=advance)
+            result = engine.txt2img(params, on_progress=advance, **({"controlnet": units} if units else {}))
     except LorastudioError as exc:
         _fail(exc)
     for im in result.images:
