@@ -318,9 +318,10 @@ async def embeddings(request: Request) -> dict:
 
 
 @router.get("/upscalers", response_model=list[m.UpscalerItem])
-async def upscalers() -> list[dict]:
-    return [{"name": n, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
-            for n in ("None", "Lanczos", "Nearest")]
+async def upscalers(request: Request) -> list[dict]:
+    from lorastudio.interfaces.api.extras_routes import upscaler_listing
+
+    return await run_in_threadpool(upscaler_listing, _state(request))
 
 
 @router.get("/latent-upscale-modes", response_model=list[m.LatentUpscalerModeItem])

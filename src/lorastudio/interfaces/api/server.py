@@ -33,7 +33,7 @@ def create_app(settings: StudioSettings, *, engine=None, store=None, api_auth: s
     api_auth (DNS-rebinding defence), any host once requests must authenticate.
     train_fn replaces lorastudio.training.api.train (benchmarks and tests of the queue itself).
     """
-    from lorastudio.interfaces.api import a1111_routes, controlnet_routes, training_routes
+    from lorastudio.interfaces.api import a1111_routes, controlnet_routes, extras_routes, training_routes
 
     credentials = parse_api_auth(api_auth)
     if allowed_hosts == _AUTO:
@@ -56,6 +56,7 @@ def create_app(settings: StudioSettings, *, engine=None, store=None, api_auth: s
     app.state.api = state
     app.include_router(a1111_routes.router)
     app.include_router(controlnet_routes.router)
+    app.include_router(extras_routes.router)
     app.include_router(training_routes.router)
     _install_error_handlers(app)
     app.add_middleware(SecurityMiddleware, credentials=credentials, allowed_hosts=allowed_hosts,
