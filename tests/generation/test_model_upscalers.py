@@ -73,3 +73,22 @@ def test_builtin_lanczos_resizes_exactly():
     out = upscaler_function("Lanczos", None, allow_pickle=False)(photo(), 140, 100)
     assert out.size == (140, 100)
     assert np.array_equal(np.asarray(out), np.asarray(photo().resize((140, 100), Image.Resampling.LANCZOS)))
+
+
+def test_upscale_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from lorastudio.core.png_text import read_infotext
+    from lorastudio.interfaces.cli.app import app
+
+    photo().save(tmp_path / "in.png")
+    args = ["upscale", str(tmp_path / "in.png"), "--upscaler", "Lanczos", "--scale", "2", "--models-dir",
+            str(tmp_path / "models"), "--outdir", str(tmp_path / "out"), "--device", "cpu"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    (path,) = (tmp_path / "out").glob("extras-images/*/*.png")
+    assert path.name == "00000-in.png" and Image.open(path).size == (140, 100)
+    assert read_infotext(path) == "Postprocess upscale by: 2, Postprocess upscaler: Lanczos"
+    r = CliRunner().invoke(app, args[:3] + ["4x-Missing"] + args[4:])
+    assert r.exit_code != 0 and "4x-Missing" in r.output
+    assert len(list((tmp_path / "out").rglob("*.png"))) == 1

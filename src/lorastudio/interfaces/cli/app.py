@@ -275,10 +275,11 @@ def demo(workspace: Path = typer.Option(Path("demo"), "--workspace", help="Where
 
 
 def _register_optional_commands() -> None:
-    from lorastudio.interfaces.cli import img2img_cmd, serve_cmd
+    from lorastudio.interfaces.cli import img2img_cmd, serve_cmd, upscale_cmd
 
     img2img_cmd.register(app)
     serve_cmd.register(app)
+    upscale_cmd.register(app)
 
 
 _register_optional_commands()
