@@ -145,7 +145,10 @@ class ControlPlan:
     def pipeline(self, family, pipe, mode: str):
         if not self.acting:
             return pipe if mode == "txt2img" else family.img2img_pipeline(pipe, inpaint=mode == "inpaint")
-        return family.controlnet_pipeline(pipe, [self.controlnets[i] for i in self.acting], mode)
+        built = family.controlnet_pipeline(pipe, [self.controlnets[i] for i in self.acting], mode)
+        # from_pipe does not carry the progress-bar setting over; ours reports through callbacks
+        built.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
+        return built
 
     def call_kwargs(self, mode: str) -> dict[str, Any]:
         acting = self.acting

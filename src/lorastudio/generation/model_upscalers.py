@@ -59,10 +59,28 @@ def find_upscaler(models_root: Path, name: str) -> UpscalerEntry:
 
 
 def read_state_dict(path: Path, *, allow_pickle: bool) -> dict:
-    """Tensors of an upscaler file: safetensors, or a pickle only when allowed (weights-only)."""
-    from lorastudio.models.loader import read_tensors
+    """Tensors of an upscaler file: safetensors, or a pickle only when allowed (weights-only).
 
-    tensors, _ = read_tensors(Path(path), allow_pickle=allow_pickle)
+    Real-ESRGAN / BasicSR pickles keep the weights under "params_ema" (or "params"), Lightning ones
+    under "state_dict": those are unwrapped, as A1111 and spandrel do."""
+    from lorastudio.core.paths import PICKLE_EXTENSIONS
+    from lorastudio.models.loader import load_pickle_weights_only, read_tensors
+
+    path = Path(path)
+    if path.suffix.lower() not in PICKLE_EXTENSIONS:
+        return read_tensors(path, allow_pickle=False)[0]
+    if not path.is_file():
+        raise ModelFileError(path, "file not found")
+    obj = load_pickle_weights_only(path, allow_pickle)
+    for key in ("params_ema", "params", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    import torch
+
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}
+    if not tensors:
+        raise ModelFileError(path, "the pickle holds no tensors")
     return tensors
 
 
