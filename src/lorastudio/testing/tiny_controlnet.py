@@ -111,3 +111,18 @@ def write_controlnet_models_root(root: str | Path) -> dict[str, Any]:
     cn = tiny_controlnet(pipe.unet, seed=5)
     save_controlnet_single_file(cn, pipe.unet.config, root / "ControlNet" / "control_tiny.safetensors")
     return {"pipe": pipe, "controlnet": cn}
+
+
+def tiny_sdxl_x8_pipeline(seed: int = 0):
+    """The tiny SDXL pipeline with the 8x VAE (SDXL's scaling factor)."""
+    from diffusers import AutoencoderKL
+
+    from lorastudio.testing.tiny_sd import _seeded, tiny_sdxl_pipeline
+
+    pipe = tiny_sdxl_pipeline(seed)
+    with _seeded(seed + 1):
+        pipe.vae = AutoencoderKL(**_X8_VAE, scaling_factor=0.13025).eval()
+    pipe.register_modules(vae=pipe.vae)
+    pipe.vae_scale_factor = 8
+    pipe.image_processor.config.vae_scale_factor = 8
+    return pipe

@@ -77,6 +77,8 @@ def load_sd_controlnet(path: Path, shapes, pipe, options: LoadOptions, *, folder
         if folder_config is not None:
             cn = ControlNetModel.from_pretrained(str(path.parent), local_files_only=True, torch_dtype=dtype,
                                                  variant="fp16" if path.name.endswith(".fp16.safetensors") else None)
+        elif "label_emb.0.0.weight" in shapes:
+            cn = _ldm_sdxl_controlnet(path, controlnet_config(pipe.unet.config, shapes), dtype)
         else:
             cfg_dir = _config_dir(controlnet_config(pipe.unet.config, shapes), options)
             cn = ControlNetModel.from_single_file(str(path), config=str(cfg_dir), local_files_only=True,
@@ -84,6 +86,26 @@ def load_sd_controlnet(path: Path, shapes, pipe, options: LoadOptions, *, folder
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
         raise ModelFileError(path, f"cannot be read as a ControlNet for this model: {exc}") from None
     return (cn if cn.device == pipe.device else cn.to(pipe.device)).eval()
+
+
+def _ldm_sdxl_controlnet(path: Path, cfg: dict, dtype):
+    """An SDXL ControlNet in the original (SGM) names. diffusers' single-file converter maps every
+    ControlNet tensor but SDXL's size/crop embedding (`label_emb`), so it is used for the rest and
+    that one is added here under diffusers' name."""
+    from diffusers import ControlNetModel
+    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
+    from safetensors.torch import load_file
+
+    from lorastudio.models.controlnet import LDM_PREFIX
+
+    sd = {(k[len(LDM_PREFIX):] if k.startswith(LDM_PREFIX) else k): v for k, v in load_file(str(path)).items()}
+    converted = convert_controlnet_checkpoint(sd, cfg)
+    for linear, index in ((1, 0), (2, 2)):
+        for leaf in ("weight", "bias"):
+            converted[f"add_embedding.linear_{linear}.{leaf}"] = sd[f"label_emb.0.{index}.{leaf}"]
+    cn = ControlNetModel.from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
+    cn.load_state_dict(converted, strict=True)
+    return cn.to(dtype)
 
 
 def _config_dir(cfg: dict, options: LoadOptions) -> Path:
