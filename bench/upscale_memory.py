@@ -67,7 +67,7 @@ def main() -> None:
 
     import torch
     from safetensors.torch import save_file
-    from spandrel.architectures.ESRGAN import RRDBNet
+    from spandrel.architectures.ESRGAN import ESRGAN as RRDBNet
 
     root = Path(tempfile.mkdtemp(prefix="bench-up-")) / "models"
     (root / "ESRGAN").mkdir(parents=True)

@@ -18,7 +18,7 @@ from lorastudio.testing.pixels import assert_same_picture
 
 
 def _esrgan(scale: int, seed: int = 0):
-    from spandrel.architectures.ESRGAN import RRDBNet
+    from spandrel.architectures.ESRGAN import ESRGAN as RRDBNet
 
     torch.manual_seed(seed)
     return RRDBNet(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=scale).eval()
