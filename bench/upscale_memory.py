@@ -11,7 +11,7 @@ The upscale runs in a fresh child process; peak RSS is that process's ru_maxrss,
 its RSS after imports and model loading, before the picture is made. Target: peak_rss_mb <= 2048.
 The last line of output is one JSON object.
 
-    .venv/bin/python bench/upscale_memory.py [--size 2048] [--tile 192] [--overlap 16] [--filters 16] [--blocks 2]
+    .venv/bin/python bench/upscale_memory.py [--size 2048] [--tile 192] [--overlap 16] [--filters 8] [--blocks 1]
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--tile", type=int, default=192)
     ap.add_argument("--overlap", type=int, default=16)
-    ap.add_argument("--filters", type=int, default=16)
-    ap.add_argument("--blocks", type=int, default=2)
+    ap.add_argument("--filters", type=int, default=8)
+    ap.add_argument("--blocks", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--root", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
