@@ -87,7 +87,11 @@ def read_state_dict(path: Path, *, allow_pickle: bool) -> dict:
 def load_upscaler(path: Path, *, allow_pickle: bool, device: str = "cpu"):
     """spandrel's ImageModelDescriptor (`.model`, `.scale`) for a file; its errors name the file."""
     sd = read_state_dict(path, allow_pickle=allow_pickle)
-    import spandrel
+    try:
+        import spandrel
+    except ImportError as exc:  # spandrel imports torchvision, which must be the build for this torch
+        raise ModelFileError(path, f"model upscalers need the spandrel library (and the torchvision built for "
+                                   f"the installed torch): {exc}") from None
 
     try:
         desc = spandrel.ModelLoader(device=device).load_from_state_dict(sd)

@@ -58,6 +58,8 @@ def units_from_args(args: list, *, max_bytes: int, max_pixels: int) -> list:
         def decode(data, name):
             if data in (None, ""):
                 return None
+            if not isinstance(data, str):
+                raise InvalidParameter(f"{where}.{name}", "<value>", "a base64 picture")
             return decode_image(data, f"{where}.{name}", max_bytes=max_bytes, max_pixels=max_pixels)
 
         try:

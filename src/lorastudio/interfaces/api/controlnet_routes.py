@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from lorastudio.core.errors import InvalidParameter
@@ -13,6 +14,7 @@ router = APIRouter(prefix="/controlnet", tags=["ControlNet"])
 
 # The extension's API version (scripts/api.py); clients check it before sending units.
 API_VERSION = 2
+MAX_DETECT = 16
 
 
 def _state(request: Request):
@@ -55,8 +57,18 @@ async def module_list(alias_names: bool = False) -> dict:
     return {"module_list": list(table), "module_detail": detail}
 
 
+class DetectRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    controlnet_module: str = "none"
+    controlnet_input_images: list[str] | None = None
+    controlnet_images: list[str] | None = None  # what older clients (webuiapi) send
+    controlnet_processor_res: int = -1
+    controlnet_threshold_a: float = -1
+    controlnet_threshold_b: float = -1
+
+
 @router.post("/detect")
-async def detect(request: Request, body: dict[str, Any] = Body(...)) -> dict:
+async def detect(request: Request, body: DetectRequest) -> dict:
     """Run a preprocessor on pictures: {controlnet_module, controlnet_input_images, controlnet_processor_res,
     controlnet_threshold_a, controlnet_threshold_b} -> {images, info}."""
     import numpy as np
@@ -68,14 +80,14 @@ async def detect(request: Request, body: dict[str, Any] = Body(...)) -> dict:
 
     state = _state(request)
     limits = state.limits
-    # "controlnet_images" is what older clients (webuiapi) send.
-    images = body.get("controlnet_input_images") or body.get("controlnet_images") or []
-    if not isinstance(images, list) or not images:
+    images = body.controlnet_input_images or body.controlnet_images or []
+    if not images:
         raise InvalidParameter("controlnet_input_images", images, "give at least one base64 picture")
-    unit = ControlNetUnit(module=body.get("controlnet_module", "none"),
-                          processor_res=body.get("controlnet_processor_res", -1),
-                          threshold_a=body.get("controlnet_threshold_a", -1),
-                          threshold_b=body.get("controlnet_threshold_b", -1)).with_slider_defaults()
+    if len(images) > MAX_DETECT:
+        raise InvalidParameter("controlnet_input_images", f"<{len(images)} images>", f"at most {MAX_DETECT}")
+    unit = ControlNetUnit(module=body.controlnet_module, processor_res=body.controlnet_processor_res,
+                          threshold_a=body.controlnet_threshold_a,
+                          threshold_b=body.controlnet_threshold_b).with_slider_defaults()
 
     def run() -> list[str]:
         out = []

@@ -29,8 +29,8 @@ class ExtrasOptions(BaseModel):
     codeformer_visibility: float = Field(0, ge=0, le=1)
     codeformer_weight: float = Field(0, ge=0, le=1)
     upscaling_resize: float = Field(2, ge=1, le=8)
-    upscaling_resize_w: int = Field(512, ge=1)
-    upscaling_resize_h: int = Field(512, ge=1)
+    upscaling_resize_w: int = Field(512, ge=1, le=16384)
+    upscaling_resize_h: int = Field(512, ge=1, le=16384)
     upscaling_crop: bool = True
     upscaler_1: str = "None"
     upscaler_2: str = "None"
@@ -55,7 +55,7 @@ def _state(request: Request):
     return request.app.state.api
 
 
-def upscale_extras(image, opts: ExtrasOptions, upscaler_for) -> tuple[Any, str]:
+def upscale_extras(image, opts: ExtrasOptions, upscaler_for, max_pixels: int = 8192 * 8192) -> tuple[Any, str]:
     """One picture through upscaler 1 (and 2, blended), to the asked size; (picture, infotext)."""
     from PIL import Image
 
@@ -70,6 +70,9 @@ def upscale_extras(image, opts: ExtrasOptions, upscaler_for) -> tuple[Any, str]:
         target = (round(image.width * k), round(image.height * k))
     else:
         target = (round(image.width * opts.upscaling_resize), round(image.height * opts.upscaling_resize))
+    if target[0] * target[1] > max_pixels:
+        raise InvalidParameter("upscaling_resize" if opts.resize_mode == 0 else "upscaling_resize_w",
+                               f"{target[0]}x{target[1]}", f"the result may hold at most {max_pixels} pixels")
     info: dict[str, Any] = {}
     if opts.upscaler_1 in ("None", ""):
         out = image
@@ -114,7 +117,7 @@ async def extra_single_image(request: Request, body: ExtrasSingleRequest) -> dic
 
     def run() -> dict:
         image = decode_image(body.image, "image", max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels)
-        out, info = upscale_extras(image, body, _upscaler_cache(state))
+        out, info = upscale_extras(image, body, _upscaler_cache(state), limits.max_image_pixels)
         return {"html_info": info, "image": encode_png(out, info or None)}
 
     return await state.on_device(run)
@@ -135,7 +138,7 @@ async def extra_batch_images(request: Request, body: ExtrasBatchRequest) -> dict
         for i, item in enumerate(body.imageList):
             image = decode_image(item.data, f"imageList.{i}.data", max_bytes=limits.max_image_bytes,
                                  max_pixels=limits.max_image_pixels)
-            out, info = upscale_extras(image, body, get)
+            out, info = upscale_extras(image, body, get, limits.max_image_pixels)
             images.append(encode_png(out, info or None))
         return {"html_info": info, "images": images}
 
