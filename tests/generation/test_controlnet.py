@@ -201,3 +201,11 @@ def test_missing_model_and_missing_weights_are_named(cn_engine):
     with pytest.raises(InvalidParameter) as e:
         cn_engine.txt2img(dict(prompt="x", **SMALL), save=False, controlnet=[unit(module="openpose")])
     assert "body_pose_model.pth" in str(e.value) and "ControlNetPreprocessor" in str(e.value)
+
+
+
+def test_inpaint_with_a_unit_is_refused_naming_the_mask(cn_engine):
+    mask = Image.new("L", (64, 64), 255)
+    with pytest.raises(InvalidParameter) as e:
+        cn_engine.img2img(dict(prompt="x", **SMALL), [picture(4)], mask, save=False, controlnet=[unit()])
+    assert e.value.field == "mask" and "ControlNet" in str(e.value)
