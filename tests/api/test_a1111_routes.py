@@ -84,7 +84,7 @@ def test_a_lora_weight_past_the_limit_is_a_422_and_the_server_draws_as_before(cl
     ({"tiling": True}, "tiling"),
     ({"styles": ["anime"]}, "styles"),  # no such style in the (absent) styles.csv
     ({"script_name": "x/y/z plot"}, "script_name"),
-    ({"alwayson_scripts": {"ControlNet": {"args": []}}}, "alwayson_scripts.ControlNet"),
+    ({"alwayson_scripts": {"ADetailer": {"args": []}}}, "alwayson_scripts.ADetailer"),  # ControlNet is served
     ({"refiner_checkpoint": "other"}, "refiner_checkpoint"),
     ({"firstphase_width": 64}, "firstphase_width"),
     ({"sampler_name": "Euler a", "eta": 0.5}, "eta"),
@@ -235,7 +235,7 @@ def test_listings(client):
     assert {"name": "Latent"} in client.get("/sdapi/v1/latent-upscale-modes").json()
     mem = client.get("/sdapi/v1/memory").json()
     assert mem["ram"]["total"] > 0 and "cuda" in mem
-    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
+    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": ["controlnet"], "img2img": ["controlnet"]}
 
 
 def test_infotext_field_fills_what_the_request_left_out(client):

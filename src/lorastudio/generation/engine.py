@@ -40,6 +40,7 @@ class GenerationEngine:
         self._entry: ModelEntry | None = None
         self._lora = LoraState()
         self._ti = EmbeddingState()
+        self._controlnets: dict = {}  # (id of the loaded pipeline, file) -> (ControlNetModel, title)
         self._lock = threading.RLock()
         self.interrupt_flag = threading.Event()
 
@@ -97,7 +98,8 @@ class GenerationEngine:
 
     # --- generation ---------------------------------------------------------------------
     def txt2img(self, params: GenerationParams | dict, *, save: bool = True, on_progress: ProgressFn | None = None,
-                outdir: Path | None = None, infotext_extra: dict | None = None) -> GenerationResult:
+                outdir: Path | None = None, infotext_extra: dict | None = None,
+                controlnet: list | None = None) -> GenerationResult:
         params = self._with_styles(validate_params(params))
         resolve_sampler(params.sampler, params.scheduler)  # a misspelt sampler fails before any model loads
         if params.dynamic_prompts != "off":
@@ -109,13 +111,15 @@ class GenerationEngine:
             model = self.load(params.model, params.vae)
             folder = dated_folder(outdir or self.settings.outdir, "txt2img") if save else None
             short = self.catalog.short_hash(self._entry) if self._entry else None
+            control = self._control_plan(controlnet, params)
             return run_txt2img(model, params, activate_loras=self._activate_loras, model_hash=short,
                                save_to=folder, on_progress=on_progress, should_stop=self.interrupt_flag.is_set,
-                               prepare_prompts=self._prompt_preparer(infotext_extra))
+                               prepare_prompts=self._prompt_preparer(infotext_extra), control=control)
 
     def img2img(self, params: GenerationParams | dict, init_images: list, mask=None, *,
                 options: Img2ImgOptions | dict | None = None, save: bool = True,
-                on_progress: ProgressFn | None = None, outdir: Path | None = None) -> GenerationResult:
+                on_progress: ProgressFn | None = None, outdir: Path | None = None,
+                controlnet: list | None = None) -> GenerationResult:
         """img2img (inpainting when `mask` is given: white = repaint) with A1111's semantics."""
         params = self._with_styles(validate_params(params))
         options = validate_img2img_options(options)
@@ -130,10 +134,38 @@ class GenerationEngine:
             model = self.load(params.model, params.vae)
             folder = dated_folder(outdir or self.settings.outdir, "img2img") if save else None
             short = self.catalog.short_hash(self._entry) if self._entry else None
+            control = self._control_plan(controlnet, params, init_image=init_images[0], mask=mask)
             return run_img2img(model, params, list(init_images), mask=mask, options=options,
                                activate_loras=self._activate_loras, model_hash=short, save_to=folder,
                                on_progress=on_progress, should_stop=self.interrupt_flag.is_set,
-                               prepare_prompts=self._apply_embeddings)
+                               prepare_prompts=self._apply_embeddings, control=control)
+
+    # --- ControlNet ------------------------------------------------------------------------
+    def _control_plan(self, units: list | None, params: GenerationParams, init_image=None, mask=None):
+        from lorastudio.generation.controlnet_units import ControlNetUnit, prepare_control
+
+        if not units:
+            return None
+        units = [u if isinstance(u, ControlNetUnit) else ControlNetUnit.model_validate(u) for u in units]
+        return prepare_control(units, width=params.width, height=params.height, cfg=params.cfg_scale > 1,
+                               load=self._load_controlnet, models_root=self.root.root, init_image=init_image,
+                               mask=mask)
+
+    def _load_controlnet(self, ref: str):
+        """(ControlNetModel, "name [hash]") for the loaded model; kept while that model stays loaded."""
+        from lorastudio.generation.controlnet_units import controlnet_title
+        from lorastudio.models.controlnet import find_controlnet, load_controlnet
+
+        model = self._model
+        entry = find_controlnet(self.root.root, ref)
+        cache = self._controlnets
+        key = (id(model.pipe), entry.path)
+        if key not in cache:
+            for k in [k for k in cache if k[0] != id(model.pipe)]:
+                del cache[k]  # those of a model no longer loaded
+            cache[key] = (load_controlnet(entry.path, model.family, model.pipe, self.options(model.family)),
+                          controlnet_title(entry.path))
+        return cache[key]
 
     def wildcards_dir(self) -> Path:
         return self.settings.wildcards_dir or Path(self.settings.models_dir) / "wildcards"

@@ -26,6 +26,7 @@ A1111 wins:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
 from pathlib import Path
@@ -119,7 +120,9 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
                 options: Img2ImgOptions | None = None, activate_loras: Callable[[list], list[ActiveLora]],
                 model_hash: str | None, save_to: Path | None, on_progress: ProgressFn | None = None,
                 should_stop: Callable[[], bool] | None = None,
-                prepare_prompts: Callable[[str, str], tuple[str, str, dict]] | None = None) -> GenerationResult:
+                prepare_prompts: Callable[[str, str], tuple[str, str, dict]] | None = None,
+                control=None) -> GenerationResult:
+    """`control`: a generation.controlnet_units.ControlPlan (ControlNet units), or None."""
     family = model.family
     options = options or Img2ImgOptions()
     # 1. check inputs
@@ -136,7 +139,13 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
     negative, extra = params.negative_prompt, {}
     if prepare_prompts is not None:
         prompt_text, negative, extra = prepare_prompts(prompt_text, negative)
-    pipe = family.img2img_pipeline(model.pipe, inpaint=mask is not None)
+    if control is not None and mask is not None:
+        raise InvalidParameter("mask", "<image>", "ControlNet units with inpainting are not supported yet")
+    if control is not None:
+        pipe = control.pipeline(family, model.pipe, "img2img")
+        cond_extra, extra = control.call_kwargs("img2img"), {**extra, **control.infotext()}
+    else:
+        pipe, cond_extra = family.img2img_pipeline(model.pipe, inpaint=mask is not None), {}
     pipe.scheduler = family.make_scheduler(model.base_scheduler_config, choice)
     # 3. images and mask, as A1111 prepares them; then latents
     shape = family.latent_shape(pipe, params.width, params.height)
@@ -185,8 +194,9 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
             images = _denoise(pipe, step_cond.kwargs_at(0), params, latents, strength, run, cond_mask, gens, b,
                               on_progress, should_stop, masked_latents=masked, step_cond=step_cond)
         else:
-            images = _denoise(pipe, step_cond.kwargs_at(0), params, latents, strength, run, inputs.pipeline_mask,
-                              gens, b, on_progress, should_stop, step_cond=step_cond)
+            with control.hooks() if control is not None else contextlib.nullcontext():
+                images = _denoise(pipe, {**step_cond.kwargs_at(0), **cond_extra}, params, latents, strength, run,
+                                  inputs.pipeline_mask, gens, b, on_progress, should_stop, step_cond=step_cond)
         # 6. outputs
         if inputs.overlays is not None:
             images = [apply_overlay(img, inputs.overlays[i % len(inputs.overlays)]) for i, img in enumerate(images)]

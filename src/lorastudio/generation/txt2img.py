@@ -6,6 +6,7 @@ noise, denoise (the diffusers pipeline), write outputs.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,8 +90,11 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
                 model_hash: str | None, save_to: Path | None, on_progress: ProgressFn | None = None,
                 should_stop: Callable[[], bool] | None = None, pipeline_override=None,
                 prepare_prompts: Callable[[str, str], tuple[str, str, dict]] | None = None,
-                upscalers=None) -> GenerationResult:
+                upscalers=None, control=None) -> GenerationResult:
+    """`control`: a generation.controlnet_units.ControlPlan (ControlNet units), or None."""
     family, pipe = model.family, pipeline_override or model.pipe
+    if control is not None:
+        pipe = control.pipeline(family, pipe, "txt2img")
     # 1. check inputs
     choice = resolve_sampler(params.sampler, params.scheduler)
     if not family.supports_sampler(choice):
@@ -106,6 +110,10 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
     # prompt editing [from:to:when] and alternation [a|b]: the texts per step, encoded once each
     step_cond = scheduled_conditioning(family, pipe, prompt_text, negative, params.steps, clip_skip=params.clip_skip,
                                        cfg_scale=params.cfg_scale, guidance=params.guidance)
+    control_kwargs: dict = {}
+    if control is not None:
+        control_kwargs = control.call_kwargs("txt2img")
+        extra = {**extra, **control.infotext()}
     hires = None
     if params.enable_hr:
         from lorastudio.generation.hires_fix import plan_hires
@@ -125,8 +133,10 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
         latents = family.pack_latents(pipe, latents).to(pipe.device, dtype=family.denoiser(pipe).dtype)
         seed_brownian_noise(pipe, batch_seeds[0])
         # 5. denoise
-        images = _denoise(pipe, step_cond.kwargs_at(0), params, latents, gens, b, on_progress, should_stop,
-                          output_type=hires.first_pass_output if hires else "np", step_cond=step_cond)
+        with control.hooks() if control is not None else contextlib.nullcontext():
+            images = _denoise(pipe, {**step_cond.kwargs_at(0), **control_kwargs}, params, latents, gens, b,
+                              on_progress, should_stop, output_type=hires.first_pass_output if hires else "np",
+                              step_cond=step_cond)
         if hires is not None:  # 5b. hires fix: upscale, then the img2img second pass
             from lorastudio.generation.hires_fix import run_second_pass
 

@@ -20,6 +20,7 @@ from lorastudio.core.params import SEED_MAX, GenerationParams, Img2ImgOptions, v
 from lorastudio.core.prompt_syntax import extract_lora_tags
 from lorastudio.core.samplers import SCHEDULE_TYPES, resolve_sampler
 from lorastudio.interfaces.api.a1111_models import Img2ImgRequest, Txt2ImgRequest, _ProcessingRequest
+from lorastudio.interfaces.api.controlnet_request import script_args, units_from_args
 
 # GenerationParams field -> the A1111 request field a client should fix.
 _A1111_FIELD = {
@@ -68,6 +69,7 @@ class GenerationPlan:
     init_images: list = field(default_factory=list)  # decoded PIL images
     mask: Any = None
     styles: list = field(default_factory=list)
+    controlnet: list | None = None  # ControlNetUnit, from alwayson_scripts.controlnet
 
 
 def schedulers() -> list[dict[str, Any]]:
@@ -149,9 +151,9 @@ def check_common(req: _ProcessingRequest, sampler_name: str, stochastic: bool) -
         _refuse("firstpass_image", "<image>", "a given first-pass image is " + _NOT_YET)
     if req.script_name not in (None, "", "None"):
         _refuse("script_name", req.script_name, "no scripts are installed")
-    for name in req.alwayson_scripts or {}:
+    for name in script_args(req.alwayson_scripts)[1]:  # controlnet's own args are read by _controlnet_units
         if not _is_dynamic_prompts(name):
-            _refuse(f"alwayson_scripts.{name}", "...", "no always-on scripts are installed but Dynamic Prompts")
+            _refuse(f"alwayson_scripts.{name}", "...", "the always-on scripts here are controlnet and Dynamic Prompts")
     if req.disable_extra_networks and extract_lora_tags(req.prompt or "")[1]:
         _refuse("disable_extra_networks", True, "generating with <lora:...> tags left inactive is " + _NOT_YET)
 
@@ -304,6 +306,7 @@ def plan_generation(req: _ProcessingRequest, state, kind: str, *, hires_supporte
         task_id=req.force_task_id,
         styles=list(req.styles or []),
         img2img=img2img,
+        controlnet=_controlnet_units(req, state),
     )
 
 
@@ -326,6 +329,14 @@ def hires_values(req: Txt2ImgRequest) -> dict[str, Any]:
         "hr_negative_prompt": req.hr_negative_prompt or "",
         "hr_cfg": req.hr_cfg,
     }
+
+
+def _controlnet_units(req, state) -> list | None:
+    args = script_args(req.alwayson_scripts)[0]
+    if not args:
+        return None
+    limits = state.limits
+    return units_from_args(args, max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels) or None
 
 
 def _or(value: Any, default: Any) -> Any:

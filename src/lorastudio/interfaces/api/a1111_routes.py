@@ -135,12 +135,13 @@ def _run(state, plan: GenerationPlan):
             def on_step(_i, step, steps, b=b):
                 progress.on_step(b, step, steps)
 
+            control = {"controlnet": plan.controlnet} if plan.controlnet else {}
             try:
                 if plan.kind == "img2img":
                     result = engine.img2img(batch, plan.init_images, plan.mask, options=plan.img2img, save=False,
-                                            on_progress=on_step)
+                                            on_progress=on_step, **control)
                 else:
-                    result = engine.txt2img(batch, save=False, on_progress=on_step)
+                    result = engine.txt2img(batch, save=False, on_progress=on_step, **control)
             except InvalidParameter as exc:
                 raise renamed_error(exc) from None
             for gi in result.images:
@@ -330,11 +331,10 @@ async def embeddings(request: Request) -> dict:
 
 
 @router.get("/upscalers", response_model=list[m.UpscalerItem])
-async def upscalers() -> list[dict]:
-    from lorastudio.generation.hires_fix import BUILTIN_IMAGE_UPSCALERS
+async def upscalers(request: Request) -> list[dict]:
+    from lorastudio.interfaces.api.extras_routes import upscaler_listing
 
-    return [{"name": n, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
-            for n in BUILTIN_IMAGE_UPSCALERS]
+    return await run_in_threadpool(upscaler_listing, _state(request))
 
 
 @router.get("/latent-upscale-modes", response_model=list[m.LatentUpscalerModeItem])
@@ -383,7 +383,7 @@ def _memory() -> dict:
 # Routes clients probe at start-up (webuiapi asks for /scripts); we have none of these things.
 @router.get("/scripts", response_model=m.ScriptsList)
 async def scripts() -> dict:
-    return {"txt2img": [], "img2img": []}
+    return {"txt2img": ["controlnet"], "img2img": ["controlnet"]}
 
 
 @router.get("/script-info")

@@ -36,7 +36,8 @@ def create_app(settings: StudioSettings, *, engine=None, store=None, api_auth: s
     api_auth (DNS-rebinding defence), any host once requests must authenticate.
     train_fn replaces lorastudio.training.api.train (benchmarks and tests of the queue itself).
     """
-    from lorastudio.interfaces.api import a1111_routes, caption_routes, publish_routes, training_routes
+    from lorastudio.interfaces.api import (a1111_routes, caption_routes, controlnet_routes, extras_routes, publish_routes,
+                                           training_routes)
 
     credentials = parse_api_auth(api_auth)
     if allowed_hosts == _AUTO:
@@ -59,6 +60,8 @@ def create_app(settings: StudioSettings, *, engine=None, store=None, api_auth: s
                               "(/v1/trainings).")
     app.state.api = state
     app.include_router(a1111_routes.router)
+    app.include_router(controlnet_routes.router)
+    app.include_router(extras_routes.router)
     app.include_router(training_routes.router)
     app.include_router(publish_routes.router)
     app.include_router(web_router())  # the page at / and the endpoints it needs

@@ -95,6 +95,10 @@ def generate(
     studio: dict = None,
     from_png: Optional[Path] = typer.Option(None, "--from-png", help="Reproduce the image whose infotext this PNG holds"),
     verbose: bool = verbose_option(),
+    controlnet: Optional[list[str]] = typer.Option(None, "--controlnet", help="ControlNet model from models/ControlNet (repeatable)"),
+    control_image: Optional[list[Path]] = typer.Option(None, "--control-image", help="Its control picture (one per --controlnet)"),
+    control_module: Optional[list[str]] = typer.Option(None, "--control-module", help="Preprocessor: none, canny, invert, ... [none]"),
+    control_weight: Optional[list[float]] = typer.Option(None, "--control-weight", help="ControlNet weight [1]"),
 ):
     """txt2img with the A1111 conventions; every PNG carries its `parameters` text.
 
@@ -110,6 +114,9 @@ def generate(
         from lorastudio.generation.engine import GenerationEngine
         from lorastudio.interfaces.cli.progress import step_progress
 
+        from lorastudio.interfaces.cli.controlnet_opts import controlnet_units
+
+        units = controlnet_units(controlnet, control_image, control_module, control_weight, from_png)
         with library_output(verbose):
             engine = GenerationEngine(settings)
             loaded = engine.load(params.model, params.vae)
@@ -119,7 +126,7 @@ def generate(
                 values.setdefault("height", side)
                 params = validate_params(values)
             with step_progress(params.steps * params.batch_count) as advance:
-                result = engine.txt2img(params, on_progress=advance)
+                result = engine.txt2img(params, on_progress=advance, **({"controlnet": units} if units else {}))
     except LorastudioError as exc:
         _fail(exc)
     except (MemoryError, RuntimeError) as exc:
@@ -349,13 +356,14 @@ def demo(workspace: Path = typer.Option(Path("demo"), "--workspace", help="Where
 
 
 def _register_optional_commands() -> None:
-    from lorastudio.interfaces.cli import dataset_prep_cmd, img2img_cmd, publish_cmd, report_cmd, serve_cmd, worker_cmd
+    from lorastudio.interfaces.cli import dataset_prep_cmd, img2img_cmd, publish_cmd, report_cmd, serve_cmd, upscale_cmd, worker_cmd
 
     img2img_cmd.register(app)
     serve_cmd.register(app)
     report_cmd.register(app)
     publish_cmd.register(app)
     worker_cmd.register(app)
+    upscale_cmd.register(app)
     dataset_prep_cmd.register(dataset_app)
 
 

@@ -174,6 +174,25 @@ class ModelFamily(ABC):
         """Extra keyword arguments for `pipe.lora_state_dict`, so a file is read as `load_lora_weights` reads it."""
         return {}
 
+    # --- ControlNet ----------------------------------------------------------------------
+    def claims_controlnet(self, shapes: Mapping[str, tuple[int, ...]]) -> bool:
+        """True when a ControlNet state dict (key -> shape, `control_model.` prefix removed) is this family's."""
+        return False
+
+    def load_controlnet(self, path: Path, shapes: Mapping[str, tuple[int, ...]], pipe: "DiffusionPipeline",
+                        options: LoadOptions, *, folder_config: Mapping[str, Any] | None = None):
+        """The ControlNet module in `path` (safetensors; a diffusers folder's weights file when
+        `folder_config` is given), on `pipe`'s device."""
+        from lorastudio.core.errors import ModelFileError
+
+        raise ModelFileError(path, f"ControlNets are not supported for {self.title} models")
+
+    def controlnet_pipeline(self, pipe: "DiffusionPipeline", controlnets: list, mode: str) -> "DiffusionPipeline":
+        """The diffusers ControlNet pipeline (mode "txt2img", "img2img" or "inpaint") sharing `pipe`'s modules."""
+        from lorastudio.core.errors import InvalidParameter
+
+        raise InvalidParameter("controlnet", "<unit>", f"ControlNet is not available for {self.title} models")
+
     def textual_inversion_targets(self, pipe: "DiffusionPipeline") -> list[tuple[str | None, Any, Any]]:
         """(key in an embedding file, tokenizer, text encoder) per encoder that takes A1111 embeddings.
 

@@ -98,6 +98,27 @@ class SD1Family(StableDiffusionFamily):
 
         return (StableDiffusionInpaintPipeline if inpaint else StableDiffusionImg2ImgPipeline).from_pipe(pipe)
 
+    # --- ControlNet ------------------------------------------------------------------------
+    def claims_controlnet(self, shapes) -> bool:
+        from lorastudio.models.controlnet.sd_controlnet import SDXL_MARKERS, context_width, has_hint_encoder
+
+        # SD 2.x ControlNets read 1024-wide OpenCLIP embeddings; SD 1.x ones CLIP-L's 768.
+        return (has_hint_encoder(shapes) and not any(k in shapes for k in SDXL_MARKERS)
+                and context_width(shapes) != 1024)
+
+    def load_controlnet(self, path, shapes, pipe, options, *, folder_config=None):
+        from lorastudio.models.controlnet.sd_controlnet import load_sd_controlnet
+
+        return load_sd_controlnet(path, shapes, pipe, options, folder_config=folder_config)
+
+    def controlnet_pipeline(self, pipe, controlnets, mode: str):
+        import diffusers
+
+        cls = {"txt2img": diffusers.StableDiffusionControlNetPipeline,
+               "img2img": diffusers.StableDiffusionControlNetImg2ImgPipeline,
+               "inpaint": diffusers.StableDiffusionControlNetInpaintPipeline}[mode]
+        return cls.from_pipe(pipe, controlnet=controlnets if len(controlnets) > 1 else controlnets[0])
+
     # --- training --------------------------------------------------------------------------
     def encode_captions(self, pipe, captions: list[str], *, clip_skip: int):
         import torch

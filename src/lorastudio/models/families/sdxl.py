@@ -116,6 +116,26 @@ class SDXLFamily(StableDiffusionFamily):
 
         return (StableDiffusionXLInpaintPipeline if inpaint else StableDiffusionXLImg2ImgPipeline).from_pipe(pipe)
 
+    # --- ControlNet ------------------------------------------------------------------------
+    def claims_controlnet(self, shapes) -> bool:
+        from lorastudio.models.controlnet.sd_controlnet import SDXL_MARKERS, has_hint_encoder
+
+        # SDXL's UNet (and so its ControlNets) embeds the size/crop/pooled-text vector.
+        return has_hint_encoder(shapes) and any(k in shapes for k in SDXL_MARKERS)
+
+    def load_controlnet(self, path, shapes, pipe, options, *, folder_config=None):
+        from lorastudio.models.controlnet.sd_controlnet import load_sd_controlnet
+
+        return load_sd_controlnet(path, shapes, pipe, options, folder_config=folder_config)
+
+    def controlnet_pipeline(self, pipe, controlnets, mode: str):
+        import diffusers
+
+        cls = {"txt2img": diffusers.StableDiffusionXLControlNetPipeline,
+               "img2img": diffusers.StableDiffusionXLControlNetImg2ImgPipeline,
+               "inpaint": diffusers.StableDiffusionXLControlNetInpaintPipeline}[mode]
+        return cls.from_pipe(pipe, controlnet=controlnets if len(controlnets) > 1 else controlnets[0])
+
     # --- training --------------------------------------------------------------------------
     def encode_captions(self, pipe, captions: list[str], *, clip_skip: int):
         import torch

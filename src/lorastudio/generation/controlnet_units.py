@@ -1,0 +1,315 @@
+"""ControlNet units, as the A1111 ControlNet extension defines them, turned into a diffusers call.
+
+A unit is: a ControlNet model, a control picture (preprocessed by `module`), a weight, the part of
+the sampling it acts in (guidance start / end), a control mode, a resize mode and pixel perfect.
+`prepare_control` loads and preprocesses; the returned `ControlPlan` builds the family's diffusers
+ControlNet pipeline over the loaded modules and holds the call's extra arguments.
+
+Control modes follow the extension (hook.py): "My prompt is more important" scales the 13 (SD 1.x)
+ControlNet outputs by 0.825 ** (12 - i) (the deepest kept whole, the shallowest ~0.1);
+"ControlNet is more important" does that too and gives the control to the conditional half of the
+CFG batch only. Both are forward hooks on the ControlNet module, removed after the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Callable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from lorastudio.core.errors import InvalidParameter
+
+
+class ResizeMode(str, Enum):
+    JUST_RESIZE = "Just Resize"
+    CROP_AND_RESIZE = "Crop and Resize"
+    RESIZE_AND_FILL = "Resize and Fill"
+
+
+class ControlMode(str, Enum):
+    BALANCED = "Balanced"
+    PROMPT = "My prompt is more important"
+    CONTROL = "ControlNet is more important"
+
+
+_RESIZE_NAMES = {0: ResizeMode.JUST_RESIZE, 1: ResizeMode.CROP_AND_RESIZE, 2: ResizeMode.RESIZE_AND_FILL,
+                 "Just Resize": ResizeMode.JUST_RESIZE, "Crop and Resize": ResizeMode.CROP_AND_RESIZE,
+                 "Resize and Fill": ResizeMode.RESIZE_AND_FILL, "Inner Fit (Scale to Fit)": ResizeMode.CROP_AND_RESIZE,
+                 "Outer Fit (Shrink to Fit)": ResizeMode.RESIZE_AND_FILL, "Envelope (Outer Fit)": ResizeMode.RESIZE_AND_FILL,
+                 "Scale to Fit (Inner Fit)": ResizeMode.CROP_AND_RESIZE}
+_CONTROL_NAMES = {0: ControlMode.BALANCED, 1: ControlMode.PROMPT, 2: ControlMode.CONTROL,
+                  **{m.value: m for m in ControlMode}}
+
+
+class ControlNetUnit(BaseModel):
+    """One unit, with the fields (and defaults) of the extension's API (`alwayson_scripts.controlnet.args`)."""
+
+    model_config = ConfigDict(extra="ignore", arbitrary_types_allowed=True)
+
+    enabled: bool = True
+    module: str = "none"
+    model: str = "None"
+    weight: float = Field(1.0, ge=0.0, le=2.0)
+    image: Any = None  # a PIL image (interfaces decode base64 / files); None: the img2img init image
+    mask: Any = None
+    resize_mode: ResizeMode = ResizeMode.CROP_AND_RESIZE
+    low_vram: bool = False
+    processor_res: int = -1
+    threshold_a: float = -1
+    threshold_b: float = -1
+    guidance_start: float = Field(0.0, ge=0.0, le=1.0)
+    guidance_end: float = Field(1.0, ge=0.0, le=1.0)
+    pixel_perfect: bool = False
+    control_mode: ControlMode = ControlMode.BALANCED
+    hr_option: str = "Both"
+    save_detected_map: bool = True
+
+    @field_validator("resize_mode", mode="before")
+    @classmethod
+    def _resize(cls, v):
+        if v not in _RESIZE_NAMES:
+            raise ValueError(f"resize_mode {v!r}: one of {[m.value for m in ResizeMode]} (or 0, 1, 2)")
+        return _RESIZE_NAMES[v]
+
+    @field_validator("control_mode", mode="before")
+    @classmethod
+    def _control(cls, v):
+        if v not in _CONTROL_NAMES:
+            raise ValueError(f"control_mode {v!r}: one of {[m.value for m in ControlMode]} (or 0, 1, 2)")
+        return _CONTROL_NAMES[v]
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.guidance_start > self.guidance_end:
+            raise ValueError(f"guidance_start ({self.guidance_start}) is after guidance_end ({self.guidance_end})")
+        return self
+
+    def with_slider_defaults(self) -> "ControlNetUnit":
+        """-1 (or out-of-range) slider values replaced by the preprocessor's defaults, as the extension does."""
+        from lorastudio.generation.preprocessors import find_preprocessor
+
+        pre = find_preprocessor(self.module)
+        update = {}
+        for field_name, slider in (("processor_res", pre.resolution), ("threshold_a", pre.threshold_a),
+                                   ("threshold_b", pre.threshold_b)):
+            value = getattr(self, field_name)
+            if slider is not None and not slider.minimum <= value <= slider.maximum:
+                update[field_name] = int(slider.value) if field_name == "processor_res" else float(slider.value)
+        return self.model_copy(update={**update, "module": pre.name})
+
+
+def pixel_perfect_resolution(image_hw: tuple[int, int], width: int, height: int, resize_mode: ResizeMode) -> int:
+    """The preprocessor resolution that makes the map exactly the generation's size (the extension's rule)."""
+    raw_h, raw_w = image_hw
+    k0, k1 = height / raw_h, width / raw_w
+    k = min(k0, k1) if resize_mode == ResizeMode.RESIZE_AND_FILL else max(k0, k1)
+    return int(np.round(k * min(raw_h, raw_w)))
+
+
+def control_map(unit: ControlNetUnit, image, width: int, height: int, models_root=None):
+    """The unit's picture preprocessed and fitted to width x height (a PIL RGB image)."""
+    from PIL import Image
+
+    from lorastudio.generation.img2img_inputs import resize_image
+    from lorastudio.generation.preprocessors import run_preprocessor
+
+    rgb = np.asarray(image.convert("RGB"))
+    res = unit.processor_res
+    detected = run_preprocessor(unit.module, rgb, resolution=res, threshold_a=unit.threshold_a,
+                                threshold_b=unit.threshold_b, models_root=models_root)
+    mode = {ResizeMode.JUST_RESIZE: 0, ResizeMode.CROP_AND_RESIZE: 1, ResizeMode.RESIZE_AND_FILL: 2}[unit.resize_mode]
+    return resize_image(mode, Image.fromarray(detected), width, height)
+
+
+@dataclass
+class ControlPlan:
+    """What a generation needs for its ControlNet units."""
+
+    units: list[ControlNetUnit]
+    controlnets: list[Any]  # diffusers ControlNetModel, one per unit
+    maps: list[Any]  # PIL control maps at the generation's size
+    titles: list[str]  # "name [hash]", as the extension lists models
+    cfg: bool = True  # the pipeline runs an unconditional half
+    inpaint_masks: list[Any] = field(default_factory=list)  # per unit: mask (L) for inpaint_only, or None
+
+    @property
+    def acting(self) -> list[int]:
+        # A unit whose guidance range is empty never acts (the extension allows start == end;
+        # diffusers refuses it), so it is left out of the call and kept in the infotext.
+        return [i for i, u in enumerate(self.units) if u.guidance_end > u.guidance_start]
+
+    def pipeline(self, family, pipe, mode: str):
+        if not self.acting:
+            return pipe if mode == "txt2img" else family.img2img_pipeline(pipe, inpaint=mode == "inpaint")
+        built = family.controlnet_pipeline(pipe, [self.controlnets[i] for i in self.acting], mode)
+        # from_pipe does not carry the progress-bar setting over; ours reports through callbacks
+        built.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
+        return built
+
+    def call_kwargs(self, mode: str) -> dict[str, Any]:
+        acting = self.acting
+        if not acting:
+            return {}
+        images = [self._control_input(i) for i in acting]
+        units = [self.units[i] for i in acting]
+        one = len(units) == 1
+        return {
+            "image" if mode == "txt2img" else "control_image": images[0] if one else images,
+            "controlnet_conditioning_scale": units[0].weight if one else [u.weight for u in units],
+            "control_guidance_start": [u.guidance_start for u in units],
+            "control_guidance_end": [u.guidance_end for u in units],
+        }
+
+    def _control_input(self, i: int):
+        mask = self.inpaint_masks[i] if self.inpaint_masks else None
+        if mask is None:
+            return self.maps[i]
+        import torch
+
+        # The inpaint ControlNet reads the masked area as -1 (the extension's inpaint_only).
+        pixels = torch.from_numpy(np.asarray(self.maps[i].convert("RGB"), dtype=np.float32) / 255.0)
+        masked = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0) > 0.5
+        pixels[masked] = -1.0
+        return pixels.permute(2, 0, 1)[None]
+
+    @contextlib.contextmanager
+    def hooks(self):
+        handles = []
+        try:
+            for unit, cn in zip(self.units, self.controlnets):
+                if unit.control_mode != ControlMode.BALANCED:
+                    handles.append(cn.register_forward_hook(_soft_injection(unit.control_mode == ControlMode.CONTROL
+                                                                             and self.cfg)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def infotext(self) -> dict[str, str]:
+        return {f"ControlNet {i}": serialize_unit(u, t) for i, (u, t) in enumerate(zip(self.units, self.titles))}
+
+
+def _soft_injection(conditional_only: bool) -> Callable:
+    def hook(module, args, output):
+        down, mid = output[0], output[1]
+        n = len(down) + 1
+        scales = [0.825 ** float(12 - i) for i in range(max(n, 13))][:n]  # the extension's 13 values, zipped
+        down = tuple(d * s for d, s in zip(down, scales))
+        mid = mid * scales[n - 1]
+        if conditional_only:
+            half = mid.shape[0] // 2  # diffusers stacks [unconditional, conditional]
+            keep = mid.new_ones(mid.shape[0]).view(-1, 1, 1, 1)
+            keep[:half] = 0
+            down, mid = tuple(d * keep for d in down), mid * keep
+        return (down, mid) if isinstance(output, tuple) else type(output)(down, mid)
+
+    return hook
+
+
+# --- infotext, as the extension writes and reads it (scripts/infotext.py) ----------------------------
+# Fields in ControlNetUnit order, minus image/enabled/advanced_weighting/...; "-1" sliders are left out.
+_INFOTEXT_FIELDS = ("module", "model", "weight", "resize_mode", "low_vram", "processor_res", "threshold_a",
+                    "threshold_b", "guidance_start", "guidance_end", "pixel_perfect", "control_mode", "hr_option",
+                    "save_detected_map")
+
+
+def _display(field_name: str) -> str:
+    return " ".join(w.capitalize() for w in field_name.split("_"))
+
+
+def serialize_unit(unit: ControlNetUnit, model_title: str) -> str:
+    values = {**unit.model_dump(), "model": model_title}
+    parts = []
+    for name in _INFOTEXT_FIELDS:
+        v = values[name]
+        if v == -1:
+            continue
+        if isinstance(v, Enum):
+            v = v.value
+        elif isinstance(v, float) or name in ("weight", "guidance_start", "guidance_end"):
+            v = float(v)  # the extension's pydantic floats print as 1.0
+        parts.append(f"{_display(name)}: {v}")
+    return ", ".join(parts)
+
+
+def parse_unit(text: str) -> ControlNetUnit:
+    """The extension's `parse_unit`: 'Module: canny, Model: x [h], Weight: 1.0, ...' -> a unit."""
+    fields: dict[str, Any] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.strip().partition(": ")
+        if not sep:
+            raise InvalidParameter("ControlNet", text, f"cannot read {item.strip()!r} (expected 'Name: value')")
+        fields["_".join(w.lower() for w in key.split(" "))] = _parse_value(value)
+    return ControlNetUnit(**fields)
+
+
+def _parse_value(value: str):
+    if value in ("True", "False"):
+        return value == "True"
+    for conv in (int, float):
+        try:
+            return conv(value)
+        except ValueError:
+            pass
+    return value
+
+
+def controlnet_title(path) -> str:
+    """"name [hash]" as the extension lists a model: A1111's legacy 8-digit model hash."""
+    from pathlib import Path
+
+    from lorastudio.core.hashes import addnet_hash_legacy
+
+    path = Path(path)
+    if path.is_dir():
+        return path.name
+    with open(path, "rb") as fh:
+        return f"{path.stem} [{addnet_hash_legacy(fh)[:8]}]"
+
+
+def prepare_control(units: list[ControlNetUnit], *, width: int, height: int, cfg: bool,
+                    load: Callable[[str], tuple[Any, str]], models_root=None, init_image=None,
+                    mask=None) -> ControlPlan | None:
+    """The plan for the enabled units (None when there are none).
+
+    `load(model name) -> (ControlNetModel, title)`; a unit without a picture uses the img2img init
+    image, as the extension does; `inpaint_only` marks the img2img mask on its map.
+    """
+    active = [u.with_slider_defaults() for u in units if u.enabled]
+    if not active:
+        return None
+    modules, titles, maps, masks = [], [], [], []
+    for i, unit in enumerate(active):
+        if unit.model in (None, "", "None"):
+            raise InvalidParameter(f"controlnet[{i}].model", unit.model, "each unit needs a ControlNet model")
+        image = unit.image if unit.image is not None else init_image
+        if image is None:
+            raise InvalidParameter(f"controlnet[{i}].image", None, "a unit needs a control image in txt2img")
+        if unit.pixel_perfect and unit.processor_res != -1:
+            # as the extension: the resolution written to the infotext is the one used
+            hw = (image.height, image.width)
+            unit = active[i] = unit.model_copy(update={"processor_res": pixel_perfect_resolution(
+                hw, width, height, unit.resize_mode)})
+        module, title = load(unit.model)
+        modules.append(module)
+        titles.append(title)
+        maps.append(control_map(unit, image, width, height, models_root))
+        unit_mask = unit.mask if unit.mask is not None else mask
+        if unit.module == "inpaint_only":
+            if unit_mask is None:
+                raise InvalidParameter(f"controlnet[{i}].module", unit.module, "needs a mask (inpaint, or the unit's mask)")
+            from lorastudio.generation.img2img_inputs import resize_image
+
+            masks.append(resize_image({ResizeMode.JUST_RESIZE: 0, ResizeMode.CROP_AND_RESIZE: 1,
+                                       ResizeMode.RESIZE_AND_FILL: 2}[unit.resize_mode],
+                                      unit_mask.convert("L"), width, height))
+        else:
+            masks.append(None)
+    return ControlPlan(active, modules, maps, titles, cfg=cfg,
+                       inpaint_masks=masks if any(m is not None for m in masks) else [])

@@ -1,0 +1,211 @@
+"""ControlNet units: files in the layouts users keep, our pictures vs diffusers' own ControlNet
+pipelines on the same weights, the extension's semantics (weight, guidance range, control mode)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lorastudio.core.errors import InvalidParameter, ModelFileError
+from lorastudio.testing.pixels import assert_same_picture, max_level_difference
+
+SMALL = dict(width=64, height=64, steps=3, cfg_scale=5.0, sampler="Euler", scheduler="Automatic")
+
+
+@pytest.fixture(scope="module")
+def cn_setup(tmp_path_factory):
+    from lorastudio.testing.tiny_controlnet import save_controlnet_single_file, tiny_controlnet, tiny_sd1_x8_pipeline
+    from lorastudio.testing.tiny_sd import save_sd1_single_file, tiny_sdxl_pipeline
+
+    root = tmp_path_factory.mktemp("cn-models")
+    for d in ("Stable-diffusion", "Lora", "VAE", "ControlNet"):
+        (root / d).mkdir()
+    pipe = tiny_sd1_x8_pipeline(seed=0)
+    save_sd1_single_file(pipe, root / "Stable-diffusion" / "tiny-sd1-x8.safetensors")
+    cn_a, cn_b = tiny_controlnet(pipe.unet, seed=5), tiny_controlnet(pipe.unet, seed=6)
+    save_controlnet_single_file(cn_a, pipe.unet.config, root / "ControlNet" / "control_tiny_canny.safetensors")
+    save_controlnet_single_file(cn_a, pipe.unet.config, root / "ControlNet" / "control_tiny_bare_fp16.safetensors",
+                                prefix="", dtype=torch.float16)
+    cn_b.save_pretrained(root / "ControlNet" / "controlnet-tiny-folder")
+    sdxl = tiny_sdxl_pipeline(seed=0)
+    tiny_controlnet(sdxl.unet, seed=7).save_pretrained(root / "ControlNet" / "controlnet-tiny-sdxl")
+    return {"root": root, "pipe": pipe, "a": cn_a, "b": cn_b}
+
+
+@pytest.fixture(scope="module")
+def cn_engine(cn_setup, tmp_path_factory):
+    from lorastudio.core.settings import StudioSettings
+    from lorastudio.generation.engine import GenerationEngine
+
+    settings = StudioSettings(models_dir=cn_setup["root"], outdir=tmp_path_factory.mktemp("out"), device="cpu",
+                              include_bundled=False)
+    engine = GenerationEngine(settings)
+    engine.load("tiny-sd1-x8")
+    return engine
+
+
+def picture(seed: int, size=(64, 64)) -> Image.Image:
+    rng = np.random.RandomState(seed)
+    return Image.fromarray((rng.rand(size[1], size[0], 3) * 255).astype(np.uint8))
+
+
+def unit(**kw):
+    return {"module": "none", "model": "control_tiny_canny", "image": picture(1), **kw}
+
+
+def reference_pipeline(engine, controlnet):
+    """diffusers' own pipeline over the loaded modules, with a scheduler built here (A1111's Euler)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionControlNetPipeline
+
+    p = engine.model.pipe
+    ref = StableDiffusionControlNetPipeline(vae=p.vae, text_encoder=p.text_encoder, tokenizer=p.tokenizer, unet=p.unet,
+                                            controlnet=controlnet, scheduler=EulerDiscreteScheduler(
+                                                num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                                beta_schedule="scaled_linear"),
+                                            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    ref.set_progress_bar_config(disable=True)
+    return ref
+
+
+def test_every_layout_loads_the_same_weights(cn_setup, cn_engine):
+    from lorastudio.models.controlnet import find_controlnet, load_controlnet
+
+    model = cn_engine.model
+    want = cn_setup["a"].state_dict()
+    for name, tol in (("control_tiny_canny", 0.0), ("control_tiny_bare_fp16", 1e-2)):
+        got = load_controlnet(find_controlnet(cn_setup["root"], name).path, model.family, model.pipe,
+                              cn_engine.options(model.family)).state_dict()
+        assert got.keys() == want.keys()
+        assert max(float((got[k] - want[k]).abs().max()) for k in want) <= tol, name  # fp16 file: its rounding
+    got = load_controlnet(find_controlnet(cn_setup["root"], "controlnet-tiny-folder").path, model.family, model.pipe,
+                          cn_engine.options(model.family)).state_dict()
+    want_b = cn_setup["b"].state_dict()
+    assert all(torch.equal(got[k], want_b[k]) for k in want_b)
+
+
+@pytest.mark.pixels
+def test_txt2img_equals_diffusers_controlnet_pipeline(cn_setup, cn_engine):
+    r = cn_engine.txt2img(dict(prompt="a red circle", seed=3, **SMALL), save=False, controlnet=[unit()])
+    plain = cn_engine.txt2img(dict(prompt="a red circle", seed=3, **SMALL), save=False)
+    ref = reference_pipeline(cn_engine, cn_setup["a"])(
+        "a red circle", image=picture(1), width=64, height=64, num_inference_steps=3, guidance_scale=5.0,
+        generator=torch.Generator().manual_seed(3)).images[0]
+    assert max_level_difference(plain.images[0].image, r.images[0].image) > 10  # the control acts
+    assert_same_picture(ref, r.images[0].image)
+
+
+@pytest.mark.pixels
+@pytest.mark.parametrize("change", [dict(weight=0.0), dict(guidance_end=0.0)])
+def test_weight_zero_or_no_steps_equals_no_controlnet(cn_engine, change):
+    p = dict(prompt="a blue square", seed=8, **SMALL)
+    plain = cn_engine.txt2img(p, save=False)
+    r = cn_engine.txt2img(p, save=False, controlnet=[unit(**change)])
+    assert_same_picture(plain.images[0].image, r.images[0].image)
+
+
+@pytest.mark.pixels
+def test_two_units_equal_diffusers_multi_controlnet(cn_setup, cn_engine):
+    units = [unit(weight=0.7), unit(model="controlnet-tiny-folder", image=picture(2), weight=1.2,
+                                    guidance_start=0.3)]
+    r = cn_engine.txt2img(dict(prompt="two units", seed=5, **SMALL), save=False, controlnet=units)
+    ref = reference_pipeline(cn_engine, [cn_setup["a"], cn_setup["b"]])(
+        "two units", image=[picture(1), picture(2)], controlnet_conditioning_scale=[0.7, 1.2],
+        control_guidance_start=[0.0, 0.3], control_guidance_end=[1.0, 1.0], width=64, height=64,
+        num_inference_steps=3, guidance_scale=5.0, generator=torch.Generator().manual_seed(5)).images[0]
+    assert_same_picture(ref, r.images[0].image)
+    assert "ControlNet 1: \"Module: none, Model: controlnet-tiny-folder, Weight: 1.2" in r.images[0].infotext
+
+
+@pytest.mark.pixels
+def test_controlnet_more_important_is_diffusers_guess_mode():
+    """The extension scales SD 1.x's 13 ControlNet outputs by 0.825 ** (12 - i) and controls the
+    conditional half only; diffusers' guess mode does the same with 10 ** (-(12 - i) / 12)
+    (0.8254 ** (12 - i)): under 0.6% apart on the smallest scale, inside the picture tolerance.
+    The UNet here has SD's four levels, so there are 13 outputs as in the real model."""
+    from diffusers import UNet2DConditionModel
+
+    from lorastudio.generation.controlnet_units import ControlNetUnit, prepare_control
+    from lorastudio.generation.txt2img import run_txt2img
+    from lorastudio.models.families.registry import family_by_name
+    from lorastudio.models.loaded import LoadedModel
+    from lorastudio.testing.tiny_controlnet import tiny_controlnet, tiny_sd1_x8_pipeline
+    from lorastudio.testing.tiny_sd import _SD1_UNET, _seeded
+
+    pipe = tiny_sd1_x8_pipeline(seed=0)
+    with _seeded(3):
+        pipe.unet = UNet2DConditionModel(**{**_SD1_UNET, "block_out_channels": (16, 16, 32, 32),
+                                            "down_block_types": ("CrossAttnDownBlock2D",) * 2 + ("DownBlock2D",) * 2,
+                                            "up_block_types": ("UpBlock2D",) * 2 + ("CrossAttnUpBlock2D",) * 2}).eval()
+    pipe.register_modules(unet=pipe.unet)
+    cn = tiny_controlnet(pipe.unet, seed=4)
+    model = LoadedModel(family_by_name("sd1"), pipe, path=None, name="in-memory", sha256=None)
+
+    def ours(mode):
+        plan = prepare_control([ControlNetUnit(model="cn", image=picture(1), control_mode=mode)], width=64, height=64,
+                               cfg=True, load=lambda name: (cn, "cn"))
+        return run_txt2img(model, _params(seed=6), activate_loras=lambda tags: [], model_hash=None, save_to=None,
+                           control=plan).images[0].image
+
+    balanced, important = ours("Balanced"), ours("ControlNet is more important")
+    assert len(cn(torch.zeros(2, 4, 8, 8), 1, torch.zeros(2, 77, 32), torch.zeros(2, 3, 64, 64),
+                  return_dict=False)[0]) + 1 == 13
+    from diffusers import StableDiffusionControlNetPipeline
+
+    ref_pipe = StableDiffusionControlNetPipeline.from_pipe(pipe, controlnet=cn)
+    ref_pipe.scheduler = _euler()
+    ref = ref_pipe("guess", image=picture(1), guess_mode=True, width=64, height=64, num_inference_steps=3,
+                   guidance_scale=5.0, generator=torch.Generator().manual_seed(6)).images[0]
+    assert max_level_difference(balanced, important) > 5
+    assert_same_picture(ref, important)
+
+
+def _params(**kw):
+    from lorastudio.core.params import validate_params
+
+    return validate_params(dict(prompt="guess", **SMALL, **kw))
+
+
+def _euler():
+    from diffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                  beta_schedule="scaled_linear")
+
+
+def test_img2img_with_a_unit_runs_and_weight_zero_is_plain(cn_engine):
+    p = dict(prompt="img2img", seed=2, denoising_strength=0.6, **SMALL)
+    plain = cn_engine.img2img(p, [picture(4)], save=False)
+    zero = cn_engine.img2img(p, [picture(4)], save=False, controlnet=[unit(weight=0.0)])
+    full = cn_engine.img2img(p, [picture(4)], save=False, controlnet=[unit(image=None)])  # the init image controls
+    assert_same_picture(plain.images[0].image, zero.images[0].image)
+    assert max_level_difference(plain.images[0].image, full.images[0].image) > 5
+    assert "ControlNet 0: " in full.images[0].infotext
+
+
+def test_wrong_family_controlnet_refused_by_name(cn_engine):
+    with pytest.raises(ModelFileError) as e:
+        cn_engine.txt2img(dict(prompt="x", seed=1, **SMALL), save=False,
+                          controlnet=[unit(model="controlnet-tiny-sdxl")])
+    msg = str(e.value)
+    assert "controlnet-tiny-sdxl" in msg and "SDXL ControlNet" in msg and "SD 1.x" in msg
+
+
+def test_missing_model_and_missing_weights_are_named(cn_engine):
+    from lorastudio.core.errors import NotFound
+
+    with pytest.raises(NotFound) as e:
+        cn_engine.txt2img(dict(prompt="x", **SMALL), save=False, controlnet=[unit(model="control_tiny_cany")])
+    assert "control_tiny_canny" in str(e.value)
+    with pytest.raises(InvalidParameter) as e:
+        cn_engine.txt2img(dict(prompt="x", **SMALL), save=False, controlnet=[unit(module="openpose")])
+    assert "body_pose_model.pth" in str(e.value) and "ControlNetPreprocessor" in str(e.value)
+
+
+
+def test_inpaint_with_a_unit_is_refused_naming_the_mask(cn_engine):
+    mask = Image.new("L", (64, 64), 255)
+    with pytest.raises(InvalidParameter) as e:
+        cn_engine.img2img(dict(prompt="x", **SMALL), [picture(4)], mask, save=False, controlnet=[unit()])
+    assert e.value.field == "mask" and "ControlNet" in str(e.value)
