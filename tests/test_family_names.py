@@ -24,6 +24,9 @@ ALLOWED = {
     "models/families/": "the families themselves",
     "models/formats/": "each family's key-name and config tables for its original single-file layouts: data the "
                        "family files (and the loader's pre-load notes) read, one file per format",
+    "models/controlnet/sd_controlnet.py": "the original ControlNet single-file layouts (SD 1.x and SDXL key "
+                                          "markers and conversion), which the families' ControlNet methods call: "
+                                          "format data like models/formats/",
     "testing/": "tiny random SD 1.x / SDXL / FLUX.1 models in their real on-disk layouts, one builder per family",
     "interfaces/cli/app.py": "help text naming the supported families and FLUX.1's distilled-guidance option",
     "interfaces/cli/img2img_cmd.py": "help text of FLUX.1's distilled-guidance option",

@@ -20,6 +20,7 @@ PURE_CONSTRUCTORS = {
     "re.compile", "frozenset", "tuple", "Path", "logging.getLogger", "TypeVar", "Version", "ConfigDict",
     "Field", "namedtuple", "MappingProxyType", "object",
     "KnownBase",  # a frozen dataclass row of the published-base table
+    "Slider",  # a frozen dataclass: a ControlNet preprocessor slider's bounds
 
 }
 MUTABLE_CALLS = {"dict", "list", "set", "defaultdict", "OrderedDict", "WeakKeyDictionary", "WeakValueDictionary",

@@ -243,7 +243,9 @@ def test_generate_and_img2img_options_are_the_models_fields():
 
     own = {"prompt", "from_png", "verbose"}
     generate = {p.name for p in _command("generate").params}
-    assert generate == cli_fields(GenerationParams) - {"denoising_strength"} | set(GENERATION_STUDIO_FIELDS) | own
+    # ControlNet units: a list of nested models, given as parallel repeatable flags (written by hand)
+    units = {"controlnet", "control_image", "control_module", "control_weight"}
+    assert generate == cli_fields(GenerationParams) - {"denoising_strength"} | set(GENERATION_STUDIO_FIELDS) | own | units
     img2img = {p.name for p in _command("img2img").params}
     assert img2img == (cli_fields(GenerationParams) | cli_fields(Img2ImgOptions) | set(GENERATION_STUDIO_FIELDS)
                        | own | {"init", "mask"})
