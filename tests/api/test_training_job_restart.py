@@ -8,26 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from lorastudio.core.settings import StudioSettings
+from lorastudio.testing.job_context import RecordingJobContext
 
-
-class _Ctx:
-    def __init__(self):
-        import threading
-
-        self.logs: list[tuple[str, str]] = []
-        self.lease_lost = threading.Event()
-
-    def progress(self, **fields):
-        pass
-
-    def log(self, message, level="INFO"):
-        self.logs.append((level, message))
-
-    def cancelled(self):
-        return False
-
-    def yield_point(self):
-        return 0
 
 
 class _Stop(Exception):
@@ -55,7 +37,7 @@ def test_an_interrupted_job_resumes_its_own_version(tmp_path, with_checkpoint):
     job = SimpleNamespace(id="j1", attempts=1, progress={"version": "v1"},
                           payload={"config": {"images": str(tmp_path), "trigger": "Deltamon", "base": "x"}})
     with pytest.raises(_Stop):
-        make_training_handler(settings, train_fn=train)(job, _Ctx())
+        make_training_handler(settings, train_fn=train)(job, RecordingJobContext())
     assert seen == {"resume": True, "version": "v1"}
 
 
@@ -73,5 +55,5 @@ def test_a_first_attempt_does_not_resume(tmp_path):
     job = SimpleNamespace(id="j1", attempts=0, progress={},
                           payload={"config": {"images": str(tmp_path), "trigger": "Deltamon", "base": "x"}})
     with pytest.raises(_Stop):
-        make_training_handler(settings, train_fn=train)(job, _Ctx())
+        make_training_handler(settings, train_fn=train)(job, RecordingJobContext())
     assert seen == {"resume": False}

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from lorastudio.models.catalog import BUNDLED_DIR
+from lorastudio.testing.job_context import RecordingJobContext
 
 BUNDLED = BUNDLED_DIR / "lorastudio-shapes-v1.safetensors"
 FAST = {"seeds": 1}
@@ -123,26 +124,6 @@ def test_a_clip_vision_model_in_models_clip_vision_is_used(trained, tmp_path):
     assert set(report["concept_score"]["by_weight"]) == {"0", "1"}
 
 
-class _Ctx:
-    """The JobContext surface the training handler uses, recording logs."""
-
-    def __init__(self):
-        import threading
-
-        self.logs: list[tuple[str, str]] = []
-        self.lease_lost = threading.Event()
-
-    def progress(self, **fields):
-        pass
-
-    def log(self, message, level="INFO"):
-        self.logs.append((level, message))
-
-    def cancelled(self):
-        return False
-
-    def yield_point(self):
-        return 0
 
 
 def test_the_job_worker_writes_the_report_after_a_training(trained, tmp_path):
@@ -163,16 +144,16 @@ def test_the_job_worker_writes_the_report_after_a_training(trained, tmp_path):
     job = SimpleNamespace(id="j1", attempts=0, progress={}, payload={"config": {
         "images": str(tmp_path), "trigger": "DeltamonStamp", "base": BUNDLED.name, "version": "v1"}})
     on = settings.model_copy(update={"projects_dir": projects})
-    ctx = _Ctx()
+    ctx = RecordingJobContext()
     result = make_training_handler(on, train_fn=train)(job, ctx)
     assert result["report"] == "report.json" and result["report_grid"] == "report.png"
     assert (copy / "report.json").is_file() and any("recommended weight" in m for _, m in ctx.logs)
 
     # turned off: no report; a broken LoRA: the job still succeeds and the log says why
     (copy / "report.json").unlink()
-    off = make_training_handler(on.model_copy(update={"report_after_training": False}), train_fn=train)(job, _Ctx())
+    off = make_training_handler(on.model_copy(update={"report_after_training": False}), train_fn=train)(job, RecordingJobContext())
     assert off["report"] is None and not (copy / "report.json").exists()
     lora.write_bytes(b"not a safetensors file")
-    ctx = _Ctx()
+    ctx = RecordingJobContext()
     broken = make_training_handler(on, train_fn=train)(job, ctx)
     assert broken["report"] is None and any(level == "WARNING" and "report not written" in m for level, m in ctx.logs)
