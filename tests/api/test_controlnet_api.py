@@ -110,12 +110,14 @@ def test_webuiapi_controlnet_unit_against_a_real_server(server_process, cn_root,
     assert "canny" in api.controlnet_module_list()
     unit = webuiapi.ControlNetUnit(image=shapes_picture(), module="canny", model=model, processor_res=64,
                                    threshold_a=100, threshold_b=200, pixel_perfect=False, control_mode=1)
-    r = api.txt2img(prompt="a square", seed=3, width=64, height=64, controlnet_units=[unit])
+    # alwayson_scripts={}: webuiapi writes the units into its shared default dict, which would send
+    # them again with every later call in this process (other tests use the client too)
+    r = api.txt2img(prompt="a square", seed=3, width=64, height=64, controlnet_units=[unit], alwayson_scripts={})
     assert r.image.size == (64, 64)
     assert f'ControlNet 0: "Module: canny, Model: {model}, Weight: 1.0, Resize Mode: Resize and Fill' in r.info["infotexts"][0]
     assert "Control Mode: My prompt is more important" in r.info["infotexts"][0]
     i2i = api.img2img(images=[r.image], prompt="a square", seed=3, width=64, height=64, denoising_strength=0.5,
-                      controlnet_units=[webuiapi.ControlNetUnit(module="none", model=model)])  # the init image controls
+                      controlnet_units=[webuiapi.ControlNetUnit(module="none", model=model)], alwayson_scripts={})  # the init image controls
     assert i2i.image.size == (64, 64) and "ControlNet 0: " in i2i.info["infotexts"][0]
     detected = api.controlnet_detect([shapes_picture()], module="canny", processor_res=64, threshold_a=100,
                                      threshold_b=200)

@@ -300,7 +300,7 @@ def test_cli_module_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, typer; from lorastudio.interfaces.cli import img2img_cmd; app = typer.Typer(); "
+    code = ("import sys, typer; from lorastudio.interfaces.cli import img2img_cmd; app = typer.Typer(rich_markup_mode=None); "
             "app.callback()(lambda: None); img2img_cmd.register(app); "
             "from typer.testing import CliRunner; r = CliRunner().invoke(app, ['img2img', '--help']); "
             "assert r.exit_code == 0 and '--denoising-strength' in r.output, r.output; "
