@@ -46,6 +46,7 @@ def register(app: typer.Typer) -> None:
                                                 help="Artifact store for checkpoints and finished runs: "
                                                      "s3://bucket/prefix (endpoint: $LORASTUDIO_S3_ENDPOINT) "
                                                      "or a folder; lets a run resume on another machine"),
+        report: bool = typer.Option(True, "--report/--no-report", help="Write the LoRA report after each training"),
     ):
         """Claim queued jobs (that this worker can run) and run them until SIGTERM / Ctrl-C."""
         from lorastudio.core.errors import LorastudioError
@@ -53,7 +54,7 @@ def register(app: typer.Typer) -> None:
         try:
             _run(db, device=device, families=families, memory_mb=memory_mb, models_dir=models_dir,
                  projects_dir=projects_dir, worker_id=worker_id, heartbeat_timeout_s=heartbeat_timeout,
-                 poll_interval_s=poll_interval, artifacts_url=artifacts)
+                 poll_interval_s=poll_interval, artifacts_url=artifacts, report=report)
         except LorastudioError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
@@ -74,7 +75,7 @@ def parse_families(text: str | None) -> tuple[str, ...] | None:
     return names
 
 
-def _run(db: str, *, device, families, memory_mb, models_dir, projects_dir, worker_id,
+def _run(db: str, *, report: bool = True, device, families, memory_mb, models_dir, projects_dir, worker_id,
          heartbeat_timeout_s: float, poll_interval_s: float, artifacts_url: str | None = None) -> None:
     import logging
 
@@ -84,7 +85,7 @@ def _run(db: str, *, device, families, memory_mb, models_dir, projects_dir, work
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     can_run = WorkerCapabilities(families=parse_families(families), memory_mb=memory_mb)
-    values: dict = {"models_dir": models_dir or default_models_dir(os.environ)}
+    values: dict = {"models_dir": models_dir or default_models_dir(os.environ), "report_after_training": report}
     for key, value in (("projects_dir", projects_dir), ("device", device)):
         if value is not None:
             values[key] = value
