@@ -26,7 +26,7 @@ from lorastudio.core.limits import (
     check_path,
 )
 from lorastudio.core.params import build_model
-from lorastudio.training.dataset.config import DatasetConfig, check_colour, parse_colour
+from lorastudio.training.dataset.config import Colour, DatasetConfig
 from lorastudio.training.dataset.caption_options import CaptionOptions
 
 CONFIG_VERSION = 1
@@ -173,7 +173,7 @@ class TrainingConfig(BaseModel):
     # Set from --tagger / --captioner on the command line (see interfaces/cli/app.py), in full in TOML.
     caption_options: CaptionOptions = Field(default_factory=CaptionOptions, json_schema_extra={"cli": False},
                                             description="Models and thresholds of the automatic captions")
-    background: tuple[int, int, int] = _field((255, 255, 255), "Dataset", "RGB behind transparent pixels: "
+    background: Colour = _field((255, 255, 255), "Dataset", "RGB behind transparent pixels: "
                                               "'#rrggbb' or [r, g, b]", cli_default="#ffffff")
     # --- regularisation (kohya's reg_data_dir, DreamBooth's prior preservation) ---------------
     reg_images: Path | None = _field(None, "Dataset", "Folder or .zip of pictures of the class without the "
@@ -205,18 +205,6 @@ class TrainingConfig(BaseModel):
             raise ValueError(f"this settings file has format {v}, written by a newer lorastudio; this one reads "
                              f"format {CONFIG_VERSION} and older: upgrade lorastudio, or remove settings it does not know")
         return v
-
-    @field_validator("background", mode="before")
-    @classmethod
-    def _colour(cls, v: Any) -> Any:
-        # Parsed here, once, so every user of the config (the dataset check, the latent cache)
-        # sees the same RGB triple.
-        return parse_colour(v)
-
-    @field_validator("background")
-    @classmethod
-    def _colour_range(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
-        return check_colour(v)
 
     @field_validator("images", "reg_images", "projects_dir", "models_dir")
     @classmethod

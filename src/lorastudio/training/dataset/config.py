@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from lorastudio.core.params import build_model
 
@@ -13,6 +13,32 @@ DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_MAX_UNZIPPED_BYTES = 2 * 1024**3
 
 _HEX_COLOUR = re.compile(r"^#?([0-9a-fA-F]{6})$")
+
+
+def parse_colour(v: Any) -> Any:
+    """'#rrggbb' (or 'rrggbb') -> (r, g, b); anything else is left for the type check."""
+    if isinstance(v, str):
+        m = _HEX_COLOUR.match(v.strip())
+        if not m:
+            raise ValueError(f"{v!r} is not a colour like '#ffffff' or [255, 255, 255]")
+        h = m.group(1)
+        return (int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16))
+    return v
+
+
+def check_colour(v: tuple[int, int, int]) -> tuple[int, int, int]:
+    if any(not 0 <= c <= 255 for c in v):
+        raise ValueError("each channel must be within 0..255")
+    return v
+
+
+def dataset_config(data: dict[str, Any] | DatasetConfig) -> DatasetConfig:
+    return build_model(DatasetConfig, data)
+
+
+# An RGB triple given as '#rrggbb' or [r, g, b]: parsed once, where the setting is read, so every
+# user of the config (the dataset check, the latent cache) sees the same triple.
+Colour = Annotated[tuple[int, int, int], BeforeValidator(parse_colour), AfterValidator(check_colour)]
 
 
 class DatasetConfig(BaseModel):
@@ -28,7 +54,7 @@ class DatasetConfig(BaseModel):
     min_aspect: float = Field(0.25, gt=0, le=1, description="Narrowest bucket, width / height")
     max_aspect: float = Field(4.0, ge=1, le=16, description="Widest bucket, width / height")
     allow_upscale: bool = False
-    background: tuple[int, int, int] = Field((255, 255, 255), description="RGB behind transparent pixels")
+    background: Colour = Field((255, 255, 255), description="RGB behind transparent pixels")
     caption_extensions: tuple[str, ...] = (".txt", ".caption")
     caption_dropout: float = Field(0.0, ge=0.0, le=1.0)
     shuffle_tags: bool = False
@@ -107,16 +133,6 @@ class DatasetConfig(BaseModel):
             raise ValueError("must be a multiple of 8")
         return v
 
-    @field_validator("background", mode="before")
-    @classmethod
-    def _colour(cls, v: Any) -> Any:
-        return parse_colour(v)
-
-    @field_validator("background")
-    @classmethod
-    def _colour_range(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
-        return check_colour(v)
-
     @field_validator("caption_extensions", mode="before")
     @classmethod
     def _extensions_list(cls, v: Any) -> Any:
@@ -148,24 +164,3 @@ class DatasetConfig(BaseModel):
             # A picture narrower than one step cannot fill even the smallest bucket without upscaling.
             raise ValueError(f"min_size={self.min_size} is below bucket_step={self.bucket_step}")
         return self
-
-
-def parse_colour(v: Any) -> Any:
-    """'#rrggbb' (or 'rrggbb') -> (r, g, b); anything else is left for the type check."""
-    if isinstance(v, str):
-        m = _HEX_COLOUR.match(v.strip())
-        if not m:
-            raise ValueError(f"{v!r} is not a colour like '#ffffff' or [255, 255, 255]")
-        h = m.group(1)
-        return (int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16))
-    return v
-
-
-def check_colour(v: tuple[int, int, int]) -> tuple[int, int, int]:
-    if any(not 0 <= c <= 255 for c in v):
-        raise ValueError("each channel must be within 0..255")
-    return v
-
-
-def dataset_config(data: dict[str, Any] | DatasetConfig) -> DatasetConfig:
-    return build_model(DatasetConfig, data)
