@@ -21,6 +21,10 @@ class SD1Family(StableDiffusionFamily):
     modelspec_architecture = "stable-diffusion-v1"
     modelspec_implementation = "diffusers"
     base_model_version = "sd_v1"
+    # diffusers' ControlNet pipelines per mode, sharing the base pipeline's modules
+    controlnet_pipeline_names = {"txt2img": "StableDiffusionControlNetPipeline",
+                                 "img2img": "StableDiffusionControlNetImg2ImgPipeline",
+                                 "inpaint": "StableDiffusionControlNetInpaintPipeline"}
     default_size = 512
     text_encoder_names = ("text_encoder",)
     pipeline_names = frozenset({"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline",
@@ -105,19 +109,6 @@ class SD1Family(StableDiffusionFamily):
         # SD 2.x ControlNets read 1024-wide OpenCLIP embeddings; SD 1.x ones CLIP-L's 768.
         return (has_hint_encoder(shapes) and not any(k in shapes for k in SDXL_MARKERS)
                 and context_width(shapes) != 1024)
-
-    def load_controlnet(self, path, shapes, pipe, options, *, folder_config=None):
-        from lorastudio.models.controlnet.sd_controlnet import load_sd_controlnet
-
-        return load_sd_controlnet(path, shapes, pipe, options, folder_config=folder_config)
-
-    def controlnet_pipeline(self, pipe, controlnets, mode: str):
-        import diffusers
-
-        cls = {"txt2img": diffusers.StableDiffusionControlNetPipeline,
-               "img2img": diffusers.StableDiffusionControlNetImg2ImgPipeline,
-               "inpaint": diffusers.StableDiffusionControlNetInpaintPipeline}[mode]
-        return cls.from_pipe(pipe, controlnet=controlnets if len(controlnets) > 1 else controlnets[0])
 
     # --- training --------------------------------------------------------------------------
     def encode_captions(self, pipe, captions: list[str], *, clip_skip: int):

@@ -22,6 +22,10 @@ class SDXLFamily(StableDiffusionFamily):
     modelspec_architecture = "stable-diffusion-xl-v1-base"
     modelspec_implementation = "https://github.com/Stability-AI/generative-models"
     base_model_version = "sdxl_base_v1-0"
+    # diffusers' ControlNet pipelines per mode, sharing the base pipeline's modules
+    controlnet_pipeline_names = {"txt2img": "StableDiffusionXLControlNetPipeline",
+                                 "img2img": "StableDiffusionXLControlNetImg2ImgPipeline",
+                                 "inpaint": "StableDiffusionXLControlNetInpaintPipeline"}
     default_size = 1024
     default_cfg = 7.0
     text_encoder_names = ("text_encoder", "text_encoder_2")
@@ -122,19 +126,6 @@ class SDXLFamily(StableDiffusionFamily):
 
         # SDXL's UNet (and so its ControlNets) embeds the size/crop/pooled-text vector.
         return has_hint_encoder(shapes) and any(k in shapes for k in SDXL_MARKERS)
-
-    def load_controlnet(self, path, shapes, pipe, options, *, folder_config=None):
-        from lorastudio.models.controlnet.sd_controlnet import load_sd_controlnet
-
-        return load_sd_controlnet(path, shapes, pipe, options, folder_config=folder_config)
-
-    def controlnet_pipeline(self, pipe, controlnets, mode: str):
-        import diffusers
-
-        cls = {"txt2img": diffusers.StableDiffusionXLControlNetPipeline,
-               "img2img": diffusers.StableDiffusionXLControlNetImg2ImgPipeline,
-               "inpaint": diffusers.StableDiffusionXLControlNetInpaintPipeline}[mode]
-        return cls.from_pipe(pipe, controlnet=controlnets if len(controlnets) > 1 else controlnets[0])
 
     # --- training --------------------------------------------------------------------------
     def encode_captions(self, pipe, captions: list[str], *, clip_skip: int):

@@ -21,6 +21,7 @@ class StableDiffusionFamily(ModelFamily, TrainableFamily):
     denoiser_name = "unet"
     # diffusers pipeline class names whose folders this family loads.
     pipeline_names: ClassVar[frozenset[str]]
+    controlnet_pipeline_names: ClassVar[dict[str, str]]  # mode (txt2img, img2img, inpaint) -> diffusers class
 
     def claims_folder(self, model_index) -> bool:
         return model_index.get("_class_name") in self.pipeline_names
@@ -89,6 +90,19 @@ class StableDiffusionFamily(ModelFamily, TrainableFamily):
         """The UNet's prediction for noisy latents [B, C, h, w] at `timesteps`, given `encode_captions`' output."""
         dtype = next(unet.parameters()).dtype
         return unet(noisy.to(dtype), timesteps, encoder_hidden_states=cond["hidden"].to(dtype)).sample
+
+    # --- ControlNet (claims_controlnet stays per family: the key markers differ) ---------------
+    def load_controlnet(self, path, shapes, pipe, options, *, folder_config=None):
+        from lorastudio.models.controlnet.sd_controlnet import load_sd_controlnet
+
+        return load_sd_controlnet(path, shapes, pipe, options, folder_config=folder_config)
+
+    def controlnet_pipeline(self, pipe, controlnets, mode: str):
+        import diffusers
+
+        cls = getattr(diffusers, self.controlnet_pipeline_names[mode])
+        return cls.from_pipe(pipe, controlnet=controlnets if len(controlnets) > 1 else controlnets[0])
+
 
 
 def encode_sd_latents(pipe, pixels):
