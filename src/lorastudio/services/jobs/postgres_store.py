@@ -42,6 +42,7 @@ from lorastudio.services.jobs.store import (
     finite,
     job_filter_values,
     orphan_reason,
+    recovery_for,
     requirement_values,
     row_to_job,
     to_datetime,
@@ -457,35 +458,22 @@ class PostgresJobStore(JobStore):
                     if why is None:
                         continue
                     touched.append(row["id"])
-                    attempts = row["attempts"] + 1
-                    if row["cancel_requested"]:
-                        c.execute(
-                            "UPDATE jobs SET status = 'CANCELLED', finished_at = %s,"
-                            " error = 'cancelled by request' WHERE id = %s",
-                            (now, row["id"]),
-                        )
-                        _log(c, row["id"], now, "INFO", f"cancelled: {why}")
-                    elif attempts >= self.max_attempts:
-                        error = (
-                            f"interrupted {attempts} times (max_attempts={self.max_attempts});"
-                            f" last: {why}"
-                        )
-                        c.execute(
-                            "UPDATE jobs SET status = 'FAILED', finished_at = %s, error = %s,"
-                            " attempts = %s WHERE id = %s",
-                            (now, error, attempts, row["id"]),
-                        )
-                        _log(c, row["id"], now, "ERROR", error)
-                    else:
+                    r = recovery_for(row, why, self.max_attempts)
+                    if r.status == JobStatus.IN_QUEUE:
                         c.execute(
                             "UPDATE jobs SET status = 'IN_QUEUE', attempts = %s,"
                             " queue_order = nextval('jobs_queue_front'),"
                             " worker_id = NULL, worker_host = NULL, worker_pid = NULL,"
                             " worker_start = NULL, claim_token = NULL, heartbeat_at = NULL"
                             " WHERE id = %s",
-                            (attempts, row["id"]),
+                            (r.attempts, row["id"]),
                         )
-                        _log(c, row["id"], now, "WARNING", f"resumed after restart ({why})")
+                    else:
+                        c.execute(
+                            "UPDATE jobs SET status = %s, finished_at = %s, error = %s, attempts = %s WHERE id = %s",
+                            (r.status.value, now, r.error, r.attempts, row["id"]),
+                        )
+                    _log(c, row["id"], now, r.level, r.log)
             return touched
 
         touched = self._run(recover)

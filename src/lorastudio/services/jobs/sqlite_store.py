@@ -29,6 +29,7 @@ from lorastudio.services.jobs.store import (
     finite,
     job_filter_values,
     orphan_reason,
+    recovery_for,
     requirement_values,
     row_to_job,
     to_datetime,
@@ -372,34 +373,21 @@ class SqliteJobStore(JobStore):
                 if why is None:
                     continue
                 touched.append(row["id"])
-                attempts = row["attempts"] + 1
-                if row["cancel_requested"]:
-                    c.execute(
-                        "UPDATE jobs SET status = 'CANCELLED', finished_at = ?,"
-                        " error = 'cancelled by request' WHERE id = ?",
-                        (now, row["id"]),
-                    )
-                    _log(c, row["id"], now, "INFO", f"cancelled: {why}")
-                elif attempts >= self.max_attempts:
-                    error = (
-                        f"interrupted {attempts} times (max_attempts={self.max_attempts});"
-                        f" last: {why}"
-                    )
-                    c.execute(
-                        "UPDATE jobs SET status = 'FAILED', finished_at = ?, error = ?,"
-                        " attempts = ? WHERE id = ?",
-                        (now, error, attempts, row["id"]),
-                    )
-                    _log(c, row["id"], now, "ERROR", error)
-                else:
+                r = recovery_for(row, why, self.max_attempts)
+                if r.status == JobStatus.IN_QUEUE:
                     c.execute(
                         "UPDATE jobs SET status = 'IN_QUEUE', attempts = ?,"
                         " queue_order = (SELECT MIN(queue_order) FROM jobs) - 1,"
                         " worker_id = NULL, worker_host = NULL, worker_pid = NULL,"
                         " worker_start = NULL, heartbeat_at = NULL WHERE id = ?",
-                        (attempts, row["id"]),
+                        (r.attempts, row["id"]),
                     )
-                    _log(c, row["id"], now, "WARNING", f"resumed after restart ({why})")
+                else:
+                    c.execute(
+                        "UPDATE jobs SET status = ?, finished_at = ?, error = ?, attempts = ? WHERE id = ?",
+                        (r.status.value, now, r.error, r.attempts, row["id"]),
+                    )
+                _log(c, row["id"], now, r.level, r.log)
         return [self.get(job_id) for job_id in reversed(touched)]  # queue order
 
     # ---------------------------------------------------------------- helpers

@@ -13,6 +13,7 @@ import json
 import math
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
@@ -182,6 +183,28 @@ def check_submission(kind: Any, payload: Any) -> None:
         raise InvalidParameter("kind", kind, "must be a non-empty string")
     if not isinstance(payload, dict):
         raise InvalidParameter("payload", type(payload).__name__, "must be a JSON object")
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What restart recovery does with an orphaned IN_PROGRESS job: each store writes it in its SQL."""
+
+    status: JobStatus  # CANCELLED, FAILED, or IN_QUEUE (at the front, to run again)
+    attempts: int
+    level: str
+    log: str
+    error: str | None = None
+
+
+def recovery_for(row: Any, why: str, max_attempts: int) -> Recovery:
+    """A cancel asked for wins; a job interrupted max_attempts times fails; any other runs again."""
+    attempts = row["attempts"] + 1
+    if row["cancel_requested"]:
+        return Recovery(JobStatus.CANCELLED, row["attempts"], "INFO", f"cancelled: {why}", "cancelled by request")
+    if attempts >= max_attempts:
+        error = f"interrupted {attempts} times (max_attempts={max_attempts}); last: {why}"
+        return Recovery(JobStatus.FAILED, attempts, "ERROR", error, error)
+    return Recovery(JobStatus.IN_QUEUE, attempts, "WARNING", f"resumed after restart ({why})")
 
 
 def orphan_reason(row: Any, now: float, heartbeat_timeout_s: float, host: str) -> str | None:
