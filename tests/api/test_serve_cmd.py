@@ -34,7 +34,7 @@ def test_importing_and_registering_serve_pulls_in_neither_torch_nor_fastapi():
 def test_serve_options_and_refusal_to_listen_beyond_loopback_without_auth(monkeypatch):
     monkeypatch.delenv("LORASTUDIO_API_AUTH", raising=False)
     runner = CliRunner()
-    help_text = runner.invoke(_app(), ["serve", "--help"], terminal_width=200).output
+    help_text = runner.invoke(_app(), ["serve", "--help"], env={"COLUMNS": "200"}).output
     for option in ("--host", "--port", "--models-dir", "--outdir", "--projects-dir", "--api-auth"):
         assert option in help_text
     result = runner.invoke(_app(), ["serve", "--host", "0.0.0.0", "--port", "1"])

@@ -30,10 +30,10 @@ def test_registering_worker_pulls_in_neither_torch_nor_psycopg():
 def test_worker_and_serve_options(monkeypatch):
     monkeypatch.delenv("LORASTUDIO_DB", raising=False)
     runner = CliRunner()
-    help_text = runner.invoke(_app(), ["worker", "--help"], terminal_width=200).output
+    help_text = runner.invoke(_app(), ["worker", "--help"], env={"COLUMNS": "200"}).output
     for option in ("--db", "--device", "--families", "--memory-mb", "--heartbeat-timeout", "--artifacts"):
         assert option in help_text
-    serve_help = runner.invoke(_app(), ["serve", "--help"], terminal_width=200).output
+    serve_help = runner.invoke(_app(), ["serve", "--help"], env={"COLUMNS": "200"}).output
     assert "--db" in serve_help and "--no-worker" in serve_help
     assert runner.invoke(_app(), ["worker"]).exit_code == 2  # --db is required
 

@@ -33,7 +33,7 @@ def _options(cmd) -> dict[str, object]:
 
 
 def _help(*args: str) -> str:
-    result = CliRunner().invoke(app, [*args, "--help"], terminal_width=250)
+    result = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -223,7 +223,7 @@ def test_options_are_generated_from_whatever_fields_a_model_has():
         pass
 
     runner = CliRunner()
-    text = runner.invoke(mini, ["run", "--help"], terminal_width=200).output
+    text = runner.invoke(mini, ["run", "--help"], env={"COLUMNS": "200"}).output
     assert "Tuning:" in text and "How strong" in text and "[default: (0.5)]" in text and "--no-fast" in text
     result = runner.invoke(mini, ["run", "--strength", "0.25", "--mode", "b", "--tag", "x", "--tag", "y",
                                   "--no-fast"])

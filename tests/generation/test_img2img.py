@@ -305,6 +305,10 @@ def test_cli_module_does_not_import_torch():
             "from typer.testing import CliRunner; r = CliRunner().invoke(app, ['img2img', '--help']); "
             "assert r.exit_code == 0 and '--denoising-strength' in r.output, r.output; "
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    import os
+
+    # The help is rendered wide so that no option name is cut at the default 80 columns.
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "COLUMNS": "200"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
