@@ -83,7 +83,10 @@ def test_a_lora_weight_past_the_limit_is_a_422_and_the_server_draws_as_before(cl
     ({"restore_faces": True}, "restore_faces"),
     ({"tiling": True}, "tiling"),
     ({"styles": ["anime"]}, "styles"),  # no such style in the (absent) styles.csv
-    ({"script_name": "x/y/z plot"}, "script_name"),
+    ({"script_name": "prompt matrix"}, "script_name"),  # the X/Y/Z plot is the one script served
+    ({"script_name": "x/y/z plot", "script_args": [26 + 40]}, "script_args[0]"),  # no such axis
+    ({"script_name": "x/y/z plot", "script_args": [24, "0, 1"]}, "script_args[0]"),  # Eta: not offered yet
+    ({"script_name": "x/y/z plot", "script_args": [4, "2, 5000"]}, "steps"),  # a cell's value out of range
     ({"alwayson_scripts": {"ADetailer": {"args": []}}}, "alwayson_scripts.ADetailer"),  # ControlNet is served
     ({"refiner_checkpoint": "other"}, "refiner_checkpoint"),
     ({"firstphase_width": 64}, "firstphase_width"),
@@ -235,7 +238,8 @@ def test_listings(client):
     assert {"name": "Latent"} in client.get("/sdapi/v1/latent-upscale-modes").json()
     mem = client.get("/sdapi/v1/memory").json()
     assert mem["ram"]["total"] > 0 and "cuda" in mem
-    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": ["controlnet"], "img2img": ["controlnet"]}
+    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": ["x/y/z plot", "controlnet"],
+                                                      "img2img": ["x/y/z plot", "controlnet"]}
 
 
 def test_infotext_field_fills_what_the_request_left_out(client):
@@ -243,3 +247,31 @@ def test_infotext_field_fills_what_the_request_left_out(client):
     r = client.post("/sdapi/v1/txt2img", json={"infotext": text, "steps": 2})
     info = json.loads(r.json()["info"])
     assert (info["prompt"], info["seed"], info["cfg_scale"], info["steps"]) == ("from infotext", 99, 5.0, 2)
+
+
+def test_xyz_plot_on_img2img_keeps_each_cell_as_the_plain_request_makes_it(client, settings):
+    init = base64.b64encode(_png_bytes(Image.new("RGB", (32, 32), (200, 40, 40)))).decode()
+    body = {**SMALL, "init_images": [init], "denoising_strength": 0.5}
+    # A1111 1.10's img2img axis 25 is Denoising; draw legend, include sub-images, no sub-grids
+    r = client.post("/sdapi/v1/img2img", json={**body, "script_name": "X/Y/Z plot", "save_images": True,
+                                               "script_args": [25, "0.3, 0.6", [], 0, "", [], 0, "", [],
+                                                               True, True, False]})
+    assert r.status_code == 200, r.text
+    out, info = r.json(), json.loads(r.json()["info"])
+    assert len(out["images"]) == 3 and info["index_of_first_image"] == 1
+    assert "X Type: Denoising, X Values: \"0.3, 0.6\"" in info["infotexts"][0]
+    for b64, strength, text in zip(out["images"][1:], (0.3, 0.6), info["infotexts"][1:]):
+        plain = client.post("/sdapi/v1/img2img", json={**body, "denoising_strength": strength}).json()
+        assert np.array_equal(_pixels(b64), _pixels(plain["images"][0]))  # same engine call: exact
+        assert text == json.loads(plain["info"])["infotexts"][0]
+    grid = Image.open(io.BytesIO(base64.b64decode(out["images"][0])))
+    assert grid.size[0] == 64 and grid.size[1] > 32  # two tiles side by side under their legend
+    # save_images: the grid goes to the grids folder and the cells to the samples folder, as A1111
+    assert len(list((settings.outdir / "img2img-grids").rglob("*.png"))) == 1
+    assert len(list((settings.outdir / "img2img-images").rglob("*.png"))) == 2
+
+
+def _png_bytes(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()

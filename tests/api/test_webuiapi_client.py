@@ -66,6 +66,21 @@ def test_webuiapi_against_a_real_server(server):
     varied = api.txt2img(prompt="a tiny cat", seed=77, width=32, height=32, subseed=5, subseed_strength=0.3)
     assert varied.info["subseed_strength"] == 0.3 and "Variation seed: 5," in varied.info["infotexts"][0]
 
+    # The X/Y/Z plot as webuiapi sends a script: by name, with A1111 1.10's positional script_args
+    # (X = axis 1, Seed; Y = axis 7, Prompt S/R; draw legend, include sub-images). alwayson_scripts is
+    # passed because webuiapi's default dict is shared between calls.
+    plot = api.txt2img(prompt="a tiny cat", seed=77, width=32, height=32, script_name="x/y/z plot",
+                       script_args=[1, "77, 78", [], 7, "cat, dog", [], 0, "", [], True, True, False, False,
+                                    False, False, False, 0, False], alwayson_scripts={})
+    assert len(plot.images) == 5 and plot.info["index_of_first_image"] == 1
+    assert plot.images[0].width == 64 + 32 * 3 // 4 and plot.images[0].height > 64  # 2x2 under its legend
+    grid_info = api.png_info(plot.images[0]).info
+    assert ('Script: X/Y/Z plot, X Type: Seed, X Values: "77, 78", Fixed X Values: "77, 78", Y Type: Prompt S/R, '
+            'Y Values: "cat, dog", Version: ') in grid_info
+    dog78 = api.txt2img(prompt="a tiny dog", seed=78, width=32, height=32, alwayson_scripts={})
+    assert np.array_equal(np.asarray(plot.images[4]), np.asarray(dog78.image))  # the cell is the plain request
+    assert plot.info["infotexts"][4] == dog78.info["infotexts"][0]
+
     with pytest.raises(RuntimeError) as err:
         api.txt2img(prompt="x", width=32, height=32, restore_faces=True)
     assert err.value.args[0] == 422 and "restore_faces" in err.value.args[1]

@@ -265,7 +265,7 @@ def format_axis_value(axis: Axis, value: Any) -> str:
 
 
 # --- one cell ----------------------------------------------------------------------------------------
-_LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?(:[^>]*)?>")
+_LORA_TAG = re.compile(r"<lora:[^>]+>")
 
 
 def apply_axis(values: dict[str, Any], axis: Axis, value: Any, all_values: list, field: str = "x_values") -> None:
@@ -317,12 +317,22 @@ def parse_size(value: str, field: str = "x_values") -> tuple[int, int]:
 
 
 def set_lora_weights(prompt: str, weight: float, field: str = "x_values") -> str:
-    """Every `<lora:name:w>` tag of the prompt at `weight` (the tag's text-encoder weight too, if it
-    has one; its other fields are kept)."""
+    """Every `<lora:name:w>` tag of the prompt at `weight`: its text-encoder weight and, when the tag
+    gives one, its UNet weight (A1111's `<lora:name:te:unet>`); named fields (`dyn=...`) are kept."""
     if not _LORA_TAG.search(prompt):
         raise InvalidParameter(field, weight, "the LoRA weight axis needs a <lora:name:weight> tag in the prompt")
     w = f"{round(weight, 8):g}" if isinstance(weight, float) else str(weight)
-    return _LORA_TAG.sub(lambda m: f"<lora:{m.group(1)}:{w}{m.group(3) or ''}>", prompt)
+
+    def reweigh(m: re.Match) -> str:
+        parts = m.group(0)[1:-1].split(":")
+        positional = [i for i in range(2, len(parts)) if "=" not in parts[i]][:2]
+        for i in positional:
+            parts[i] = w
+        if not positional:
+            parts.insert(2, w)
+        return "<" + ":".join(parts) + ">"
+
+    return _LORA_TAG.sub(reweigh, prompt)
 
 
 def cell_order(costs: tuple[float, float, float], sizes: tuple[int, int, int]) -> list[tuple[int, int, int]]:

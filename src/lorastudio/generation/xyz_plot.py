@@ -136,7 +136,9 @@ def run_xyz_plot(engine, params: GenerationParams | dict, options: XyzPlotOption
             cell.image, cell.infotext, cell.seed = first.image, first.infotext, first.seed
             if cells_dir is not None:
                 cell.path = save_image(cell.image, cells_dir, cell.seed, cell.infotext)
-        if out.interrupted or (on_cell_done is not None and not on_cell_done(n, cell.image)):
+        # /skip ends one cell and /interrupt the plot (on_cell_done tells which); alone, a stopped cell ends it
+        stop = (not on_cell_done(n, cell.image)) if on_cell_done is not None else out.interrupted
+        if stop:
             result.interrupted = True
             break
     nx, ny, nz = (len(pa.values) for pa in axes)

@@ -19,6 +19,7 @@ from lorastudio.core.infotext import parse_infotext
 from lorastudio.core.params import SEED_MAX, GenerationParams, Img2ImgOptions, validate_params
 from lorastudio.core.prompt_syntax import extract_lora_tags
 from lorastudio.core.samplers import SCHEDULE_TYPES, resolve_sampler
+from lorastudio.core.xyz_axes import SCRIPT_TITLE, XyzPlotOptions, options_from_script_args
 from lorastudio.interfaces.api.a1111_models import Img2ImgRequest, Txt2ImgRequest, _ProcessingRequest
 from lorastudio.interfaces.api.controlnet_request import script_args, units_from_args
 
@@ -70,6 +71,7 @@ class GenerationPlan:
     mask: Any = None
     styles: list = field(default_factory=list)
     controlnet: list | None = None  # ControlNetUnit, from alwayson_scripts.controlnet
+    xyz: XyzPlotOptions | None = None  # script_name "x/y/z plot"
 
 
 def schedulers() -> list[dict[str, Any]]:
@@ -149,8 +151,8 @@ def check_common(req: _ProcessingRequest, sampler_name: str, stochastic: bool) -
         _refuse("refiner_checkpoint", req.refiner_checkpoint, "the refiner is " + _NOT_YET)
     if req.firstpass_image:
         _refuse("firstpass_image", "<image>", "a given first-pass image is " + _NOT_YET)
-    if req.script_name not in (None, "", "None"):
-        _refuse("script_name", req.script_name, "no scripts are installed")
+    if req.script_name not in (None, "", "None") and not is_xyz_plot(req.script_name):
+        _refuse("script_name", req.script_name, f"the only script here is {XYZ_SCRIPT!r}")
     for name in script_args(req.alwayson_scripts)[1]:  # controlnet's own args are read by _controlnet_units
         if not _is_dynamic_prompts(name):
             _refuse(f"alwayson_scripts.{name}", "...", "the always-on scripts here are controlnet and Dynamic Prompts")
@@ -186,6 +188,20 @@ def dynamic_prompts_mode(req: _ProcessingRequest) -> str:
             return "off"
         return "combinatorial" if given.get("is_combinatorial") else "random"
     return "off"
+
+
+XYZ_SCRIPT = SCRIPT_TITLE.lower()  # A1111's /scripts lists titles in lower case and matches names so
+
+
+def is_xyz_plot(script_name: str | None) -> bool:
+    return (script_name or "").strip().lower() == XYZ_SCRIPT
+
+
+def xyz_options(req: _ProcessingRequest, kind: str) -> XyzPlotOptions | None:
+    """`script_name: "x/y/z plot"` with A1111's positional script_args, as options; None without it."""
+    if not is_xyz_plot(req.script_name):
+        return None
+    return options_from_script_args(list(req.script_args or []), kind)
 
 
 def check_txt2img(req: Txt2ImgRequest, hires_supported: bool) -> None:
@@ -285,7 +301,18 @@ def plan_generation(req: _ProcessingRequest, state, kind: str, *, hires_supporte
     except InvalidParameter as exc:
         raise _renamed(exc) from None
     n_images = params.batch_size * params.batch_count
-    state.check_generation_work(params.steps, params.width, params.height, n_images)
+    xyz = xyz_options(req, kind)
+    if xyz is not None:
+        from lorastudio.generation.xyz_plot import plan_cells
+
+        _, cells = plan_cells(params, xyz, kind)  # every cell checked (and its work counted) before any runs
+        work = sum(c.params.steps * c.params.width * c.params.height * n_images for c in cells)
+        limit = state.limits.max_generation_work
+        if limit is not None and work > limit:
+            raise InvalidParameter("script_args", f"<{len(cells)} cells>", f"steps × width × height × images of "
+                                   f"all the X/Y/Z cells = {work} is over this server's limit of {limit}")
+    else:
+        state.check_generation_work(params.steps, params.width, params.height, n_images)
 
     save_images = bool(req.save_images)
     persist = overrides if req.override_settings_restore_afterwards is False else {}
@@ -297,7 +324,7 @@ def plan_generation(req: _ProcessingRequest, state, kind: str, *, hires_supporte
         samples_dir=state.options.folder(kind, "samples", effective),
         grids_dir=state.options.folder(kind, "grids", effective),
         save_samples=save_images and not req.do_not_save_samples and bool(effective.get("samples_save", True)),
-        make_grid=save_images and not req.do_not_save_grid and n_images >= 2,
+        make_grid=save_images and not req.do_not_save_grid and (n_images >= 2 or xyz is not None),
         return_grid=bool(effective.get("return_grid", True)),
         save_grid=bool(effective.get("grid_save", True)),
         send_images=req.send_images is not False,
@@ -307,6 +334,7 @@ def plan_generation(req: _ProcessingRequest, state, kind: str, *, hires_supporte
         styles=list(req.styles or []),
         img2img=img2img,
         controlnet=_controlnet_units(req, state),
+        xyz=xyz,
     )
 
 
@@ -357,7 +385,7 @@ def info_json(plan: GenerationPlan, infotexts: list[str], seeds: list[int], inde
               interrupted: bool, job_timestamp: str) -> str:
     """The `info` string of A1111's response (Processed.js())."""
     p = plan.params
-    first = infotexts[index_of_first_image] if len(infotexts) > index_of_first_image else ""
+    first = infotexts[min(index_of_first_image, len(infotexts) - 1)] if infotexts else ""
     parsed = parse_infotext(first) if first else {}
     standard = {"Prompt", "Negative prompt", "Steps", "Sampler", "CFG scale", "Seed", "Size-1", "Size-2",
                 "Model hash", "Model", "VAE hash", "VAE", "Clip skip", "Version"}

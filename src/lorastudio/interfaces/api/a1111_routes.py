@@ -16,6 +16,7 @@ from lorastudio.core.params import SEED_MAX, img2img_steps
 from lorastudio.core.samplers import SAMPLERS
 from lorastudio.interfaces.api import a1111_models as m
 from lorastudio.interfaces.api.a1111_mapping import (
+    XYZ_SCRIPT,
     GenerationPlan,
     info_json,
     plan_generation,
@@ -80,6 +81,8 @@ async def img2img(request: Request, body: m.Img2ImgRequest) -> dict:
 
 
 async def _generate(state, plan: GenerationPlan, parameters: dict[str, Any]) -> dict:
+    if plan.xyz is not None:
+        return await _generate_xyz(state, plan, parameters)
     out = await state.on_device(lambda: _run(state, plan))
     images, infotexts, seeds, interrupted, stamp = out
     index_of_first = 0
@@ -112,6 +115,45 @@ async def _generate(state, plan: GenerationPlan, parameters: dict[str, Any]) -> 
         state.options.apply(plan.persist_options)
     return {"images": encoded, "parameters": parameters,
             "info": info_json(plan, infotexts, seeds, index_of_first, interrupted, stamp)}
+
+
+async def _generate_xyz(state, plan: GenerationPlan, parameters: dict[str, Any]) -> dict:
+    """script_name "x/y/z plot": as A1111 answers it, the grid first (then the sub-grids and cells
+    asked for), each with its infotext; index_of_first_image is 1."""
+    result, stamp = await state.on_device(lambda: _run_xyz(state, plan))
+
+    def encode() -> list[str]:
+        return [encode_png(im, t) for im, t in zip(result.images, result.infotexts, strict=True)]
+
+    encoded = await run_in_threadpool(encode) if plan.send_images else []
+    if plan.persist_options:
+        state.options.apply(plan.persist_options)
+    return {"images": encoded, "parameters": parameters,
+            "info": info_json(plan, result.infotexts, result.seeds, 1, result.interrupted, stamp)}
+
+
+def _run_xyz(state, plan: GenerationPlan):
+    from lorastudio.generation.xyz_plot import plan_cells, run_xyz_plot
+
+    progress, p = state.progress, plan.params
+    cells = len(plan_cells(p, plan.xyz, plan.kind)[1])
+    progress.begin(cells, img2img_steps(p.steps, p.denoising_strength) if plan.kind == "img2img" else p.steps,
+                   plan.task_id)
+    stamp = progress.job_timestamp
+    day = _dt.date.today().isoformat()
+    try:
+        result = run_xyz_plot(
+            state.engine, p, plan.xyz, mode=plan.kind, init_images=plan.init_images, mask=plan.mask,
+            img2img_options=plan.img2img, controlnet=plan.controlnet,
+            on_cell_progress=lambda n, step, steps: progress.on_step(n, step, steps),
+            on_cell_done=lambda n, image: progress.batch_done(n, image),
+            cells_dir=plan.samples_dir / day if plan.save_samples else None,
+            grids_dir=plan.grids_dir / day if plan.make_grid and plan.save_grid else None)
+    except InvalidParameter as exc:
+        raise renamed_error(exc) from None
+    finally:
+        progress.end()
+    return result, stamp
 
 
 def _run(state, plan: GenerationPlan):
@@ -380,10 +422,11 @@ def _memory() -> dict:
     return {"ram": ram, "cuda": cuda}
 
 
-# Routes clients probe at start-up (webuiapi asks for /scripts); we have none of these things.
+# Routes clients probe at start-up (webuiapi asks for /scripts). A1111 lists selectable scripts
+# (x/y/z plot) and always-on ones (controlnet) together, by lower-case title.
 @router.get("/scripts", response_model=m.ScriptsList)
 async def scripts() -> dict:
-    return {"txt2img": ["controlnet"], "img2img": ["controlnet"]}
+    return {"txt2img": [XYZ_SCRIPT, "controlnet"], "img2img": [XYZ_SCRIPT, "controlnet"]}
 
 
 @router.get("/script-info")
