@@ -386,9 +386,9 @@ class XyzPlotOptions(BaseModel):
     z_values_dropdown: list[str] = Field(default_factory=list, json_schema_extra={"cli": False},
                                          description="Z values picked from A1111's dropdown")
     draw_legend: bool = Field(True, description="Write the axis values around the grid")
-    include_lone_images: bool = Field(False, description="Keep each cell's image (with its own infotext) too",
-                                      json_schema_extra={"cli": "sub-images"})
-    include_sub_grids: bool = Field(False, description="Keep the grid of each Z value too")
+    include_lone_images: bool = Field(False, description="Return each cell's image (with its own infotext) after "
+                                      "the grid")
+    include_sub_grids: bool = Field(False, description="Keep the grid of each Z value too (with a Z axis)")
     no_fixed_seeds: bool = Field(False, description="Keep -1 for seeds: every cell draws its own random seed",
                                  json_schema_extra={"cli": "keep-random-seeds"})
     vary_seeds_x: bool = Field(False, description="Seed + 1 for each X value")

@@ -357,6 +357,7 @@ def demo(workspace: Path = typer.Option(Path("demo"), "--workspace", help="Where
 
 def _register_optional_commands() -> None:
     from lorastudio.interfaces.cli import dataset_prep_cmd, img2img_cmd, publish_cmd, report_cmd, serve_cmd, upscale_cmd, worker_cmd
+    from lorastudio.interfaces.cli import xyz_cmd
 
     img2img_cmd.register(app)
     serve_cmd.register(app)
@@ -364,6 +365,7 @@ def _register_optional_commands() -> None:
     publish_cmd.register(app)
     worker_cmd.register(app)
     upscale_cmd.register(app)
+    xyz_cmd.register(app)
     dataset_prep_cmd.register(dataset_app)
 
 
