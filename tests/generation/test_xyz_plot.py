@@ -4,7 +4,7 @@ cell's settings, the grid is A1111's layout, the infotexts are A1111's."""
 import numpy as np
 import pytest
 
-from lorastudio.core.errors import InvalidParameter
+from lorastudio.core.errors import InvalidParameter, NotFound
 from lorastudio.core.infotext import parse_infotext
 from lorastudio.core.png_text import read_infotext
 from lorastudio.generation.xyz_plot import plan_cells, run_xyz_plot
@@ -81,6 +81,9 @@ def test_plan_cells_applies_every_axis_kind(engine):
     _, random = plan_cells(dict(BASE, seed=-1), dict(x_type="Steps", x_values="2,3"), draw_seed=lambda: 99)
     assert [c.params.seed for c in random] == [99, 99]  # one seed drawn for the whole plot, as A1111
 
+    with pytest.raises(NotFound):  # names are looked up before the first cell runs
+        run_xyz_plot(engine, BASE, dict(x_type="Steps", x_values="2", y_type="Checkpoint name",
+                                        y_values="tiny-sd1, no-such-model"))
     with pytest.raises(InvalidParameter) as err:  # checked before anything runs, naming the cell
         plan_cells(BASE, dict(x_type="Steps", x_values="2, 5000"))
     assert err.value.field == "steps" and "Steps: 5000" in str(err.value)

@@ -119,6 +119,7 @@ def run_xyz_plot(engine, params: GenerationParams | dict, options: XyzPlotOption
 
     options = build_model(XyzPlotOptions, options)
     axes, cells = plan_cells(params, options, mode)
+    confirm_names(engine, cells)
     extra = {"controlnet": controlnet} if controlnet else {}
     result = XyzPlotResult()
     for n, cell in enumerate(cells):
@@ -150,6 +151,22 @@ def run_xyz_plot(engine, params: GenerationParams | dict, options: XyzPlotOption
         return result
     _assemble(result, axes, ordered, options, grids_dir, save_image)
     return result
+
+
+def confirm_names(engine, cells: list[XyzCell]) -> None:
+    """Every sampler, checkpoint and VAE the cells name exists, before the first cell runs (A1111
+    confirms its sampler and checkpoint axes the same way)."""
+    from lorastudio.core.samplers import resolve_sampler
+
+    seen: set = set()
+    for c in cells:
+        p = c.params
+        for key, check in ((("sampler", p.sampler, p.scheduler), lambda: resolve_sampler(p.sampler, p.scheduler)),
+                           (("model", p.model), lambda: p.model and engine.catalog.find_checkpoint(p.model)),
+                           (("vae", p.vae), lambda: p.vae and engine.catalog.find_vae(p.vae))):
+            if key not in seen:
+                seen.add(key)
+                check()
 
 
 def _assemble(result: XyzPlotResult, axes, ordered: list[XyzCell], options: XyzPlotOptions, grids_dir,
