@@ -240,6 +240,11 @@ def test_listings(client):
     assert mem["ram"]["total"] > 0 and "cuda" in mem
     assert client.get("/sdapi/v1/scripts").json() == {"txt2img": ["x/y/z plot", "controlnet"],
                                                       "img2img": ["x/y/z plot", "controlnet"]}
+    info = client.get("/sdapi/v1/script-info").json()
+    assert [(s["name"], s["is_img2img"]) for s in info] == [("x/y/z plot", False), ("x/y/z plot", True)]
+    assert [a["label"] for a in info[0]["args"]][:3] == ["X type", "X values", "X values"]
+    assert len(info[0]["args"]) == 18 and info[0]["args"][0]["choices"][4] == "Steps"
+    assert info[1]["args"][0]["choices"][25] == "Denoising"  # img2img's own list of axes
 
 
 def test_infotext_field_fills_what_the_request_left_out(client):

@@ -484,3 +484,25 @@ def add_infotext_fields(infotext: str, fields: dict[str, Any]) -> str:
     at = last.find(", Version: ")
     last = f"{last[:at]}, {added}{last[at:]}" if at >= 0 else (f"{last}, {added}" if last else added)
     return "\n".join([*head, last])
+
+
+# A1111's labels of the script's controls, in script_args order (what /sdapi/v1/script-info shows).
+_ARG_LABELS = ("X type", "X values", "X values", "Y type", "Y values", "Y values", "Z type", "Z values", "Z values",
+               "Draw legend", "Include Sub Images", "Include Sub Grids", "Keep -1 for seeds", "Vary seeds for X",
+               "Vary seeds for Y", "Vary seeds for Z", "Grid margins (px)", "Use text inputs instead of dropdowns")
+
+
+def script_info(mode: Mode) -> dict[str, Any]:
+    """The plot's entry in A1111's /sdapi/v1/script-info: its arguments, defaults and choices."""
+    defaults = XyzPlotOptions()
+    labels = [a.label for a in axes_for(mode)]
+    args = []
+    for name, label in zip(SCRIPT_ARG_NAMES, _ARG_LABELS):
+        arg: dict[str, Any] = {"label": label, "value": getattr(defaults, name), "minimum": None, "maximum": None,
+                               "step": None, "choices": None}
+        if name.endswith("_type"):
+            arg["choices"] = labels
+        elif name == "margin_size":
+            arg.update(minimum=0, maximum=500, step=2)
+        args.append(arg)
+    return {"name": SCRIPT_TITLE.lower(), "is_alwayson": False, "is_img2img": mode == "img2img", "args": args}

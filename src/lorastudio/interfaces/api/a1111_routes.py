@@ -431,7 +431,9 @@ async def scripts() -> dict:
 
 @router.get("/script-info")
 async def script_info() -> list:
-    return []
+    from lorastudio.core.xyz_axes import script_info as xyz_info
+
+    return [xyz_info("txt2img"), xyz_info("img2img")]
 
 
 @router.get("/face-restorers")
