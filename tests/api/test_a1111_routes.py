@@ -87,6 +87,9 @@ def test_a_lora_weight_past_the_limit_is_a_422_and_the_server_draws_as_before(cl
     ({"script_name": "x/y/z plot", "script_args": [26 + 40]}, "script_args[0]"),  # no such axis
     ({"script_name": "x/y/z plot", "script_args": [24, "0, 1"]}, "script_args[0]"),  # Eta: not offered yet
     ({"script_name": "x/y/z plot", "script_args": [4, "2, 5000"]}, "steps"),  # a cell's value out of range
+    ({"script_name": "x/y/z plot", "script_args": [4, "2, x"]}, "script_args[1]"),
+    ({"script_name": "x/y/z plot", "script_args": [9, "Euler, Euler b", [], 0, "", [], 0, "", [], True, False,
+                                                   False, False, False, False, False, 0, True]}, "sampler_name"),
     ({"alwayson_scripts": {"ADetailer": {"args": []}}}, "alwayson_scripts.ADetailer"),  # ControlNet is served
     ({"refiner_checkpoint": "other"}, "refiner_checkpoint"),
     ({"firstphase_width": 64}, "firstphase_width"),

@@ -19,7 +19,7 @@ from lorastudio.core.infotext import parse_infotext
 from lorastudio.core.params import SEED_MAX, GenerationParams, Img2ImgOptions, validate_params
 from lorastudio.core.prompt_syntax import extract_lora_tags
 from lorastudio.core.samplers import SCHEDULE_TYPES, resolve_sampler
-from lorastudio.core.xyz_axes import SCRIPT_TITLE, XyzPlotOptions, options_from_script_args
+from lorastudio.core.xyz_axes import SCRIPT_ARG_NAMES, SCRIPT_TITLE, XyzPlotOptions, options_from_script_args
 from lorastudio.interfaces.api.a1111_models import Img2ImgRequest, Txt2ImgRequest, _ProcessingRequest
 from lorastudio.interfaces.api.controlnet_request import script_args, units_from_args
 
@@ -190,7 +190,7 @@ def dynamic_prompts_mode(req: _ProcessingRequest) -> str:
     return "off"
 
 
-XYZ_SCRIPT = SCRIPT_TITLE.lower()  # A1111's /scripts lists titles in lower case and matches names so
+XYZ_SCRIPT = SCRIPT_TITLE.lower()  # A1111 lists scripts by lower-case title and matches script_name to it
 
 
 def is_xyz_plot(script_name: str | None) -> bool:
@@ -202,6 +202,13 @@ def xyz_options(req: _ProcessingRequest, kind: str) -> XyzPlotOptions | None:
     if not is_xyz_plot(req.script_name):
         return None
     return options_from_script_args(list(req.script_args or []), kind)
+
+
+def _script_arg_error(exc: InvalidParameter) -> InvalidParameter:
+    """An axis or values error named by its script_args position; a cell's value by its A1111 field."""
+    if exc.field in SCRIPT_ARG_NAMES:
+        return InvalidParameter(f"script_args[{SCRIPT_ARG_NAMES.index(exc.field)}]", exc.value, exc.why)
+    return _renamed(exc)
 
 
 def check_txt2img(req: Txt2ImgRequest, hires_supported: bool) -> None:
@@ -305,7 +312,10 @@ def plan_generation(req: _ProcessingRequest, state, kind: str, *, hires_supporte
     if xyz is not None:
         from lorastudio.generation.xyz_plot import plan_cells
 
-        _, cells = plan_cells(params, xyz, kind)  # every cell checked (and its work counted) before any runs
+        try:
+            _, cells = plan_cells(params, xyz, kind)  # every cell checked (and its work counted) before any runs
+        except InvalidParameter as exc:
+            raise _script_arg_error(exc) from None
         work = sum(c.params.steps * c.params.width * c.params.height * n_images for c in cells)
         limit = state.limits.max_generation_work
         if limit is not None and work > limit:
