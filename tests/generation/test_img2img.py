@@ -181,7 +181,7 @@ def test_inpainting_repaints_the_mask_and_keeps_the_rest_exactly(shapes, square)
     (dict(denoising_strength=float("nan")), "denoising_strength"),
     (dict(width=36), "width"),
     (dict(batch_size=3), "init_images"),  # two init images: one, or one per image of the batch
-    (dict(options={"resize_mode": 3}), "resize_mode"),
+    (dict(options={"resize_mode": 4}), "resize_mode"),
     (dict(options={"inpainting_fill": 4}), "inpainting_fill"),
     (dict(images=[]), "init_images"),
 ])
@@ -282,7 +282,7 @@ def test_cli_img2img_and_inpainting(cli, square, tmp_path):
 
 @pytest.mark.parametrize("args, named", [
     (["--denoising-strength", "1.5"], "denoising_strength"),
-    (["--resize-mode", "3"], "resize_mode"),
+    (["--resize-mode", "4"], "resize_mode"),
     (["--init", "{junk}"], "--init"),
     (["--mask", "{junk}"], "--mask"),
 ])

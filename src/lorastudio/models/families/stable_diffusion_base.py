@@ -6,6 +6,7 @@ layouts, pipeline classes, how prompts are encoded, SDXL's size conditioning, Lo
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -57,6 +58,9 @@ class StableDiffusionFamily(ModelFamily, TrainableFamily):
     def encode_images(self, pipe, pixels):
         return encode_sd_latents(pipe, pixels)
 
+    def composable_guidance(self, pipe, weights: list[float], extra_conds):
+        return _composable_unet_hook(pipe.unet, weights, extra_conds)
+
     # --- training --------------------------------------------------------------------------
     def training_defaults(self, pipe) -> dict[str, Any]:
         # kohya / A1111 train-tools values for a character LoRA on SD 1.5; kohya's SDXL values are
@@ -103,6 +107,59 @@ class StableDiffusionFamily(ModelFamily, TrainableFamily):
         cls = getattr(diffusers, self.controlnet_pipeline_names[mode])
         return cls.from_pipe(pipe, controlnet=controlnets if len(controlnets) > 1 else controlnets[0])
 
+
+
+@contextlib.contextmanager
+def _composable_unet_hook(unet, weights: list[float], extra_conds):
+    """A1111's composable guidance on a diffusers SD / SDXL pipeline.
+
+    The pipeline calls the UNet once per step on [uncond; cond] and forms u + g * (c - u). A forward
+    hook replaces the cond half c by c' = u + sum(w_i * (c_i - u)), c_0 being the pipeline's own cond
+    and c_1.. the other sub-prompts, predicted by extra UNet calls on the cond half, so that the
+    pipeline's own formula gives A1111's u + g * sum(w_i * (c_i - u)). SDXL's pooled text embeddings
+    go with each sub-prompt (A1111 stacks the `vector` conditioning the same way)."""
+    import torch
+
+    state = {"call": 0, "inside": False}
+
+    def hook(module, args, kwargs, output):
+        if state["inside"]:
+            return None
+        sample = args[0] if args else kwargs["sample"]
+        t = args[1] if len(args) > 1 else kwargs["timestep"]
+        out = output[0] if isinstance(output, tuple) else output.sample
+        n = sample.shape[0] // 2
+        uncond, cond = out[:n], out[n:]
+        combined = uncond + weights[0] * (cond - uncond)
+        rest = {k: v for k, v in kwargs.items() if k not in ("sample", "timestep", "encoder_hidden_states")}
+        t_half = t[n:] if torch.is_tensor(t) and t.ndim and t.shape[0] == 2 * n else t
+        added = rest.get("added_cond_kwargs") or None
+        state["inside"] = True
+        try:
+            for weight, cond_kwargs in zip(weights[1:], extra_conds(state["call"])):
+                ehs = cond_kwargs["prompt_embeds"]
+                call = dict(rest)
+                if added is not None:
+                    pooled = cond_kwargs["pooled_prompt_embeds"]
+                    call["added_cond_kwargs"] = {
+                        **{k: v[n:] for k, v in added.items()},
+                        "text_embeds": pooled.expand(n, *pooled.shape[1:]).to(added["text_embeds"]),
+                    }
+                pred = module(sample[n:], t_half, encoder_hidden_states=ehs.expand(n, *ehs.shape[1:]).to(sample.dtype),
+                              **call)
+                pred = pred[0] if isinstance(pred, tuple) else pred.sample
+                combined = combined + weight * (pred - uncond)
+        finally:
+            state["inside"] = False
+        state["call"] += 1
+        full = torch.cat([uncond, combined])
+        return (full, *output[1:]) if isinstance(output, tuple) else type(output)(sample=full)
+
+    handle = unet.register_forward_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def encode_sd_latents(pipe, pixels):
