@@ -61,6 +61,15 @@ def test_only_masked_is_the_crop_inpainted_and_pasted_back(engine):
     out = arr(only.image)
     assert np.abs(out[8:16, 40:48] - arr(init)[8:16, 40:48]).mean() > 10  # the mask was repainted
     assert "Inpaint area: Only masked, Masked area padding: 12" in only.infotext
+    # read back (--from-png and the API's `infotext`): the same settings, the same call, the same pixels
+    from lorastudio.core.infotext_params import img2img_options_from_infotext, params_from_infotext
+
+    back = img2img_options_from_infotext(only.infotext)
+    assert back == dict(inpaint_full_res=True, inpaint_full_res_padding=12, inpainting_fill=1,
+                        inpainting_mask_invert=False)
+    again = engine.img2img({**params_from_infotext(only.infotext), "model": None}, [init], mask, save=False,
+                           options={**back, "mask_blur": 0}).images[0]
+    assert np.array_equal(arr(again.image), out)
     # Blurred, the paste-back follows the blurred mask: untouched where it is 0 (10 px away).
     blurred = engine.img2img(P, [init], mask, save=False, options=dict(
         inpaint_full_res=True, inpaint_full_res_padding=4, mask_blur=4)).images[0]

@@ -112,6 +112,12 @@ def apply_infotext(req: _ProcessingRequest) -> _ProcessingRequest:
     for key, target in _FROM_INFOTEXT.items():
         if key in found and target not in given and target in type(req).model_fields:
             update[target] = found[key]
+    if isinstance(req, Img2ImgRequest):
+        from lorastudio.core.infotext_params import img2img_options_from_infotext
+
+        for target, value in img2img_options_from_infotext(req.infotext).items():
+            if target not in given:
+                update[target] = int(value) if target == "inpainting_mask_invert" else value
     overrides = dict(req.override_settings or {})
     for key, option in _INFOTEXT_OPTIONS.items():
         if key in found and option not in overrides:
