@@ -53,6 +53,9 @@ def test_refusals_name_the_field(engine, family_engine):
     with pytest.raises(InvalidParameter) as e:
         flux.txt2img({**SMALL, "prompt": "red AND blue", "sampler": "Euler (flow)"}, save=False)
     assert e.value.field == "prompt" and "FLUX" in str(e.value)
+    # a lone ":number" tail is text there, as before ("16:9" is not a weight without CFG)
+    assert "16:9" in flux.txt2img({**SMALL, "prompt": "a cat, 16:9", "sampler": "Euler (flow)"},
+                                  save=False).images[0].infotext
 
 
 @pytest.mark.pixels

@@ -58,7 +58,14 @@ def composable_conditioning(family, pipe, prompt: str, negative: str, steps: int
 
     if composable.is_plain:
         return schedule(composable.texts[0]), None
-    family.composable_guidance(pipe, [], None)  # a family without CFG refuses here, by name
+    try:
+        family.composable_guidance(pipe, [], None)  # a family without CFG refuses here, by name
+    except InvalidParameter:
+        if len(composable.parts) == 1:
+            # Without a negative prediction there is nothing to weigh a lone prompt against: its
+            # ":number" tail ("16:9") stays text, as it always has for these families. AND is refused.
+            return schedule(prompt), None
+        raise
     if cfg_scale <= 1:
         raise InvalidParameter("cfg_scale", cfg_scale, "composable prompts (AND, or a trailing :weight) weigh each "
                                "sub-prompt against the negative prompt, which needs a CFG scale above 1")
