@@ -58,6 +58,9 @@ class StableDiffusionFamily(ModelFamily, TrainableFamily):
     def encode_images(self, pipe, pixels):
         return encode_sd_latents(pipe, pixels)
 
+    def is_inpainting_model(self, pipe) -> bool:
+        return is_sd_inpainting_unet(pipe)
+
     def composable_guidance(self, pipe, weights: list[float], extra_conds):
         return _composable_unet_hook(pipe.unet, weights, extra_conds)
 
@@ -160,6 +163,53 @@ def _composable_unet_hook(unet, weights: list[float], extra_conds):
         yield
     finally:
         handle.remove()
+
+
+def is_sd_inpainting_unet(pipe) -> bool:
+    unet = pipe.unet
+    return unet.config.in_channels == 2 * pipe.vae.config.latent_channels + 1
+
+
+def with_inpainting_txt2img(pipe):
+    """Let an inpainting model (SD 1.x or SDXL) draw from text alone, as A1111 does.
+
+    A1111 (`txt2img_image_conditioning`) gives an inpainting UNet a mask of ones (everything is
+    repainted) and the latents of a mid-grey picture as the masked image. The hook below adds
+    exactly those channels whenever the UNet is called with the plain latent channels only
+    (txt2img, training previews); inpainting pipelines pass all channels and are left alone.
+    The grey latents are encoded once per size, VAE and dtype (the VAE mean, as our img2img
+    encodes init images).
+    """
+    import weakref
+
+    if not is_sd_inpainting_unet(pipe):
+        return pipe
+    pipe_ref = weakref.ref(pipe)
+    grey: dict[tuple, Any] = {}
+
+    def add_conditioning(module, args, kwargs):
+        import torch
+
+        sample = args[0] if args else kwargs["sample"]
+        owner = pipe_ref()
+        latent_channels = owner.vae.config.latent_channels if owner is not None else None
+        if owner is None or sample.shape[1] != latent_channels:
+            return None
+        vae, f = owner.vae, owner.vae_scale_factor
+        key = (id(vae), sample.shape[-2], sample.shape[-1], sample.dtype, sample.device,
+               torch.is_inference_mode_enabled())
+        if key not in grey:
+            pixels = torch.zeros(1, 3, sample.shape[-2] * f, sample.shape[-1] * f, device=vae.device, dtype=vae.dtype)
+            with torch.no_grad():
+                grey.clear()  # one size at a time is what a generation needs
+                grey[key] = encode_sd_latents(owner, pixels).to(sample.device, sample.dtype)
+        masked = grey[key].expand(sample.shape[0], -1, -1, -1)
+        mask = torch.ones_like(sample[:, :1])
+        full = torch.cat([sample, mask, masked], dim=1)
+        return ((full, *args[1:]), kwargs) if args else (args, {**kwargs, "sample": full})
+
+    pipe.unet.register_forward_pre_hook(add_conditioning, with_kwargs=True)
+    return pipe
 
 
 def encode_sd_latents(pipe, pixels):
