@@ -13,7 +13,11 @@ A1111 wins:
   starts from at that seed (A1111's `rng.next()`). A1111 samples the VAE posterior with an
   unseeded draw; the mean is what makes a seed reproduce exactly.
 - Inpainting. The mask is prepared as A1111 prepares it (img2img_inputs) and the original is
-  pasted back over the unmasked area after decoding.
+  pasted back over the unmasked area after decoding. "Only masked" denoises the region around the
+  mask at width x height and pastes it back into the init image's frame (A1111's `uncrop`); resize
+  mode 3 encodes the init image at its own size and resizes the latents (bilinear, as A1111).
+- Variation seeds. The noise is A1111's mix of seed and variation seed, handed to the pipeline's
+  scheduler in place of its own draw (generation/variation_seeds.py).
 - Inpainting models (SD 1.x with a 9-channel UNet input). As A1111's `inpainting_image_conditioning`
   (with the default inpainting_mask_weight 1): the mask is the blurred mask rounded to 0/1, the
   masked image is the init image (after "fill") with the masked area set to grey (0 in [-1, 1]),
@@ -39,10 +43,10 @@ from lorastudio.core.errors import InvalidParameter
 from lorastudio.core.params import GenerationParams, Img2ImgOptions, img2img_steps
 from lorastudio.core.prompt_syntax import extract_lora_tags
 from lorastudio.core.samplers import resolve_sampler
+from lorastudio.generation.composable import composable_conditioning, guidance_hooks
 from lorastudio.generation.finite import check_latents, finite_pil
 from lorastudio.generation.img2img_inputs import apply_overlay, prepare_inputs, uncrop
 from lorastudio.generation.noise import all_seeds, initial_noise, resolve_seed, seeded_generators
-from lorastudio.generation.composable import composable_conditioning, guidance_hooks
 from lorastudio.generation.prompt_editing import step_callback_inputs, swap_for_next_call
 from lorastudio.generation.txt2img import (
     GenerationResult,

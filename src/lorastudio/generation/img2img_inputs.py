@@ -220,6 +220,9 @@ def prepare_inputs(init_images: list, mask, width: int, height: int, options: Im
         if options.mask_round:
             latmask = np.around(latmask)
     images, overlays = [], [] if image_mask is not None else None
+    if options.resize_mode == 3 and region is None and len({im.size for im in init_images}) > 1:
+        raise InvalidParameter("init_images", f"<{len(init_images)} images>", "resize mode 3 encodes each init image "
+                               "at its own size: give images of one size, or use resize mode 0-2")
     for i, img in enumerate(init_images):
         image = _converted(flatten, img, f"init_images.{i}")
         if region is None and options.resize_mode != 3:
