@@ -269,6 +269,6 @@ def run_second_pass(model, plan: HiresPlan, first, seeds: list[int], batch_index
     gens = seeded_generators(seeds)
     seed_brownian_noise(plan.pipe, seeds[0])
     noise = variation_noise(plan.params, seeds, subseeds or seeds, latents.shape[1:])
-    with given_noise(plan.pipe, noise, plan.strength), guidance_hooks(plan.composable, plan.pipe):
+    with given_noise(plan.pipe, noise), guidance_hooks(plan.composable, plan.pipe):
         return _denoise(plan.pipe, plan.step_cond.kwargs_at(0), plan.params, latents, plan.strength, plan.run, None,
                         gens, batch_index, on_progress, should_stop, step_cond=plan.step_cond)

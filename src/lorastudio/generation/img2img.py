@@ -219,18 +219,18 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
         noise = variation_noise(params, batch_seeds, batch_subseeds, shape)
         # 5. denoise
         latents = latents.to(pipe.device, dtype=family.denoiser(pipe).dtype)
-        with given_noise(pipe, noise, strength), guidance_hooks(composable, pipe):
+        with given_noise(pipe, noise), guidance_hooks(composable, pipe):
             if channels is not None:
                 cond_mask, masked = channels
                 masked = masked.expand(len(batch_seeds), *masked.shape[1:]) if len(masked) == 1 else masked
                 images = _denoise(pipe, step_cond.kwargs_at(0), params, latents, strength, run, cond_mask, gens, b,
                                   on_progress, should_stop, masked_latents=masked, step_cond=step_cond,
-                                  extra_kwargs=given_latents(pipe, noise, strength))
+                                  extra_kwargs=given_latents(pipe, noise, strength, latents))
             else:
                 with control.hooks() if control is not None else contextlib.nullcontext():
                     images = _denoise(pipe, {**step_cond.kwargs_at(0), **cond_extra}, params, latents, strength, run,
                                       inputs.pipeline_mask, gens, b, on_progress, should_stop, step_cond=step_cond,
-                                      extra_kwargs=given_latents(pipe, noise, strength))
+                                      extra_kwargs=given_latents(pipe, noise, strength, latents))
         # 6. outputs ("only masked": the result is pasted back into the init image's frame first)
         if inputs.paste_to is not None:
             size = inputs.overlays[0].size

@@ -112,7 +112,7 @@ def variation_noise(params: GenerationParams, seeds: list[int], subseeds: list[i
 
 
 @contextlib.contextmanager
-def given_noise(pipe, noise: torch.Tensor | None, strength: float):
+def given_noise(pipe, noise: torch.Tensor | None):
     """Within the block, the pipeline's scheduler noises the init latents with `noise` (see the module
     docstring). The scheduler is the call's own (built for it), so nothing shared is changed."""
     if noise is None:
@@ -141,12 +141,13 @@ def given_noise(pipe, noise: torch.Tensor | None, strength: float):
             del scheduler.__dict__[name]
 
 
-def given_latents(pipe, noise: torch.Tensor | None, strength: float) -> dict:
+def given_latents(pipe, noise: torch.Tensor | None, strength: float, like: torch.Tensor) -> dict:
     """Inpaint pipelines at strength 1 start from the noise alone, without `add_noise`; they take it as
-    `latents` instead (their `prepare_latents` has `is_strength_max` for that case)."""
+    `latents` instead (their `prepare_latents` has `is_strength_max` for that case). `like`: the init
+    latents, whose device and dtype (the denoiser's) the pipeline keeps."""
     if noise is None or strength < 1.0:
         return {}
     prepare = getattr(pipe, "prepare_latents", None)
     if prepare is None or "is_strength_max" not in inspect.signature(prepare).parameters:
         return {}
-    return {"latents": noise}
+    return {"latents": noise.to(like)}
