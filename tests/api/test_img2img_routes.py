@@ -102,6 +102,12 @@ def test_inpainting_keeps_the_unmasked_pixels(client, init_b64, mask_b64):
     text = json.loads(only_masked.json()["info"])["infotexts"][0]
     assert "Mask blur: 4, Inpaint area: Only masked, Masked area padding: 0, Masked content: fill," in text
     assert np.array_equal(_pixels(only_masked.json()["images"][0])[:, 22:], orig[:, 22:])
+    # A1111 1.8+'s `infotext` field: every setting from that text, the inpainting ones included (here
+    # "Whole picture" and "original", where the API's own defaults are "Only masked" and "fill")
+    again = client.post("/sdapi/v1/img2img", json={"init_images": [init_b64], "mask": mask_b64,
+                                                   "infotext": info["infotexts"][0]})
+    assert again.status_code == 200, again.text
+    assert np.array_equal(_pixels(again.json()["images"][0]), out)
     # resize mode 3 (latent upscale) and a soft latent mask are honoured, not refused
     for extra in ({"resize_mode": 3}, {"mask": mask_b64, "inpaint_full_res": False, "mask_round": False}):
         r = client.post("/sdapi/v1/img2img", json={**SMALL, "init_images": [init_b64], **extra})
