@@ -79,7 +79,6 @@ def test_a_lora_weight_past_the_limit_is_a_422_and_the_server_draws_as_before(cl
 @pytest.mark.parametrize("extra, field", [
     ({"enable_hr": True, "hr_checkpoint_name": "other.safetensors"}, "hr_checkpoint_name"),
     ({"enable_hr": True, "hr_upscaler": "R-ESRGAN 4x+"}, "hr_upscaler"),
-    ({"enable_hr": True, "subseed_strength": 0.5}, "subseed_strength"),
     ({"restore_faces": True}, "restore_faces"),
     ({"tiling": True}, "tiling"),
     ({"styles": ["anime"]}, "styles"),  # no such style in the (absent) styles.csv

@@ -96,9 +96,22 @@ def test_inpainting_keeps_the_unmasked_pixels(client, init_b64, mask_b64):
     assert np.abs(out[:, :6] - orig[:, :6]).mean() > 10
     info = json.loads(r.json()["info"])
     assert "Denoising strength: 0.9, Mask blur: 4," in info["infotexts"][0]
-    # A1111's API default inpaint area is "Only masked", which is not implemented: refused, not ignored.
+    # A1111's API defaults: inpaint area "Only masked" with padding 0, masked content "fill".
     only_masked = client.post("/sdapi/v1/img2img", json={**SMALL, "init_images": [init_b64], "mask": mask_b64})
-    assert only_masked.status_code == 422 and _loc(only_masked) == ["body.inpaint_full_res"]
+    assert only_masked.status_code == 200, only_masked.text
+    text = json.loads(only_masked.json()["info"])["infotexts"][0]
+    assert "Mask blur: 4, Inpaint area: Only masked, Masked area padding: 0, Masked content: fill," in text
+    assert np.array_equal(_pixels(only_masked.json()["images"][0])[:, 22:], orig[:, 22:])
+    # A1111 1.8+'s `infotext` field: every setting from that text, the inpainting ones included (here
+    # "Whole picture" and "original", where the API's own defaults are "Only masked" and "fill")
+    again = client.post("/sdapi/v1/img2img", json={"init_images": [init_b64], "mask": mask_b64,
+                                                   "infotext": info["infotexts"][0]})
+    assert again.status_code == 200, again.text
+    assert np.array_equal(_pixels(again.json()["images"][0]), out)
+    # resize mode 3 (latent upscale) and a soft latent mask are honoured, not refused
+    for extra in ({"resize_mode": 3}, {"mask": mask_b64, "inpaint_full_res": False, "mask_round": False}):
+        r = client.post("/sdapi/v1/img2img", json={**SMALL, "init_images": [init_b64], **extra})
+        assert r.status_code == 200, (extra, r.text)
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL warns, we refuse
@@ -112,9 +125,7 @@ def test_inpainting_keeps_the_unmasked_pixels(client, init_b64, mask_b64):
     ({"mask": "{bomb}", "inpaint_full_res": False}, "mask", "pixel limit"),
     ({"init_images": []}, "init_images", "at least one"),
     ({"init_images": ["{ok}", "{ok}"], "batch_size": 3}, "init_images", "one per image"),
-    ({"resize_mode": 3}, "resize_mode", "latent upscale"),
     ({"initial_noise_multiplier": 0.5}, "initial_noise_multiplier", "not supported"),
-    ({"mask": "{ok}", "inpaint_full_res": False, "mask_round": False}, "mask_round", "not supported"),
     ({"inpainting_fill": 4}, "inpainting_fill", "less than or equal to 3"),
 ])
 def test_bad_input_is_422_naming_the_field(client, imgs, init_b64, extra, field, words):

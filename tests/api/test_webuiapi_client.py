@@ -53,9 +53,15 @@ def test_webuiapi_against_a_real_server(server):
                             prompt="a tiny dog", seed=5, width=32, height=32, denoising_strength=0.9)
     kept = np.asarray(inpainted.image.convert("RGB"))[:, 22:]
     assert np.array_equal(kept, np.asarray(result.image.convert("RGB"))[:, 22:])
-    with pytest.raises(RuntimeError) as err:  # webuiapi's default inpaint area, "Only masked", is refused
-        api.img2img(images=[result.image], mask_image=mask, prompt="x", width=32, height=32)
-    assert err.value.args[0] == 422 and "inpaint_full_res" in err.value.args[1]
+    # webuiapi's defaults ("Only masked", padding 0) with the rest of A1111's inpainting and variation fields
+    only = api.img2img(images=[result.image], mask_image=mask, prompt="x", width=32, height=32, seed=5,
+                       inpaint_full_res=True, inpaint_full_res_padding=4, inpainting_fill=2, mask_blur=2,
+                       subseed=9, subseed_strength=0.5, denoising_strength=0.9, alwayson_scripts={})
+    text = only.info["infotexts"][0]
+    assert "Variation seed: 9, Variation seed strength: 0.5," in text
+    assert "Mask blur: 2, Inpaint area: Only masked, Masked area padding: 4, Masked content: latent noise" in text
+    kept = np.asarray(only.image.convert("RGB"))[:, 18:]  # blur 2 reaches 5 px: columns 17 on are the original
+    assert np.array_equal(kept, np.asarray(result.image.convert("RGB"))[:, 18:])
 
     # The hires fix and variation seeds, as webuiapi sends them (every hires field, "Use same" as None).
     hires = api.txt2img(prompt="a tiny cat", seed=77, width=32, height=32, enable_hr=True, hr_scale=1.5,

@@ -181,7 +181,7 @@ def test_inpainting_repaints_the_mask_and_keeps_the_rest_exactly(shapes, square)
     (dict(denoising_strength=float("nan")), "denoising_strength"),
     (dict(width=36), "width"),
     (dict(batch_size=3), "init_images"),  # two init images: one, or one per image of the batch
-    (dict(options={"resize_mode": 3}), "resize_mode"),
+    (dict(options={"resize_mode": 4}), "resize_mode"),
     (dict(options={"inpainting_fill": 4}), "inpainting_fill"),
     (dict(images=[]), "init_images"),
 ])
@@ -278,11 +278,22 @@ def test_cli_img2img_and_inpainting(cli, square, tmp_path):
     inpainted = tmp_path / "out" / "img2img-images" / dt.date.today().isoformat() / "00001-5.png"
     assert "Mask blur: 4" in read_infotext(inpainted)
     assert np.array_equal(arr(Image.open(inpainted))[:, 22:], arr(square)[:, 22:])
+    # "Only masked" from the flags, then from --from-png alone: the same settings, the same pixels
+    code, text = cli("a red circle", "--init", tmp_path / "init.png", "--mask", tmp_path / "mask.png",
+                     "--only-masked", "--only-masked-padding", "6", "--inpainting-fill", "2", "--outdir", tmp_path / "out")
+    assert code == 0, text
+    only = tmp_path / "out" / "img2img-images" / dt.date.today().isoformat() / "00002-5.png"
+    assert "Inpaint area: Only masked, Masked area padding: 6, Masked content: latent noise" in read_infotext(only)
+    code, text = cli("--init", tmp_path / "init.png", "--mask", tmp_path / "mask.png", "--from-png", only,
+                     "--outdir", tmp_path / "out")
+    assert code == 0, text
+    again = tmp_path / "out" / "img2img-images" / dt.date.today().isoformat() / "00003-5.png"
+    assert np.array_equal(arr(Image.open(again)), arr(Image.open(only)))
 
 
 @pytest.mark.parametrize("args, named", [
     (["--denoising-strength", "1.5"], "denoising_strength"),
-    (["--resize-mode", "3"], "resize_mode"),
+    (["--resize-mode", "4"], "resize_mode"),
     (["--init", "{junk}"], "--init"),
     (["--mask", "{junk}"], "--mask"),
 ])

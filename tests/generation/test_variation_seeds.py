@@ -86,9 +86,37 @@ def test_seed_resize_from_is_written_and_read(engine):
     assert (back["seed_resize_from_w"], back["seed_resize_from_h"]) == (16, 24)
 
 
-def test_variation_with_img2img_is_refused_by_name(engine):
-    from PIL import Image
+@pytest.mark.pixels
+def test_img2img_inpainting_and_the_hires_pass_take_the_variation_noise(engine):
+    """Variation strength 1 is the variation seed's noise: seed 3 with variation seed 9 at strength 1
+    must draw what plain seed 9 draws, in img2img (scheduler noise swapped), in inpainting at
+    denoising 1 (the pipeline starts from the noise alone) and in both hires passes. Euler draws no
+    further noise, so only the start noise differs between the two seeds."""
+    from PIL import Image, ImageDraw
 
-    with pytest.raises(InvalidParameter) as e:
-        engine.img2img({**SMALL, "subseed_strength": 0.5}, [Image.new("RGB", (32, 32))], save=False)
-    assert e.value.field == "subseed_strength"
+    from lorastudio.testing.pixels import assert_same_picture
+
+    init = Image.new("RGB", (32, 32), (200, 40, 90))
+    mask = Image.new("L", (32, 32), 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, 15, 31), fill=255)
+    cases = [
+        (dict(denoising_strength=0.6), None, engine.img2img),
+        (dict(denoising_strength=1.0), mask, engine.img2img),
+        (dict(enable_hr=True, hr_scale=1.5, hr_upscaler="Latent", denoising_strength=0.6), "txt2img", None),
+    ]
+    for extra, how, _ in cases:
+        p = {**SMALL, **extra}
+        if how == "txt2img":
+            varied = engine.txt2img({**p, "subseed": 9, "subseed_strength": 1}, save=False).images[0]
+            plain = engine.txt2img({**p, "seed": 9}, save=False).images[0]
+        else:
+            varied = engine.img2img({**p, "subseed": 9, "subseed_strength": 1}, [init], how, save=False).images[0]
+            plain = engine.img2img({**p, "seed": 9}, [init], how, save=False).images[0]
+            if how is None:  # the two seeds give different pictures, so the comparisons below can fail
+                other = engine.img2img(p, [init], how, save=False).images[0]
+                assert np.abs(arr(other.image).astype(float) - arr(plain.image)).max() > 10
+        # slerp(1, a, b) is b up to float rounding (sin(omega) / sin(omega)): a level at most.
+        assert_same_picture(varied.image, plain.image)
+        assert "Variation seed: 9, Variation seed strength: 1" in varied.infotext
+        back = params_from_infotext(varied.infotext)
+        assert (back["subseed"], back["subseed_strength"]) == (9, 1.0)

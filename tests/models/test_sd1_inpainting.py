@@ -126,3 +126,38 @@ def test_txt2img_with_an_inpainting_model_uses_a1111s_empty_conditioning(inpaint
     wrong = _reference(inpainting_model, PARAMS, Image.new("RGB", (32, 32), (90, 10, 200)),
                        Image.new("L", (32, 32), 0), latents=noise)
     assert np.abs(wrong - ref).max() > 10 * TOLERANCE
+
+
+def test_sdxl_inpainting_checkpoint_is_used_as_a1111_uses_it(tmp_path, picture, mask):
+    """An SDXL 9-channel checkpoint: detected, inpainting against diffusers' SDXL inpaint pipeline on
+    the same modules, and txt2img runs on it (A1111's mask of ones and grey masked image)."""
+    from diffusers import StableDiffusionXLInpaintPipeline
+
+    from lorastudio.generation.img2img import run_img2img
+    from lorastudio.generation.txt2img import run_txt2img
+    from lorastudio.models.loader import load_model
+    from lorastudio.testing.tiny_sd import save_sdxl_single_file, tiny_sdxl_inpainting_pipeline
+
+    path = save_sdxl_single_file(tiny_sdxl_inpainting_pipeline(0), tmp_path / "tiny-xl-inpainting.safetensors")
+    model = load_model(path, LoadOptions(cache_dir=tmp_path / "cache"))
+    assert model.family.name == "sdxl" and model.family.is_inpainting_model(model.pipe)
+    params = validate_params({**PARAMS, "denoising_strength": 1.0})
+    ours = np.asarray(run_img2img(model, params, [picture], mask=mask,
+                                  options=Img2ImgOptions(mask_blur_x=0, mask_blur_y=0, inpainting_fill=1),
+                                  activate_loras=lambda tags: [], model_hash=None, save_to=None).images[0].image,
+                      dtype=np.int16)
+    ref_pipe = StableDiffusionXLInpaintPipeline.from_pipe(model.pipe)
+    ref_pipe.set_progress_bar_config(disable=True)
+    ref_pipe.scheduler = model.family.make_scheduler(model.base_scheduler_config, resolve_sampler("Euler"))
+    with torch.no_grad():
+        cond = model.family.encode_prompts(ref_pipe, params.prompt, "", clip_skip=1, cfg_scale=params.cfg_scale,
+                                           guidance=params.guidance)
+        ref = ref_pipe(**cond.kwargs, image=picture, mask_image=mask, strength=1.0, num_inference_steps=params.steps,
+                       height=32, width=32, generator=torch.Generator().manual_seed(params.seed), output_type="pil")
+    ref = np.asarray(ref.images[0], dtype=np.int16)
+    inside = np.asarray(mask) > 127
+    assert np.abs(ours - ref)[inside].max() <= TOLERANCE
+    assert np.array_equal(ours[~inside], np.asarray(picture, dtype=np.int16)[~inside])
+    drawn = run_txt2img(model, validate_params(PARAMS), activate_loras=lambda tags: [], model_hash=None,
+                        save_to=None).images[0].image
+    assert drawn.size == (32, 32)

@@ -65,3 +65,28 @@ def params_from_infotext(text: str) -> dict[str, Any]:
     if out.get("sampler") == "Euler" and parsed.get("Schedule type") == "Simple":
         out["sampler"] = "Euler (flow)"
     return out
+
+
+# A1111's img2img paste fields (infotext key -> Img2ImgOptions field, value -> option value).
+_MASKED_CONTENT = {"fill": 0, "original": 1, "latent noise": 2, "latent nothing": 3}
+_IMG2IMG_FIELDS: dict[str, tuple[str, Any]] = {
+    "Mask blur": ("mask_blur", int),
+    "Mask mode": ("inpainting_mask_invert", lambda v: {"Inpaint masked": False, "Inpaint not masked": True}[v]),
+    "Masked content": ("inpainting_fill", lambda v: _MASKED_CONTENT[v]),
+    "Inpaint area": ("inpaint_full_res", lambda v: {"Whole picture": False, "Only masked": True}[v]),
+    "Masked area padding": ("inpaint_full_res_padding", int),
+}
+
+
+def img2img_options_from_infotext(text: str) -> dict[str, Any]:
+    """The inpainting settings of an infotext as Img2ImgOptions fields (A1111's defaults for the
+    keys it leaves out: whole picture, original content, padding 32, as its parser fills them in)."""
+    parsed = parse_infotext(text)
+    out: dict[str, Any] = {}
+    for key, (field, conv) in _IMG2IMG_FIELDS.items():
+        if key in parsed and parsed[key] not in ("", None):
+            try:
+                out[field] = conv(parsed[key])
+            except (KeyError, TypeError, ValueError):
+                continue
+    return out

@@ -142,8 +142,8 @@ class Img2ImgOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    resize_mode: int = Field(0, ge=0, le=2, description="0 just resize, 1 crop and resize, 2 resize and fill "
-                                                        "(3, latent upscale, is not offered)")
+    resize_mode: int = Field(0, ge=0, le=3, description="0 just resize, 1 crop and resize, 2 resize and fill, "
+                                                        "3 just resize (latent upscale)")
     mask_blur: int | None = Field(None, ge=0, le=256, description="Mask blur in pixels, both directions (sets "
                                   "mask_blur_x and mask_blur_y)", json_schema_extra={"cli_default": "4"})
     mask_blur_x: int = Field(4, ge=0, le=256, description="Horizontal mask blur in pixels",
@@ -154,6 +154,13 @@ class Img2ImgOptions(BaseModel):
                                                             "3 latent nothing")
     inpainting_mask_invert: bool = Field(False, description="Repaint what the mask does not cover",
                                          json_schema_extra={"cli": "invert-mask"})
+    inpaint_full_res: bool = Field(False, description='Inpaint area "Only masked": repaint the masked region '
+                                   "(plus padding) at the full width x height, then paste it back",
+                                   json_schema_extra={"cli": "only-masked"})
+    inpaint_full_res_padding: int = Field(32, ge=0, le=MAX_SIDE, description="Only masked: padding around the "
+                                          "masked region, in pixels", json_schema_extra={"cli": "--only-masked-padding"})
+    mask_round: bool = Field(True, description="Round the (blurred) mask to 0 / 1 at latent size; off: a soft "
+                             "latent mask")
 
     @model_validator(mode="before")
     @classmethod

@@ -17,7 +17,6 @@ from lorastudio.core.samplers import resolve_sampler
 from lorastudio.core.settings import StudioSettings
 from lorastudio.generation.outputs import dated_folder
 from lorastudio.generation.txt2img import GenerationResult, ProgressFn, run_txt2img
-from lorastudio.generation.variation_seeds import check_supported as check_variation_supported
 from lorastudio.lora.activation import LoraState, activate, tags_to_active
 from lorastudio.lora.embeddings import EmbeddingState, apply_embeddings, ti_hashes_field
 from lorastudio.models.catalog import Catalog, ModelEntry
@@ -124,7 +123,6 @@ class GenerationEngine:
         params = self._with_styles(validate_params(params))
         options = validate_img2img_options(options)
         resolve_sampler(params.sampler, params.scheduler)
-        check_variation_supported(params, "img2img")
         if not init_images:
             raise InvalidParameter("init_images", [], "img2img needs at least one init image")
         from lorastudio.generation.img2img import run_img2img

@@ -31,7 +31,7 @@ from lorastudio.core.errors import InvalidParameter
 from lorastudio.core.params import GenerationParams
 from lorastudio.core.prompt_syntax import extract_lora_tags
 from lorastudio.core.samplers import resolve_sampler
-from lorastudio.generation.prompt_editing import scheduled_conditioning
+from lorastudio.generation.composable import composable_conditioning, guidance_hooks
 
 
 # A1111's shared.latent_upscale_modes: name -> (interpolate mode, antialias).
@@ -185,6 +185,7 @@ class HiresPlan:
 
     pipe: Any
     step_cond: Any  # generation.prompt_editing.StepConditioning
+    composable: Any  # generation.composable.ComposableGuidance, or None for a plain prompt
     params: GenerationParams  # the second pass: schedule steps, target size
     run: int
     strength: float
@@ -225,10 +226,11 @@ def plan_hires(model, params: GenerationParams, lora_tags: list, *, prepare_prom
         prompt_text, negative, extra = prepare_prompts(prompt_text, negative)
     cfg = params.cfg_scale if params.hr_cfg is None else params.hr_cfg
     # Prompt editing in the hires pass: `when` counts over both passes (A1111's hires_steps offsets).
-    step_cond = scheduled_conditioning(family, pipe, prompt_text, negative, params.steps, clip_skip=params.clip_skip,
-                                       cfg_scale=cfg, guidance=params.guidance, hires_steps=run)
+    step_cond, composable = composable_conditioning(family, pipe, prompt_text, negative, params.steps,
+                                                    clip_skip=params.clip_skip, cfg_scale=cfg,
+                                                    guidance=params.guidance, hires_steps=run)
     second = params.model_copy(update={"steps": schedule, "width": target.width, "height": target.height})
-    return HiresPlan(pipe=pipe, step_cond=step_cond, params=second, run=run,
+    return HiresPlan(pipe=pipe, step_cond=step_cond, composable=composable, params=second, run=run,
                      strength=pipeline_strength(type(pipe), schedule, run), target=target, kind=kind,
                      upscale=upscale, infotext=hires_infotext(params, label))
 
@@ -255,14 +257,18 @@ def upscaled_latents(model, plan: HiresPlan, first) -> torch.Tensor:
 
 
 def run_second_pass(model, plan: HiresPlan, first, seeds: list[int], batch_index: int, on_progress=None,
-                    should_stop=None) -> list:
-    """Upscale the first pass and denoise it again: the img2img pass, fresh noise from each seed."""
+                    should_stop=None, subseeds: list[int] | None = None) -> list:
+    """Upscale the first pass and denoise it again: the img2img pass, fresh noise from each seed
+    (with the variation seeds mixed in, as A1111's new ImageRNG for the hires pass does)."""
     from lorastudio.generation.img2img import _denoise
     from lorastudio.generation.noise import seeded_generators
     from lorastudio.generation.txt2img import seed_brownian_noise
+    from lorastudio.generation.variation_seeds import given_noise, variation_noise
 
     latents = upscaled_latents(model, plan, first)
     gens = seeded_generators(seeds)
     seed_brownian_noise(plan.pipe, seeds[0])
-    return _denoise(plan.pipe, plan.step_cond.kwargs_at(0), plan.params, latents, plan.strength, plan.run, None,
-                    gens, batch_index, on_progress, should_stop, step_cond=plan.step_cond)
+    noise = variation_noise(plan.params, seeds, subseeds or seeds, latents.shape[1:])
+    with given_noise(plan.pipe, noise), guidance_hooks(plan.composable, plan.pipe):
+        return _denoise(plan.pipe, plan.step_cond.kwargs_at(0), plan.params, latents, plan.strength, plan.run, None,
+                        gens, batch_index, on_progress, should_stop, step_cond=plan.step_cond)

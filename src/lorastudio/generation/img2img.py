@@ -13,7 +13,11 @@ A1111 wins:
   starts from at that seed (A1111's `rng.next()`). A1111 samples the VAE posterior with an
   unseeded draw; the mean is what makes a seed reproduce exactly.
 - Inpainting. The mask is prepared as A1111 prepares it (img2img_inputs) and the original is
-  pasted back over the unmasked area after decoding.
+  pasted back over the unmasked area after decoding. "Only masked" denoises the region around the
+  mask at width x height and pastes it back into the init image's frame (A1111's `uncrop`); resize
+  mode 3 encodes the init image at its own size and resizes the latents (bilinear, as A1111).
+- Variation seeds. The noise is A1111's mix of seed and variation seed, handed to the pipeline's
+  scheduler in place of its own draw (generation/variation_seeds.py).
 - Inpainting models (SD 1.x with a 9-channel UNet input). As A1111's `inpainting_image_conditioning`
   (with the default inpainting_mask_weight 1): the mask is the blurred mask rounded to 0/1, the
   masked image is the init image (after "fill") with the masked area set to grey (0 in [-1, 1]),
@@ -39,16 +43,24 @@ from lorastudio.core.errors import InvalidParameter
 from lorastudio.core.params import GenerationParams, Img2ImgOptions, img2img_steps
 from lorastudio.core.prompt_syntax import extract_lora_tags
 from lorastudio.core.samplers import resolve_sampler
+from lorastudio.generation.composable import composable_conditioning, guidance_hooks
 from lorastudio.generation.finite import check_latents, finite_pil
-from lorastudio.generation.img2img_inputs import apply_overlay, prepare_inputs
+from lorastudio.generation.img2img_inputs import apply_overlay, prepare_inputs, uncrop
 from lorastudio.generation.noise import all_seeds, initial_noise, resolve_seed, seeded_generators
-from lorastudio.generation.prompt_editing import scheduled_conditioning, step_callback_inputs, swap_for_next_call
+from lorastudio.generation.prompt_editing import step_callback_inputs, swap_for_next_call
 from lorastudio.generation.txt2img import (
     GenerationResult,
     ProgressFn,
     seed_brownian_noise,
     build_infotext,
     collect_outputs,
+)
+from lorastudio.generation.variation_seeds import (
+    given_latents,
+    given_noise,
+    subseeds_for,
+    variation_infotext,
+    variation_noise,
 )
 from lorastudio.lora.activation import ActiveLora
 from lorastudio.models.loaded import LoadedModel
@@ -82,20 +94,26 @@ def _to_pixels(im) -> torch.Tensor:
     return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)[None] * 2 - 1
 
 
-def masked_image_latents(family, pipe, images: list, image_mask) -> torch.Tensor:
-    """A1111's masked-image conditioning of an inpainting model: each image with the (rounded) masked
-    area set to 0, i.e. grey, encoded like an init image."""
-    keep = 1.0 - np.around(np.asarray(image_mask.convert("L"), dtype=np.float32) / 255.0)
+def _mask_fraction(image_mask, round_mask: bool) -> np.ndarray:
+    m = np.asarray(image_mask.convert("L"), dtype=np.float32) / 255.0
+    return np.around(m) if round_mask else m
+
+
+def masked_image_latents(family, pipe, images: list, image_mask, round_mask: bool = True) -> torch.Tensor:
+    """A1111's masked-image conditioning of an inpainting model: each image with the masked area
+    (rounded, unless mask_round is off) set to 0, i.e. grey, encoded like an init image."""
+    keep = 1.0 - _mask_fraction(image_mask, round_mask)
     keep_t = torch.from_numpy(keep)[None, None]
     return encode_pixels(family, pipe, [_to_pixels(im) * keep_t for im in images])
 
 
-def conditioning_mask(image_mask):
-    """The mask an inpainting model is conditioned on: A1111 rounds the blurred mask to 0 / 1."""
+def conditioning_mask(image_mask, round_mask: bool = True):
+    """The mask an inpainting model is conditioned on: A1111 rounds the blurred mask to 0 / 1 (with
+    mask_round, its default)."""
     from PIL import Image
 
-    rounded = np.around(np.asarray(image_mask.convert("L"), dtype=np.float32) / 255.0) * 255
-    return Image.fromarray(rounded.astype(np.uint8), mode="L")
+    levels = np.rint(_mask_fraction(image_mask, round_mask) * 255)
+    return Image.fromarray(levels.astype(np.uint8), mode="L")
 
 
 def encode_pixels(family, pipe, pixel_list: list) -> torch.Tensor:
@@ -133,6 +151,9 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
         # A1111 silently shrinks the batch to the image count; we do not change what was asked for.
         raise InvalidParameter("init_images", f"<{len(init_images)} images>",
                                f"give one image, or one per image of the batch (batch_size={params.batch_size})")
+    # images and mask, as A1111 prepares them ("only masked" with a blank mask is plain img2img)
+    inputs = prepare_inputs(init_images, mask, params.width, params.height, options, model.pipe.vae_scale_factor)
+    inpaint = inputs.latent_mask is not None
     prompt_text, tags = extract_lora_tags(params.prompt)
     # 2. LoRAs and embeddings first: the img2img pipeline is built over the modules they changed
     loras = activate_loras(tags)
@@ -145,14 +166,20 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
         pipe = control.pipeline(family, model.pipe, "img2img")
         cond_extra, extra = control.call_kwargs("img2img"), {**extra, **control.infotext()}
     else:
-        pipe, cond_extra = family.img2img_pipeline(model.pipe, inpaint=mask is not None), {}
+        pipe, cond_extra = family.img2img_pipeline(model.pipe, inpaint=inpaint), {}
     pipe.scheduler = family.make_scheduler(model.base_scheduler_config, choice)
-    # 3. images and mask, as A1111 prepares them; then latents
+    if inpaint and not options.mask_round:
+        # A soft latent mask: the pipeline's mask processor would binarise it.
+        pipe.mask_processor = type(pipe.mask_processor).from_config(pipe.mask_processor.config, do_binarize=False)
+    # 3. prompts, then latents
     shape = family.latent_shape(pipe, params.width, params.height)
-    inputs = prepare_inputs(init_images, mask, params.width, params.height, options, pipe.vae_scale_factor)
-    step_cond = scheduled_conditioning(family, pipe, prompt_text, negative, params.steps, clip_skip=params.clip_skip,
-                                       cfg_scale=params.cfg_scale, guidance=params.guidance)
+    step_cond, composable = composable_conditioning(family, pipe, prompt_text, negative, params.steps,
+                                                    clip_skip=params.clip_skip, cfg_scale=params.cfg_scale,
+                                                    guidance=params.guidance, control=control)
     init_latents = encode_init_images(family, pipe, inputs.images)
+    if options.resize_mode == 3 and inputs.paste_to is None:
+        # "Just resize (latent upscale)": the init image is encoded at its own size, the latents resized.
+        init_latents = torch.nn.functional.interpolate(init_latents, size=tuple(shape[-2:]), mode="bilinear")
     if tuple(init_latents.shape[-2:]) != tuple(shape[-2:]):
         # FLUX packs 2x2 latent cells: 520 px encodes to 65 cells, which do not pack (txt2img rounds down).
         side = "width" if init_latents.shape[-1] != shape[-1] else "height"
@@ -167,15 +194,17 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
     if inputs.latent_mask is not None:
         repaint = torch.from_numpy(inputs.latent_mask)[None, None].to(init_latents.device, init_latents.dtype)
     channels = None  # (mask image, masked-image latents) for an inpainting model
-    if mask is not None and family.is_inpainting_model(pipe):
-        channels = (conditioning_mask(inputs.image_mask),
-                    masked_image_latents(family, pipe, inputs.images, inputs.image_mask))
+    if inpaint and family.is_inpainting_model(pipe):
+        channels = (conditioning_mask(inputs.image_mask, options.mask_round),
+                    masked_image_latents(family, pipe, inputs.images, inputs.image_mask, options.mask_round))
 
     seed = resolve_seed(params.seed)
     seeds = all_seeds(seed, params.batch_size * params.batch_count)
+    subseeds = subseeds_for(params, len(seeds))
     result = GenerationResult(seed=seed, all_seeds=seeds, params=params)
     for b in range(params.batch_count):
         batch_seeds = seeds[b * params.batch_size:(b + 1) * params.batch_size]
+        batch_subseeds = subseeds[b * params.batch_size:(b + 1) * params.batch_size]
         latents = init_latents.expand(len(batch_seeds), *shape) if len(init_latents) == 1 else init_latents
         if repaint is not None and options.inpainting_fill == 2:
             # "latent noise": A1111 puts the seeds' own noise in the masked area.
@@ -183,26 +212,35 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
             latents = latents * (1 - repaint) + noise.to(latents) * repaint
         elif repaint is not None and options.inpainting_fill == 3:
             latents = latents * (1 - repaint)  # "latent nothing"
-        # 4. noise: drawn by the pipeline from each image's own generator
+        # 4. noise: drawn by the pipeline from each image's own generator; with variation seeds,
+        # A1111's mixed noise is handed to the scheduler in its place
         gens = seeded_generators(batch_seeds)
         seed_brownian_noise(pipe, batch_seeds[0])
+        noise = variation_noise(params, batch_seeds, batch_subseeds, shape)
         # 5. denoise
         latents = latents.to(pipe.device, dtype=family.denoiser(pipe).dtype)
-        if channels is not None:
-            cond_mask, masked = channels
-            masked = masked.expand(len(batch_seeds), *masked.shape[1:]) if len(masked) == 1 else masked
-            images = _denoise(pipe, step_cond.kwargs_at(0), params, latents, strength, run, cond_mask, gens, b,
-                              on_progress, should_stop, masked_latents=masked, step_cond=step_cond)
-        else:
-            with control.hooks() if control is not None else contextlib.nullcontext():
-                images = _denoise(pipe, {**step_cond.kwargs_at(0), **cond_extra}, params, latents, strength, run,
-                                  inputs.pipeline_mask, gens, b, on_progress, should_stop, step_cond=step_cond)
-        # 6. outputs
+        with given_noise(pipe, noise), guidance_hooks(composable, pipe):
+            if channels is not None:
+                cond_mask, masked = channels
+                masked = masked.expand(len(batch_seeds), *masked.shape[1:]) if len(masked) == 1 else masked
+                images = _denoise(pipe, step_cond.kwargs_at(0), params, latents, strength, run, cond_mask, gens, b,
+                                  on_progress, should_stop, masked_latents=masked, step_cond=step_cond,
+                                  extra_kwargs=given_latents(pipe, noise, strength, latents))
+            else:
+                with control.hooks() if control is not None else contextlib.nullcontext():
+                    images = _denoise(pipe, {**step_cond.kwargs_at(0), **cond_extra}, params, latents, strength, run,
+                                      inputs.pipeline_mask, gens, b, on_progress, should_stop, step_cond=step_cond,
+                                      extra_kwargs=given_latents(pipe, noise, strength, latents))
+        # 6. outputs ("only masked": the result is pasted back into the init image's frame first)
+        if inputs.paste_to is not None:
+            size = inputs.overlays[0].size
+            images = [uncrop(img, size, inputs.paste_to) for img in images]
         if inputs.overlays is not None:
             images = [apply_overlay(img, inputs.overlays[i % len(inputs.overlays)]) for i, img in enumerate(images)]
+        sub_of = dict(zip(batch_seeds, batch_subseeds))
         collect_outputs(result, images, batch_seeds, save_to,
                         lambda s: build_infotext(model, params, s, choice, loras, model_hash, extra,
-                                                 img2img=img2img_info))
+                                                 img2img=img2img_info, variation=variation_infotext(params, sub_of[s])))
         if should_stop and should_stop():
             result.interrupted = True
             break
@@ -210,7 +248,7 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
 
 
 def _denoise(pipe, cond_kwargs, params, latents, strength, run, mask_image, gens, batch_index, on_progress,
-             should_stop, masked_latents=None, step_cond=None):
+             should_stop, masked_latents=None, step_cond=None, extra_kwargs=None):
     def on_step_end(p, step, timestep, kwargs):
         check_latents(kwargs.get("latents"), step + 1)
         swap_for_next_call(step_cond, p, step, kwargs)
@@ -229,6 +267,7 @@ def _denoise(pipe, cond_kwargs, params, latents, strength, run, mask_image, gens
         # not mask the (already encoded) image itself. An inpainting model reads the real ones.
         masked = latents if masked_latents is None else masked_latents.to(latents)
         kwargs.update(mask_image=mask_image, masked_image_latents=masked)
+    kwargs.update(extra_kwargs or {})
     if "height" in inspect.signature(pipe.__call__).parameters:
         # FLUX and inpaint pipelines take the size; SD img2img ones read it off the latents.
         kwargs.update(height=params.height, width=params.width)

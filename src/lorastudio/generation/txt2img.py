@@ -20,10 +20,10 @@ from lorastudio.core.infotext import format_infotext
 from lorastudio.core.params import GenerationParams
 from lorastudio.core.prompt_syntax import extract_lora_tags
 from lorastudio.core.samplers import resolve_sampler
+from lorastudio.generation.composable import composable_conditioning, guidance_hooks
 from lorastudio.generation.finite import check_latents, finite_pil
 from lorastudio.generation.noise import all_seeds, resolve_seed
-from lorastudio.generation.prompt_editing import scheduled_conditioning, step_callback_inputs, swap_for_next_call
-from lorastudio.generation.variation_seeds import check_supported as check_variation_supported
+from lorastudio.generation.prompt_editing import step_callback_inputs, swap_for_next_call
 from lorastudio.generation.variation_seeds import seeded_noise, subseeds_for, variation_infotext
 from lorastudio.lora.activation import ActiveLora
 from lorastudio.models.loaded import LoadedModel
@@ -108,8 +108,10 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
     if prepare_prompts is not None:
         prompt_text, negative, extra = prepare_prompts(prompt_text, negative)
     # prompt editing [from:to:when] and alternation [a|b]: the texts per step, encoded once each
-    step_cond = scheduled_conditioning(family, pipe, prompt_text, negative, params.steps, clip_skip=params.clip_skip,
-                                       cfg_scale=params.cfg_scale, guidance=params.guidance)
+    # composable AND: one conditioning per sub-prompt, combined by the family's guidance hook
+    step_cond, composable = composable_conditioning(family, pipe, prompt_text, negative, params.steps,
+                                                    clip_skip=params.clip_skip, cfg_scale=params.cfg_scale,
+                                                    guidance=params.guidance, control=control)
     control_kwargs: dict = {}
     if control is not None:
         control_kwargs = control.call_kwargs("txt2img")
@@ -118,7 +120,6 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
     if params.enable_hr:
         from lorastudio.generation.hires_fix import plan_hires
 
-        check_variation_supported(params, "the hires fix")
         hires = plan_hires(model, params, tags, prepare_prompts=prepare_prompts, upscalers=upscalers)
     seed = resolve_seed(params.seed)
     seeds = all_seeds(seed, params.batch_size * params.batch_count)
@@ -133,14 +134,15 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
         latents = family.pack_latents(pipe, latents).to(pipe.device, dtype=family.denoiser(pipe).dtype)
         seed_brownian_noise(pipe, batch_seeds[0])
         # 5. denoise
-        with control.hooks() if control is not None else contextlib.nullcontext():
+        with control.hooks() if control is not None else contextlib.nullcontext(), guidance_hooks(composable, pipe):
             images = _denoise(pipe, {**step_cond.kwargs_at(0), **control_kwargs}, params, latents, gens, b,
                               on_progress, should_stop, output_type=hires.first_pass_output if hires else "np",
                               step_cond=step_cond)
         if hires is not None:  # 5b. hires fix: upscale, then the img2img second pass
             from lorastudio.generation.hires_fix import run_second_pass
 
-            images = run_second_pass(model, hires, images, batch_seeds, b, on_progress, should_stop)
+            images = run_second_pass(model, hires, images, batch_seeds, b, on_progress, should_stop,
+                                     subseeds=batch_subseeds)
         # 6. outputs
         sub_of = dict(zip(batch_seeds, batch_subseeds))
         collect_outputs(result, images, batch_seeds, save_to,

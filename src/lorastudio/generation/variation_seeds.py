@@ -11,10 +11,19 @@ Byte-compatible with A1111 v1.10 `modules/rng.py` (ImageRNG.first and slerp), be
   since that is what A1111 computes;
 - `Seed resize from WxH`: the noise is made at that size and pasted, centred, into the noise of
   the real size (cropped when larger), so a seed keeps its composition at another size.
+
+img2img and the hires fix's second pass use the same noise (A1111 makes an ImageRNG with the
+variation settings for both). diffusers' img2img and inpaint pipelines draw their noise from the
+generators themselves and hand it to the scheduler's `add_noise` (FLUX: `scale_noise`); `given_noise`
+swaps it there for the variation noise, on the call's own scheduler. The draw still happens, so
+the generators advance past it as A1111's do past `first()`, and later draws (ancestral samplers)
+follow as in A1111.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 from typing import Any
 
 import torch
@@ -32,14 +41,6 @@ def uses_variation(params: GenerationParams) -> bool:
 
 def _resized(params: GenerationParams) -> bool:
     return params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0
-
-
-def check_supported(params: GenerationParams, where: str) -> None:
-    """The second pass of the hires fix and img2img draw their noise inside diffusers' pipelines,
-    which take no given noise: variation seeds there would not be A1111's, so they are refused."""
-    if uses_variation(params):
-        field = "subseed_strength" if params.subseed_strength != 0 else "seed_resize_from_w"
-        raise InvalidParameter(field, getattr(params, field), f"variation seeds are not available with {where} yet")
 
 
 def subseeds_for(params: GenerationParams, count: int) -> list[int]:
@@ -100,3 +101,53 @@ def variation_infotext(params: GenerationParams, subseed: int) -> dict[str, Any]
         "Variation seed strength": (int(strength) if float(strength).is_integer() else strength) if strength else None,
         "Seed resize from": f"{params.seed_resize_from_w}x{params.seed_resize_from_h}" if _resized(params) else None,
     }
+
+
+def variation_noise(params: GenerationParams, seeds: list[int], subseeds: list[int], shape) -> torch.Tensor | None:
+    """The noise img2img / the hires pass start from, or None when no variation is asked for (the
+    pipeline's own draw from each seed is then exactly A1111's noise)."""
+    if not uses_variation(params):
+        return None
+    return seeded_noise(params, seeds, subseeds, tuple(shape))[0]
+
+
+@contextlib.contextmanager
+def given_noise(pipe, noise: torch.Tensor | None):
+    """Within the block, the pipeline's scheduler noises the init latents with `noise` (see the module
+    docstring). The scheduler is the call's own (built for it), so nothing shared is changed."""
+    if noise is None:
+        yield
+        return
+    scheduler = pipe.scheduler
+    patched = []
+    if hasattr(scheduler, "add_noise"):
+        original_add = scheduler.add_noise
+
+        def add_noise(original_samples, drawn, timesteps):
+            return original_add(original_samples, noise.to(drawn), timesteps)
+        scheduler.add_noise = add_noise
+        patched.append("add_noise")
+    if hasattr(scheduler, "scale_noise"):
+        original_scale = scheduler.scale_noise
+
+        def scale_noise(sample, timestep, drawn=None):
+            return original_scale(sample, timestep, noise.to(drawn if drawn is not None else sample))
+        scheduler.scale_noise = scale_noise
+        patched.append("scale_noise")
+    try:
+        yield
+    finally:
+        for name in patched:
+            del scheduler.__dict__[name]
+
+
+def given_latents(pipe, noise: torch.Tensor | None, strength: float, like: torch.Tensor) -> dict:
+    """Inpaint pipelines at strength 1 start from the noise alone, without `add_noise`; they take it as
+    `latents` instead (their `prepare_latents` has `is_strength_max` for that case). `like`: the init
+    latents, whose device and dtype (the denoiser's) the pipeline keeps."""
+    if noise is None or strength < 1.0:
+        return {}
+    prepare = getattr(pipe, "prepare_latents", None)
+    if prepare is None or "is_strength_max" not in inspect.signature(prepare).parameters:
+        return {}
+    return {"latents": noise.to(like)}

@@ -34,6 +34,7 @@ from lorastudio.models.formats.sd_config_inference import (
 __all__ = [
     "tiny_sd1_pipeline",
     "tiny_sd1_inpainting_pipeline",
+    "tiny_sdxl_inpainting_pipeline",
     "tiny_sdxl_pipeline",
     "save_sd1_single_file",
     "save_sdxl_single_file",
@@ -163,6 +164,22 @@ def tiny_sd1_inpainting_pipeline(seed: int = 0):
     pipe = tiny_sd1_pipeline(seed)
     with _seeded(seed):
         pipe.unet = UNet2DConditionModel(**{**_SD1_UNET, "in_channels": 9}).eval()
+    pipe.register_modules(unet=pipe.unet)
+    latent = pipe.vae.config.latent_channels
+    with torch.no_grad():
+        pipe.vae.quant_conv.weight[latent:] = 0
+        pipe.vae.quant_conv.bias[latent:] = -30.0
+    return pipe
+
+
+def tiny_sdxl_inpainting_pipeline(seed: int = 0):
+    """The tiny SDXL pipeline with a 9-channel inpainting UNet (as sd_xl_base_1.0_inpainting), its VAE
+    posterior made (nearly) deterministic as in `tiny_sd1_inpainting_pipeline`."""
+    from diffusers import UNet2DConditionModel
+
+    pipe = tiny_sdxl_pipeline(seed)
+    with _seeded(seed):
+        pipe.unet = UNet2DConditionModel(**{**_SDXL_UNET, "in_channels": 9}).eval()
     pipe.register_modules(unet=pipe.unet)
     latent = pipe.vae.config.latent_channels
     with torch.no_grad():

@@ -114,6 +114,12 @@ def apply_infotext(req: _ProcessingRequest) -> _ProcessingRequest:
     for key, target in _FROM_INFOTEXT.items():
         if key in found and target not in given and target in type(req).model_fields:
             update[target] = found[key]
+    if isinstance(req, Img2ImgRequest):
+        from lorastudio.core.infotext_params import img2img_options_from_infotext
+
+        for target, value in img2img_options_from_infotext(req.infotext).items():
+            if target not in given:
+                update[target] = int(value) if target == "inpainting_mask_invert" else value
     overrides = dict(req.override_settings or {})
     for key, option in _INFOTEXT_OPTIONS.items():
         if key in found and option not in overrides:
@@ -227,8 +233,6 @@ def check_txt2img(req: Txt2ImgRequest, hires_supported: bool) -> None:
 
 def check_img2img(req: Img2ImgRequest) -> Img2ImgOptions:
     """Refuse the img2img settings we cannot honour; the rest become Img2ImgOptions."""
-    if req.resize_mode == 3:
-        _refuse("resize_mode", 3, "resize mode 3 (latent upscale) is " + _NOT_YET)
     if req.initial_noise_multiplier not in (None, 1):
         _refuse("initial_noise_multiplier", req.initial_noise_multiplier)
     if req.latent_mask:
@@ -237,17 +241,13 @@ def check_img2img(req: Img2ImgRequest) -> Img2ImgOptions:
     blur_y = req.mask_blur_y if req.mask_blur_y is not None else 4
     if req.mask_blur is not None:  # A1111: mask_blur sets both directions
         blur_x = blur_y = req.mask_blur
-    if req.mask:
-        # Without a mask these settings do nothing in A1111 either.
-        if req.inpaint_full_res is not False:
-            # True is A1111's default, so _refuse's "leave it at its default" would mislead here.
-            raise InvalidParameter("inpaint_full_res", req.inpaint_full_res, 'inpaint area "Only masked" '
-                                   + _NOT_YET + '; send inpaint_full_res: false ("Whole picture")')
-        if req.mask_round is False:
-            _refuse("mask_round", False, "a soft (unrounded) latent mask is " + _NOT_YET)
+    # A1111's API defaults: "only masked" on (inpaint_full_res true) with padding 0, mask rounding on.
     return Img2ImgOptions(resize_mode=req.resize_mode or 0, mask_blur_x=blur_x, mask_blur_y=blur_y,
                           inpainting_fill=req.inpainting_fill or 0,
-                          inpainting_mask_invert=bool(req.inpainting_mask_invert))
+                          inpainting_mask_invert=bool(req.inpainting_mask_invert),
+                          inpaint_full_res=req.inpaint_full_res is not False,
+                          inpaint_full_res_padding=req.inpaint_full_res_padding or 0,
+                          mask_round=req.mask_round is not False)
 
 
 def plan_generation(req: _ProcessingRequest, state, kind: str, *, hires_supported: bool = False) -> GenerationPlan:

@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
             values.setdefault("width", max(8, init_image.width // 8 * 8))
             values.setdefault("height", max(8, init_image.height // 8 * 8))
             params = validate_params(values)
-            options = validate_img2img_options(inpaint)
+            options = validate_img2img_options({**_options_from_png(from_png), **inpaint})
             settings = _settings(**studio)
 
             from lorastudio.core.params import img2img_steps
@@ -74,6 +74,16 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"{im.path}  seed={im.seed}")
         if result.interrupted:
             typer.echo("interrupted")
+
+
+def _options_from_png(path: Optional[Path]) -> dict:
+    """The inpainting settings of --from-png's infotext (the flags given win)."""
+    if path is None:
+        return {}
+    from lorastudio.core.infotext_params import img2img_options_from_infotext
+    from lorastudio.core.png_text import read_infotext
+
+    return img2img_options_from_infotext(read_infotext(path) or "")
 
 
 def _open_image(path: Path, option: str):

@@ -165,6 +165,18 @@ class ModelFamily(ABC):
 
         raise InvalidParameter("init_images", "<image>", f"img2img is not available for {self.title} models")
 
+    def composable_guidance(self, pipe: "DiffusionPipeline", weights: list[float], extra_conds):
+        """A context manager under which the pipeline's guided prediction becomes A1111's composable
+        one, uncond + cfg * sum(w_i * (cond_i - uncond)) (prompts with AND or a :weight).
+
+        `weights`: one per distinct sub-prompt; the first is the text the pipeline itself was given.
+        `extra_conds(call)`: the other sub-prompts' conditioning kwargs (as `encode_prompts` returns
+        them) for denoiser call `call` (0-based). Families without classifier-free guidance refuse."""
+        from lorastudio.core.errors import InvalidParameter
+
+        raise InvalidParameter("prompt", "AND", f"composable prompts (AND, or a trailing :weight) are not "
+                               f"available for {self.title} models; give a plain prompt")
+
     def is_inpainting_model(self, pipe: "DiffusionPipeline") -> bool:
         """True for a denoiser that takes the masked image and the mask as extra input channels
         (SD 1.x inpainting: 4 latent + 1 mask + 4 masked-image channels)."""

@@ -9,7 +9,11 @@ from typing import Any
 
 from lorastudio.models.devices import torch_dtype
 from lorastudio.models.families.base import Conditioning, LoadOptions
-from lorastudio.models.families.stable_diffusion_base import StableDiffusionFamily, config_cache, encode_sd_latents
+from lorastudio.models.families.stable_diffusion_base import (
+    StableDiffusionFamily,
+    config_cache,
+    with_inpainting_txt2img,
+)
 
 # The noise schedule SD 1.x was trained with (runwayml/stable-diffusion-v1-5's scheduler config).
 from lorastudio.models.formats.sd_config_inference import SD1_SCHEDULER
@@ -68,7 +72,7 @@ class SD1Family(StableDiffusionFamily):
         pipe = StableDiffusionPipeline.from_single_file(
             str(path), config=str(cfg_dir), local_files_only=True, torch_dtype=torch_dtype(options.dtype),
             safety_checker=None, requires_safety_checker=False)
-        return _with_inpainting_txt2img(pipe)
+        return with_inpainting_txt2img(pipe)
 
     def load_folder(self, path: Path, options: LoadOptions):
         from diffusers import StableDiffusionPipeline
@@ -76,7 +80,7 @@ class SD1Family(StableDiffusionFamily):
         pipe = StableDiffusionPipeline.from_pretrained(
             str(path), local_files_only=True, torch_dtype=torch_dtype(options.dtype),
             safety_checker=None, requires_safety_checker=False)
-        return _with_inpainting_txt2img(pipe)
+        return with_inpainting_txt2img(pipe)
 
     # --- generation ------------------------------------------------------------------------
     def encode_prompts(self, pipe, prompt: str, negative_prompt: str, *, clip_skip: int, cfg_scale: float,
@@ -90,9 +94,6 @@ class SD1Family(StableDiffusionFamily):
             empty, _, _ = encode_clip(pipe.tokenizer, pipe.text_encoder, "", spec)
             cond, uncond = pad_to_same_length(cond, uncond, empty)
         return Conditioning({"prompt_embeds": cond, "negative_prompt_embeds": uncond, "guidance_scale": cfg_scale})
-
-    def is_inpainting_model(self, pipe) -> bool:
-        return is_sd_inpainting_unet(pipe)
 
     def textual_inversion_targets(self, pipe):
         return [(None, pipe.tokenizer, pipe.text_encoder)]
@@ -126,50 +127,3 @@ class SD1Family(StableDiffusionFamily):
 
         tes = {k: v for k, v in lora.items() if k != "unet"}
         return kohya_lora_from_peft(lora["unet"], tes, alpha=alpha, rank=rank, unet_naming="diffusers", layout=None)
-
-
-def is_sd_inpainting_unet(pipe) -> bool:
-    unet = pipe.unet
-    return unet.config.in_channels == 2 * pipe.vae.config.latent_channels + 1
-
-
-def _with_inpainting_txt2img(pipe):
-    """Let an inpainting model draw from text alone, as A1111 does.
-
-    A1111 (`txt2img_image_conditioning`) gives an inpainting UNet a mask of ones (everything is
-    repainted) and the latents of a mid-grey picture as the masked image. The hook below adds
-    exactly those channels whenever the UNet is called with the plain latent channels only
-    (txt2img, training previews); inpainting pipelines pass all channels and are left alone.
-    The grey latents are encoded once per size, VAE and dtype (the VAE mean, as our img2img
-    encodes init images).
-    """
-    import weakref
-
-    if not is_sd_inpainting_unet(pipe):
-        return pipe
-    pipe_ref = weakref.ref(pipe)
-    grey: dict[tuple, Any] = {}
-
-    def add_conditioning(module, args, kwargs):
-        import torch
-
-        sample = args[0] if args else kwargs["sample"]
-        owner = pipe_ref()
-        latent_channels = owner.vae.config.latent_channels if owner is not None else None
-        if owner is None or sample.shape[1] != latent_channels:
-            return None
-        vae, f = owner.vae, owner.vae_scale_factor
-        key = (id(vae), sample.shape[-2], sample.shape[-1], sample.dtype, sample.device,
-               torch.is_inference_mode_enabled())
-        if key not in grey:
-            pixels = torch.zeros(1, 3, sample.shape[-2] * f, sample.shape[-1] * f, device=vae.device, dtype=vae.dtype)
-            with torch.no_grad():
-                grey.clear()  # one size at a time is what a generation needs
-                grey[key] = encode_sd_latents(owner, pixels).to(sample.device, sample.dtype)
-        masked = grey[key].expand(sample.shape[0], -1, -1, -1)
-        mask = torch.ones_like(sample[:, :1])
-        full = torch.cat([sample, mask, masked], dim=1)
-        return ((full, *args[1:]), kwargs) if args else (args, {**kwargs, "sample": full})
-
-    pipe.unet.register_forward_pre_hook(add_conditioning, with_kwargs=True)
-    return pipe

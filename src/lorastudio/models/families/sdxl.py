@@ -10,7 +10,7 @@ from typing import Any
 from lorastudio.core.errors import UnknownModelFamily
 from lorastudio.models.devices import torch_dtype
 from lorastudio.models.families.base import Conditioning, LoadOptions
-from lorastudio.models.families.stable_diffusion_base import StableDiffusionFamily, config_cache
+from lorastudio.models.families.stable_diffusion_base import StableDiffusionFamily, config_cache, with_inpainting_txt2img
 
 # stabilityai/stable-diffusion-xl-base-1.0's scheduler config.
 from lorastudio.models.formats.sd_config_inference import SDXL_SCHEDULER
@@ -71,14 +71,16 @@ class SDXLFamily(StableDiffusionFamily):
             {"tokenizer": {"kind": "clip", "pad_token": "<|endoftext|>"},
              "tokenizer_2": {"kind": "clip", "pad_token": "!"}},
             SDXL_SCHEDULER, config_cache(options))
-        return StableDiffusionXLPipeline.from_single_file(
+        pipe = StableDiffusionXLPipeline.from_single_file(
             str(path), config=str(cfg_dir), local_files_only=True, torch_dtype=torch_dtype(options.dtype))
+        return with_inpainting_txt2img(pipe)
 
     def load_folder(self, path: Path, options: LoadOptions):
         from diffusers import StableDiffusionXLPipeline
 
-        return StableDiffusionXLPipeline.from_pretrained(str(path), local_files_only=True,
+        pipe = StableDiffusionXLPipeline.from_pretrained(str(path), local_files_only=True,
                                                          torch_dtype=torch_dtype(options.dtype))
+        return with_inpainting_txt2img(pipe)
 
     # --- generation ------------------------------------------------------------------------
     def encode_prompts(self, pipe, prompt: str, negative_prompt: str, *, clip_skip: int, cfg_scale: float,

@@ -6,6 +6,7 @@ layouts, pipeline classes, how prompts are encoded, SDXL's size conditioning, Lo
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -57,6 +58,12 @@ class StableDiffusionFamily(ModelFamily, TrainableFamily):
     def encode_images(self, pipe, pixels):
         return encode_sd_latents(pipe, pixels)
 
+    def is_inpainting_model(self, pipe) -> bool:
+        return is_sd_inpainting_unet(pipe)
+
+    def composable_guidance(self, pipe, weights: list[float], extra_conds):
+        return _composable_unet_hook(pipe.unet, weights, extra_conds)
+
     # --- training --------------------------------------------------------------------------
     def training_defaults(self, pipe) -> dict[str, Any]:
         # kohya / A1111 train-tools values for a character LoRA on SD 1.5; kohya's SDXL values are
@@ -103,6 +110,106 @@ class StableDiffusionFamily(ModelFamily, TrainableFamily):
         cls = getattr(diffusers, self.controlnet_pipeline_names[mode])
         return cls.from_pipe(pipe, controlnet=controlnets if len(controlnets) > 1 else controlnets[0])
 
+
+
+@contextlib.contextmanager
+def _composable_unet_hook(unet, weights: list[float], extra_conds):
+    """A1111's composable guidance on a diffusers SD / SDXL pipeline.
+
+    The pipeline calls the UNet once per step on [uncond; cond] and forms u + g * (c - u). A forward
+    hook replaces the cond half c by c' = u + sum(w_i * (c_i - u)), c_0 being the pipeline's own cond
+    and c_1.. the other sub-prompts, predicted by extra UNet calls on the cond half, so that the
+    pipeline's own formula gives A1111's u + g * sum(w_i * (c_i - u)). SDXL's pooled text embeddings
+    go with each sub-prompt (A1111 stacks the `vector` conditioning the same way)."""
+    import torch
+
+    state = {"call": 0, "inside": False}
+
+    def hook(module, args, kwargs, output):
+        if state["inside"]:
+            return None
+        sample = args[0] if args else kwargs["sample"]
+        t = args[1] if len(args) > 1 else kwargs["timestep"]
+        out = output[0] if isinstance(output, tuple) else output.sample
+        n = sample.shape[0] // 2
+        uncond, cond = out[:n], out[n:]
+        combined = uncond + weights[0] * (cond - uncond)
+        rest = {k: v for k, v in kwargs.items() if k not in ("sample", "timestep", "encoder_hidden_states")}
+        t_half = t[n:] if torch.is_tensor(t) and t.ndim and t.shape[0] == 2 * n else t
+        added = rest.get("added_cond_kwargs") or None
+        state["inside"] = True
+        try:
+            for weight, cond_kwargs in zip(weights[1:], extra_conds(state["call"])):
+                ehs = cond_kwargs["prompt_embeds"]
+                call = dict(rest)
+                if added is not None:
+                    pooled = cond_kwargs["pooled_prompt_embeds"]
+                    call["added_cond_kwargs"] = {
+                        **{k: v[n:] for k, v in added.items()},
+                        "text_embeds": pooled.expand(n, *pooled.shape[1:]).to(added["text_embeds"]),
+                    }
+                pred = module(sample[n:], t_half, encoder_hidden_states=ehs.expand(n, *ehs.shape[1:]).to(sample.dtype),
+                              **call)
+                pred = pred[0] if isinstance(pred, tuple) else pred.sample
+                combined = combined + weight * (pred - uncond)
+        finally:
+            state["inside"] = False
+        state["call"] += 1
+        full = torch.cat([uncond, combined])
+        return (full, *output[1:]) if isinstance(output, tuple) else type(output)(sample=full)
+
+    handle = unet.register_forward_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def is_sd_inpainting_unet(pipe) -> bool:
+    unet = pipe.unet
+    return unet.config.in_channels == 2 * pipe.vae.config.latent_channels + 1
+
+
+def with_inpainting_txt2img(pipe):
+    """Let an inpainting model (SD 1.x or SDXL) draw from text alone, as A1111 does.
+
+    A1111 (`txt2img_image_conditioning`) gives an inpainting UNet a mask of ones (everything is
+    repainted) and the latents of a mid-grey picture as the masked image. The hook below adds
+    exactly those channels whenever the UNet is called with the plain latent channels only
+    (txt2img, training previews); inpainting pipelines pass all channels and are left alone.
+    The grey latents are encoded once per size, VAE and dtype (the VAE mean, as our img2img
+    encodes init images).
+    """
+    import weakref
+
+    if not is_sd_inpainting_unet(pipe):
+        return pipe
+    pipe_ref = weakref.ref(pipe)
+    grey: dict[tuple, Any] = {}
+
+    def add_conditioning(module, args, kwargs):
+        import torch
+
+        sample = args[0] if args else kwargs["sample"]
+        owner = pipe_ref()
+        latent_channels = owner.vae.config.latent_channels if owner is not None else None
+        if owner is None or sample.shape[1] != latent_channels:
+            return None
+        vae, f = owner.vae, owner.vae_scale_factor
+        key = (id(vae), sample.shape[-2], sample.shape[-1], sample.dtype, sample.device,
+               torch.is_inference_mode_enabled())
+        if key not in grey:
+            pixels = torch.zeros(1, 3, sample.shape[-2] * f, sample.shape[-1] * f, device=vae.device, dtype=vae.dtype)
+            with torch.no_grad():
+                grey.clear()  # one size at a time is what a generation needs
+                grey[key] = encode_sd_latents(owner, pixels).to(sample.device, sample.dtype)
+        masked = grey[key].expand(sample.shape[0], -1, -1, -1)
+        mask = torch.ones_like(sample[:, :1])
+        full = torch.cat([sample, mask, masked], dim=1)
+        return ((full, *args[1:]), kwargs) if args else (args, {**kwargs, "sample": full})
+
+    pipe.unet.register_forward_pre_hook(add_conditioning, with_kwargs=True)
+    return pipe
 
 
 def encode_sd_latents(pipe, pixels):

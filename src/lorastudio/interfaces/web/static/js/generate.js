@@ -134,7 +134,7 @@ export async function initGenerate(app) {
       body.denoising_strength = num("denoising_strength");
       if (mode === "inpaint") {
         body.mask = maskBase64();
-        body.inpaint_full_res = false; // "Whole picture": the inpaint area lorastudio supports
+        body.inpaint_full_res = false; // "Whole picture" (A1111 API default is "Only masked"; this form has no area choice)
       }
     }
     return body;
