@@ -34,7 +34,7 @@ ensure-postgres:
 
 test: $(STAMP) ensure-chromium ensure-postgres
 	# Every test runs, the SIGKILL-a-real-server one included: restarts must never lose a job.
-	$(PY) -m pytest -q -n 2 --timeout 600 -m "not farm"
+	$(PY) -m pytest -q -n 2 --timeout 600 -m "not farm" --durations=25
 	# The farm (3 workers + 2 API processes, real trainings) needs the whole machine: run alone.
 	$(PY) -m pytest -q -p no:xdist --timeout 1200 -m farm
 	# Tests that compare two computations of one picture, again on ATen's portable kernels: a suite
