@@ -83,6 +83,31 @@ def _family_and_size(path: Path):
     return fam, size
 
 
+# --- taggers and captioners ------------------------------------------------------------------------
+class InterrogatorItem(BaseModel):
+    name: str = Field(description="accepted as `tagger` / `captioner` by POST /v1/datasets/caption")
+    kind: Literal["tagger", "captioner"] = Field(description="tagger: a WD14 folder (model.onnx + "
+                                                 "selected_tags.csv); captioner: a transformers folder")
+
+
+@router.get("/v1/interrogators", response_model=list[InterrogatorItem])
+async def interrogators(request: Request) -> list[dict]:
+    """The tagger and captioner folders under models/interrogators/ (nothing is downloaded)."""
+    from lorastudio.training.dataset.interrogators import interrogators_dir
+
+    def listing() -> list[dict]:
+        folder = interrogators_dir(_state(request).settings.models_dir)
+        out = []
+        for sub in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if (sub / "model.onnx").is_file() and (sub / "selected_tags.csv").is_file():
+                out.append({"name": sub.name, "kind": "tagger"})
+            elif (sub / "config.json").is_file():
+                out.append({"name": sub.name, "kind": "captioner"})
+        return out
+
+    return await run_in_threadpool(listing)
+
+
 # --- the training form ----------------------------------------------------------------------------
 @router.get("/v1/training-config/schema")
 async def training_config_schema() -> dict[str, Any]:
