@@ -84,14 +84,11 @@ def web_models(tmp_path_factory) -> Path:
 
 
 class Server:
-    def __init__(self, models: Path, work: Path, env: dict[str, str | None] | None = None, port: int | None = None):
+    def __init__(self, models: Path, work: Path, env: dict[str, str | None] | None = None):
         """env: variables to set (None: to remove) for this server on top of the suite's."""
-        if port is None:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-        self.port = port
-        self.models = models
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.work = work
         self.projects = work / "projects"
@@ -108,7 +105,6 @@ class Server:
                 environ.pop(key, None)
             else:
                 environ[key] = value
-        self.env = env
         self.proc = subprocess.Popen(cmd, env=environ, cwd=work, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
 
     def wait_up(self, timeout: float = 120.0) -> None:
@@ -264,4 +260,5 @@ def b64(data: bytes) -> str:
 def helpers():
     from types import SimpleNamespace
 
-    return SimpleNamespace(png=png_bytes, b64=b64, fill=fill, XSS=XSS, AUTH=AUTH, catalogs_dir=CATALOGS, repo=REPO)
+    return SimpleNamespace(png=png_bytes, b64=b64, fill=fill, Server=Server, XSS=XSS, AUTH=AUTH, catalogs_dir=CATALOGS,
+                           repo=REPO)
