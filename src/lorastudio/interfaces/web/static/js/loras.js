@@ -110,5 +110,5 @@ export async function initLoras(app) {
   });
   onLanguage(render);
   await refresh();
-  return { refresh };
+  return { refresh, openPublish };
 }

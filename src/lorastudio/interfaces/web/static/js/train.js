@@ -412,6 +412,7 @@ export async function initTrain(app) {
     clear($("#run-samples"));
     $("#run-try").hidden = true;
     $("#run-sweep").hidden = true;
+    $("#run-publish").hidden = true;
     $("#run-cancel").hidden = false;
     lastSample = null;
     metrics = [];
@@ -475,6 +476,12 @@ export async function initTrain(app) {
       const sweepButton = $("#run-sweep");
       sweepButton.hidden = false;
       sweepButton.onclick = () => app.generate.sweep(card.name, trigger);
+      const publishButton = $("#run-publish");
+      publishButton.hidden = !card.version_dir;
+      publishButton.onclick = () => {
+        app.showTab("loras");
+        app.loras.openPublish(card);
+      };
       await app.loras?.refresh();
     } catch (error) {
       $("#run-status").textContent += ` · ${error.message}`;
