@@ -104,3 +104,38 @@ def test_florence2_caption_matches_plain_transformers(tmp_path):
     assert got == want and got
     with pytest.raises(ModelFileError, match="'<OD>' does not answer with a caption"):
         load_captioner(folder, task_prompt="<OD>")
+
+
+def test_blip2_caption_matches_plain_transformers_and_the_cli_writes_it(tmp_path):
+    """BLIP-2 (ViT + Q-Former + OPT) from a tiny random model in the real layout, as
+    Salesforce/blip2-opt-* snapshots have it: the same caption as transformers' own usage."""
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+    from lorastudio.testing.tiny_captioners import write_tiny_blip2
+
+    models = tmp_path / "models"
+    folder = write_tiny_blip2(models / "interrogators" / "blip2-tiny")
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "blip-2"
+    image = Image.new("RGB", (50, 40), (255, 0, 0))
+    processor = Blip2Processor.from_pretrained(folder, local_files_only=True)
+    model = Blip2ForConditionalGeneration.from_pretrained(folder, local_files_only=True).eval()
+    captioner = load_captioner(folder, max_length=6, device="cpu")
+    for prompt in (None, "a picture of"):
+        captioner.task_prompt = prompt
+        inputs = processor(images=image, text=prompt, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=6, do_sample=False, num_beams=1)
+        want = processor.batch_decode(out, skip_special_tokens=True)[0].strip()
+        got = captioner.caption(image)
+        assert got == want and got, (prompt, got, want)
+        if prompt:
+            assert got.startswith(prompt)
+        else:
+            sentence = got
+    data = tmp_path / "data"
+    data.mkdir()
+    image.save(data / "red.png")
+    res = runner.invoke(app, ["dataset", "caption", str(data), "--captioner", "blip2-tiny", "--max-length", "6",
+                              "--trigger", "Zed", "--models-dir", str(models)])
+    assert res.exit_code == 0, res.output
+    assert (data / "red.txt").read_text(encoding="utf-8") == f"Zed, {escape_prompt_text(sentence)}\n"

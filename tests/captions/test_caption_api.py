@@ -65,3 +65,44 @@ def test_broken_model_is_a_clear_400(world):
     r = client.post("/v1/datasets/caption", json={"images": str(data), "tagger": "no-csv"})
     assert r.status_code == 400 and "selected_tags.csv: missing" in r.json()["detail"]
     assert not (data / "red.txt").exists()
+
+
+def test_caption_mask_and_crop_take_a_zip_like_the_dataset_ingest(world):
+    import zipfile
+
+    import numpy as np
+
+    from lorastudio.testing.tiny_interrogators import write_tiny_u2net
+
+    client, data, tmp_path = world
+    write_tiny_u2net(tmp_path / "models" / "rembg" / "u2net.onnx", size=32)
+    archive = data.parent / "set.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(data / "red.png", "10_sticker/red.png")
+        with z.open("10_sticker/half.png", "w") as f:
+            rgba = np.zeros((32, 64, 4), np.uint8)
+            rgba[:, 40:, 3] = 255  # the subject is the opaque right part
+            Image.fromarray(rgba, "RGBA").save(f, format="PNG")
+    r = client.post("/v1/datasets/caption", json={"images": str(archive), "tagger": "wd-tiny"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "out"
+    r = client.post("/v1/datasets/caption", json={"images": str(archive), "tagger": "wd-tiny", "trigger": "Zed",
+                                                  "out": str(data.parent / "cap")})
+    assert r.status_code == 200, r.text
+    assert (data.parent / "cap" / "10_sticker" / "red.txt").read_text(encoding="utf-8").startswith("Zed, ")
+    r = client.post("/v1/datasets/mask", json={"images": str(archive), "model": "u2net",
+                                               "out": str(data.parent / "masked")})
+    assert r.status_code == 200, r.text
+    by_image = {m["image"]: m["source"] for m in r.json()["masks"]}
+    assert by_image == {"10_sticker/half.png": "alpha", "10_sticker/red.png": "model"}
+    assert (data.parent / "masked" / "10_sticker" / "red.mask.png").is_file()
+    r = client.post("/v1/datasets/mask", json={"images": str(archive), "model": "../../etc/x",
+                                               "out": str(data.parent / "m2")})
+    assert r.status_code == 422 and not (data.parent / "m2").exists()
+    r = client.post("/v1/datasets/crop", json={"images": str(archive), "out": str(data.parent / "crops"),
+                                               "resolution": 64, "bucket_step": 8})
+    assert r.status_code == 200, r.text
+    assert sorted(c["image"] for c in r.json()["crops"]) == ["10_sticker/half.png", "10_sticker/red.png"]
+    r = client.post("/v1/datasets/crop", json={"images": str(archive), "out": str(data.parent / "crops")})
+    assert r.status_code == 422 and "not empty" in r.text  # never into a folder that has files
+    with zipfile.ZipFile(archive) as z:
+        assert sorted(z.namelist()) == ["10_sticker/half.png", "10_sticker/red.png"]  # never changed

@@ -66,3 +66,22 @@ def test_crop_follows_the_subject(tmp_path):
     cmask = np.asarray(Image.open(tmp_path / "out" / "wide.mask.png"))
     assert cmask.shape == out.shape[:2] and ((cmask > 128) == (out[..., 1] > 120) & (out[..., 0] < 80)).mean() > 0.97
     assert (tmp_path / "out" / "wide.txt").read_text(encoding="utf-8") == "zed"
+
+
+def test_crop_takes_a_zip_like_the_dataset_ingest(tmp_path):
+    import zipfile
+
+    buf = tmp_path / "set.zip"
+    im = Image.new("RGB", (128, 64), (255, 255, 255))
+    with zipfile.ZipFile(buf, "w") as z:
+        with z.open("10_cat/a.png", "w") as f:
+            im.save(f, format="PNG")
+        z.writestr("10_cat/a.txt", "zed")
+    res = runner.invoke(app, ["dataset", "crop", str(buf), "--out", str(tmp_path / "out"), "--resolution", "64",
+                              "--bucket-step", "8"])
+    assert res.exit_code == 0, res.output
+    from lorastudio.training.dataset.buckets import assign_bucket
+
+    bucket = assign_bucket((128, 64), 64, step=8)  # the bucket training gives this picture
+    assert Image.open(tmp_path / "out" / "10_cat" / "a.png").size == (bucket.width, bucket.height)
+    assert (tmp_path / "out" / "10_cat" / "a.txt").read_text(encoding="utf-8") == "zed"

@@ -86,3 +86,27 @@ def test_unknown_model_name_says_where_it_looked(tmp_path, models):
     Image.new("RGB", (40, 40)).save(tmp_path / "d.png")
     res = runner.invoke(app, ["dataset", "mask", str(tmp_path), "--model", "isnet-anime", "--models-dir", str(models)])
     assert res.exit_code == 2 and "isnet-anime" in res.output and str(models / "rembg") in res.output
+
+
+def test_a_zip_is_masked_in_the_folder_it_is_extracted_to(tmp_path):
+    import zipfile
+
+    rgba = np.zeros((40, 40, 4), dtype=np.uint8)
+    rgba[..., 3] = np.arange(40, dtype=np.uint8)[:, None] * 6
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "c.png")
+    archive = tmp_path / "set.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(tmp_path / "c.png", "10_sticker/c.png")
+        z.writestr("../evil.png", b"x")
+    res = runner.invoke(app, ["dataset", "mask", str(archive), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "../evil.png" in res.output and not (tmp_path / "x").exists()  # the ingest's checks
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(tmp_path / "c.png", "10_sticker/c.png")
+    res = runner.invoke(app, ["dataset", "mask", str(archive)])
+    assert res.exit_code == 2 and "--out" in res.output
+    res = runner.invoke(app, ["dataset", "mask", str(archive), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "10_sticker" / "c.mask.png")), rgba[..., 3])
+    assert (tmp_path / "out" / "10_sticker" / "c.png").is_file()
+    with zipfile.ZipFile(archive) as z:
+        assert z.namelist() == ["10_sticker/c.png"]  # the archive itself is never changed

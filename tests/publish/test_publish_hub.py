@@ -241,6 +241,34 @@ def test_http_api_publishes_a_finished_training_and_keeps_the_token_out_of_the_j
     assert TOKEN not in dump
 
 
+def test_http_api_takes_a_token_for_one_upload_and_never_sends_it_back(hub, version, tmp_path, monkeypatch, caplog):
+    """The web page's Publish form sends the user's token once, in the body: it is used for that
+    upload, and appears in no answer (a 422 included), no log and no uploaded file."""
+    from fastapi.testclient import TestClient
+
+    from lorastudio.core.settings import StudioSettings
+    from lorastudio.interfaces.api.server import create_app
+
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.delenv("HF_TOKEN")  # the server has no token of its own
+    projects = version.parent.parent.parent
+    rel = version.relative_to(projects).as_posix()
+    settings = StudioSettings(models_dir=tmp_path / "m", outdir=tmp_path / "o", projects_dir=projects, device="cpu",
+                              include_bundled=False)
+    with TestClient(create_app(settings, run_worker=False), base_url="http://127.0.0.1:7860") as c:
+        none = c.post("/v1/publish", json={"repo": "alice/tok", "version_dir": rel})
+        assert none.status_code == 400 and "no Hugging Face token" in none.json()["detail"]
+        ok = c.post("/v1/publish", json={"repo": "alice/tok", "version_dir": rel, "token": TOKEN})
+        assert ok.status_code == 200, ok.text
+        assert REQUIRED <= set(hub.repos["alice/tok"].branches["main"])
+        rejected = c.post("/v1/publish", json={"repo": "alice/tok", "version_dir": rel, "token": OTHER + "x"})
+        assert rejected.status_code == 400 and "token rejected" in rejected.json()["detail"]
+        missing = c.post("/v1/publish", json={"version_dir": rel, "token": TOKEN})  # no repo: the body is echoed
+        assert missing.status_code == 422 and "repo" in missing.text
+        answers = ok.text + rejected.text + missing.text
+    assert TOKEN not in answers and OTHER not in answers and TOKEN not in caplog.text
+    assert _scan_for_token(hub.repos["alice/tok"].branches["main"]) == []
+
 
 def test_report_command_line_writes_the_report_beside_the_lora(version, tmp_path):
     import shutil

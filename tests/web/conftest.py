@@ -72,6 +72,10 @@ def web_models(tmp_path_factory) -> Path:
     for sub in ("Stable-diffusion", "Lora", "VAE"):
         (root / sub).mkdir(parents=True)
     save_sd1_single_file(tiny_sd1_pipeline(0), root / "Stable-diffusion" / "tiny.safetensors")
+    from lorastudio.testing.tiny_interrogators import write_tiny_wd14
+
+    # A WD14-layout tagger for "Caption all": its tags name the pixels it saw (px_<y>_<x>_<bgr>).
+    write_tiny_wd14(root / "interrogators" / "wd14-tiny", size=2)
     # A downloaded LoRA whose metadata tries to inject HTML: it must show as text.
     save_file({"lora_unet_x.lora_down.weight": np.zeros((2, 4), np.float32)}, str(root / "Lora" / "evil.safetensors"),
               metadata={"ss_output_name": XSS, "ss_base_model_version": "sd_v1", "ss_network_dim": "4",
@@ -80,7 +84,8 @@ def web_models(tmp_path_factory) -> Path:
 
 
 class Server:
-    def __init__(self, models: Path, work: Path):
+    def __init__(self, models: Path, work: Path, env: dict[str, str | None] | None = None):
+        """env: variables to set (None: to remove) for this server on top of the suite's."""
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -93,9 +98,14 @@ class Server:
                "--outdir", str(work / "outputs"), "--projects-dir", str(self.projects),
                # the LoRA report (a weight sweep, minutes on the tiny model) has its own tests
                "--no-report"]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "LORASTUDIO_API_AUTH": f"{AUTH[0]}:{AUTH[1]}",
-               "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-        self.proc = subprocess.Popen(cmd, env=env, cwd=work, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        environ = {**os.environ, "HF_HUB_OFFLINE": "1", "LORASTUDIO_API_AUTH": f"{AUTH[0]}:{AUTH[1]}",
+                   "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+        for key, value in (env or {}).items():
+            if value is None:
+                environ.pop(key, None)
+            else:
+                environ[key] = value
+        self.proc = subprocess.Popen(cmd, env=environ, cwd=work, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
 
     def wait_up(self, timeout: float = 120.0) -> None:
         import httpx
@@ -237,6 +247,11 @@ def shots():
     return screenshot_dir()
 
 
+def fill(template: str, values: dict) -> str:
+    """A catalog text with its {placeholders} filled, as the page's t() does."""
+    return re.sub(r"\{(\w+)\}", lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), template)
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -245,4 +260,5 @@ def b64(data: bytes) -> str:
 def helpers():
     from types import SimpleNamespace
 
-    return SimpleNamespace(png=png_bytes, b64=b64, XSS=XSS, AUTH=AUTH, catalogs_dir=CATALOGS, repo=REPO)
+    return SimpleNamespace(png=png_bytes, b64=b64, fill=fill, Server=Server, XSS=XSS, AUTH=AUTH, catalogs_dir=CATALOGS,
+                           repo=REPO)

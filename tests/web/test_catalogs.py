@@ -23,6 +23,7 @@ def _used_keys() -> set[str]:
         text = js.read_text(encoding="utf-8")
         keys |= set(re.findall(r'\bt\("([a-z_][\w.]*)"', text))
         keys |= set(re.findall(r'i18n: "([\w.]+)"', text))
+        keys |= set(re.findall(r'\bsetText\([^,]+, "([a-z_][\w.]*)"', text))
     return keys
 
 

@@ -17,7 +17,7 @@ def _small_job(page, prompt: str) -> None:
         page.fill(f"#gen-form [name={name}]", value)
 
 
-def test_txt2img_shows_the_image_and_infotext_and_the_download_keeps_parameters(open_page, shots):
+def test_txt2img_shows_the_image_and_infotext_and_the_download_keeps_parameters(open_page, shots, catalogs):
     from PIL import Image
 
     page = open_page()
@@ -47,6 +47,14 @@ def test_txt2img_shows_the_image_and_infotext_and_the_download_keeps_parameters(
     expect(page.locator("#gen-form [name=seed]")).to_have_value("-1")
     page.click("#seed-reuse")
     expect(page.locator("#gen-form [name=seed]")).to_have_value("4321")
+
+    # The result's buttons follow a language switch (the image and its infotext stay as they are).
+    ja = catalogs["ja"]
+    page.select_option("#lang-select", "ja")
+    expect(result.locator("a[download]")).to_have_text(ja["gen.download"])
+    expect(result.locator("button").first).to_have_text(ja["gen.send_img2img"])
+    expect(infotext).to_contain_text("Seed: 4321")
+    page.select_option("#lang-select", "en")
 
 
 def test_png_info_then_send_to_txt2img_fills_every_field(open_page, helpers, tmp_path):

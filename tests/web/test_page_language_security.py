@@ -4,6 +4,7 @@ during a training."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -15,14 +16,20 @@ TABS = ("generate", "train", "loras", "pnginfo")
 STATIC = Path(__file__).resolve().parents[2] / "src" / "lorastudio" / "interfaces" / "web" / "static"
 
 
+def fill(template: str, values: dict) -> str:
+    """A catalog text with its {placeholders} filled, as the page's t() does."""
+    return re.sub(r"\{(\w+)\}", lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), template)
+
+
 def _check_catalog_strings(page, catalog: dict[str, str]) -> int:
-    """Every [data-i18n*] node shows its catalog text; returns how many nodes were checked."""
+    """Every [data-i18n*] node shows its catalog text (with the values it was given); returns how
+    many nodes were checked."""
     found = page.evaluate("""() => Array.from(document.querySelectorAll('[data-i18n],[data-i18n-placeholder],[data-i18n-title]'))
         .map(n => [n.dataset.i18n || null, n.textContent, n.dataset.i18nPlaceholder || null, n.placeholder || null,
-                   n.dataset.i18nTitle || null, n.title || null])""")
-    for key, text, pkey, placeholder, tkey, title in found:
+                   n.dataset.i18nTitle || null, n.title || null, n.dataset.i18nVars || null])""")
+    for key, text, pkey, placeholder, tkey, title, values in found:
         if key:
-            assert text == catalog[key], (key, text)
+            assert text == fill(catalog[key], json.loads(values) if values else {}), (key, text)
         if pkey:
             assert placeholder == catalog[pkey], (pkey, placeholder)
         if tkey:
@@ -40,7 +47,7 @@ def test_japanese_from_the_browser_language_then_english_remembered(open_page, c
     expect(page.locator("#advanced-fields [name=noise_offset]")).to_be_attached()
     labels = page.locator("#advanced-fields label > span").all_text_contents()
     assert labels and all(text in ja.values() for text in labels), labels
-    expect(page.locator("#base-family")).to_have_text(re.compile("標準サイズ"))
+    expect(page.locator("#base-family")).to_have_text(re.compile("のプリセット: "))
     # No English catalog text is left visible on any tab.
     english_only = {v for k, v in en.items() if ja[k] != v}
     for tab in TABS:

@@ -110,10 +110,18 @@ def test_training_flow_from_pictures_to_the_lora_browser(open_page, server, help
     expect(page.locator("#estimate")).to_contain_text("measured on this machine")
     page.screenshot(path=str(shots / "train-run-en.png"), full_page=True)
 
+    # "Publish" on the finished run opens the LoRA page's Publish form for its LoRA (the upload
+    # itself: test_publish_page.py).
+    page.click("#run-publish")
+    expect(page.locator("#publish-form")).to_be_visible()
+    expect(page.locator("#publish-lora")).to_have_text("LoRA: zzwebcat")
+    page.click("#publish-close")
+
     # The finished LoRA is in the LoRA browser with its trigger word, and "Try" fills Generate.
     page.click("[data-tab=loras]")
     card = page.locator("#lora-grid article.card[data-name='zzwebcat']")
     expect(card).to_be_visible(timeout=TIMEOUT)
+    expect(card.locator("button.publish-open")).to_be_visible()
     expect(card.locator(".trigger").first).to_have_text("zzwebcat")
     expect(card.locator(".thumb img")).to_have_js_property("naturalWidth", 64)
     page.click("[data-tab=train]")

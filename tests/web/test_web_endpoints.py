@@ -99,8 +99,25 @@ def test_schema_estimate_base_models_and_lora_cards(client):
     # The native size read from the header is the size of the pipeline the file was saved from.
     pipe = tiny_sd1_pipeline(0)
     assert bases[0]["native_size"] == pipe.unet.config.sample_size * pipe.vae_scale_factor
+    # The family's preset (kohya's SD 1.5 values) at the file's own size: what empty fields get.
+    native = bases[0]["native_size"]
+    assert {k: bases[0]["preset"][k] for k in ("rank", "lr", "steps", "resolution")} == \
+        {"rank": 16, "lr": 1e-4, "steps": 1000, "resolution": [native]}
     est = client.post("/v1/training-estimate", json={"base": "tiny", "steps": 10}).json()
     assert est["source"] == "none" and est["seconds"] is None and est["model_bytes"] > 0
+    # Memory: every tensor of the base in float32 on the CPU, counted here from the pipeline itself.
+    params = sum(p.numel() for name in ("unet", "vae", "text_encoder") for p in getattr(pipe, name).parameters())
+    mem = est["memory"]
+    assert mem["device"] == "cpu" and mem["dtype"] == "float32"
+    assert abs(mem["weights_bytes"] - 4 * params) <= 4 * 1000, (mem["weights_bytes"], 4 * params)  # + buffers
+    assert mem["total_bytes"] == sum(mem[k] for k in ("weights_bytes", "lora_bytes", "optimizer_bytes",
+                                                      "activations_bytes"))
+    bigger = client.post("/v1/training-estimate", json={"base": "tiny", "rank": 32, "batch_size": 2,
+                                                        "resolution": native * 2}).json()["memory"]
+    assert bigger["lora_params"] == 2 * mem["lora_params"]  # the preset's rank is 16
+    assert bigger["activations_bytes"] == 8 * mem["activations_bytes"]  # batch 2, four times the pixels
+    r = client.post("/v1/training-estimate", json={"base": "tiny", "optimizer": "sgd"})
+    assert r.status_code == 422 and "optimizer" in r.text
     r = client.post("/v1/training-estimate", json={"base": "nope", "steps": 10})
     assert r.status_code == 404
     cards = {c["name"]: c for c in client.get("/v1/loras").json()}

@@ -71,6 +71,8 @@ class ServerSettings(BaseModel):
     max_generation_work: int | None = Field(None, ge=1, description="Refuse txt2img/img2img requests above "
                                             "steps x width x height x images", json_schema_extra={"cli_default":
                                                                                                     "no limit"})
+    max_upload_mb: int = Field(2048, ge=1, le=1024 * 1024, description="Largest dataset upload (a zip or a batch "
+                               "of pictures) in MiB; other request bodies stay at 64 MiB")
     db: str | None = Field(None, description="Job database: postgresql://... for a queue shared by several API "
                            "nodes and workers (or $LORASTUDIO_DB)", json_schema_extra={
                                "env": "LORASTUDIO_DB", "cli_default": "a SQLite file in the projects folder"})

@@ -20,18 +20,24 @@ from lorastudio.training.dataset.masks import (
 class MaskRun:
     results: list[MaskResult] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    root: Path | None = None  # the folder the masks are in (a zip's extraction folder)
 
 
 def mask_dataset(folder: str | Path, *, model: str | None, models_dir: str | Path,
-                 overwrite: bool = False, u2net_home: str | Path | None = None) -> MaskRun:
-    """Masks beside the pictures of `folder`. The model loads first (a bad file fails before any
-    mask is written); a picture that cannot be read is reported by name and gets no mask."""
+                 overwrite: bool = False, u2net_home: str | Path | None = None,
+                 out_dir: str | Path | None = None) -> MaskRun:
+    """Masks beside the pictures of `folder`, or of a zip extracted safely into `out_dir` (which
+    must not exist or be empty: the archive itself is never changed), as `dataset caption` does.
+    The model loads first (a bad file fails before anything is extracted or written); a picture
+    that cannot be read is reported by name and gets no mask."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise DatasetError(f"{folder}: not a folder (extract a zip first, e.g. with dataset caption --out)")
+    if not folder.is_dir() and out_dir is None:
+        raise DatasetError(f"{folder}: masks of a zip need a folder to go to (--out DIR); the archive itself is "
+                           "never changed" if folder.is_file() else f"{folder}: no such folder or .zip file")
     seg = load_segmentation_model(resolve_segmentation_model(model, models_dir, u2net_home)) if model else None
     run = MaskRun()
-    with open_source(folder) as src:
+    with open_source(folder, extract_to=None if folder.is_dir() else out_dir) as src:
+        run.root = src.root
         pictures = [f for f in src.images if not is_mask_file(f.rel)]
         if not pictures:
             raise DatasetError(f"{folder}: no pictures (PNG, JPEG, WebP, BMP) to mask")

@@ -88,3 +88,45 @@ def write_tiny_florence2(folder: str | Path, seed: int = 0, image_size: int = 64
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def write_tiny_blip2(folder: str | Path, seed: int = 0, image_size: int = 32, num_query_tokens: int = 4) -> Path:
+    """Tiny random BLIP-2 (ViT + Q-Former + OPT, transformers' own classes) in the `save_pretrained`
+    layout of Salesforce/blip2-opt-*: a byte-level GPT-2 tokenizer without merges, as OPT's is."""
+    import json
+
+    import torch
+    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, Blip2QFormerConfig,
+                              Blip2VisionConfig, BlipImageProcessor, GPT2Tokenizer, OPTConfig)
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = ["<pad>", "</s>", "<unk>"]  # OPT's ids: pad 0 here, </s> both bos and eos
+    vocab = {t: i for i, t in enumerate(specials + list(_bytes_to_unicode().values()))}
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    tokenizer = GPT2Tokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), bos_token="</s>",
+                              eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    image_processor = BlipImageProcessor(size={"height": image_size, "width": image_size})
+    processor = Blip2Processor(image_processor=image_processor, tokenizer=tokenizer,
+                               num_query_tokens=num_query_tokens)  # adds the <image> token
+    image_token = tokenizer.convert_tokens_to_ids("<image>")
+    text = OPTConfig(vocab_size=len(tokenizer), hidden_size=32, word_embed_proj_dim=32, num_hidden_layers=1,
+                     ffn_dim=37, num_attention_heads=2, max_position_embeddings=128, pad_token_id=0,
+                     bos_token_id=vocab["</s>"], eos_token_id=vocab["</s>"])
+    vision = Blip2VisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+                               image_size=image_size, patch_size=8)
+    qformer = Blip2QFormerConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+                                 encoder_hidden_size=32)
+    config = Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
+                         num_query_tokens=num_query_tokens, image_token_index=image_token)
+    torch.manual_seed(seed)
+    model = Blip2ForConditionalGeneration(config).eval()
+    # A random model tends to end at once (BLIP-2 hands generation to the OPT model, which does not
+    # see a min_new_tokens set here): a zero output row for the end token keeps greedy decoding
+    # writing, so the caption is not empty.
+    with torch.no_grad():
+        model.get_output_embeddings().weight[vocab["</s>"]].zero_()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -20,6 +20,7 @@ _TRACEBACK = "Traceback (most recent call last):"
 _ABS_PATH = re.compile(r"(?<![\w.:/<>~-])/(?:[^\s/'\"<>:]+/)+[^\s/'\"<>:,;)\]]*")
 _QUALIFIED = re.compile(r"^(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)(?=:|$)")
 MAX_PUBLIC_CHARS = 2000
+_SECRET_KEYS = ("token", "password", "secret", "auth")
 
 
 def server_roots(state) -> list[tuple[Path, str]]:
@@ -59,5 +60,8 @@ def small(value: object) -> object:
         return str(value)
     if isinstance(value, (bool, int, float)) or value is None:
         return value
+    if isinstance(value, dict):
+        # A body echoed whole (a missing field) must not send a credential back into logs and pages.
+        value = {k: "***" if any(s in str(k).lower() for s in _SECRET_KEYS) else v for k, v in value.items()}
     text = value if isinstance(value, str) else repr(value)
     return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + "..."

@@ -1,8 +1,10 @@
 """Publishing from the HTTP API: a finished training (POST /v1/trainings/{request_id}/publish)
 or any version folder under the projects folder (POST /v1/publish).
 
-The Hub token is the server's own (HF_TOKEN or huggingface_hub's stored login): it is never
-taken from or sent back in a request, and the job database never sees it.
+The Hub token is the server's own (HF_TOKEN or huggingface_hub's stored login) unless the request
+carries one (`token`, as the web page's Publish form sends it once): that one is used for this
+upload only, never stored, logged, echoed in an error or sent back, and the job database never
+sees either.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from lorastudio.interfaces.api.security import resolve_inside
 from lorastudio.interfaces.api.training_routes import RequestId, _state
@@ -35,6 +37,8 @@ class PublishBody(BaseModel):
     revision: str | None = Field(None, max_length=200)
     commit_message: str | None = Field(None, max_length=500)
     dry_run: bool = Field(False, description="Answer with the files and the card; upload nothing")
+    token: SecretStr | None = Field(None, max_length=400, description="A Hugging Face token for this upload only "
+                                    "(never stored or logged) [the server's HF_TOKEN or stored login]")
 
 
 class VersionPublishBody(PublishBody):
@@ -57,16 +61,17 @@ async def publish_training(request: Request, request_id: RequestId, body: Publis
 async def publish_version(request: Request, body: VersionPublishBody):
     state = _state(request)
     vdir = resolve_inside(body.version_dir, [state.projects_root], field="version_dir", base=state.projects_root)
-    return await run_in_threadpool(_publish, vdir, PublishBody(**body.model_dump(exclude={"version_dir"})))
+    return await run_in_threadpool(_publish, vdir, body)
 
 
 def _publish(vdir: Path, body: PublishBody) -> dict[str, Any]:
     from lorastudio.services.publish.options import publish_options
     from lorastudio.services.publish.publish import endpoint_from_env, prepare, publish
 
-    options = publish_options(body.model_dump(exclude={"dry_run"}))
+    options = publish_options(body.model_dump(exclude={"dry_run", "token", "version_dir"}))
     if body.dry_run:
         files, card = prepare(vdir, options)
         return {"repo": options.repo, "files": sorted(files.files), "total_bytes": files.total_bytes(), "card": card}
-    result = publish(vdir, options, endpoint=endpoint_from_env(os.environ))
+    token = body.token.get_secret_value() if body.token is not None else None
+    result = publish(vdir, options, token=token or None, endpoint=endpoint_from_env(os.environ))
     return {"repo": result.repo, "files": result.files, "total_bytes": result.total_bytes, "commit_url": result.url}

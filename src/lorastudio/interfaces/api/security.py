@@ -28,6 +28,9 @@ from lorastudio.core.limits import check_path
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Routes that take dataset uploads (a zip of pictures can be gigabytes) get the upload limit; every
+# other body the much smaller one. Regular expressions matched against the whole path.
+UPLOAD_PATHS = (r"/v1/trainings(?:/.*)?", r"/v1/datasets/[^/]+/files")
 
 
 def is_loopback(host: str) -> bool:
@@ -74,12 +77,12 @@ class SecurityMiddleware:
     """Pure ASGI middleware: runs before FastAPI parses anything."""
 
     def __init__(self, app, *, credentials: Sequence[tuple[bytes, bytes]],
-                 max_body_bytes: int, max_upload_bytes: int, upload_paths: Sequence[str] = ("/v1/trainings",)):
+                 max_body_bytes: int, max_upload_bytes: int, upload_paths: Sequence[str] = UPLOAD_PATHS):
         self.app = app
         self.credentials = list(credentials)
         self.max_body_bytes = max_body_bytes
         self.max_upload_bytes = max_upload_bytes
-        self.upload_paths = tuple(upload_paths)
+        self.upload_paths = re.compile("|".join(f"(?:{p})" for p in upload_paths))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -93,16 +96,18 @@ class SecurityMiddleware:
             why = _cross_site(headers, scope.get("scheme", "http"), host_header)
             if why:
                 return await _reply(send, 403, {"detail": f"cross-site request refused: {why}"})
-        limit = self.max_upload_bytes if scope["path"].startswith(self.upload_paths) else self.max_body_bytes
+        upload = self.upload_paths.fullmatch(scope["path"]) is not None
+        limit = self.max_upload_bytes if upload else self.max_body_bytes
+        too_large = {"detail": _too_large(limit, upload)}
         length = headers.get("content-length")
         if length is not None:
             if not length.isdigit():
                 return await _reply(send, 400, {"detail": "invalid Content-Length"})
             if int(length) > limit:
-                return await _reply(send, 413, {"detail": f"request body over {limit} bytes"})
-        return await self._bounded(scope, receive, send, limit)
+                return await _reply(send, 413, too_large)
+        return await self._bounded(scope, receive, send, limit, too_large)
 
-    async def _bounded(self, scope, receive, send, limit: int):
+    async def _bounded(self, scope, receive, send, limit: int, too_large_body: dict):
         # Without Content-Length (chunked) the body is counted as it arrives. Past the limit the
         # app sees the body end, and whatever it answers is replaced by the 413: an exception
         # would be turned into a 400 by FastAPI's body parsing.
@@ -126,7 +131,7 @@ class SecurityMiddleware:
             if too_large and not started:
                 if message["type"] == "http.response.start" and not replied:
                     replied = True
-                    await _reply(send, 413, {"detail": f"request body over {limit} bytes"})
+                    await _reply(send, 413, too_large_body)
                 return
             if message["type"] == "http.response.start":
                 started = True
@@ -138,7 +143,15 @@ class SecurityMiddleware:
             if not (too_large and not started):
                 raise
         if too_large and not started and not replied:
-            await _reply(send, 413, {"detail": f"request body over {limit} bytes"})
+            await _reply(send, 413, too_large_body)
+
+
+def _too_large(limit: int, upload: bool) -> str:
+    size = f"{limit / 1024**2:.0f} MiB ({limit} bytes)"
+    if upload:
+        return (f"upload over the server's limit of {size}: send the dataset in several parts "
+                f"(several zips or batches of pictures), or start the server with a larger upload limit")
+    return f"request body over {size}"
 
 
 def _cross_site(headers: dict[str, str], scheme: str, host_header: str) -> str | None:

@@ -86,10 +86,11 @@ def _register_caption(dataset_app: typer.Typer) -> None:
 def _register_mask(dataset_app: typer.Typer) -> None:
     @dataset_app.command("mask")
     def mask(
-        folder: Path = typer.Argument(..., help="Folder of pictures"),
+        folder: Path = typer.Argument(..., help="Folder or .zip of pictures"),
         model: Optional[str] = typer.Option(None, "--model", help="u2net-family .onnx file, or a name in models/rembg/ "
                                                                  "or ~/.u2net (u2net, u2netp, isnet-anime...)"),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace masks that already exist"),
+        out: Optional[Path] = typer.Option(None, "--out", help="For a zip: the folder it is extracted to and masked in"),
         models_dir: Optional[Path] = typer.Option(None, "--models-dir", help="models folder (default: ./models or $LORASTUDIO_MODELS_DIR)"),
     ):
         """Write `<image>.mask.png` subject masks (alpha when the picture has it) for --masked-loss."""
@@ -98,7 +99,8 @@ def _register_mask(dataset_app: typer.Typer) -> None:
         from lorastudio.services.masking import mask_dataset
 
         try:
-            run = mask_dataset(folder, model=model, models_dir=_models_dir(models_dir), overwrite=overwrite, u2net_home=os.environ.get("U2NET_HOME"))
+            run = mask_dataset(folder, model=model, models_dir=_models_dir(models_dir), overwrite=overwrite,
+                               u2net_home=os.environ.get("U2NET_HOME"), out_dir=out)
         except LorastudioError as exc:
             _fail(exc)
         for r in run.results:
@@ -130,7 +132,7 @@ def _register_sheet_and_crop(dataset_app: typer.Typer) -> None:
 
     @dataset_app.command("crop")
     def crop(
-        folder: Path = typer.Argument(..., help="Folder of pictures"),
+        folder: Path = typer.Argument(..., help="Folder or .zip of pictures"),
         out: Path = typer.Option(..., "--out", help="Folder the cropped pictures (+ captions, masks) go to"),
         resolution: int = typer.Option(512, "--resolution", help="Base resolution of the buckets"),
         step: int = typer.Option(64, "--bucket-step"),

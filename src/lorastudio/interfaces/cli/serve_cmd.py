@@ -50,7 +50,8 @@ def register(app: typer.Typer) -> None:
             with library_output(verbose):
                 run_server(settings, host=options.host, port=options.port, api_auth=options.api_auth or None,
                            webhook_hosts=options.webhook_hosts, dataset_roots=options.dataset_roots,
-                           limits=ApiLimits(max_generation_work=options.max_generation_work), **queue)
+                           limits=ApiLimits(max_generation_work=options.max_generation_work,
+                                            max_upload_bytes=options.max_upload_mb * 1024**2), **queue)
         except LorastudioError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None

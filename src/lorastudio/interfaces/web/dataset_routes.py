@@ -8,7 +8,7 @@ import re
 import shutil
 import uuid
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from lorastudio.core.atomic import atomic_write_bytes, atomic_write_text
+from lorastudio.core.atomic import atomic_open, atomic_write_text
 from lorastudio.core.errors import DatasetError, InvalidParameter, NotFound
 from lorastudio.interfaces.api.security import resolve_inside
 
@@ -111,8 +111,9 @@ async def add_files(request: Request, dataset_id: DatasetId, trigger: str = "", 
             raise InvalidParameter("files", None, "attach pictures, captions or a .zip as file parts named 'files'")
         for up in uploads:
             name = _file_name(up.filename or "")
-            data = await up.read()
-            await run_in_threadpool(_store, folder, name, data, state.limits.max_unzipped_bytes)
+            # Multipart parts are spooled to disk by Starlette: copied from there, never read whole
+            # into memory (a dataset zip may be gigabytes).
+            await run_in_threadpool(_store, folder, name, up.file, state.limits.max_unzipped_bytes)
     finally:
         await form.close()
     return await run_in_threadpool(_report, request, state, dataset_id, folder, trigger, resolution)
@@ -126,7 +127,8 @@ def _file_name(raw: str) -> str:
     return name
 
 
-def _store(folder: Path, name: str, data: bytes, max_unzipped: int) -> None:
+def _store(folder: Path, name: str, data: BinaryIO, max_unzipped: int) -> None:
+    data.seek(0)
     if name.lower().endswith(".zip"):
         from lorastudio.training.dataset.ingest import extract_zip
 
@@ -134,7 +136,8 @@ def _store(folder: Path, name: str, data: bytes, max_unzipped: int) -> None:
         staging.mkdir()
         try:
             archive = staging / "upload.zip"
-            archive.write_bytes(data)
+            with open(archive, "wb") as out:
+                shutil.copyfileobj(data, out, 1024 * 1024)
             # extract_zip refuses zip-slip entries and bombs; nothing lands in the dataset unless it all passed.
             extracted = extract_zip(archive, staging / "files", max_unzipped_bytes=max_unzipped)
             for path in sorted(extracted.rglob("*")):
@@ -147,7 +150,8 @@ def _store(folder: Path, name: str, data: bytes, max_unzipped: int) -> None:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     else:
-        atomic_write_bytes(folder / name, data)
+        with atomic_open(folder / name) as out:
+            shutil.copyfileobj(data, out, 1024 * 1024)
 
 
 @router.get("/{dataset_id}", response_model=DatasetReportOut)

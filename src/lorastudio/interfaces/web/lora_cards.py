@@ -36,16 +36,43 @@ class LoraCard(BaseModel):
     preview_url: str | None
     size: int
     training: dict[str, Any] = Field(description="the file's ss_* and modelspec.* metadata")
+    version_dir: str | None = Field(None, description="the training's version folder (relative to the projects "
+                                    "folder) when the LoRA was trained on this server: POST /v1/publish takes it")
 
 
 @router.get("/v1/loras", response_model=list[LoraCard])
 async def lora_cards(request: Request) -> list[dict]:
     """One card per file in models/Lora, read from the safetensors header only."""
     state = _state(request)
-    return await run_in_threadpool(lambda: [_card(request, state, e) for e in state.catalog.loras()])
+
+    def cards() -> list[dict]:
+        versions = _trained_here(state)
+        return [_card(request, state, e, versions) for e in state.catalog.loras()]
+
+    return await run_in_threadpool(cards)
 
 
-def _card(request: Request, state, entry) -> dict:
+def _trained_here(state) -> dict[tuple[str, str], str]:
+    """(ss_session_id, ss_output_name) of each finished training's LoRA -> its version folder,
+    relative to the projects folder: a LoRA file installed into models/Lora (renamed or not) is
+    recognised by the metadata the training wrote into it."""
+    out: dict[tuple[str, str], str] = {}
+    for job in state.store.list(kind="training"):
+        res = job.result or {}
+        lora = (res.get("files") or {}).get(res.get("lora") or "")
+        if job.status.value != "COMPLETED" or not lora or not res.get("version_dir"):
+            continue
+        meta = state.lora_metadata(Path(lora))
+        try:
+            rel = Path(res["version_dir"]).resolve().relative_to(state.projects_root).as_posix()
+        except ValueError:
+            continue
+        if meta.get("ss_session_id") is not None:
+            out[(str(meta["ss_session_id"]), str(meta.get("ss_output_name")))] = rel
+    return out
+
+
+def _card(request: Request, state, entry, versions: dict[tuple[str, str], str] | None = None) -> dict:
     meta = state.lora_metadata(entry.path)
     name = entry.path.stem
     alias = meta.get("ss_output_name") if isinstance(meta.get("ss_output_name"), str) else name
@@ -60,7 +87,8 @@ def _card(request: Request, state, entry) -> dict:
             "preview_url": str(request.url_for("lora_preview", name=name)) if _preview(entry.path) else None,
             "size": entry.path.stat().st_size,
             "training": {k: v for k, v in meta.items() if k.startswith(("ss_", "modelspec."))
-                         and k not in ("ss_tag_frequency", "ss_dataset_dirs", "modelspec.thumbnail")}}
+                         and k not in ("ss_tag_frequency", "ss_dataset_dirs", "modelspec.thumbnail")},
+            "version_dir": (versions or {}).get((str(meta.get("ss_session_id")), str(meta.get("ss_output_name"))))}
 
 
 def trigger_words(meta: dict[str, Any], limit: int = 8) -> list[str]:
@@ -139,7 +167,7 @@ async def install_lora(request: Request, body: InstallRequest) -> dict:
                 shutil.copyfile(samples[-1], tmp)
         state.forget_lora_metadata()
         entry = next(e for e in state.catalog.loras() if e.path.resolve() == target.resolve())
-        return _card(request, state, entry)
+        return _card(request, state, entry, _trained_here(state))
 
     return await run_in_threadpool(install)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
@@ -35,6 +35,8 @@ class BaseModelItem(BaseModel):
     family: str | None = Field(description="sd1 | sdxl | flux; null when the file is not recognised")
     family_title: str | None
     native_size: int | None = Field(description="the picture size the model was made for")
+    preset: dict[str, Any] | None = Field(None, description="the family's training values for fields left empty "
+                                          "(rank, lr, steps, resolution...): what a run on this base gets")
 
 
 @router.get("/v1/base-models", response_model=list[BaseModelItem])
@@ -46,8 +48,9 @@ async def base_models(request: Request) -> list[dict]:
         out = []
         for entry in state.catalog.checkpoints():
             fam, size = _family_and_size(entry.path)
+            preset = fam.training_preset(size) if fam is not None and size and hasattr(fam, "training_preset") else None
             out.append({"title": state.checkpoint_title(entry), "family": fam.name if fam else None,
-                        "family_title": fam.title if fam else None, "native_size": size})
+                        "family_title": fam.title if fam else None, "native_size": size, "preset": preset})
         return out
 
     return await run_in_threadpool(listing)
@@ -80,6 +83,31 @@ def _family_and_size(path: Path):
     return fam, size
 
 
+# --- taggers and captioners ------------------------------------------------------------------------
+class InterrogatorItem(BaseModel):
+    name: str = Field(description="accepted as `tagger` / `captioner` by POST /v1/datasets/caption")
+    kind: Literal["tagger", "captioner"] = Field(description="tagger: a WD14 folder (model.onnx + "
+                                                 "selected_tags.csv); captioner: a transformers folder")
+
+
+@router.get("/v1/interrogators", response_model=list[InterrogatorItem])
+async def interrogators(request: Request) -> list[dict]:
+    """The tagger and captioner folders under models/interrogators/ (nothing is downloaded)."""
+    from lorastudio.training.dataset.interrogators import interrogators_dir
+
+    def listing() -> list[dict]:
+        folder = interrogators_dir(_state(request).settings.models_dir)
+        out = []
+        for sub in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if (sub / "model.onnx").is_file() and (sub / "selected_tags.csv").is_file():
+                out.append({"name": sub.name, "kind": "tagger"})
+            elif (sub / "config.json").is_file():
+                out.append({"name": sub.name, "kind": "captioner"})
+        return out
+
+    return await run_in_threadpool(listing)
+
+
 # --- the training form ----------------------------------------------------------------------------
 @router.get("/v1/training-config/schema")
 async def training_config_schema() -> dict[str, Any]:
@@ -99,6 +127,21 @@ class EstimateRequest(BaseModel):
     steps: int | None = Field(None, ge=1, le=1_000_000)
     batch_size: int = Field(1, ge=1, le=256)
     resolution: int | None = Field(None, ge=8, le=8192)
+    rank: int | None = Field(None, ge=1, le=1024, description="LoRA rank [the family's preset]")
+    optimizer: str = Field("adamw", max_length=40)
+    gradient_checkpointing: bool = True
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+
+
+class MemoryOut(BaseModel):
+    weights_bytes: int
+    lora_bytes: int
+    optimizer_bytes: int
+    activations_bytes: int
+    total_bytes: int
+    lora_params: int
+    device: str = Field(description="where it was estimated for: cpu or an accelerator")
+    dtype: str
 
 
 class Estimate(BaseModel):
@@ -107,6 +150,9 @@ class Estimate(BaseModel):
     source: str = Field(description="last_run: measured on this server's last finished run with this base at "
                                     "this batch size and resolution; none: no such run yet")
     model_bytes: int | None = Field(description="size of the base model's weights, all loaded for training")
+    memory: MemoryOut | None = Field(None, description="an estimate (not a measurement) of the memory the run "
+                                     "needs: weights + LoRA and optimizer states + activations; null when the "
+                                     "base's tensors cannot be read from its header")
 
 
 @router.post("/v1/training-estimate", response_model=Estimate)
@@ -134,9 +180,42 @@ async def training_estimate(request: Request, body: EstimateRequest) -> dict:
             sum(p.stat().st_size for p in entry.path.rglob("*.safetensors"))
         return {"seconds": per_step * body.steps if per_step is not None and body.steps else None,
                 "seconds_per_step": per_step, "source": "last_run" if per_step is not None else "none",
-                "model_bytes": size}
+                "model_bytes": size, "memory": _memory(state, entry.path, body)}
 
     return await run_in_threadpool(estimate)
+
+
+def _memory(state, path: Path, body: EstimateRequest) -> dict | None:
+    from lorastudio.core.errors import InvalidParameter
+    from lorastudio.interfaces.api.state import safetensors_header
+    from lorastudio.models.devices import pick_device
+    from lorastudio.training.memory_estimate import (OPTIMIZER_STATE_BYTES, estimate_memory, lora_parameter_count,
+                                                     parameter_count)
+
+    if body.optimizer not in OPTIMIZER_STATE_BYTES:
+        raise InvalidParameter("optimizer", body.optimizer, f"expected one of {', '.join(OPTIMIZER_STATE_BYTES)}")
+    fam, size = _family_and_size(path)
+    files = sorted(path.rglob("*.safetensors")) if path.is_dir() else [path]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, f in enumerate(files):
+        header = safetensors_header(f) if f.suffix == ".safetensors" else None
+        if header is None:
+            return None
+        shapes.update({f"{i}:{k}": tuple(t.shape) for k, t in header.tensors.items()})
+    if fam is None or not size or not hasattr(fam, "training_preset"):
+        return None
+    preset = fam.training_preset(size)
+    device = pick_device(state.settings.device)
+    dtype = {"fp16": "float16", "bf16": "bfloat16", "no": "float32"}.get(body.mixed_precision) or \
+        fam.preferred_dtype(device)
+    rank = body.rank or preset["rank"]
+    resolution = body.resolution or preset["resolution"][0]
+    # Gradient checkpointing is applied on accelerators only (training/loop.py).
+    checkpointing = body.gradient_checkpointing and device != "cpu"
+    est = estimate_memory(params=parameter_count(shapes.values()), lora_params=lora_parameter_count(shapes, rank),
+                          dtype=dtype, optimizer=body.optimizer, batch_size=body.batch_size, resolution=resolution,
+                          native_size=size, gradient_checkpointing=checkpointing)
+    return {**est.as_dict(), "device": "cpu" if device == "cpu" else "accelerator", "dtype": dtype}
 
 
 # --- samples of a running training ------------------------------------------------------------------

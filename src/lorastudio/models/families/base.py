@@ -226,9 +226,14 @@ class TrainableFamily(ABC):
     """
 
     @abstractmethod
+    def training_preset(self, size: int) -> dict[str, Any]:
+        """The family's values for TrainingConfig fields left as None (rank, alpha, lr, te_lr,
+        steps, resolution…) on a base made for `size` px: what a run gets, and what the web form
+        shows for a base before anything is loaded (the size then comes from the file's header)."""
+
     def training_defaults(self, pipe: "DiffusionPipeline") -> dict[str, Any]:
-        """Values for TrainingConfig fields left as None (rank, alpha, lr, steps, resolution…);
-        the resolution is the loaded checkpoint's own."""
+        """`training_preset` at the loaded checkpoint's own resolution."""
+        return self.training_preset(self.native_resolution(pipe))  # type: ignore[attr-defined]
 
     @abstractmethod
     def trainable_modules(self, pipe: "DiffusionPipeline", *, text_encoders: bool) -> dict[str, "torch.nn.Module"]:

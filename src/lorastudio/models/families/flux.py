@@ -181,9 +181,8 @@ class FluxFamily(ModelFamily, TrainableFamily):
         return (FluxInpaintPipeline if inpaint else FluxImg2ImgPipeline).from_pipe(pipe)
 
     # --- training --------------------------------------------------------------------------
-    def training_defaults(self, pipe) -> dict[str, Any]:
-        # fal's FLUX LoRA trainer / ai-toolkit: rank 16, lr 4e-4, 1000 steps, 1024 px.
-        size = int(pipe.default_sample_size * pipe.vae_scale_factor)
+    def training_preset(self, size: int) -> dict[str, Any]:
+        # fal's FLUX LoRA trainer / ai-toolkit: rank 16, lr 4e-4, 1000 steps, at the model's size (1024 px).
         return {"rank": 16, "alpha": 16.0, "lr": 4e-4, "te_lr": 4e-4, "steps": 1000, "resolution": [size],
                 "train_text_encoder": False, "timestep_sampling": "shift"}
 

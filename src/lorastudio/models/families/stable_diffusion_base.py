@@ -65,12 +65,6 @@ class StableDiffusionFamily(ModelFamily, TrainableFamily):
         return _composable_unet_hook(pipe.unet, weights, extra_conds)
 
     # --- training --------------------------------------------------------------------------
-    def training_defaults(self, pipe) -> dict[str, Any]:
-        # kohya / A1111 train-tools values for a character LoRA on SD 1.5; kohya's SDXL values are
-        # the same at the model's own size (1024 px).
-        return {"rank": 16, "alpha": 8.0, "lr": 1e-4, "te_lr": 5e-5, "steps": 1000,
-                "resolution": [self.native_resolution(pipe)], "train_text_encoder": False}
-
     def trainable_modules(self, pipe, *, text_encoders: bool):
         mods = {"unet": pipe.unet}
         if text_encoders:

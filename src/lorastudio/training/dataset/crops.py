@@ -53,7 +53,8 @@ class CropResult:
 
 
 def crop_folder(folder: Path, out: Path, *, resolution: int, step: int = 64) -> list[CropResult]:
-    """Crop every picture of `folder` into `out` (captions and masks follow, cropped alike)."""
+    """Crop every picture of `folder` into `out` (captions and masks follow, cropped alike). A zip
+    is extracted with the dataset ingest's checks into a temporary folder, removed afterwards."""
     from lorastudio.training.dataset.ingest import open_source
 
     folder, out = Path(folder), Path(out)

@@ -58,6 +58,9 @@ export async function api(method, path, body, { raw = false } = {}) {
 // Show a server error under a form and outline the fields it names.
 export function showError(form, box, error) {
   for (const node of $$(".invalid", form)) node.classList.remove("invalid");
+  // A server message is not a catalog text: a language switch must not replace it (see setText).
+  delete box.dataset.i18n;
+  delete box.dataset.i18nVars;
   if (!error) {
     box.hidden = true;
     box.textContent = "";

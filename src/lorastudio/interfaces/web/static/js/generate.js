@@ -1,6 +1,6 @@
 // Generate: A1111's txt2img / img2img / inpaint on /sdapi/v1, with the results' infotext.
 import { $, $$, el, clear, fileToBase64, loadImage } from "./dom.js";
-import { t, onLanguage } from "./i18n.js";
+import { t, onLanguage, setText } from "./i18n.js";
 import { api, showError } from "./api.js";
 
 export async function initGenerate(app) {
@@ -169,12 +169,12 @@ export async function initGenerate(app) {
     showError(form, errorBox, null);
     if (mode !== "txt2img" && !initLoaded) {
       errorBox.hidden = false;
-      errorBox.textContent = t("gen.need_init");
+      setText(errorBox, "gen.need_init");
       return;
     }
     if (mode === "inpaint" && !maskDrawn) {
       errorBox.hidden = false;
-      errorBox.textContent = t("gen.mask_empty");
+      setText(errorBox, "gen.mask_empty");
       return;
     }
     const run = $("#gen-run");
@@ -208,10 +208,14 @@ export async function initGenerate(app) {
         el("pre", { class: "infotext", text: infotext }),
         el("div", { class: "row" },
           el("a", { class: "button", href: src, download: `${String(seed).padStart(5, "0")}-${i}.png`,
-            text: t("gen.download") }),
-          el("button", { type: "button", text: t("gen.send_img2img"), onclick: () => sendTo("img2img", src) }),
-          el("button", { type: "button", text: t("gen.send_inpaint"), onclick: () => sendTo("inpaint", src) }),
-          el("button", { type: "button", text: t("gen.reuse"), onclick: () => reuse(b64) })));
+            text: t("gen.download"), dataset: { i18n: "gen.download" } }),
+          // data-i18n: a language switch renders the results' buttons again (applyTo).
+          el("button", { type: "button", text: t("gen.send_img2img"), dataset: { i18n: "gen.send_img2img" },
+            onclick: () => sendTo("img2img", src) }),
+          el("button", { type: "button", text: t("gen.send_inpaint"), dataset: { i18n: "gen.send_inpaint" },
+            onclick: () => sendTo("inpaint", src) }),
+          el("button", { type: "button", text: t("gen.reuse"), dataset: { i18n: "gen.reuse" },
+            onclick: () => reuse(b64) })));
       gallery.append(figure);
     });
   }
@@ -271,7 +275,9 @@ export async function initGenerate(app) {
     const seed = Number(form.seed.value) >= 0 ? Number(form.seed.value) : Math.floor(Math.random() * 2 ** 31);
     const base = form.prompt.value.replace(/,?\s*<lora:[^>]*>/g, "").trim();
     const row = el("div", { class: "sweep-row" });
-    const figure = el("figure", { class: "result sweep" }, el("figcaption", { text: t("gen.sweep_title", { name, seed }) }), row);
+    const caption = el("figcaption");
+    setText(caption, "gen.sweep_title", { name, seed });
+    const figure = el("figure", { class: "result sweep" }, caption, row);
     clear(gallery);
     gallery.append(figure);
     const run = $("#gen-run");

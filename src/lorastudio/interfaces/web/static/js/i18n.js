@@ -48,8 +48,24 @@ export function has(key) {
   return key in (catalogs[current] || {}) || key in (catalogs.en || {});
 }
 
+// Text that follows the language: the key and its values stay on the node, so a language switch
+// (applyTo) renders results and status lines again, not only the static labels.
+export function setText(node, key, vars = {}) {
+  if (!key) {
+    delete node.dataset.i18n;
+    delete node.dataset.i18nVars;
+    node.textContent = "";
+    return;
+  }
+  node.dataset.i18n = key;
+  node.dataset.i18nVars = JSON.stringify(vars);
+  node.textContent = t(key, vars);
+}
+
 export function applyTo(root) {
-  for (const node of $$("[data-i18n]", root)) node.textContent = t(node.dataset.i18n);
+  for (const node of $$("[data-i18n]", root)) {
+    node.textContent = t(node.dataset.i18n, node.dataset.i18nVars ? JSON.parse(node.dataset.i18nVars) : {});
+  }
   for (const node of $$("[data-i18n-placeholder]", root)) node.placeholder = t(node.dataset.i18nPlaceholder);
   for (const node of $$("[data-i18n-title]", root)) node.title = t(node.dataset.i18nTitle);
 }

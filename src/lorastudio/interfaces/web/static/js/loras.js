@@ -1,8 +1,8 @@
 // LoRA browser: one card per file in models/Lora (GET /v1/loras). Metadata comes from files
 // people download, so every value is inserted as text.
 import { $, el, clear } from "./dom.js";
-import { t, onLanguage } from "./i18n.js";
-import { api } from "./api.js";
+import { t, onLanguage, setText } from "./i18n.js";
+import { api, showError } from "./api.js";
 
 export async function initLoras(app) {
   const grid = $("#lora-grid");
@@ -44,9 +44,64 @@ export async function initLoras(app) {
         el("span", { text: `${t("loras.rank")}: ${c.rank ?? "?"}` })),
       el("p", { class: "triggers" }, `${t("loras.triggers")}: `,
         ...c.trigger_words.map((w) => el("code", { class: "trigger", text: w }))),
-      el("div", { class: "row" }, el("button", { type: "button", class: "primary", text: t("loras.insert"), onclick: insert })),
+      el("div", { class: "row" }, el("button", { type: "button", class: "primary", text: t("loras.insert"), onclick: insert }),
+        c.version_dir ? el("button", { type: "button", class: "publish-open", text: t("loras.publish"),
+          onclick: () => openPublish(c) }) : null),
       el("details", {}, el("summary", { text: t("loras.details") }), details));
   }
+
+  // --- Publish: a LoRA trained on this server, to the Hugging Face Hub (POST /v1/publish) -----------------
+  // The token is read from its field when the form is sent and the field is emptied right after:
+  // it is never kept in a variable, localStorage or the URL.
+  const pub = $("#publish-form");
+  const pubError = $("#publish-error");
+  let publishing = null; // the card being published
+  function openPublish(c) {
+    publishing = c;
+    pub.hidden = false;
+    setText($("#publish-lora"), "publish.lora", { name: c.name });
+    setText($("#publish-status"), null);
+    clear($("#publish-link"));
+    showError(pub, pubError, null);
+    pub.repo.focus();
+  }
+  $("#publish-close").addEventListener("click", () => {
+    pub.hidden = true;
+    pub.token.value = "";
+    publishing = null;
+  });
+  pub.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (!publishing) return;
+    showError(pub, pubError, null);
+    clear($("#publish-link"));
+    const repo = pub.repo.value.trim();
+    if (!repo.includes("/")) {
+      setText($("#publish-status"), "publish.no_repo");
+      pub.repo.classList.add("invalid");
+      return;
+    }
+    const body = { version_dir: publishing.version_dir, repo, private: pub.private.checked,
+      description: pub.description.value };
+    if (pub.token.value) body.token = pub.token.value;
+    pub.token.value = "";
+    setText($("#publish-status"), "publish.running", { name: publishing.name, repo });
+    $("#publish-submit").disabled = true;
+    try {
+      const result = await api("POST", "/v1/publish", body);
+      setText($("#publish-status"), "publish.done", { n: result.files.length, repo: result.repo });
+      if (/^https?:\/\//.test(result.commit_url || "")) {
+        $("#publish-link").append(el("a", { href: result.commit_url, text: result.commit_url, target: "_blank",
+          rel: "noopener noreferrer" }));
+      }
+    } catch (error) {
+      setText($("#publish-status"), null);
+      showError(pub, pubError, error);
+    } finally {
+      delete body.token;
+      $("#publish-submit").disabled = false;
+    }
+  });
 
   family.addEventListener("change", render);
   $("#lora-refresh").addEventListener("click", async () => {
@@ -55,5 +110,5 @@ export async function initLoras(app) {
   });
   onLanguage(render);
   await refresh();
-  return { refresh };
+  return { refresh, openPublish };
 }

@@ -1,12 +1,13 @@
 // Train: dataset upload with the doctor's verdict per file, captions, settings, the queue.
 import { $, $$, el, clear } from "./dom.js";
-import { t, onLanguage, applyTo } from "./i18n.js";
+import { t, onLanguage, applyTo, setText } from "./i18n.js";
 import { api, showError, ApiError } from "./api.js";
 import { buildInput, field, readInput, label } from "./schema_form.js";
 import { setBar } from "./generate.js";
 
 const DATASET_KEY = "lorastudio.dataset";
 const RUN_KEY = "lorastudio.run";
+const PRESET_FIELDS = ["steps", "rank", "lr", "resolution"];
 const MAIN_FIELDS = ["trigger", "base", "steps", "epochs", "rank", "lr", "resolution", "batch_size", "optimizer",
   "sample_every", "sample_prompts"];
 const UPLOAD_BATCH_BYTES = 24 * 1024 * 1024;
@@ -24,10 +25,23 @@ export async function initTrain(app) {
 
   // --- settings form ----------------------------------------------------------------------------
   for (const b of bases) form.base.append(el("option", { value: b.title, text: b.title }));
+  // The family's preset (from the server, which trains with the same values) is shown as each
+  // empty field's placeholder and in one line under the base.
   const familyHint = () => {
     const b = bases.find((x) => x.title === form.base.value);
-    $("#base-family").textContent = b && b.family ? t("train.family", { family: b.family_title, size: b.native_size })
-      : t("train.family_unknown");
+    const hint = $("#base-family");
+    if (b && b.preset) {
+      const p = b.preset;
+      setText(hint, "train.preset", { family: b.family_title, size: p.resolution[0], rank: p.rank, lr: p.lr,
+        steps: p.steps });
+    } else if (b && b.family) setText(hint, "train.family", { family: b.family_title, size: b.native_size });
+    else setText(hint, "train.family_unknown");
+    for (const name of PRESET_FIELDS) {
+      const value = b && b.preset ? b.preset[name] : undefined;
+      form[name].placeholder = value !== undefined
+        ? t("train.preset_value", { value: Array.isArray(value) ? value[0] : value }) : t("train.family_default");
+      form[name].dataset.preset = value !== undefined ? String(Array.isArray(value) ? value[0] : value) : "";
+    }
   };
   form.base.addEventListener("change", familyHint);
   familyHint();
@@ -154,10 +168,16 @@ export async function initTrain(app) {
   }
 
   function card(f) {
-    const textarea = el("textarea", { class: "caption", rows: "2", name: `caption:${f.name}`,
-      placeholder: t("train.caption_none") });
-    textarea.value = f.caption ?? "";
+    const proposed = suggested && f.name in suggested;
+    const textarea = el("textarea", { class: proposed ? "caption suggested" : "caption", rows: "2",
+      name: `caption:${f.name}`, placeholder: t("train.caption_none") });
+    textarea.value = proposed ? suggested[f.name] : f.caption ?? "";
+    // A suggested caption is kept on the page until "Save captions": edits go into the suggestion.
+    textarea.addEventListener("input", () => {
+      if (suggested && f.name in suggested) suggested[f.name] = textarea.value;
+    });
     textarea.addEventListener("change", async () => {
+      if (suggested && f.name in suggested) return;
       try {
         await api("PUT", `/v1/datasets/${dataset.dataset_id}/captions/${encodePath(f.name)}`, { caption: textarea.value });
         await refresh();
@@ -184,6 +204,7 @@ export async function initTrain(app) {
       } });
     return el("figure", { class: `file ${f.verdict}`, dataset: { name: f.name } }, remove, thumb,
       el("figcaption", {}, el("span", { class: "name", text: f.name }), verdict), problems, textarea,
+      proposed ? el("p", { class: "suggested-label", text: t("train.caption.suggested") }) : null,
       trainedAs(f.trained_caption));
   }
 
@@ -218,6 +239,8 @@ export async function initTrain(app) {
   // A new, empty dataset; the old folder stays on the server (a queued run may still use it).
   $("#dataset-new").addEventListener("click", () => {
     localStorage.removeItem(DATASET_KEY);
+    suggested = null;
+    $("#caption-review").hidden = true;
     render(null);
   });
   let timer = null;
@@ -227,6 +250,68 @@ export async function initTrain(app) {
       timer = setTimeout(refresh, 400);
     });
   }
+
+  // --- automatic captions: a dry run on the server, reviewed and edited here, then written ---------------
+  let suggested = null; // picture name -> caption proposed by "Caption all", not written yet
+  const captionStatus = $("#caption-status");
+  const models = await api("GET", "/v1/interrogators").catch(() => []);
+  for (const m of models) {
+    $(m.kind === "tagger" ? "#caption-tagger" : "#caption-captioner").append(el("option", { value: m.name, text: m.name }));
+  }
+  if (models.length) $(models[0].kind === "tagger" ? "#caption-tagger" : "#caption-captioner").value = models[0].name;
+  else setText(captionStatus, "train.caption.no_models");
+
+  $("#caption-all").addEventListener("click", async () => {
+    showError(form, errorBox, null);
+    clear($("#caption-failures"));
+    if (!dataset || !dataset.files || !dataset.files.length) {
+      setText(captionStatus, "train.caption.no_dataset");
+      return;
+    }
+    const tagger = $("#caption-tagger").value || null;
+    const captioner = $("#caption-captioner").value || null;
+    if (!tagger && !captioner) {
+      setText(captionStatus, "train.caption.no_models");
+      return;
+    }
+    setText(captionStatus, "train.caption.running", { n: dataset.files.length });
+    $("#caption-all").disabled = true;
+    try {
+      const result = await api("POST", "/v1/datasets/caption", { images: dataset.images, tagger, captioner,
+        trigger: form.trigger.value.trim() || null, overwrite: $("#caption-overwrite").checked, dry_run: true });
+      suggested = {};
+      for (const e of result.entries) if (e.action !== "keep") suggested[e.image] = e.caption;
+      for (const failure of result.failures) $("#caption-failures").append(el("li", { class: "error", text: failure }));
+      const n = Object.keys(suggested).length;
+      if (!n) suggested = null;
+      setText(captionStatus, n ? "train.caption.review" : "train.caption.nothing", { n, kept: result.kept.length });
+      $("#caption-review").hidden = !n;
+      render(dataset);
+    } catch (error) {
+      setText(captionStatus, null);
+      showError(form, errorBox, error);
+    } finally {
+      $("#caption-all").disabled = false;
+    }
+  });
+  $("#caption-save").addEventListener("click", async () => {
+    if (!suggested || !dataset) return;
+    try {
+      const written = await api("PUT", "/v1/datasets/captions", { images: dataset.images, captions: suggested });
+      suggested = null;
+      $("#caption-review").hidden = true;
+      setText(captionStatus, "train.caption.saved", { n: written.written.length });
+      await refresh();
+    } catch (error) {
+      showError(form, errorBox, error);
+    }
+  });
+  $("#caption-discard").addEventListener("click", () => {
+    suggested = null;
+    $("#caption-review").hidden = true;
+    setText(captionStatus, null);
+    if (dataset) render(dataset);
+  });
 
   // Bulk caption edits: each caption goes through the same PUT as a single edit.
   for (const button of $$("[data-bulk]")) {
@@ -256,14 +341,25 @@ export async function initTrain(app) {
   $("#train-estimate").addEventListener("click", estimate);
   async function estimate() {
     const c = config();
-    const box = $("#estimate");
+    const time = $("#estimate .time");
+    const memory = $("#estimate .memory");
+    showError(form, errorBox, null);
     try {
       const e = await api("POST", "/v1/training-estimate", { base: c.base, steps: c.steps, batch_size: c.batch_size || 1,
-        resolution: Array.isArray(c.resolution) ? c.resolution[0] : undefined });
+        resolution: Array.isArray(c.resolution) ? c.resolution[0] : undefined, rank: c.rank,
+        optimizer: c.optimizer || undefined, gradient_checkpointing: c.gradient_checkpointing,
+        mixed_precision: c.mixed_precision });
       const size = formatBytes(e.model_bytes);
-      box.textContent = e.seconds != null ? t("train.estimate.time", { time: formatDuration(e.seconds), size })
-        : e.seconds_per_step != null ? t("train.estimate.per_step", { time: formatDuration(e.seconds_per_step), size })
-          : t("train.estimate.none", { size });
+      if (e.seconds != null) setText(time, "train.estimate.time", { time: formatDuration(e.seconds), size });
+      else if (e.seconds_per_step != null) {
+        setText(time, "train.estimate.per_step", { time: formatDuration(e.seconds_per_step), size });
+      } else setText(time, "train.estimate.none", { size });
+      const m = e.memory;
+      if (m) {
+        setText(memory, m.device === "cpu" ? "train.estimate.memory_cpu" : "train.estimate.memory_gpu", {
+          total: formatBytes(m.total_bytes), weights: formatBytes(m.weights_bytes),
+          states: formatBytes(m.lora_bytes + m.optimizer_bytes), activations: formatBytes(m.activations_bytes) });
+      } else setText(memory, "train.estimate.memory_unknown");
     } catch (error) {
       showError(form, errorBox, error);
     }
@@ -316,6 +412,7 @@ export async function initTrain(app) {
     clear($("#run-samples"));
     $("#run-try").hidden = true;
     $("#run-sweep").hidden = true;
+    $("#run-publish").hidden = true;
     $("#run-cancel").hidden = false;
     lastSample = null;
     metrics = [];
@@ -379,6 +476,12 @@ export async function initTrain(app) {
       const sweepButton = $("#run-sweep");
       sweepButton.hidden = false;
       sweepButton.onclick = () => app.generate.sweep(card.name, trigger);
+      const publishButton = $("#run-publish");
+      publishButton.hidden = !card.version_dir;
+      publishButton.onclick = () => {
+        app.showTab("loras");
+        app.loras.openPublish(card);
+      };
       await app.loras?.refresh();
     } catch (error) {
       $("#run-status").textContent += ` · ${error.message}`;
