@@ -76,3 +76,10 @@ class ServerSettings(BaseModel):
                                "env": "LORASTUDIO_DB", "cli_default": "a SQLite file in the projects folder"})
     worker: bool = Field(True, description="Run trainings in this process; --no-worker only queues them for "
                          "`lorastudio worker` processes")
+    artifacts: str | None = Field(None, description="Artifact store the workers upload finished runs to: "
+                                  "s3://bucket/prefix or a folder (or $LORASTUDIO_ARTIFACTS); result downloads "
+                                  "are read from it", json_schema_extra={
+                                      "env": "LORASTUDIO_ARTIFACTS", "cli_default": "the projects folder"})
+    s3_endpoint: str | None = Field(None, description="Endpoint of an S3-compatible artifact store (MinIO...), "
+                                    "or $LORASTUDIO_S3_ENDPOINT", json_schema_extra={
+                                        "env": "LORASTUDIO_S3_ENDPOINT", "cli_default": "AWS"})

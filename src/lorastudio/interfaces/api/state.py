@@ -44,7 +44,7 @@ class ApiLimits:
 class ApiState:
     def __init__(self, settings: StudioSettings, *, engine=None, store=None, limits: ApiLimits | None = None,
                  webhook_hosts: Sequence[str] = (), dataset_roots: Sequence[Path] = (), train_fn=None,
-                 poll_interval_s: float = 0.5, run_worker: bool = True):
+                 poll_interval_s: float = 0.5, run_worker: bool = True, artifacts=None):
         self.settings = settings
         self.limits = limits or ApiLimits()
         if engine is None:
@@ -65,6 +65,13 @@ class ApiState:
         else:
             self._owns_store = False
         self.store = store
+        if artifacts is None:
+            from lorastudio.services.artifacts import DirectoryArtifactStore
+
+            # A worker in this process, or on a shared folder mounted at the same path, writes its
+            # runs where keys under the projects folder find them.
+            artifacts = DirectoryArtifactStore(self.projects_root)
+        self.artifacts = artifacts
         self.options = OptionsStore(self.outputs_root)
         self.progress = GenerationProgress(self._interrupt_engine)
         self._train_fn = train_fn

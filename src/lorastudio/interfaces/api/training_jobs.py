@@ -100,12 +100,12 @@ def make_training_handler(settings: StudioSettings, *, train_fn: Callable | None
             upload = job.payload.get("upload_dir")
             if upload and not ctx.lease_lost.is_set() and Path(upload).resolve().is_relative_to(uploads_root):
                 shutil.rmtree(upload, ignore_errors=True)
-        if artifacts is not None:
+        if settings.report_after_training:
+            _write_report(result, settings, ctx)
+        if artifacts is not None:  # after the report: the store gets the run as GET /files serves it
             from lorastudio.services.artifacts.runs import push_run
 
             ctx.log(f"uploaded {len(push_run(artifacts, prefix, vdir.root))} file(s) of {prefix} to the artifact store")
-        if settings.report_after_training:
-            _write_report(result, settings, ctx)
         payload = result_payload(result, projects_root)
         if installed is not None:
             payload.update(installed_lora=str(installed.path), lora_tag=installed.tag)
@@ -128,8 +128,13 @@ def _write_report(result, settings: StudioSettings, ctx) -> None:
 
 
 def result_payload(result, projects_root: Path) -> dict[str, Any]:
-    """What GET /result serves: files by a public name -> their path (only these can be downloaded)."""
+    """What GET /result serves: files by a public name -> their path (only these can be downloaded).
+
+    `keys` names each file by its path under the projects folder, which is also its key in the
+    artifact store (runs.run_prefix): an API node on another machine serves it from there.
+    """
     files: dict[str, str] = {}
+    keys: dict[str, str] = {}
 
     def add(path: Path | None, name: str | None = None) -> str | None:
         if path is None:
@@ -141,6 +146,7 @@ def result_payload(result, projects_root: Path) -> dict[str, Any]:
         while name in files:
             name = f"{path.stem}-{len(files)}{path.suffix}"
         files[name] = str(path)
+        keys[name] = path.relative_to(projects_root).as_posix()
         return name
 
     lora = add(result.lora_path)
@@ -159,6 +165,7 @@ def result_payload(result, projects_root: Path) -> dict[str, Any]:
         "report": report,
         "report_grid": report_grid,
         "files": files,
+        "keys": keys,
         "version_dir": str(result.version_dir),
         "steps": getattr(result, "steps", None),
         "final_loss": getattr(result, "final_loss", None),

@@ -47,6 +47,11 @@ def register(app: typer.Typer) -> None:
                 queue["store"] = open_job_store(options.db)
             if not options.worker:
                 queue["run_worker"] = False
+            if options.artifacts:
+                from lorastudio.services.artifacts import open_artifact_store
+
+                queue["artifacts"] = open_artifact_store(options.artifacts, **s3_options(options.artifacts,
+                                                                                         options.s3_endpoint))
             with library_output(verbose):
                 run_server(settings, host=options.host, port=options.port, api_auth=options.api_auth or None,
                            webhook_hosts=options.webhook_hosts, dataset_roots=options.dataset_roots,
@@ -54,3 +59,8 @@ def register(app: typer.Typer) -> None:
         except LorastudioError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
+
+
+def s3_options(url: str, endpoint: str | None) -> dict:
+    """open_artifact_store's options for an S3-compatible endpoint (ignored for a folder)."""
+    return {"endpoint_url": endpoint} if endpoint and str(url).startswith("s3://") else {}

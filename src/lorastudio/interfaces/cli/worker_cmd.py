@@ -46,6 +46,9 @@ def register(app: typer.Typer) -> None:
                                                 help="Artifact store for checkpoints and finished runs: "
                                                      "s3://bucket/prefix (endpoint: $LORASTUDIO_S3_ENDPOINT) "
                                                      "or a folder; lets a run resume on another machine"),
+        s3_endpoint: Optional[str] = typer.Option(None, "--s3-endpoint", envvar="LORASTUDIO_S3_ENDPOINT",
+                                                  help="Endpoint of an S3-compatible artifact store (MinIO...), "
+                                                       "or $LORASTUDIO_S3_ENDPOINT [AWS]"),
         report: bool = typer.Option(True, "--report/--no-report", help="Write the LoRA report after each training"),
     ):
         """Claim queued jobs (that this worker can run) and run them until SIGTERM / Ctrl-C."""
@@ -54,7 +57,7 @@ def register(app: typer.Typer) -> None:
         try:
             _run(db, device=device, families=families, memory_mb=memory_mb, models_dir=models_dir,
                  projects_dir=projects_dir, worker_id=worker_id, heartbeat_timeout_s=heartbeat_timeout,
-                 poll_interval_s=poll_interval, artifacts_url=artifacts, report=report)
+                 poll_interval_s=poll_interval, artifacts_url=artifacts, s3_endpoint=s3_endpoint, report=report)
         except LorastudioError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
@@ -76,7 +79,8 @@ def parse_families(text: str | None) -> tuple[str, ...] | None:
 
 
 def _run(db: str, *, report: bool = True, device, families, memory_mb, models_dir, projects_dir, worker_id,
-         heartbeat_timeout_s: float, poll_interval_s: float, artifacts_url: str | None = None) -> None:
+         heartbeat_timeout_s: float, poll_interval_s: float, artifacts_url: str | None = None,
+         s3_endpoint: str | None = None) -> None:
     import logging
 
     from lorastudio.core.settings import StudioSettings
@@ -109,7 +113,9 @@ def _run(db: str, *, report: bool = True, device, families, memory_mb, models_di
     if artifacts_url:
         from lorastudio.services.artifacts import open_artifact_store
 
-        artifacts = open_artifact_store(artifacts_url, **_s3_endpoint(artifacts_url))
+        from lorastudio.interfaces.cli.serve_cmd import s3_options
+
+        artifacts = open_artifact_store(artifacts_url, **s3_options(artifacts_url, s3_endpoint))
     handler = make_training_handler(settings, artifacts=artifacts)
     worker = JobWorker(store, {"training": handler}, worker_id=worker_id,
                        can_run=can_run, poll_interval_s=poll_interval_s)
@@ -125,8 +131,3 @@ def _run(db: str, *, report: bool = True, device, families, memory_mb, models_di
         worker.stop(timeout=5)
         store.close()
 
-
-def _s3_endpoint(url: str) -> dict:
-    """$LORASTUDIO_S3_ENDPOINT (MinIO and other S3-compatible servers), read here at the entry point."""
-    endpoint = os.environ.get("LORASTUDIO_S3_ENDPOINT") if str(url).startswith("s3://") else None
-    return {"endpoint_url": endpoint} if endpoint else {}
