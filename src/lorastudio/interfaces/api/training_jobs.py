@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import socket
 import threading
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -173,25 +176,32 @@ def result_payload(result, projects_root: Path) -> dict[str, Any]:
 
 
 class WebhookNotifier:
-    """POSTs a finished training's status to its webhook_url, once, even across restarts.
+    """POSTs a finished training's status to its webhook_url, once, even across restarts and
+    across the several API nodes of a farm that all watch one database.
 
     It watches the store instead of hooking into the worker, because the job is only COMPLETED
-    once the worker has stored the result, after the handler returned. A marker file per job
-    records that the call was made.
+    once the worker has stored the result, after the handler returned. Each call is claimed in
+    the job database first (JobStore.claim_delivery), so of several nodes exactly one makes it;
+    a node that dies between its claim and the call is replaced after stale_after_s.
     """
 
     def __init__(self, store, marker_dir: Path, allowed_hosts: Sequence[str], *, interval_s: float = 1.0,
-                 timeout_s: float = 10.0):
+                 timeout_s: float = 10.0, stale_after_s: float | None = None, owner: str | None = None):
         self.store = store
+        # Read only: where versions before the database claim recorded the calls they made.
         self.marker_dir = Path(marker_dir)
         self.allowed_hosts = tuple(allowed_hosts)
         self.interval_s = interval_s
         self.timeout_s = timeout_s
+        # Well past one call's timeout: a live owner is never overtaken mid-call.
+        self.stale_after_s = stale_after_s if stale_after_s is not None else max(60.0, 6 * timeout_s)
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._settled: set[str] = set()  # jobs whose webhook is done (by this node or another)
+        self._retry_at: dict[str, float] = {}  # jobs another node holds: look again after its claim ages
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="training-webhooks", daemon=True)
 
     def start(self) -> None:
-        self.marker_dir.mkdir(parents=True, exist_ok=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -207,17 +217,26 @@ class WebhookNotifier:
                 log.warning("webhook poll failed", exc_info=True)
 
     def poll_once(self) -> int:
+        """Make the calls this node wins; returns how many."""
         sent = 0
+        now = time.monotonic()
         for job in self.store.list(kind="training"):
             url = job.payload.get("webhook_url")
-            marker = self.marker_dir / f"{job.id}.sent"
-            if not url or not job.status.is_terminal or marker.exists():
+            if not url or not job.status.is_terminal or job.id in self._settled or self._retry_at.get(job.id, 0) > now:
+                continue
+            if (self.marker_dir / f"{job.id}.sent").exists():
+                self._settled.add(job.id)
+                continue
+            if not self.store.claim_delivery(job.id, "webhook", self.owner, self.stale_after_s):
+                self._retry_at[job.id] = now + self.stale_after_s
                 continue
             try:
                 self._post(job, url)
             except ValueError as exc:  # InvalidParameter: the host is no longer allowed
                 self.store.append_log(job.id, "WARNING", f"webhook not sent: {exc}")
-            marker.write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+            self.store.finish_delivery(job.id, "webhook", self.owner)
+            self._settled.add(job.id)
+            self._retry_at.pop(job.id, None)
             sent += 1
         return sent
 
