@@ -83,3 +83,29 @@ class ServerSettings(BaseModel):
     s3_endpoint: str | None = Field(None, description="Endpoint of an S3-compatible artifact store (MinIO...), "
                                     "or $LORASTUDIO_S3_ENDPOINT", json_schema_extra={
                                         "env": "LORASTUDIO_S3_ENDPOINT", "cli_default": "AWS"})
+
+
+class WorkerSettings(BaseModel):
+    """How `lorastudio worker` joins a farm: the queue it claims from, what it takes, where runs go.
+    Its models, projects folder and device are StudioSettings, as for every other command."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    db: str = Field(description="Job database URL, postgresql://user@host/db (or $LORASTUDIO_DB)",
+                    json_schema_extra={"env": "LORASTUDIO_DB"})
+    families: str | None = Field(None, description="Comma-separated model families this worker takes (sd1,sdxl,flux)",
+                                 json_schema_extra={"cli_default": "all"})
+    memory_mb: int | None = Field(None, ge=0, description="Accelerator memory on offer; jobs needing more are left "
+                                  "to other workers", json_schema_extra={"cli_default": "no limit"})
+    worker_id: str | None = Field(None, description="Name in job records", json_schema_extra={
+        "cli_default": "host:pid:random"})
+    heartbeat_timeout: float = Field(30.0, ge=1.0, description="Seconds without a heartbeat after which a job goes "
+                                     "back to the queue (the lease)")
+    poll_interval: float = Field(1.0, ge=0.01, description="Seconds between looks at an empty queue")
+    artifacts: str | None = Field(None, description="Artifact store for checkpoints and finished runs: "
+                                  "s3://bucket/prefix or a folder (or $LORASTUDIO_ARTIFACTS); lets a run resume "
+                                  "on another machine and any API node serve its files",
+                                  json_schema_extra={"env": "LORASTUDIO_ARTIFACTS", "cli_default": "none"})
+    s3_endpoint: str | None = Field(None, description="Endpoint of an S3-compatible artifact store (MinIO...), "
+                                    "or $LORASTUDIO_S3_ENDPOINT", json_schema_extra={
+                                        "env": "LORASTUDIO_S3_ENDPOINT", "cli_default": "AWS"})
