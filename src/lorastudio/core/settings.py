@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -50,6 +51,21 @@ MODELS_DIR_ENV = "LORASTUDIO_MODELS_DIR"
 def default_models_dir(environ: Mapping[str, str]) -> Path:
     """The models folder when none is given: `$LORASTUDIO_MODELS_DIR`, else ./models."""
     return Path(environ.get(MODELS_DIR_ENV, "models"))
+
+
+PROJECTS_DIR_ENV = "LORASTUDIO_PROJECTS_DIR"
+
+
+def default_projects_dir(environ: Mapping[str, str]) -> Path:
+    """The projects folder when none is given: `$LORASTUDIO_PROJECTS_DIR`, else ./projects."""
+    return Path(environ.get(PROJECTS_DIR_ENV, "projects"))
+
+
+# The projects folder as the server and worker entry points show it (they read the variable).
+PROJECTS_DIR_SHOWN = MappingProxyType({"projects_dir": "./projects or $LORASTUDIO_PROJECTS_DIR"})
+# What the server and worker entry points read from the environment besides their options' own
+# variables (compose.yaml and deploy/ set them; tests/deploy checks that nothing else is set).
+ENTRY_POINT_ENV = (MODELS_DIR_ENV, PROJECTS_DIR_ENV)
 
 
 class ServerSettings(BaseModel):

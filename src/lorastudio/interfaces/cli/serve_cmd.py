@@ -18,10 +18,11 @@ from lorastudio.interfaces.cli.quiet import library_output, verbose_option
 
 def serve_option_fields():
     """The options of the server entry points: how it listens, then the studio's settings."""
-    from lorastudio.core.settings import ServerSettings, StudioSettings
+    from lorastudio.core.settings import PROJECTS_DIR_SHOWN, ServerSettings, StudioSettings
 
     return (("server", model_fields_for_cli(ServerSettings, group="Server")),
-            ("studio", model_fields_for_cli(StudioSettings, group="Models and outputs")))
+            ("studio", model_fields_for_cli(StudioSettings, group="Models and outputs",
+                                            shown_defaults=PROJECTS_DIR_SHOWN)))
 
 
 def register(app: typer.Typer) -> None:
@@ -31,9 +32,11 @@ def register(app: typer.Typer) -> None:
         """Serve /sdapi/v1 (A1111 clients: webuiapi, Krita, SillyTavern...) and /v1/trainings."""
         from lorastudio.core.errors import LorastudioError
         from lorastudio.core.params import build_model
-        from lorastudio.core.settings import ServerSettings, StudioSettings, default_models_dir
+        from lorastudio.core.settings import (ServerSettings, StudioSettings, default_models_dir,
+                                              default_projects_dir)
 
         studio.setdefault("models_dir", default_models_dir(os.environ))
+        studio.setdefault("projects_dir", default_projects_dir(os.environ))
         try:
             settings = build_model(StudioSettings, studio)
             options = build_model(ServerSettings, server)

@@ -13,7 +13,7 @@ import threading
 
 import typer
 
-from lorastudio.core.settings import default_models_dir
+from lorastudio.core.settings import default_models_dir, default_projects_dir
 from lorastudio.interfaces.cli.options_from_model import GroupedCommand, model_fields_for_cli, with_model_options
 
 WORKER_STUDIO_FIELDS = ("models_dir", "projects_dir", "device", "dtype", "allow_pickle", "report_after_training")
@@ -21,11 +21,11 @@ WORKER_STUDIO_FIELDS = ("models_dir", "projects_dir", "device", "dtype", "allow_
 
 def worker_option_fields():
     """The worker's options: how it joins the farm, then the studio settings a training uses."""
-    from lorastudio.core.settings import StudioSettings, WorkerSettings
+    from lorastudio.core.settings import PROJECTS_DIR_SHOWN, StudioSettings, WorkerSettings
 
     return (("farm", model_fields_for_cli(WorkerSettings, group="Farm")),
             ("studio", model_fields_for_cli(StudioSettings, include=WORKER_STUDIO_FIELDS,
-                                            group="Models and outputs")))
+                                            group="Models and outputs", shown_defaults=PROJECTS_DIR_SHOWN)))
 
 
 def register(app: typer.Typer) -> None:
@@ -41,6 +41,7 @@ def register(app: typer.Typer) -> None:
         from lorastudio.core.settings import StudioSettings, WorkerSettings
 
         studio.setdefault("models_dir", default_models_dir(os.environ))
+        studio.setdefault("projects_dir", default_projects_dir(os.environ))
         try:
             _run(build_model(WorkerSettings, farm), build_model(StudioSettings, studio))
         except LorastudioError as exc:
