@@ -109,7 +109,7 @@ class WorkerSettings(BaseModel):
 
     db: str = Field(description="Job database URL, postgresql://user@host/db (or $LORASTUDIO_DB)",
                     json_schema_extra={"env": "LORASTUDIO_DB"})
-    families: str | None = Field(None, description="Comma-separated model families this worker takes (sd1,sdxl,flux)",
+    families: str | None = Field(None, description="Comma-separated names of the model families this worker takes",
                                  json_schema_extra={"cli_default": "all"})
     memory_mb: int | None = Field(None, ge=0, description="Accelerator memory on offer; jobs needing more are left "
                                   "to other workers", json_schema_extra={"cli_default": "no limit"})
