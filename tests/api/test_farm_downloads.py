@@ -1,10 +1,12 @@
 """Result downloads from any API node: a `lorastudio worker` process with its own projects folder
-uploads the run to an S3 bucket (moto's server), and two API nodes on other folders (a `serve
---no-worker` process and an in-process app) serve the LoRA, samples and config from the bucket.
+gets an uploaded dataset from an S3 bucket (moto's server) and uploads the run there, and two API
+nodes on other folders (a `serve --no-worker` process and an in-process app) serve the LoRA,
+samples and config from the bucket.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -14,8 +16,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from pathlib import Path
 
+import httpx
 import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.farm]
@@ -87,12 +91,19 @@ def test_a_run_trained_elsewhere_downloads_from_every_api_node(tmp_path, postgre
                     return False
 
             _wait(up, 120, "the API process", logs)
-            body = {"images": str(data), "trigger": "zzfar", "project": "far", "base": "tiny", "steps": 1,
-                    "resolution": [32], "rank": 4, "seed": 3, "sample_steps": 1}
-            req = urllib.request.Request(api + "/v1/trainings", data=json.dumps(body).encode(), method="POST",
-                                         headers={"content-type": "application/json"})
-            with urllib.request.urlopen(req, timeout=30) as r:
-                rid = json.loads(r.read())["request_id"]
+            # The dataset is uploaded as a zip: it reaches the worker through the bucket too.
+            archive = io.BytesIO()
+            with zipfile.ZipFile(archive, "w") as z:
+                for picture in sorted(data.iterdir()):
+                    z.write(picture, picture.name)
+            config = {"trigger": "zzfar", "project": "far", "base": "tiny", "steps": 1, "resolution": [32],
+                      "rank": 4, "seed": 3, "sample_steps": 1}
+            r = httpx.post(api + "/v1/trainings", files={"images": ("stickers.zip", archive.getvalue())},
+                           data={"config": json.dumps(config)}, timeout=60)
+            assert r.status_code == 202, r.text
+            rid = r.json()["request_id"]
+            uploads = tmp_path / "api" / ".lorastudio" / "uploads"
+            assert not [f for f in uploads.rglob("*") if f.is_file()]  # node A kept no copy
 
             def finished():
                 status = json.loads(_get(f"{api}/v1/trainings/{rid}/status"))
@@ -100,6 +111,13 @@ def test_a_run_trained_elsewhere_downloads_from_every_api_node(tmp_path, postgre
 
             status = _wait(finished, 240, "the training", logs)
             assert status["status"] == "COMPLETED", status
+            messages = [line["message"] for line in json.loads(_get(f"{api}/v1/trainings/{rid}/status?logs=1"))["logs"]]
+            fetched = f"fetched the uploaded dataset ({len(list(data.iterdir()))} files) from the artifact store"
+            assert fetched in messages, messages  # pictures and captions, from the bucket
+            for name, value in TEST_CREDENTIALS.items():
+                monkeypatch.setenv(name, value)
+            store_b = open_artifact_store(bucket, endpoint_url=s3.url)
+            assert not store_b.list(".lorastudio"), "the uploaded dataset stays in the bucket after the run"
             version = tmp_path / "worker" / "far" / "versions" / "v1"
             made = {p.name: p.read_bytes() for p in (version / "far.safetensors", version / "config.json")}
             made.update({p.name: p.read_bytes() for p in (version / "samples").glob("*.png")})
@@ -107,12 +125,10 @@ def test_a_run_trained_elsewhere_downloads_from_every_api_node(tmp_path, postgre
             shutil.rmtree(tmp_path / "worker")  # the worker's machine is gone: only the bucket has the run
 
             # Node A (the serve process) and node B (an app in this process, a third projects folder).
-            for name, value in TEST_CREDENTIALS.items():
-                monkeypatch.setenv(name, value)
             with PostgresJobStore(postgres_url) as store:
                 node_b = make_client(store=store, run_worker=False,
                                      settings=settings.model_copy(update={"projects_dir": tmp_path / "b"}),
-                                     artifacts=open_artifact_store(bucket, endpoint_url=s3.url))
+                                     artifacts=store_b)
                 result_a = json.loads(_get(f"{api}/v1/trainings/{rid}/result"))
                 result_b = node_b.get(f"/v1/trainings/{rid}/result").json()
                 assert result_a["lora"]["name"] == result_b["lora"]["name"] == "far.safetensors"

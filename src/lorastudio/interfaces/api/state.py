@@ -65,6 +65,9 @@ class ApiState:
         else:
             self._owns_store = False
         self.store = store
+        # True when runs travel through a store of their own (S3, another folder): an uploaded
+        # dataset then goes there too, for a worker that does not share this node's disk.
+        self.artifacts_shared = artifacts is not None
         if artifacts is None:
             from lorastudio.services.artifacts import DirectoryArtifactStore
 

@@ -37,6 +37,7 @@ def make_training_handler(settings: StudioSettings, *, train_fn: Callable | None
             from lorastudio.training.api import train
 
         data = dict(job.payload["config"])
+        local_upload = _fetch_upload(job, data, artifacts, projects_root, ctx)
         project = project_name(data.get("project"), data["trigger"])
         # The version is fixed on the first run and kept in the job's progress (which survives a
         # restart), so a resumed run continues the same folder instead of starting "the next free".
@@ -103,6 +104,9 @@ def make_training_handler(settings: StudioSettings, *, train_fn: Callable | None
             upload = job.payload.get("upload_dir")
             if upload and not ctx.lease_lost.is_set() and Path(upload).resolve().is_relative_to(uploads_root):
                 shutil.rmtree(upload, ignore_errors=True)
+            if local_upload is not None and not ctx.lease_lost.is_set():
+                shutil.rmtree(local_upload, ignore_errors=True)
+                artifacts.delete(job.payload["upload_key"])
         if settings.report_after_training:
             _write_report(result, settings, ctx)
         if artifacts is not None:  # after the report: the store gets the run as GET /files serves it
@@ -115,6 +119,28 @@ def make_training_handler(settings: StudioSettings, *, train_fn: Callable | None
         return payload
 
     return handle
+
+
+def _fetch_upload(job, data: dict[str, Any], artifacts, projects_root: Path, ctx) -> Path | None:
+    """An uploaded dataset the API node put in the artifact store (it kept no copy): fetched into
+    this worker's projects folder, and `images` pointed there. Returns the local folder."""
+    key = job.payload.get("upload_key")
+    if not key or artifacts is None:
+        return None
+    from lorastudio.services.artifacts.store import check_key
+
+    local = projects_root / check_key(key)
+    images = local / Path(data["images"]).relative_to(job.payload["upload_dir"])
+    if not images.is_dir():  # a worker that resumes the job on this machine has it already
+        staging = local.with_name(local.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        artifacts.get_dir(key, staging)
+        shutil.rmtree(local, ignore_errors=True)
+        staging.rename(local)
+        files = sum(1 for f in local.rglob("*") if f.is_file())
+        ctx.log(f"fetched the uploaded dataset ({files} files) from the artifact store")
+    data["images"] = str(images)
+    return local
 
 
 def _write_report(result, settings: StudioSettings, ctx) -> None:

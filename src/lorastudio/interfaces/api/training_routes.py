@@ -113,14 +113,20 @@ async def submit_training(request: Request) -> dict:
             raise InvalidParameter("images", str(images), "no such folder or .zip on the server")
     else:
         return JSONResponse({"detail": "send application/json or multipart/form-data"}, status_code=415)
+    upload_key = None
     try:
         payload = await run_in_threadpool(_payload, state, fields, images, upload_dir)
+        if upload_dir is not None and state.artifacts_shared:
+            upload_key = await run_in_threadpool(_share_upload, state, upload_dir)
+            payload["upload_key"] = upload_key
+        requires = await run_in_threadpool(_requirements, state, payload)
+        job = await run_in_threadpool(state.store.submit, "training", payload, requires)
     except BaseException:
         if upload_dir is not None:
             shutil.rmtree(upload_dir, ignore_errors=True)
+        if upload_key is not None:
+            await run_in_threadpool(state.artifacts.delete, upload_key)
         raise
-    requires = await run_in_threadpool(_requirements, state, payload)
-    job = await run_in_threadpool(state.store.submit, "training", payload, requires)
     state.wake_worker()
     return {"request_id": job.id, "status": job.status.value, **_urls(request, job.id)}
 
@@ -192,6 +198,15 @@ def _payload(state, fields: dict[str, Any], images: Path, upload_dir: Path | Non
                               "models_dir": str(state.catalog.root.root)})
     return {"config": config.model_dump(mode="json"), "webhook_url": webhook,
             "upload_dir": str(upload_dir) if upload_dir else None}
+
+
+def _share_upload(state, upload_dir: Path) -> str:
+    """Move an uploaded dataset into the artifact store, where a worker on any machine fetches it;
+    its key is its path under the projects folder, as for every file of a run."""
+    key = upload_dir.resolve().relative_to(state.projects_root).as_posix()
+    state.artifacts.put_dir(upload_dir, key)
+    shutil.rmtree(upload_dir, ignore_errors=True)
+    return key
 
 
 def _requirements(state, payload: dict[str, Any]):
