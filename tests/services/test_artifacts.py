@@ -71,3 +71,9 @@ def test_directory_store_writes_nothing_outside_its_root(tmp_path):
     with pytest.raises(InvalidParameter):
         store.put_file(tmp_path / "f", "../escaped")
     assert not (tmp_path / "escaped").exists()
+    # Nor serves one through a symlink planted inside it.
+    (tmp_path / "root" / "run").mkdir()
+    (tmp_path / "root" / "run" / "lora.safetensors").symlink_to(tmp_path / "f")
+    for read in (store.size, store.open_read, store.local_path):
+        with pytest.raises(NotFound):
+            read("run/lora.safetensors")

@@ -120,7 +120,8 @@ class DirectoryArtifactStore(ArtifactStore):
 
     def _existing(self, key: str) -> Path:
         path = self._path(key)
-        if not path.is_file():
+        # resolve(): a symlink inside the folder must not serve a file outside it.
+        if not path.is_file() or not path.resolve().is_relative_to(self.root):
             raise NotFound("artifact", key)
         return path
 
