@@ -99,7 +99,8 @@ class ApiState:
                 from lorastudio.interfaces.api.training_jobs import WebhookNotifier, make_training_handler
                 from lorastudio.services.jobs import JobWorker
 
-                handler = make_training_handler(self.settings, train_fn=self._train_fn)
+                handler = make_training_handler(self.settings, train_fn=self._train_fn,
+                                                artifacts=self.artifacts if self.artifacts_shared else None)
                 self._worker = JobWorker(self.store, {"training": handler}, poll_interval_s=self._poll_interval_s)
                 # Recovery happens here: jobs left IN_PROGRESS by a dead server go back to the queue.
                 self._worker.start(recover=True)

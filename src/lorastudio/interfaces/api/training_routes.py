@@ -117,7 +117,10 @@ async def submit_training(request: Request) -> dict:
     try:
         payload = await run_in_threadpool(_payload, state, fields, images, upload_dir)
         if upload_dir is not None and state.artifacts_shared:
-            upload_key = await run_in_threadpool(_share_upload, state, upload_dir)
+            # Its path under the projects folder, as for every file of a run; known before the
+            # upload starts, so a half-done upload is removed too.
+            upload_key = upload_dir.resolve().relative_to(state.projects_root).as_posix()
+            await run_in_threadpool(_share_upload, state, upload_dir, upload_key)
             payload["upload_key"] = upload_key
         requires = await run_in_threadpool(_requirements, state, payload)
         job = await run_in_threadpool(state.store.submit, "training", payload, requires)
@@ -200,13 +203,10 @@ def _payload(state, fields: dict[str, Any], images: Path, upload_dir: Path | Non
             "upload_dir": str(upload_dir) if upload_dir else None}
 
 
-def _share_upload(state, upload_dir: Path) -> str:
-    """Move an uploaded dataset into the artifact store, where a worker on any machine fetches it;
-    its key is its path under the projects folder, as for every file of a run."""
-    key = upload_dir.resolve().relative_to(state.projects_root).as_posix()
+def _share_upload(state, upload_dir: Path, key: str) -> None:
+    """Move an uploaded dataset into the artifact store, where a worker on any machine fetches it."""
     state.artifacts.put_dir(upload_dir, key)
     shutil.rmtree(upload_dir, ignore_errors=True)
-    return key
 
 
 def _requirements(state, payload: dict[str, Any]):
