@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: venv test demo bench bench-queue clean ensure-chromium ensure-postgres
+.PHONY: venv test demo bench bench-queue farm-local clean ensure-chromium ensure-postgres
 
 venv: $(STAMP)
 
@@ -50,6 +50,10 @@ bench: $(STAMP)
 # Claim -> start overhead and claims/s of the PostgreSQL job queue (starts its own server).
 bench-queue: $(STAMP) ensure-postgres
 	$(PY) bench/queue.py
+
+# compose.yaml's farm without Docker: PostgreSQL, moto's S3 server, the API node, the workers.
+farm-local: $(STAMP) ensure-postgres
+	PYTHON=$(PY) deploy/farm-local.sh
 
 clean:
 	rm -rf $(VENV) outputs projects

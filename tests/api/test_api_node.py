@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +92,48 @@ def test_event_stream_is_woken_by_changes_made_elsewhere(node, dataset, monkeypa
     assert events[-1][0] == "done" and events[-1][1]["status"] == "COMPLETED"
     assert any(k == "log" and d["message"] == "step 1 on the remote box" for k, d in events)
     assert "IN_PROGRESS" in [d["status"] for k, d in events if k == "status"]
+
+
+def test_with_an_artifact_store_uploads_and_results_go_through_it(make_client, tmp_path):
+    """serve --artifacts with its own worker: the uploaded zip and the finished run pass through the
+    store (what lets other nodes serve them); downloads are read back from it."""
+    import io
+    import zipfile
+
+    from lorastudio.services.artifacts import DirectoryArtifactStore
+    from lorastudio.training.events import TrainingEvent, TrainingResult
+    from lorastudio.training.project import version_dir
+
+    seen = []
+
+    def train(config, on_event=None, *, should_stop=None, yield_point=None):
+        seen.append(sorted(p.name for p in Path(config.images).iterdir()))
+        vdir = version_dir(config.projects_dir, config.project, config.version, resume=config.resume).make()
+        lora = vdir.lora(config.project)
+        lora.write_bytes(b"lora-bytes")
+        vdir.config.write_text("{}")
+        on_event(TrainingEvent("done", 1, 1, path=lora, message="saved"))
+        return TrainingResult(vdir.root, lora, None, vdir.config, [], 1, 0.5)
+
+    bucket = DirectoryArtifactStore(tmp_path / "bucket")
+    c = make_client(train_fn=train, artifacts=bucket)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("a.png", b"not decoded by the stand-in")
+        z.writestr("a.txt", b"zz, a cat")
+    r = c.post("/v1/trainings", files={"images": ("d.zip", archive.getvalue())},
+               data={"config": json.dumps({"trigger": "zz", "base": "tiny", "project": "st"})})
+    assert r.status_code == 202, r.text
+    rid = r.json()["request_id"]
+    deadline = time.monotonic() + 60
+    while (status := c.get(f"/v1/trainings/{rid}/status?logs=1").json())["status"] not in ("COMPLETED", "FAILED"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.05)
+    assert status["status"] == "COMPLETED", status
+    assert seen == [["a.png", "a.txt"]]  # the worker trained on the copy fetched from the store
+    assert any("fetched the uploaded dataset (2 files)" in line["message"] for line in status["logs"])
+    assert bucket.list() == ["st/versions/v1/config.json", "st/versions/v1/st.safetensors"]  # upload removed
+    (tmp_path / "projects" / "st" / "versions" / "v1" / "st.safetensors").write_bytes(b"local copy, not served")
+    result = c.get(f"/v1/trainings/{rid}/result").json()
+    assert result["lora"]["size"] == len(b"lora-bytes")
+    assert c.get(result["lora"]["url"]).content == b"lora-bytes"

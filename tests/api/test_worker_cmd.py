@@ -33,8 +33,14 @@ def test_worker_and_serve_options(monkeypatch):
     help_text = runner.invoke(_app(), ["worker", "--help"], env={"COLUMNS": "200"}).output
     for option in ("--db", "--device", "--families", "--memory-mb", "--heartbeat-timeout", "--artifacts"):
         assert option in help_text
+    from lorastudio.core.settings import WorkerSettings
+
+    for name in WorkerSettings.model_fields:  # the options are the model's fields, none hand-written
+        assert f"--{name.replace('_', '-')} " in help_text, name
+    assert "LORASTUDIO_S3_ENDPOINT" in help_text and "--no-report" in help_text
     serve_help = runner.invoke(_app(), ["serve", "--help"], env={"COLUMNS": "200"}).output
-    assert "--db" in serve_help and "--no-worker" in serve_help
+    for option in ("--db", "--no-worker", "--artifacts", "--s3-endpoint"):
+        assert option in serve_help
     assert runner.invoke(_app(), ["worker"]).exit_code == 2  # --db is required
 
 

@@ -34,6 +34,10 @@ def test_files_round_trip_and_list(store, tmp_path):
     assert keys == ["proj/versions/v1/checkpoints/step-000002/lora.safetensors", "proj/versions/v1/config.json"]
     assert store.list("proj") == keys and store.list("proj/versions/v1/config.json") == keys[1:]
     assert store.exists(keys[0]) and not store.exists("proj/versions/v2/config.json")
+    # What an API node serves a download from: the size, then the bytes as a stream.
+    assert store.size(keys[0]) == 900
+    with store.open_read(keys[0]) as reader:
+        assert reader.read() == b"\x00\x01weights" * 100
     # Another machine: a fresh local folder gets the same bytes back.
     got = store.get_dir("proj/versions/v1", tmp_path / "elsewhere")
     assert sorted(p.relative_to(tmp_path / "elsewhere").as_posix() for p in got) == [
@@ -50,6 +54,9 @@ def test_files_round_trip_and_list(store, tmp_path):
 def test_missing_keys_and_escaping_keys_are_refused(store, tmp_path):
     with pytest.raises(NotFound):
         store.get_file("nope/config.json", tmp_path / "x")
+    for read in (store.size, store.open_read):
+        with pytest.raises(NotFound, match="nope/config.json"):
+            read("nope/config.json")
     assert not (tmp_path / "x").exists()  # nothing half-written under the final name
     assert store.list("nope") == []
     (tmp_path / "f").write_text("x")
@@ -64,3 +71,9 @@ def test_directory_store_writes_nothing_outside_its_root(tmp_path):
     with pytest.raises(InvalidParameter):
         store.put_file(tmp_path / "f", "../escaped")
     assert not (tmp_path / "escaped").exists()
+    # Nor serves one through a symlink planted inside it.
+    (tmp_path / "root" / "run").mkdir()
+    (tmp_path / "root" / "run" / "lora.safetensors").symlink_to(tmp_path / "f")
+    for read in (store.size, store.open_read, store.local_path):
+        with pytest.raises(NotFound):
+            read("run/lora.safetensors")

@@ -324,6 +324,43 @@ def test_stale_worker_cannot_report_after_recovery(store, clock):
     assert store.get(job.id).result == {"by": "w2"}
 
 
+def test_a_delivery_is_claimed_by_one_owner_and_done_once(make_store, store, clock):
+    job = store.submit("training", {})
+    other_job = store.submit("training", {})
+    assert store.claim_delivery(job.id, "webhook", "api-1", stale_after_s=60)
+    assert store.claim_delivery(job.id, "webhook", "api-1", stale_after_s=60)  # a retried call: still ours
+    assert not store.claim_delivery(job.id, "webhook", "api-2", stale_after_s=60)
+    assert store.claim_delivery(other_job.id, "webhook", "api-2", stale_after_s=60)  # per job
+    assert store.claim_delivery(job.id, "report", "api-2", stale_after_s=60)  # per kind of delivery
+    assert not store.finish_delivery(job.id, "webhook", "api-2")  # not its claim
+    clock.t += 61  # api-1 died holding the claim: another node takes it over
+    assert store.claim_delivery(job.id, "webhook", "api-2", stale_after_s=60)
+    assert not store.finish_delivery(job.id, "webhook", "api-1")
+    assert store.finish_delivery(job.id, "webhook", "api-2")
+    clock.t += 1000
+    for owner in ("api-1", "api-2", "api-3"):  # done is done, however old
+        assert not store.claim_delivery(job.id, "webhook", owner, stale_after_s=60)
+
+    # Many nodes (each its own connection) racing for the same deliveries: one winner each.
+    nodes = [make_store(clock=clock) for _ in range(4)]
+    jobs = [store.submit("training", {}).id for _ in range(10)]
+    wins: list[tuple[str, int]] = []
+    start = threading.Barrier(len(nodes))
+
+    def race(i: int) -> None:
+        start.wait()
+        for jid in jobs:
+            if nodes[i].claim_delivery(jid, "webhook", f"node-{i}", stale_after_s=60):
+                wins.append((jid, i))
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(len(nodes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(j for j, _ in wins) == sorted(jobs)  # every delivery claimed, none twice
+
+
 def test_non_json_result_is_refused_without_changing_state(store):
     job = store.submit("training", {})
     store.claim_next("w1")

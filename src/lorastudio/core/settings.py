@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -52,6 +53,21 @@ def default_models_dir(environ: Mapping[str, str]) -> Path:
     return Path(environ.get(MODELS_DIR_ENV, "models"))
 
 
+PROJECTS_DIR_ENV = "LORASTUDIO_PROJECTS_DIR"
+
+
+def default_projects_dir(environ: Mapping[str, str]) -> Path:
+    """The projects folder when none is given: `$LORASTUDIO_PROJECTS_DIR`, else ./projects."""
+    return Path(environ.get(PROJECTS_DIR_ENV, "projects"))
+
+
+# The projects folder as the server and worker entry points show it (they read the variable).
+PROJECTS_DIR_SHOWN = MappingProxyType({"projects_dir": "./projects or $LORASTUDIO_PROJECTS_DIR"})
+# What the server and worker entry points read from the environment besides their options' own
+# variables (compose.yaml and deploy/ set them; tests/deploy checks that nothing else is set).
+ENTRY_POINT_ENV = (MODELS_DIR_ENV, PROJECTS_DIR_ENV)
+
+
 class ServerSettings(BaseModel):
     """How `lorastudio serve` and `python -m lorastudio.interfaces.api` listen and what they allow;
     both take their options from this model (and StudioSettings), so they cannot drift apart."""
@@ -78,3 +94,36 @@ class ServerSettings(BaseModel):
                                "env": "LORASTUDIO_DB", "cli_default": "a SQLite file in the projects folder"})
     worker: bool = Field(True, description="Run trainings in this process; --no-worker only queues them for "
                          "`lorastudio worker` processes")
+    artifacts: str | None = Field(None, description="Artifact store the workers upload finished runs to: "
+                                  "s3://bucket/prefix or a folder (or $LORASTUDIO_ARTIFACTS); result downloads "
+                                  "are read from it", json_schema_extra={
+                                      "env": "LORASTUDIO_ARTIFACTS", "cli_default": "the projects folder"})
+    s3_endpoint: str | None = Field(None, description="Endpoint of an S3-compatible artifact store (MinIO...), "
+                                    "or $LORASTUDIO_S3_ENDPOINT", json_schema_extra={
+                                        "env": "LORASTUDIO_S3_ENDPOINT", "cli_default": "AWS"})
+
+
+class WorkerSettings(BaseModel):
+    """How `lorastudio worker` joins a farm: the queue it claims from, what it takes, where runs go.
+    Its models, projects folder and device are StudioSettings, as for every other command."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    db: str = Field(description="Job database URL, postgresql://user@host/db (or $LORASTUDIO_DB)",
+                    json_schema_extra={"env": "LORASTUDIO_DB"})
+    families: str | None = Field(None, description="Comma-separated names of the model families this worker takes",
+                                 json_schema_extra={"cli_default": "all"})
+    memory_mb: int | None = Field(None, ge=0, description="Accelerator memory on offer; jobs needing more are left "
+                                  "to other workers", json_schema_extra={"cli_default": "no limit"})
+    worker_id: str | None = Field(None, description="Name in job records", json_schema_extra={
+        "cli_default": "host:pid:random"})
+    heartbeat_timeout: float = Field(30.0, ge=1.0, description="Seconds without a heartbeat after which a job goes "
+                                     "back to the queue (the lease)")
+    poll_interval: float = Field(1.0, ge=0.01, description="Seconds between looks at an empty queue")
+    artifacts: str | None = Field(None, description="Artifact store for checkpoints and finished runs: "
+                                  "s3://bucket/prefix or a folder (or $LORASTUDIO_ARTIFACTS); lets a run resume "
+                                  "on another machine and any API node serve its files",
+                                  json_schema_extra={"env": "LORASTUDIO_ARTIFACTS", "cli_default": "none"})
+    s3_endpoint: str | None = Field(None, description="Endpoint of an S3-compatible artifact store (MinIO...), "
+                                    "or $LORASTUDIO_S3_ENDPOINT", json_schema_extra={
+                                        "env": "LORASTUDIO_S3_ENDPOINT", "cli_default": "AWS"})

@@ -29,12 +29,13 @@ _AUTO = "auto"
 def create_app(settings: StudioSettings, *, engine=None, store=None, api_auth: str | None = None,
                limits: ApiLimits | None = None, allowed_hosts: Sequence[str] | None | str = _AUTO,
                webhook_hosts: Sequence[str] = (), dataset_roots: Sequence[Path] = (), train_fn=None,
-               poll_interval_s: float = 0.5, run_worker: bool = True) -> FastAPI:
+               poll_interval_s: float = 0.5, run_worker: bool = True, artifacts=None) -> FastAPI:
     """Build one app instance; nothing is shared with other instances.
 
     allowed_hosts: Host header names accepted. "auto": loopback names only while there is no
     api_auth (DNS-rebinding defence), any host once requests must authenticate.
     train_fn replaces lorastudio.training.api.train (benchmarks and tests of the queue itself).
+    artifacts: the ArtifactStore result downloads are read from (default: the projects folder).
     """
     from lorastudio.interfaces.api import (a1111_routes, caption_routes, controlnet_routes, extras_routes, publish_routes,
                                            training_routes)
@@ -44,7 +45,7 @@ def create_app(settings: StudioSettings, *, engine=None, store=None, api_auth: s
         allowed_hosts = None if credentials else LOOPBACK_NAMES
     state = ApiState(settings, engine=engine, store=store, limits=limits, webhook_hosts=webhook_hosts,
                      dataset_roots=dataset_roots, train_fn=train_fn, poll_interval_s=poll_interval_s,
-                     run_worker=run_worker)
+                     run_worker=run_worker, artifacts=artifacts)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -44,7 +44,7 @@ class ApiLimits:
 class ApiState:
     def __init__(self, settings: StudioSettings, *, engine=None, store=None, limits: ApiLimits | None = None,
                  webhook_hosts: Sequence[str] = (), dataset_roots: Sequence[Path] = (), train_fn=None,
-                 poll_interval_s: float = 0.5, run_worker: bool = True):
+                 poll_interval_s: float = 0.5, run_worker: bool = True, artifacts=None):
         self.settings = settings
         self.limits = limits or ApiLimits()
         if engine is None:
@@ -65,6 +65,16 @@ class ApiState:
         else:
             self._owns_store = False
         self.store = store
+        # True when runs travel through a store of their own (S3, another folder): an uploaded
+        # dataset then goes there too, for a worker that does not share this node's disk.
+        self.artifacts_shared = artifacts is not None
+        if artifacts is None:
+            from lorastudio.services.artifacts import DirectoryArtifactStore
+
+            # A worker in this process, or on a shared folder mounted at the same path, writes its
+            # runs where keys under the projects folder find them.
+            artifacts = DirectoryArtifactStore(self.projects_root)
+        self.artifacts = artifacts
         self.options = OptionsStore(self.outputs_root)
         self.progress = GenerationProgress(self._interrupt_engine)
         self._train_fn = train_fn
@@ -89,7 +99,8 @@ class ApiState:
                 from lorastudio.interfaces.api.training_jobs import WebhookNotifier, make_training_handler
                 from lorastudio.services.jobs import JobWorker
 
-                handler = make_training_handler(self.settings, train_fn=self._train_fn)
+                handler = make_training_handler(self.settings, train_fn=self._train_fn,
+                                                artifacts=self.artifacts if self.artifacts_shared else None)
                 self._worker = JobWorker(self.store, {"training": handler}, poll_interval_s=self._poll_interval_s)
                 # Recovery happens here: jobs left IN_PROGRESS by a dead server go back to the queue.
                 self._worker.start(recover=True)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import socket
 import threading
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -34,6 +37,7 @@ def make_training_handler(settings: StudioSettings, *, train_fn: Callable | None
             from lorastudio.training.api import train
 
         data = dict(job.payload["config"])
+        local_upload = _fetch_upload(job, data, artifacts, projects_root, ctx)
         project = project_name(data.get("project"), data["trigger"])
         # The version is fixed on the first run and kept in the job's progress (which survives a
         # restart), so a resumed run continues the same folder instead of starting "the next free".
@@ -100,18 +104,43 @@ def make_training_handler(settings: StudioSettings, *, train_fn: Callable | None
             upload = job.payload.get("upload_dir")
             if upload and not ctx.lease_lost.is_set() and Path(upload).resolve().is_relative_to(uploads_root):
                 shutil.rmtree(upload, ignore_errors=True)
-        if artifacts is not None:
+            if local_upload is not None and not ctx.lease_lost.is_set():
+                shutil.rmtree(local_upload, ignore_errors=True)
+                artifacts.delete(job.payload["upload_key"])
+        if settings.report_after_training:
+            _write_report(result, settings, ctx)
+        if artifacts is not None:  # after the report: the store gets the run as GET /files serves it
             from lorastudio.services.artifacts.runs import push_run
 
             ctx.log(f"uploaded {len(push_run(artifacts, prefix, vdir.root))} file(s) of {prefix} to the artifact store")
-        if settings.report_after_training:
-            _write_report(result, settings, ctx)
         payload = result_payload(result, projects_root)
         if installed is not None:
             payload.update(installed_lora=str(installed.path), lora_tag=installed.tag)
         return payload
 
     return handle
+
+
+def _fetch_upload(job, data: dict[str, Any], artifacts, projects_root: Path, ctx) -> Path | None:
+    """An uploaded dataset the API node put in the artifact store (it kept no copy): fetched into
+    this worker's projects folder, and `images` pointed there. Returns the local folder."""
+    key = job.payload.get("upload_key")
+    if not key or artifacts is None:
+        return None
+    from lorastudio.services.artifacts.store import check_key
+
+    local = projects_root / check_key(key)
+    images = local / Path(data["images"]).relative_to(job.payload["upload_dir"])
+    if not images.is_dir():  # a worker that resumes the job on this machine has it already
+        staging = local.with_name(local.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        artifacts.get_dir(key, staging)
+        shutil.rmtree(local, ignore_errors=True)
+        staging.rename(local)
+        files = sum(1 for f in local.rglob("*") if f.is_file())
+        ctx.log(f"fetched the uploaded dataset ({files} files) from the artifact store")
+    data["images"] = str(images)
+    return local
 
 
 def _write_report(result, settings: StudioSettings, ctx) -> None:
@@ -128,8 +157,13 @@ def _write_report(result, settings: StudioSettings, ctx) -> None:
 
 
 def result_payload(result, projects_root: Path) -> dict[str, Any]:
-    """What GET /result serves: files by a public name -> their path (only these can be downloaded)."""
+    """What GET /result serves: files by a public name -> their path (only these can be downloaded).
+
+    `keys` names each file by its path under the projects folder, which is also its key in the
+    artifact store (runs.run_prefix): an API node on another machine serves it from there.
+    """
     files: dict[str, str] = {}
+    keys: dict[str, str] = {}
 
     def add(path: Path | None, name: str | None = None) -> str | None:
         if path is None:
@@ -141,6 +175,7 @@ def result_payload(result, projects_root: Path) -> dict[str, Any]:
         while name in files:
             name = f"{path.stem}-{len(files)}{path.suffix}"
         files[name] = str(path)
+        keys[name] = path.relative_to(projects_root).as_posix()
         return name
 
     lora = add(result.lora_path)
@@ -159,6 +194,7 @@ def result_payload(result, projects_root: Path) -> dict[str, Any]:
         "report": report,
         "report_grid": report_grid,
         "files": files,
+        "keys": keys,
         "version_dir": str(result.version_dir),
         "steps": getattr(result, "steps", None),
         "final_loss": getattr(result, "final_loss", None),
@@ -166,25 +202,32 @@ def result_payload(result, projects_root: Path) -> dict[str, Any]:
 
 
 class WebhookNotifier:
-    """POSTs a finished training's status to its webhook_url, once, even across restarts.
+    """POSTs a finished training's status to its webhook_url, once, even across restarts and
+    across the several API nodes of a farm that all watch one database.
 
     It watches the store instead of hooking into the worker, because the job is only COMPLETED
-    once the worker has stored the result, after the handler returned. A marker file per job
-    records that the call was made.
+    once the worker has stored the result, after the handler returned. Each call is claimed in
+    the job database first (JobStore.claim_delivery), so of several nodes exactly one makes it;
+    a node that dies between its claim and the call is replaced after stale_after_s.
     """
 
     def __init__(self, store, marker_dir: Path, allowed_hosts: Sequence[str], *, interval_s: float = 1.0,
-                 timeout_s: float = 10.0):
+                 timeout_s: float = 10.0, stale_after_s: float | None = None, owner: str | None = None):
         self.store = store
+        # Read only: where versions before the database claim recorded the calls they made.
         self.marker_dir = Path(marker_dir)
         self.allowed_hosts = tuple(allowed_hosts)
         self.interval_s = interval_s
         self.timeout_s = timeout_s
+        # Well past one call's timeout: a live owner is never overtaken mid-call.
+        self.stale_after_s = stale_after_s if stale_after_s is not None else max(60.0, 6 * timeout_s)
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._settled: set[str] = set()  # jobs whose webhook is done (by this node or another)
+        self._retry_at: dict[str, float] = {}  # jobs another node holds: look again after its claim ages
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="training-webhooks", daemon=True)
 
     def start(self) -> None:
-        self.marker_dir.mkdir(parents=True, exist_ok=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -200,17 +243,26 @@ class WebhookNotifier:
                 log.warning("webhook poll failed", exc_info=True)
 
     def poll_once(self) -> int:
+        """Make the calls this node wins; returns how many."""
         sent = 0
+        now = time.monotonic()
         for job in self.store.list(kind="training"):
             url = job.payload.get("webhook_url")
-            marker = self.marker_dir / f"{job.id}.sent"
-            if not url or not job.status.is_terminal or marker.exists():
+            if not url or not job.status.is_terminal or job.id in self._settled or self._retry_at.get(job.id, 0) > now:
+                continue
+            if (self.marker_dir / f"{job.id}.sent").exists():
+                self._settled.add(job.id)
+                continue
+            if not self.store.claim_delivery(job.id, "webhook", self.owner, self.stale_after_s):
+                self._retry_at[job.id] = now + self.stale_after_s
                 continue
             try:
                 self._post(job, url)
             except ValueError as exc:  # InvalidParameter: the host is no longer allowed
                 self.store.append_log(job.id, "WARNING", f"webhook not sent: {exc}")
-            marker.write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+            self.store.finish_delivery(job.id, "webhook", self.owner)
+            self._settled.add(job.id)
+            self._retry_at.pop(job.id, None)
             sent += 1
         return sent
 

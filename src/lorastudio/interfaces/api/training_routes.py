@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import mimetypes
 import shutil
 import time
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
@@ -16,10 +18,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
-from lorastudio.core.errors import DatasetError, InvalidParameter, raise_if_disk_full
+from lorastudio.core.errors import DatasetError, InvalidParameter, NotFound, raise_if_disk_full
 from lorastudio.interfaces.api.a1111_models import reject_non_finite
 from lorastudio.interfaces.api.public_text import public_text, server_roots
 from lorastudio.interfaces.api.security import check_webhook_url, resolve_inside
+from lorastudio.services.artifacts.store import check_key
 
 router = APIRouter(prefix="/v1/trainings", tags=["training"])
 
@@ -110,14 +113,23 @@ async def submit_training(request: Request) -> dict:
             raise InvalidParameter("images", str(images), "no such folder or .zip on the server")
     else:
         return JSONResponse({"detail": "send application/json or multipart/form-data"}, status_code=415)
+    upload_key = None
     try:
         payload = await run_in_threadpool(_payload, state, fields, images, upload_dir)
+        if upload_dir is not None and state.artifacts_shared:
+            # Its path under the projects folder, as for every file of a run; known before the
+            # upload starts, so a half-done upload is removed too.
+            upload_key = upload_dir.resolve().relative_to(state.projects_root).as_posix()
+            await run_in_threadpool(_share_upload, state, upload_dir, upload_key)
+            payload["upload_key"] = upload_key
+        requires = await run_in_threadpool(_requirements, state, payload)
+        job = await run_in_threadpool(state.store.submit, "training", payload, requires)
     except BaseException:
         if upload_dir is not None:
             shutil.rmtree(upload_dir, ignore_errors=True)
+        if upload_key is not None:
+            await run_in_threadpool(state.artifacts.delete, upload_key)
         raise
-    requires = await run_in_threadpool(_requirements, state, payload)
-    job = await run_in_threadpool(state.store.submit, "training", payload, requires)
     state.wake_worker()
     return {"request_id": job.id, "status": job.status.value, **_urls(request, job.id)}
 
@@ -189,6 +201,12 @@ def _payload(state, fields: dict[str, Any], images: Path, upload_dir: Path | Non
                               "models_dir": str(state.catalog.root.root)})
     return {"config": config.model_dump(mode="json"), "webhook_url": webhook,
             "upload_dir": str(upload_dir) if upload_dir else None}
+
+
+def _share_upload(state, upload_dir: Path, key: str) -> None:
+    """Move an uploaded dataset into the artifact store, where a worker on any machine fetches it."""
+    state.artifacts.put_dir(upload_dir, key)
+    shutil.rmtree(upload_dir, ignore_errors=True)
 
 
 def _requirements(state, payload: dict[str, Any]):
@@ -323,13 +341,13 @@ async def training_result(request: Request, request_id: RequestId):
             "status_url": _urls(request, job.id)["status_url"]})
     res = job.result or {}
     files = res.get("files") or {}
+    sizes = await run_in_threadpool(_sizes, _state(request), res)
 
     def link(name: str | None) -> dict | None:
         if not name or name not in files:
             return None
-        path = Path(files[name])
         return {"name": name, "url": str(request.url_for("training_file", request_id=job.id, name=name)),
-                "size": path.stat().st_size if path.is_file() else None}
+                "size": sizes.get(name)}
 
     return {"request_id": job.id, "status": job.status.value, "lora": link(res.get("lora")),
             "diffusers_lora": link(res.get("diffusers_lora")), "config": link(res.get("config")),
@@ -345,12 +363,61 @@ async def training_file(request: Request, request_id: RequestId, name: str = Pat
     job = await run_in_threadpool(state.store.get, request_id)
     files = (job.result or {}).get("files") or {} if job.status.value == "COMPLETED" else {}
     # Only names the result lists are served; the name is never turned into a path.
-    if name not in files:
+    key = _artifact_key(state, job.result, name) if name in files else None
+    if key is None:
         return JSONResponse(status_code=404, content={"detail": f"no file {name!r} in training {request_id}"})
-    path = resolve_inside(files[name], [state.projects_root], field="name")
-    if not path.is_file():
+    try:
+        local = await run_in_threadpool(state.artifacts.local_path, key)
+        if local is not None:
+            return FileResponse(local, filename=name)
+        size = await run_in_threadpool(state.artifacts.size, key)
+        reader = await run_in_threadpool(state.artifacts.open_read, key)
+    except NotFound:
         return JSONResponse(status_code=404, content={"detail": f"{name!r} no longer exists"})
-    return FileResponse(path, filename=name)
+    # Streamed from the bucket as it arrives: a LoRA never needs room on the API node's disk.
+    headers = {"content-length": str(size), "content-disposition": _attachment(name)}
+    return StreamingResponse(_chunks(reader), media_type=mimetypes.guess_type(name)[0] or "application/octet-stream",
+                             headers=headers)
+
+
+def _artifact_key(state, result: dict | None, name: str) -> str | None:
+    """The artifact-store key of a listed result file: the worker's `keys` entry, or (results
+    stored before keys existed) its path under this node's projects folder."""
+    result = result or {}
+    key = (result.get("keys") or {}).get(name)
+    if key is None:
+        path = Path((result.get("files") or {})[name])
+        if not path.is_absolute() or not path.resolve().is_relative_to(state.projects_root):
+            return None
+        key = path.resolve().relative_to(state.projects_root).as_posix()
+    try:
+        return check_key(key)
+    except InvalidParameter:
+        return None
+
+
+def _sizes(state, result: dict) -> dict[str, int]:
+    out = {}
+    for name in result.get("files") or {}:
+        key = _artifact_key(state, result, name)
+        if key is not None:
+            try:
+                out[name] = state.artifacts.size(key)
+            except NotFound:
+                pass
+    return out
+
+
+def _chunks(reader, size: int = 1024 * 1024):
+    # A plain iterator: Starlette runs it in a thread, so a slow bucket never blocks the event loop.
+    with reader:
+        while chunk := reader.read(size):
+            yield chunk
+
+
+def _attachment(name: str) -> str:
+    quoted = quote(name)
+    return f'attachment; filename="{name}"' if quoted == name else f"attachment; filename*=utf-8''{quoted}"
 
 
 @router.put("/{request_id}/cancel", name="training_cancel", status_code=202)

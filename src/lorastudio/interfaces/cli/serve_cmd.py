@@ -18,10 +18,11 @@ from lorastudio.interfaces.cli.quiet import library_output, verbose_option
 
 def serve_option_fields():
     """The options of the server entry points: how it listens, then the studio's settings."""
-    from lorastudio.core.settings import ServerSettings, StudioSettings
+    from lorastudio.core.settings import PROJECTS_DIR_SHOWN, ServerSettings, StudioSettings
 
     return (("server", model_fields_for_cli(ServerSettings, group="Server")),
-            ("studio", model_fields_for_cli(StudioSettings, group="Models and outputs")))
+            ("studio", model_fields_for_cli(StudioSettings, group="Models and outputs",
+                                            shown_defaults=PROJECTS_DIR_SHOWN)))
 
 
 def register(app: typer.Typer) -> None:
@@ -31,9 +32,11 @@ def register(app: typer.Typer) -> None:
         """Serve /sdapi/v1 (A1111 clients: webuiapi, Krita, SillyTavern...) and /v1/trainings."""
         from lorastudio.core.errors import LorastudioError
         from lorastudio.core.params import build_model
-        from lorastudio.core.settings import ServerSettings, StudioSettings, default_models_dir
+        from lorastudio.core.settings import (ServerSettings, StudioSettings, default_models_dir,
+                                              default_projects_dir)
 
         studio.setdefault("models_dir", default_models_dir(os.environ))
+        studio.setdefault("projects_dir", default_projects_dir(os.environ))
         try:
             settings = build_model(StudioSettings, studio)
             options = build_model(ServerSettings, server)
@@ -47,6 +50,11 @@ def register(app: typer.Typer) -> None:
                 queue["store"] = open_job_store(options.db)
             if not options.worker:
                 queue["run_worker"] = False
+            if options.artifacts:
+                from lorastudio.services.artifacts import open_artifact_store
+
+                queue["artifacts"] = open_artifact_store(options.artifacts, **s3_options(options.artifacts,
+                                                                                         options.s3_endpoint))
             with library_output(verbose):
                 run_server(settings, host=options.host, port=options.port, api_auth=options.api_auth or None,
                            webhook_hosts=options.webhook_hosts, dataset_roots=options.dataset_roots,
@@ -55,3 +63,8 @@ def register(app: typer.Typer) -> None:
         except LorastudioError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
+
+
+def s3_options(url: str, endpoint: str | None) -> dict:
+    """open_artifact_store's options for an S3-compatible endpoint (ignored for a folder)."""
+    return {"endpoint_url": endpoint} if endpoint and str(url).startswith("s3://") else {}

@@ -10,51 +10,40 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from pathlib import Path
-from typing import Optional
 
 import typer
 
-from lorastudio.core.settings import default_models_dir
+from lorastudio.core.settings import default_models_dir, default_projects_dir
+from lorastudio.interfaces.cli.options_from_model import GroupedCommand, model_fields_for_cli, with_model_options
+
+WORKER_STUDIO_FIELDS = ("models_dir", "projects_dir", "device", "dtype", "allow_pickle", "report_after_training")
+
+
+def worker_option_fields():
+    """The worker's options: how it joins the farm, then the studio settings a training uses."""
+    from lorastudio.core.settings import PROJECTS_DIR_SHOWN, StudioSettings, WorkerSettings
+
+    return (("farm", model_fields_for_cli(WorkerSettings, group="Farm")),
+            ("studio", model_fields_for_cli(StudioSettings, include=WORKER_STUDIO_FIELDS,
+                                            group="Models and outputs", shown_defaults=PROJECTS_DIR_SHOWN)))
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
-    def worker(
-        db: str = typer.Option(..., "--db", envvar="LORASTUDIO_DB",
-                               help="Job database URL, postgresql://user@host/db (or $LORASTUDIO_DB)"),
-        device: Optional[str] = typer.Option(None, help="Accelerator this worker owns: cuda | cuda:1 | cpu | mps"),
-        families: Optional[str] = typer.Option(None, "--families",
-                                               help="Comma-separated model families this worker takes "
-                                                    "(sd1,sdxl,flux); default: all"),
-        memory_mb: Optional[int] = typer.Option(None, "--memory-mb", min=0,
-                                                help="Accelerator memory on offer; jobs needing more are left "
-                                                     "to other workers"),
-        models_dir: Optional[Path] = typer.Option(None, "--models-dir",
-                                                  help="Models folder, at the same path the API nodes use "
-                                                       "(default: ./models or $LORASTUDIO_MODELS_DIR)"),
-        projects_dir: Optional[Path] = typer.Option(None, "--projects-dir", envvar="LORASTUDIO_PROJECTS_DIR",
-                                                    help="Shared projects folder, at the same path the API "
-                                                         "nodes use [projects]"),
-        worker_id: Optional[str] = typer.Option(None, "--worker-id", help="Name in job records [host:pid:random]"),
-        heartbeat_timeout: float = typer.Option(30.0, "--heartbeat-timeout", min=1.0,
-                                                help="Seconds without a heartbeat after which a job goes back to "
-                                                     "the queue (the lease)"),
-        poll_interval: float = typer.Option(1.0, "--poll-interval", min=0.01,
-                                            help="Seconds between looks at an empty queue"),
-        artifacts: Optional[str] = typer.Option(None, "--artifacts", envvar="LORASTUDIO_ARTIFACTS",
-                                                help="Artifact store for checkpoints and finished runs: "
-                                                     "s3://bucket/prefix (endpoint: $LORASTUDIO_S3_ENDPOINT) "
-                                                     "or a folder; lets a run resume on another machine"),
-        report: bool = typer.Option(True, "--report/--no-report", help="Write the LoRA report after each training"),
-    ):
-        """Claim queued jobs (that this worker can run) and run them until SIGTERM / Ctrl-C."""
-        from lorastudio.core.errors import LorastudioError
+    @app.command(cls=GroupedCommand)
+    @with_model_options(*worker_option_fields())
+    def worker(farm: dict = None, studio: dict = None):
+        """Claim queued jobs (that this worker can run) and run them until SIGTERM / Ctrl-C.
 
+        Models and projects must be at the same paths as on the API nodes (a shared folder), or
+        --artifacts names the store that carries runs between machines."""
+        from lorastudio.core.errors import LorastudioError
+        from lorastudio.core.params import build_model
+        from lorastudio.core.settings import StudioSettings, WorkerSettings
+
+        studio.setdefault("models_dir", default_models_dir(os.environ))
+        studio.setdefault("projects_dir", default_projects_dir(os.environ))
         try:
-            _run(db, device=device, families=families, memory_mb=memory_mb, models_dir=models_dir,
-                 projects_dir=projects_dir, worker_id=worker_id, heartbeat_timeout_s=heartbeat_timeout,
-                 poll_interval_s=poll_interval, artifacts_url=artifacts, report=report)
+            _run(build_model(WorkerSettings, farm), build_model(StudioSettings, studio))
         except LorastudioError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
@@ -75,22 +64,16 @@ def parse_families(text: str | None) -> tuple[str, ...] | None:
     return names
 
 
-def _run(db: str, *, report: bool = True, device, families, memory_mb, models_dir, projects_dir, worker_id,
-         heartbeat_timeout_s: float, poll_interval_s: float, artifacts_url: str | None = None) -> None:
+def _run(options, settings) -> None:
     import logging
 
-    from lorastudio.core.settings import StudioSettings
     from lorastudio.interfaces.api.training_jobs import make_training_handler
     from lorastudio.services.jobs import JobWorker, WorkerCapabilities, open_job_store
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    can_run = WorkerCapabilities(families=parse_families(families), memory_mb=memory_mb)
-    values: dict = {"models_dir": models_dir or default_models_dir(os.environ), "report_after_training": report}
-    for key, value in (("projects_dir", projects_dir), ("device", device)):
-        if value is not None:
-            values[key] = value
-    settings = StudioSettings(**values)
-    store = open_job_store(db, heartbeat_timeout_s=heartbeat_timeout_s)  # a bad URL fails before the imports
+    can_run = WorkerCapabilities(families=parse_families(options.families), memory_mb=options.memory_mb)
+    # A bad URL fails here, before the slow imports.
+    store = open_job_store(options.db, heartbeat_timeout_s=options.heartbeat_timeout)
     # The training stack is imported here, on the main thread, before any job is claimed: a
     # first import of torch from the job thread raced other threads' lazy torch imports
     # (AttributeError on torch._C seen under load), and a job should not wait on imports.
@@ -106,13 +89,14 @@ def _run(db: str, *, report: bool = True, device, families, memory_mb, models_di
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     artifacts = None
-    if artifacts_url:
+    if options.artifacts:
+        from lorastudio.interfaces.cli.serve_cmd import s3_options
         from lorastudio.services.artifacts import open_artifact_store
 
-        artifacts = open_artifact_store(artifacts_url, **_s3_endpoint(artifacts_url))
+        artifacts = open_artifact_store(options.artifacts, **s3_options(options.artifacts, options.s3_endpoint))
     handler = make_training_handler(settings, artifacts=artifacts)
-    worker = JobWorker(store, {"training": handler}, worker_id=worker_id,
-                       can_run=can_run, poll_interval_s=poll_interval_s)
+    worker = JobWorker(store, {"training": handler}, worker_id=options.worker_id,
+                       can_run=can_run, poll_interval_s=options.poll_interval)
     worker.start(recover=True)
     logging.getLogger("lorastudio.worker").info("worker %s ready (families=%s, device=%s)", worker.worker_id,
                                                 ",".join(can_run.families or ("all",)), settings.device)
@@ -125,8 +109,3 @@ def _run(db: str, *, report: bool = True, device, families, memory_mb, models_di
         worker.stop(timeout=5)
         store.close()
 
-
-def _s3_endpoint(url: str) -> dict:
-    """$LORASTUDIO_S3_ENDPOINT (MinIO and other S3-compatible servers), read here at the entry point."""
-    endpoint = os.environ.get("LORASTUDIO_S3_ENDPOINT") if str(url).startswith("s3://") else None
-    return {"endpoint_url": endpoint} if endpoint else {}

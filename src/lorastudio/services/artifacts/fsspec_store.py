@@ -45,6 +45,18 @@ class FsspecArtifactStore(ArtifactStore):
     def exists(self, key):
         return self.fs.isfile(self._remote(key))
 
+    def size(self, key):
+        return int(self.fs.size(self._existing(key)))
+
+    def open_read(self, key):
+        return self.fs.open(self._existing(key), "rb")
+
+    def _existing(self, key: str) -> str:
+        remote = self._remote(key)
+        if not self.fs.isfile(remote):
+            raise NotFound("artifact", f"{self.url}/{key}")
+        return remote
+
     def list(self, prefix=""):
         base = self._remote(prefix) if prefix else self.base
         if prefix and self.fs.isfile(base):

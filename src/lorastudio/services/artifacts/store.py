@@ -13,7 +13,7 @@ import os
 import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from lorastudio.core.atomic import atomic_path
 from lorastudio.core.errors import InvalidParameter, NotFound
@@ -44,6 +44,18 @@ class ArtifactStore(ABC):
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def size(self, key: str) -> int:
+        """Bytes in `key`; NotFound if absent."""
+
+    @abstractmethod
+    def open_read(self, key: str) -> BinaryIO:
+        """A binary reader of `key` (the caller closes it); NotFound if absent."""
+
+    def local_path(self, key: str) -> Path | None:
+        """The file itself where the store is a folder on this machine (served without a copy)."""
+        return None
 
     @abstractmethod
     def list(self, prefix: str = "") -> list[str]:
@@ -96,6 +108,22 @@ class DirectoryArtifactStore(ArtifactStore):
 
     def exists(self, key):
         return self._path(key).is_file()
+
+    def size(self, key):
+        return self._existing(key).stat().st_size
+
+    def open_read(self, key):
+        return open(self._existing(key), "rb")
+
+    def local_path(self, key):
+        return self._existing(key)
+
+    def _existing(self, key: str) -> Path:
+        path = self._path(key)
+        # resolve(): a symlink inside the folder must not serve a file outside it.
+        if not path.is_file() or not path.resolve().is_relative_to(self.root):
+            raise NotFound("artifact", key)
+        return path
 
     def list(self, prefix=""):
         base = self._path(prefix) if prefix else self.root

@@ -124,6 +124,17 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN family TEXT;
     ALTER TABLE jobs ADD COLUMN min_memory_mb INTEGER;
     """,
+    # 3: one-time side effects of a job (webhook calls), claimed by one API node of many.
+    """
+    CREATE TABLE job_deliveries (
+        job_id     TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        what       TEXT NOT NULL,
+        owner      TEXT NOT NULL,
+        claimed_at DOUBLE PRECISION NOT NULL,
+        done_at    DOUBLE PRECISION,
+        PRIMARY KEY (job_id, what)
+    );
+    """,
 )
 
 _WITH_POSITION = (
@@ -414,6 +425,25 @@ class PostgresJobStore(JobStore):
         return self._finish(
             job_id, worker_id, JobStatus.CANCELLED, "error = %s", ("cancelled by request",)
         )
+
+    def claim_delivery(self, job_id: str, what: str, owner: str, stale_after_s: float) -> bool:
+        now = self._clock()
+        # One upsert: the row's primary key decides the race, its WHERE the takeover; a retry
+        # after a lost acknowledgement finds its own owner and succeeds again.
+        return self._run(lambda c, _: c.execute(
+            "INSERT INTO job_deliveries (job_id, what, owner, claimed_at) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (job_id, what) DO UPDATE SET owner = excluded.owner, claimed_at = excluded.claimed_at"
+            " WHERE job_deliveries.done_at IS NULL AND (job_deliveries.owner = excluded.owner"
+            " OR job_deliveries.claimed_at < %s)",
+            (job_id, what, owner, now, now - stale_after_s),
+        ).rowcount == 1)
+
+    def finish_delivery(self, job_id: str, what: str, owner: str) -> bool:
+        now = self._clock()
+        return self._run(lambda c, _: c.execute(
+            "UPDATE job_deliveries SET done_at = %s WHERE job_id = %s AND what = %s AND owner = %s",
+            (now, job_id, what, owner),
+        ).rowcount == 1)
 
     def request_cancel(self, job_id: str) -> Job:
         now = self._clock()

@@ -77,6 +77,17 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN family TEXT;
     ALTER TABLE jobs ADD COLUMN min_memory_mb INTEGER;
     """,
+    # 3: one-time side effects of a job (webhook calls), claimed by one API node of many.
+    """
+    CREATE TABLE job_deliveries (
+        job_id     TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        what       TEXT NOT NULL,
+        owner      TEXT NOT NULL,
+        claimed_at REAL NOT NULL,
+        done_at    REAL,
+        PRIMARY KEY (job_id, what)
+    );
+    """,
 )
 
 # UPDATE ... RETURNING arrived in SQLite 3.35.0.
@@ -340,6 +351,24 @@ class SqliteJobStore(JobStore):
         return self._finish(
             job_id, worker_id, JobStatus.CANCELLED, "error = ?", ("cancelled by request",)
         )
+
+    def claim_delivery(self, job_id: str, what: str, owner: str, stale_after_s: float) -> bool:
+        now = self._clock()
+        with self._write() as c:
+            # One upsert: the row's primary key decides the race, its WHERE the takeover.
+            cur = c.execute(
+                "INSERT INTO job_deliveries (job_id, what, owner, claimed_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (job_id, what) DO UPDATE SET owner = excluded.owner, claimed_at = excluded.claimed_at"
+                " WHERE job_deliveries.done_at IS NULL AND (job_deliveries.owner = excluded.owner"
+                " OR job_deliveries.claimed_at < ?)",
+                (job_id, what, owner, now, now - stale_after_s),
+            )
+            return cur.rowcount == 1
+
+    def finish_delivery(self, job_id: str, what: str, owner: str) -> bool:
+        with self._write() as c:
+            cur = c.execute("UPDATE job_deliveries SET done_at = ? WHERE job_id = ? AND what = ? AND owner = ?", (self._clock(), job_id, what, owner))
+            return cur.rowcount == 1
 
     def request_cancel(self, job_id: str) -> Job:
         now = self._clock()

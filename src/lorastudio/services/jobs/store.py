@@ -103,6 +103,19 @@ class JobStore(ABC):
     def recover_after_restart(self) -> list[Job]:
         """Requeue (front) or fail IN_PROGRESS jobs whose worker is gone; return them."""
 
+    @abstractmethod
+    def claim_delivery(self, job_id: str, what: str, owner: str, stale_after_s: float) -> bool:
+        """Take the one-time side effect `what` of a job (a webhook call) for `owner`.
+
+        True for exactly one of several nodes racing for it, and again for the owner that
+        holds it (a retried call); False once it is done, or while another owner's claim is
+        younger than stale_after_s (an owner that died mid-delivery is replaced after that).
+        """
+
+    @abstractmethod
+    def finish_delivery(self, job_id: str, what: str, owner: str) -> bool:
+        """Record `what` as done; False when `owner` no longer holds the claim."""
+
     def change_counter(self, job_id: str) -> int:
         """A number that grows whenever the job or its logs change (0 where not tracked).
 
