@@ -84,14 +84,30 @@ def read_state_dict(path: Path, *, allow_pickle: bool) -> dict:
     return tensors
 
 
+SPANDREL_INSTALL = "pip install --no-deps spandrel==0.4.2 einops"
+
+
+def import_spandrel(path: Path):
+    """spandrel, or an error that says what to install.
+
+    spandrel imports torchvision (for its LaMa and RestoreFormer architectures only), so it needs
+    the torchvision built for the installed torch; pip would otherwise replace torch, hence --no-deps."""
+    try:
+        import spandrel
+    except ImportError as exc:
+        import torch
+
+        missing = getattr(exc, "name", None) or str(exc)
+        raise ModelFileError(path, f"model upscalers need the spandrel library, which could not be imported "
+                                   f"({missing} is missing). Install it with `{SPANDREL_INSTALL}`, and the "
+                                   f"torchvision built for torch {torch.__version__} (spandrel imports it)") from None
+    return spandrel
+
+
 def load_upscaler(path: Path, *, allow_pickle: bool, device: str = "cpu"):
     """spandrel's ImageModelDescriptor (`.model`, `.scale`) for a file; its errors name the file."""
     sd = read_state_dict(path, allow_pickle=allow_pickle)
-    try:
-        import spandrel
-    except ImportError as exc:  # spandrel imports torchvision, which must be the build for this torch
-        raise ModelFileError(path, f"model upscalers need the spandrel library (and the torchvision built for "
-                                   f"the installed torch): {exc}") from None
+    spandrel = import_spandrel(path)
 
     try:
         desc = spandrel.ModelLoader(device=device).load_from_state_dict(sd)
@@ -107,7 +123,7 @@ def upscale_tiled(net: Callable, image, scale: int, *, tile: int = 192, overlap:
     import torch
     from PIL import Image
 
-    rgb = np.asarray(image.convert("RGB"))
+    rgb = np.array(image.convert("RGB"))  # a writable copy: torch refuses to share read-only memory
     h, w = rgb.shape[:2]
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div_(255)
     out = np.empty((h * scale, w * scale, 3), np.uint8)
