@@ -36,7 +36,7 @@ def child(args) -> None:
     import torch
     from PIL import Image
 
-    from lorastudio.generation.model_upscalers import upscaler_function
+    from lorastudio.generation.upscalers import upscaler_function
 
     torch.set_num_threads(args.threads)
     run = upscaler_function("bench-4x-esrgan", Path(args.root), allow_pickle=False, tile=args.tile,

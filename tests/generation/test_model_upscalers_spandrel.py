@@ -16,7 +16,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from lorastudio.core.errors import ModelFileError, PickleRefused
-from lorastudio.generation.model_upscalers import SPANDREL_INSTALL, load_upscaler, upscale_tiled, upscaler_function
+from lorastudio.generation.model_upscalers import SPANDREL_INSTALL, load_upscaler, upscale_tiled
+from lorastudio.generation.upscalers import upscaler_function
 from lorastudio.testing.pixels import assert_same_picture, max_level_difference
 from lorastudio.testing.tiny_upscalers import (
     compact_forward,
@@ -134,3 +135,31 @@ def test_without_spandrel_the_error_says_what_to_install(upscaler_root, monkeypa
         upscaler_function("4x-tiny-new", upscaler_root["root"], allow_pickle=False)
     assert "4x-tiny-new.safetensors" in str(e.value) and SPANDREL_INSTALL in str(e.value)
     assert "torchvision" in str(e.value)
+
+
+@pytest.mark.pixels
+def test_hires_fix_with_a_model_upscaler_by_name(engine, sd1_models_root, spandrel_importable):
+    """Hires fix = first pass, the ESRGAN model (run here through spandrel directly), img2img of that."""
+    folder = sd1_models_root / "ESRGAN"
+    folder.mkdir(exist_ok=True)
+    path = folder / "2x-tiny-hires.safetensors"
+    save_file(rrdbnet_state_dict(2, seed=9), str(path))
+    base = dict(prompt="a red circle", width=32, height=32, steps=4, sampler="Euler", cfg_scale=5.0, seed=11,
+                denoising_strength=0.6)
+    try:
+        assert "2x-tiny-hires" in engine.image_upscalers().names()
+        hires = engine.txt2img({**base, "enable_hr": True, "hr_upscaler": "2x-tiny-hires", "hr_scale": 2}, save=False)
+        first = engine.txt2img(base, save=False).images[0].image
+        net = spandrel_importable.ModelLoader().load_from_state_dict(rrdbnet_state_dict(2, seed=9)).model.eval()
+        with torch.no_grad():
+            y = net(as_tensor(first)).clamp(0, 1)[0].mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        # int(4 / 0.6) = 6 steps, the last 4 run: what img2img at 0.6 runs of a 6-step schedule
+        ref = engine.img2img({**base, "steps": 6, "width": 64, "height": 64}, [Image.fromarray(y)], save=False)
+    finally:
+        path.unlink()
+    out = hires.images[0]
+    assert out.image.size == (64, 64)
+    assert "Hires upscaler: 2x-tiny-hires" in out.infotext and "Hires upscale: 2" in out.infotext
+    assert_same_picture(ref.images[0].image, out.image)
+    # the reference went through the model: far from a plain resize of the first pass
+    assert max_level_difference(Image.fromarray(y), first.resize((64, 64), Image.Resampling.LANCZOS)) > 10

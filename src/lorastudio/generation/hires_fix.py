@@ -14,8 +14,8 @@ parameters must give the same picture here:
   `Hires schedule type`, `Hires upscale` or `Hires resize`, `Hires steps`, `Hires upscaler`,
   Forge's `Hires CFG Scale`, in A1111's order; `Size` stays the first-pass size, as in A1111.
 
-Image upscalers form a small registry (name -> function): model upscalers (ESRGAN and the like)
-are added by passing a larger mapping to `resolve_upscaler`; nothing here is mutated.
+Image upscalers come from the one list generation.upscalers keeps (built-ins, model files such as
+ESRGAN from the models folder), the same Extras and /sdapi/v1/upscalers use.
 """
 
 from __future__ import annotations
@@ -48,37 +48,31 @@ LATENT_UPSCALE_MODES: Mapping[str, tuple[str, bool]] = MappingProxyType({
 ImageUpscaler = Callable[[Any, float], Any]
 
 
-def _pil_resize(resample_name: str) -> ImageUpscaler:
-    def do_upscale(img, scale: float):
-        from PIL import Image
+def _image_upscalers(upscalers):
+    """The one upscaler list (generation.upscalers); a plain mapping adds in-process ones to the built-ins."""
+    from lorastudio.generation.upscalers import ImageUpscalers
 
-        return img.resize((int(img.width * scale), int(img.height * scale)),
-                          resample=getattr(Image.Resampling, resample_name))
-    return do_upscale
-
-
-# "None" is handled by `upscale_image` (a plain Lanczos resize to the target, as A1111's resize_image).
-BUILTIN_IMAGE_UPSCALERS: Mapping[str, ImageUpscaler | None] = MappingProxyType({
-    "None": None,
-    "Lanczos": _pil_resize("LANCZOS"),
-    "Nearest": _pil_resize("NEAREST"),
-})
+    if upscalers is None or isinstance(upscalers, Mapping):
+        return ImageUpscalers(extra=upscalers or {})
+    return upscalers
 
 
-def upscaler_names(extra: Mapping[str, ImageUpscaler] | None = None) -> list[str]:
-    return [*LATENT_UPSCALE_MODES, *BUILTIN_IMAGE_UPSCALERS, *(extra or {})]
+def upscaler_names(upscalers=None) -> list[str]:
+    """`upscalers`: a generation.upscalers.ImageUpscalers, or a mapping of extra ones, or None."""
+    return [*LATENT_UPSCALE_MODES, *_image_upscalers(upscalers).names()]
 
 
-def resolve_upscaler(name: str | None, extra: Mapping[str, ImageUpscaler] | None = None):
-    """-> (A1111's label, "latent", (mode, antialias)) or (label, "image", upscaler or None); any case."""
+def resolve_upscaler(name: str | None, upscalers=None):
+    """-> (A1111's label, "latent", (mode, antialias)) or (label, "image", do_upscale or None); any case."""
     wanted = (name or "Latent").strip()
     for label, spec in LATENT_UPSCALE_MODES.items():
         if label.lower() == wanted.lower():
             return label, "latent", spec
-    for label, fn in {**BUILTIN_IMAGE_UPSCALERS, **(extra or {})}.items():
-        if label.lower() == wanted.lower():
-            return label, "image", fn
-    raise InvalidParameter("hr_upscaler", name, f"unknown upscaler; known: {', '.join(upscaler_names(extra))}")
+    images = _image_upscalers(upscalers)
+    found = images.lookup(wanted)
+    if found is None:
+        raise InvalidParameter("hr_upscaler", name, f"unknown upscaler; known: {', '.join(upscaler_names(images))}")
+    return found[0], "image", found[1]
 
 
 def upscale_image(img, width: int, height: int, upscaler: ImageUpscaler | None):
@@ -199,7 +193,7 @@ class HiresPlan:
 
 
 def plan_hires(model, params: GenerationParams, lora_tags: list, *, prepare_prompts=None,
-               upscalers: Mapping[str, ImageUpscaler] | None = None) -> HiresPlan:
+               upscalers=None) -> HiresPlan:
     """Check the hires settings and build the second pass (its pipeline, scheduler and prompts)."""
     from lorastudio.generation.img2img import pipeline_strength
 

@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from lorastudio.core.errors import InvalidParameter, ModelFileError, NotFound
+from lorastudio.core.errors import ModelFileError, NotFound
 
 UPSCALER_FOLDERS = ("ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT", "upscale_models")
 UPSCALER_EXTENSIONS = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
@@ -54,8 +54,7 @@ def find_upscaler(models_root: Path, name: str) -> UpscalerEntry:
             return e
     from difflib import get_close_matches
 
-    raise NotFound("upscaler", name, get_close_matches(name, [e.name for e in entries] + list(BUILTIN), n=3,
-                                                        cutoff=0.3))
+    raise NotFound("upscaler", name, get_close_matches(name, [e.name for e in entries], n=3, cutoff=0.3))
 
 
 def read_state_dict(path: Path, *, allow_pickle: bool) -> dict:
@@ -143,38 +142,11 @@ def upscale_tiled(net: Callable, image, scale: int, *, tile: int = 192, overlap:
     return Image.fromarray(out)
 
 
-# --- the registry: upscaler name -> (picture, target size) -> picture --------------------------------
-def _pil(resample: str):
-    def run(image, width: int, height: int):
-        from PIL import Image
+def model_do_upscale(desc, *, tile: int = 192, overlap: int = 16):
+    """A1111's `Upscaler.do_upscale` for a loaded model: one pass at the model's own scale (the
+    asked scale is reached by the caller, which repeats passes and resizes, as A1111 does)."""
 
-        return image.resize((width, height), resample=getattr(Image.Resampling, resample))
+    def do_upscale(image, scale: float):
+        return upscale_tiled(desc.model, image, desc.scale, tile=tile, overlap=overlap)
 
-    return run
-
-
-BUILTIN = {"None": None, "Lanczos": _pil("LANCZOS"), "Nearest": _pil("NEAREST")}
-
-
-def upscaler_function(name: str, models_root: Path, *, allow_pickle: bool, device: str = "cpu",
-                      tile: int = 192, overlap: int = 16):
-    """(picture, width, height) -> picture for an upscaler name, as A1111 applies one: the model is
-    run (repeatedly when one pass is not enough) and the result resized to the exact size."""
-    if name in BUILTIN:
-        if BUILTIN[name] is None:
-            raise InvalidParameter("upscaler", name, "'None' does not upscale")
-        return BUILTIN[name]
-    entry = find_upscaler(models_root, name)
-    desc = load_upscaler(entry.path, allow_pickle=allow_pickle, device=device)
-
-    def run(image, width: int, height: int):
-        from PIL import Image
-
-        # A1111 runs the model until the picture is at least as large as asked (at most 3 passes).
-        for _ in range(3):
-            if image.width >= width and image.height >= height:
-                break
-            image = upscale_tiled(desc.model, image, desc.scale, tile=tile, overlap=overlap)
-        return image if image.size == (width, height) else image.resize((width, height), Image.Resampling.LANCZOS)
-
-    return run
+    return do_upscale
