@@ -226,8 +226,7 @@ def test_img2img_and_inpaint_equal_diffusers_controlnet_pipelines(cn_setup, cn_e
     init = picture(4)
     # the pipelines default to a conditioning scale of 0.8 (img2img) and 0.5 (inpaint); a unit of weight 1 is 1
     common = dict(control_image=picture(1), controlnet_conditioning_scale=1.0, num_inference_steps=4, strength=0.75,
-                  guidance_scale=5.0,
-                  width=64, height=64)
+                  guidance_scale=5.0, width=64, height=64)
     ours = cn_engine.img2img(I2I, [init], save=False, controlnet=[unit()]).images[0]
     ref = StableDiffusionControlNetImg2ImgPipeline.from_pipe(p, controlnet=cn_setup["a"])
     ref.scheduler = _euler()
@@ -259,3 +258,28 @@ def test_img2img_and_inpaint_equal_diffusers_controlnet_pipelines(cn_setup, cn_e
 def _mean_latents_t(vae, pixels):
     with torch.no_grad():
         return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+
+
+@pytest.mark.pixels
+def test_hires_second_pass_with_units_is_txt2img_then_img2img_with_them(cn_engine):
+    """Hires fix = first pass with the unit, Lanczos, img2img with the unit, its map made at the hires size
+    (the extension's hr_option "Both"); "Low res only" leaves the second pass plain. The img2img with a
+    unit is itself held against diffusers' pipeline above."""
+    # 4 steps at 0.6: the second pass runs 4 of int(4 / 0.6) = 6, as img2img at 0.6 does of 6 (int(3.6) + 1)
+    base = dict(SMALL, prompt="a red circle", seed=3, denoising_strength=0.6, steps=4)
+    hires = dict(base, enable_hr=True, hr_upscaler="Lanczos", hr_scale=1.5)
+    both = cn_engine.txt2img(hires, save=False, controlnet=[unit()]).images[0]
+    low_only = cn_engine.txt2img(hires, save=False, controlnet=[unit(hr_option="Low res only")]).images[0]
+    first = cn_engine.txt2img(base, save=False, controlnet=[unit()]).images[0].image
+    big = first.resize((96, 96), resample=Image.Resampling.LANCZOS)
+    second = dict(base, steps=6, width=96, height=96)
+    ref_both = cn_engine.img2img(second, [big], save=False, controlnet=[unit()]).images[0].image
+    ref_low = cn_engine.img2img(second, [big], save=False).images[0].image
+    assert both.image.size == (96, 96)
+    assert_same_picture(ref_both, both.image)
+    assert_same_picture(ref_low, low_only.image)
+    assert max_level_difference(both.image, low_only.image) > 5
+    assert "Hires upscaler: Lanczos" in both.infotext and "Hr Option: Low res only" in low_only.infotext
+    with pytest.raises(Exception) as e:
+        cn_engine.txt2img(hires, save=False, controlnet=[unit(hr_option="Sometimes")])
+    assert "hr_option" in str(e.value)

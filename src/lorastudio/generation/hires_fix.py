@@ -186,6 +186,7 @@ class HiresPlan:
     kind: str  # "latent" or "image"
     upscale: Any
     infotext: dict[str, Any]
+    control: Any = None  # the ControlNet units of the second pass (a ControlPlan), or None
 
     @property
     def first_pass_output(self) -> str:
@@ -193,8 +194,10 @@ class HiresPlan:
 
 
 def plan_hires(model, params: GenerationParams, lora_tags: list, *, prepare_prompts=None,
-               upscalers=None) -> HiresPlan:
-    """Check the hires settings and build the second pass (its pipeline, scheduler and prompts)."""
+               upscalers=None, control=None) -> HiresPlan:
+    """Check the hires settings and build the second pass (its pipeline, scheduler and prompts).
+
+    `control`: the generation's ControlPlan; its units for the second pass act there, maps at the hires size."""
     from lorastudio.generation.img2img import pipeline_strength
 
     family = model.family
@@ -202,10 +205,14 @@ def plan_hires(model, params: GenerationParams, lora_tags: list, *, prepare_prom
     choice = resolve_sampler(params.hr_sampler_name or params.sampler, params.hr_scheduler or params.scheduler)
     if not family.supports_sampler(choice):
         raise InvalidParameter("hr_sampler_name", params.hr_sampler_name, f"not available for {family.title} models")
-    pipe = family.img2img_pipeline(model.pipe, inpaint=False)
-    target = hires_target(params, pipe.vae_scale_factor)
+    target = hires_target(params, model.pipe.vae_scale_factor)
     if target.width < target.factor or target.height < target.factor:
         raise InvalidParameter("hr_resize_x", params.hr_resize_x, "the hires size is smaller than one latent cell")
+    second_control = control.for_pass("high", target.width, target.height) if control is not None else None
+    if second_control is not None:
+        pipe = second_control.pipeline(family, model.pipe, "img2img")
+    else:
+        pipe = family.img2img_pipeline(model.pipe, inpaint=False)
     schedule, run = second_pass_steps(params)
     prompt = params.hr_prompt or params.prompt
     negative = params.hr_negative_prompt or params.negative_prompt
@@ -224,7 +231,7 @@ def plan_hires(model, params: GenerationParams, lora_tags: list, *, prepare_prom
     second = params.model_copy(update={"steps": schedule, "width": target.width, "height": target.height})
     return HiresPlan(pipe=pipe, step_cond=step_cond, params=second, run=run,
                      strength=pipeline_strength(type(pipe), schedule, run), target=target, kind=kind,
-                     upscale=upscale, infotext=hires_infotext(params, label))
+                     upscale=upscale, infotext=hires_infotext(params, label), control=second_control)
 
 
 def upscaled_latents(model, plan: HiresPlan, first) -> torch.Tensor:
@@ -258,5 +265,11 @@ def run_second_pass(model, plan: HiresPlan, first, seeds: list[int], batch_index
     latents = upscaled_latents(model, plan, first)
     gens = seeded_generators(seeds)
     seed_brownian_noise(plan.pipe, seeds[0])
-    return _denoise(plan.pipe, plan.step_cond.kwargs_at(0), plan.params, latents, plan.strength, plan.run, None,
-                    gens, batch_index, on_progress, should_stop, step_cond=plan.step_cond)
+    cond = plan.step_cond.kwargs_at(0)
+    if plan.control is None:
+        return _denoise(plan.pipe, cond, plan.params, latents, plan.strength, plan.run, None, gens, batch_index,
+                        on_progress, should_stop, step_cond=plan.step_cond)
+    with plan.control.hooks():
+        return _denoise(plan.pipe, {**cond, **plan.control.call_kwargs("img2img")}, plan.params, latents,
+                        plan.strength, plan.run, None, gens, batch_index, on_progress, should_stop,
+                        step_cond=plan.step_cond)
