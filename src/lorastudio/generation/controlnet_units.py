@@ -167,6 +167,11 @@ class ControlPlan:
         return [i for i, u in enumerate(self.units) if u.guidance_end > u.guidance_start]
 
     def pipeline(self, family, pipe, mode: str):
+        if not family.controlnet_control_modes:
+            for i, u in enumerate(self.units):
+                if u.control_mode != ControlMode.BALANCED:
+                    raise InvalidParameter(f"controlnet[{i}].control_mode", u.control_mode.value,
+                                           f"{family.title} ControlNets have only the balanced mode")
         if not self.acting:
             return pipe if mode == "txt2img" else family.img2img_pipeline(pipe, inpaint=mode == "inpaint")
         built = family.controlnet_pipeline(pipe, [self.controlnets[i] for i in self.acting], mode)
@@ -174,7 +179,7 @@ class ControlPlan:
         built.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
         return built
 
-    def call_kwargs(self, mode: str) -> dict[str, Any]:
+    def call_kwargs(self, mode: str, family) -> dict[str, Any]:
         acting = self.acting
         if not acting:
             return {}
@@ -182,7 +187,7 @@ class ControlPlan:
         units = [self.units[i] for i in acting]
         one = len(units) == 1
         return {
-            "image" if mode == "txt2img" else "control_image": images[0] if one else images,
+            family.controlnet_image_argument(mode): images[0] if one else images,
             "controlnet_conditioning_scale": units[0].weight if one else [u.weight for u in units],
             "control_guidance_start": [u.guidance_start for u in units],
             "control_guidance_end": [u.guidance_end for u in units],

@@ -270,6 +270,6 @@ def run_second_pass(model, plan: HiresPlan, first, seeds: list[int], batch_index
         return _denoise(plan.pipe, cond, plan.params, latents, plan.strength, plan.run, None, gens, batch_index,
                         on_progress, should_stop, step_cond=plan.step_cond)
     with plan.control.hooks():
-        return _denoise(plan.pipe, {**cond, **plan.control.call_kwargs("img2img")}, plan.params, latents,
+        return _denoise(plan.pipe, {**cond, **plan.control.call_kwargs("img2img", model.family)}, plan.params, latents,
                         plan.strength, plan.run, None, gens, batch_index, on_progress, should_stop,
                         step_cond=plan.step_cond)

@@ -146,7 +146,7 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
     if control is not None:
         mode = "img2img" if mask is None else "inpaint"
         pipe = control.pipeline(family, model.pipe, mode)
-        cond_extra, extra = control.call_kwargs(mode), {**extra, **control.infotext()}
+        cond_extra, extra = control.call_kwargs(mode, family), {**extra, **control.infotext()}
     else:
         pipe, cond_extra = family.img2img_pipeline(model.pipe, inpaint=mask is not None), {}
     pipe.scheduler = family.make_scheduler(model.base_scheduler_config, choice)

@@ -114,7 +114,7 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
                                        cfg_scale=params.cfg_scale, guidance=params.guidance)
     control_kwargs: dict = {}
     if control is not None:
-        control_kwargs = first_control.call_kwargs("txt2img") if first_control is not None else {}
+        control_kwargs = first_control.call_kwargs("txt2img", family) if first_control is not None else {}
         extra = {**extra, **control.infotext()}
     hires = None
     if params.enable_hr:
