@@ -94,7 +94,8 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
     """`control`: a generation.controlnet_units.ControlPlan (ControlNet units), or None."""
     family, pipe = model.family, pipeline_override or model.pipe
     # With the hires fix, a unit acts in the passes its hr_option names (the extension's rule).
-    first_control = control.for_pass("low", params.width, params.height) if control and params.enable_hr else control
+    first_control = (control.for_pass("low", params.width, params.height) if control is not None and params.enable_hr
+                     else control)
     if first_control is not None:
         pipe = first_control.pipeline(family, pipe, "txt2img")
     # 1. check inputs
