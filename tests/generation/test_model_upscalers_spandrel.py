@@ -59,6 +59,7 @@ def upscaler_root(tmp_path_factory, spandrel_importable):
     return {"root": root, "esrgan4": esrgan4, "esrgan2": esrgan2, "compact": compact}
 
 
+@pytest.mark.pixels
 def test_architectures_scales_and_outputs(upscaler_root):
     root = upscaler_root["root"]
     x = as_tensor(photo())

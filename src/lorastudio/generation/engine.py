@@ -146,7 +146,8 @@ class GenerationEngine:
         """The upscalers of the models folder (hires fix, Extras): one list, loaded models kept."""
         from lorastudio.generation.upscalers import ImageUpscalers
 
-        if self._upscalers is None:
+        made = self._upscalers
+        if made is None or (made.models_root, made.allow_pickle) != (self.root.root, self.settings.allow_pickle):
             self._upscalers = ImageUpscalers(self.root.root, allow_pickle=self.settings.allow_pickle,
                                              device=self.device)
         return self._upscalers
