@@ -64,6 +64,16 @@ def test_flux_controlnet_equals_diffusers_pipeline(flux_cn, family_engine, tiny_
     with pytest.raises(InvalidParameter) as e:
         engine.txt2img(P, save=False, controlnet=[{**unit, "control_mode": "My prompt is more important"}])
     assert "control_mode" in e.value.field
+    # img2img, inpaint and the hires second pass are refused, naming the way that works
+    with pytest.raises(InvalidParameter) as e:
+        engine.img2img(dict(P, denoising_strength=0.6), [picture(2)], save=False, controlnet=[unit])
+    assert "txt2img only" in str(e.value) and "img2img" in str(e.value)
+    hires = dict(P, enable_hr=True, hr_upscaler="Lanczos", hr_scale=2, denoising_strength=0.6)
+    with pytest.raises(InvalidParameter) as e:
+        engine.txt2img(hires, save=False, controlnet=[unit])
+    assert "Low res only" in str(e.value)
+    low = engine.txt2img(hires, save=False, controlnet=[{**unit, "hr_option": "Low res only"}]).images[0]
+    assert low.image.size == (64, 64) and "Hr Option: Low res only" in low.infotext
     with pytest.raises(ModelFileError) as e:  # an SD 1.x ControlNet for a FLUX.1 model
         engine.txt2img(P, save=False, controlnet=[{**unit, "model": "control_tiny_sd15"}])
     assert "control_tiny_sd15" in str(e.value) and "SD 1.x ControlNet" in str(e.value) and "FLUX.1" in str(e.value)

@@ -43,9 +43,11 @@ class FluxFamily(ModelFamily, TrainableFamily):
     # Flow matching has no epsilon / v prediction type: the key is left out of a LoRA's metadata,
     # as kohya's sd-scripts does for its flow-matching models.
     modelspec_prediction_type = None
-    # diffusers' FLUX ControlNet pipelines per mode (InstantX / Shakker-Labs style ControlNets)
-    controlnet_pipeline_names = {"txt2img": "FluxControlNetPipeline", "img2img": "FluxControlNetImg2ImgPipeline",
-                                 "inpaint": "FluxControlNetInpaintPipeline"}
+    # diffusers' FLUX ControlNet pipeline (InstantX / Shakker-Labs style ControlNets). Its img2img and
+    # inpaint ones encode the init picture themselves (no latents in) and sample the control picture's
+    # posterior with the seed's generators before the noise, so a seed would not start from its own
+    # noise: those modes are refused, not run differently.
+    controlnet_pipeline_names = {"txt2img": "FluxControlNetPipeline"}
     # The extension's control modes scale a UNet's 13 residuals; a FLUX ControlNet gives one per block.
     controlnet_control_modes = False
 
@@ -218,12 +220,13 @@ class FluxFamily(ModelFamily, TrainableFamily):
     def controlnet_pipeline(self, pipe, controlnets, mode: str):
         import diffusers
 
+        from lorastudio.core.errors import InvalidParameter
+
+        if mode not in self.controlnet_pipeline_names:
+            raise InvalidParameter("controlnet", "<unit>", f"{self.title} ControlNets act in txt2img only (and in "
+                                   f"the first hires pass: hr_option 'Low res only'), not in {mode}")
         cls = getattr(diffusers, self.controlnet_pipeline_names[mode])
-        built = cls.from_pipe(pipe, controlnet=controlnets if len(controlnets) > 1 else controlnets[0])
-        if mode == "inpaint":
-            # As for SD (stable_diffusion_base): init pictures encoded to the VAE mean, not sampled.
-            built._encode_vae_image = lambda image, generator: self.encode_images(built, image)
-        return built
+        return cls.from_pipe(pipe, controlnet=controlnets if len(controlnets) > 1 else controlnets[0])
 
     # --- training --------------------------------------------------------------------------
     def training_defaults(self, pipe) -> dict[str, Any]:
