@@ -248,7 +248,9 @@ def test_img2img_and_inpaint_equal_diffusers_controlnet_pipelines(cn_setup, cn_e
     want = Image.composite(want, init, mask)  # A1111's overlay: outside the mask, the original pixels
     assert_same_picture(want, ours.image)
     assert np.array_equal(np.asarray(ours.image)[:, 32:], np.asarray(init)[:, 32:])
+    idle = cn_engine.img2img(I2I, [init], mask, options=opts, save=False, controlnet=[unit(guidance_end=0.0)])
     assert_same_picture(plain.image, zero.image)  # weight 0 is plain inpainting
+    assert np.array_equal(np.asarray(plain.image), np.asarray(idle.images[0].image))  # no step: the same call
     assert max_level_difference(plain.image, ours.image) > 5  # and the unit acts
     with pytest.raises(InvalidParameter) as e:
         cn_engine.img2img(I2I, [init], mask, options={"inpainting_fill": 2}, save=False, controlnet=[unit()])

@@ -3,7 +3,9 @@
 A unit is: a ControlNet model, a control picture (preprocessed by `module`), a weight, the part of
 the sampling it acts in (guidance start / end), a control mode, a resize mode and pixel perfect.
 `prepare_control` loads and preprocesses; the returned `ControlPlan` builds the family's diffusers
-ControlNet pipeline over the loaded modules and holds the call's extra arguments.
+ControlNet pipeline over the loaded modules (txt2img, img2img, inpaint) and holds the call's extra
+arguments. With the hires fix, `for_pass` gives the units of each pass (the extension's hr_option),
+their maps made again at the second pass's size.
 
 Control modes follow the extension (hook.py): "My prompt is more important" scales the 13 (SD 1.x)
 ControlNet outputs by 0.825 ** (12 - i) (the deepest kept whole, the shallowest ~0.1);

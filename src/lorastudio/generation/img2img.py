@@ -139,7 +139,9 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
     negative, extra = params.negative_prompt, {}
     if prepare_prompts is not None:
         prompt_text, negative, extra = prepare_prompts(prompt_text, negative)
-    if control is not None and mask is not None and options.inpainting_fill in (2, 3):
+    # A ControlNet inpaint pipeline runs when a unit acts (a unit with an empty guidance range does not)
+    control_inpaint = control is not None and mask is not None and bool(control.acting)
+    if control_inpaint and options.inpainting_fill in (2, 3):
         # diffusers' ControlNet inpaint pipelines start from the encoded picture; there is no latent to fill
         raise InvalidParameter("inpainting_fill", options.inpainting_fill, "with ControlNet units, masked content "
                                "is 0 (fill) or 1 (original); latent noise / latent nothing are not available")
@@ -191,7 +193,7 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
         seed_brownian_noise(pipe, batch_seeds[0])
         # 5. denoise
         latents = latents.to(pipe.device, dtype=family.denoiser(pipe).dtype)
-        if control is not None and mask is not None:
+        if control_inpaint:
             # The ControlNet inpaint pipeline takes the pictures (it encodes them to the same latents, see
             # family.controlnet_pipeline) and masks them itself; an inpainting model gets the rounded mask.
             pictures = inputs.images if len(inputs.images) > 1 else inputs.images * len(batch_seeds)
