@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 	# The CPU wheel of torch lies on local disk here; on a GPU machine install your CUDA torch first.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	# Model upscalers: spandrel without its dependencies, because it requires torchvision, and pip would
+	# replace our torch with the one a PyPI torchvision pins (tests/conftest.py: spandrel_importable).
+	$(PY) -m pip install -q --no-deps spandrel==0.4.2 einops
 	touch $(STAMP)
 
 # The web UI tests drive Debian's chromium through Playwright (no browser download is possible).

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Peak memory of tiled model upscaling: a 2048x2048 picture through a 4x ESRGAN (spandrel's RRDBNet).
+"""Peak memory of tiled model upscaling: a 2048x2048 picture through a 4x ESRGAN (RRDBNet, read by spandrel).
 
 The model is a random ESRGAN written as a .safetensors file into models/ESRGAN and loaded the way
 users' files are (lorastudio.generation.model_upscalers.upscaler_function, spandrel underneath). Its
@@ -36,7 +36,7 @@ def child(args) -> None:
     import torch
     from PIL import Image
 
-    from lorastudio.generation.model_upscalers import upscaler_function
+    from lorastudio.generation.upscalers import upscaler_function
 
     torch.set_num_threads(args.threads)
     run = upscaler_function("bench-4x-esrgan", Path(args.root), allow_pickle=False, tile=args.tile,
@@ -65,15 +65,15 @@ def main() -> None:
     if args.root:
         return child(args)
 
-    import torch
     from safetensors.torch import save_file
-    from spandrel.architectures.ESRGAN import ESRGAN as RRDBNet
+
+    from lorastudio.testing.tiny_upscalers import rrdbnet_state_dict
 
     root = Path(tempfile.mkdtemp(prefix="bench-up-")) / "models"
     (root / "ESRGAN").mkdir(parents=True)
-    torch.manual_seed(0)
-    net = RRDBNet(in_nc=3, out_nc=3, num_filters=args.filters, num_blocks=args.blocks, scale=4)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(root / "ESRGAN" / "bench-4x-esrgan.safetensors"))
+    # Real-ESRGAN's names (conv_first, body.N.rdbK...), written without spandrel: only the child loads it.
+    save_file(rrdbnet_state_dict(4, feat=args.filters, blocks=args.blocks, seed=0),
+              str(root / "ESRGAN" / "bench-4x-esrgan.safetensors"))
     cmd = [sys.executable, __file__, "--root", str(root), *[f"--{k}={v}" for k, v in vars(args).items() if k != "root"]]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     if out.returncode != 0:

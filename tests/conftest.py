@@ -99,3 +99,45 @@ def postgres_url(postgres_server):
     url = postgres_server.create_database()
     yield url
     postgres_server.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def spandrel_importable():
+    """Makes `import spandrel` work in a test process that has no torchvision.
+
+    spandrel imports `torchvision.transforms.functional` for two architectures only (LaMa
+    inpainting: rotate, InterpolationMode; RestoreFormer: normalize), and PyPI offers no
+    torchvision that imports beside the CPU torch installed here. When torchvision is absent,
+    and only then, a stand-in module with those three names is put in sys.modules; each of its
+    functions raises if called, so a test that ever reached LaMa or RestoreFormer would fail
+    loudly. The upscalers the tests load (ESRGAN, compact, SwinIR) never touch it.
+    """
+    import enum
+    import importlib.util
+    import sys
+    import types
+
+    added = []
+    if importlib.util.find_spec("torchvision") is None:
+        def refuse(*args, **kwargs):
+            raise RuntimeError("torchvision stand-in (tests/conftest.py): the real torchvision is not installed")
+
+        functional = types.ModuleType("torchvision.transforms.functional")
+        functional.InterpolationMode = enum.Enum("InterpolationMode", "NEAREST BILINEAR BICUBIC")
+        functional.rotate = functional.normalize = refuse
+        transforms = types.ModuleType("torchvision.transforms")
+        transforms.functional = functional
+        torchvision = types.ModuleType("torchvision")
+        torchvision.transforms = transforms
+        for name, module in (("torchvision", torchvision), ("torchvision.transforms", transforms),
+                             ("torchvision.transforms.functional", functional)):
+            sys.modules[name] = module
+            added.append(name)
+    try:
+        import spandrel
+    finally:
+        # Only spandrel's import sees the stand-in: its two modules keep the names they bound, and
+        # other libraries (transformers, diffusers) keep finding no torchvision afterwards.
+        for name in added:
+            sys.modules.pop(name, None)
+    return spandrel

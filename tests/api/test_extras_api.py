@@ -80,3 +80,35 @@ def test_webuiapi_extra_single_image_against_a_real_server(server_process, model
     assert r.image.size == (120, 90)
     r = api.extra_batch_images(images=[picture(), picture(seed=2)], upscaler_1="Nearest", upscaling_resize=2)
     assert [im.size for im in r.images] == [(80, 60), (80, 60)]
+
+
+@pytest.mark.pixels
+def test_extras_and_listing_with_a_model_upscaler(client, settings, spandrel_importable):
+    """A tiny ESRGAN in models/ESRGAN, asked for by name: listed with its scale, and Extras' picture is
+    the model's output (a plain-torch ESRGAN forward, testing.tiny_upscalers), not a resize."""
+    import torch
+    from safetensors.torch import save_file
+
+    from lorastudio.testing.pixels import assert_same_picture
+    from lorastudio.testing.tiny_upscalers import rrdbnet_forward, rrdbnet_state_dict
+
+    sd = rrdbnet_state_dict(2, seed=3)
+    path = settings.models_dir / "ESRGAN" / "2x_TinyApi.safetensors"
+    path.parent.mkdir(exist_ok=True)
+    save_file(sd, str(path))
+    try:
+        listed = {u["name"]: u for u in client.get("/sdapi/v1/upscalers").json()}
+        r = client.post("/sdapi/v1/extra-single-image", json={"image": b64(picture()), "upscaler_1": "2x_TinyApi",
+                                                              "upscaling_resize": 2})
+    finally:
+        path.unlink()
+    assert listed["2x_TinyApi"]["scale"] == 2 and listed["2x_TinyApi"]["model_name"] == "ESRGAN"
+    assert r.status_code == 200, r.text
+    out = unb64(r.json()["image"])
+    x = torch.from_numpy(np.asarray(picture(), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        want = rrdbnet_forward(sd, x).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    assert out.size == (80, 60)
+    assert_same_picture(want, out)
+    assert np.abs(np.asarray(out, float) - np.asarray(picture().resize((80, 60)), float)).max() > 10
+    assert "Postprocess upscaler: 2x_TinyApi" in r.json()["html_info"]

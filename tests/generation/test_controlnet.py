@@ -204,8 +204,84 @@ def test_missing_model_and_missing_weights_are_named(cn_engine):
 
 
 
-def test_inpaint_with_a_unit_is_refused_naming_the_mask(cn_engine):
-    mask = Image.new("L", (64, 64), 255)
+def _mean_latents(vae, image):
+    """The init picture encoded to the VAE posterior's mean (the project's img2img convention)."""
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+
+
+# 4 steps at denoising strength 0.5: A1111 runs int(0.5 * 4) + 1 = 3 of them, diffusers' strength 0.75.
+I2I = dict(prompt="a cat", seed=4, denoising_strength=0.5, width=64, height=64, steps=4, cfg_scale=5.0,
+           sampler="Euler", scheduler="Automatic")
+
+
+@pytest.mark.pixels
+def test_img2img_and_inpaint_equal_diffusers_controlnet_pipelines(cn_setup, cn_engine):
+    """diffusers' StableDiffusionControlNetImg2ImgPipeline / ...InpaintPipeline on the same modules, the
+    init picture encoded to the VAE mean (the pipelines would sample it with the seed's generator)."""
+    from diffusers import StableDiffusionControlNetImg2ImgPipeline, StableDiffusionControlNetInpaintPipeline
+
+    p = cn_engine.model.pipe
+    init = picture(4)
+    # the pipelines default to a conditioning scale of 0.8 (img2img) and 0.5 (inpaint); a unit of weight 1 is 1
+    common = dict(control_image=picture(1), controlnet_conditioning_scale=1.0, num_inference_steps=4, strength=0.75,
+                  guidance_scale=5.0, width=64, height=64)
+    ours = cn_engine.img2img(I2I, [init], save=False, controlnet=[unit()]).images[0]
+    ref = StableDiffusionControlNetImg2ImgPipeline.from_pipe(p, controlnet=cn_setup["a"])
+    ref.scheduler = _euler()
+    want = ref("a cat", image=_mean_latents(p.vae, init), generator=torch.Generator().manual_seed(4), **common)
+    assert_same_picture(want.images[0], ours.image)
+    assert "ControlNet 0: \"Module: none, Model: control_tiny_canny" in ours.infotext
+
+    # inpainting: the left half repainted, no blur; the original is pasted back over the right half (A1111)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    opts = {"mask_blur": 0, "inpainting_fill": 1}
+    ours = cn_engine.img2img(I2I, [init], mask, options=opts, save=False, controlnet=[unit()]).images[0]
+    plain = cn_engine.img2img(I2I, [init], mask, options=opts, save=False).images[0]
+    zero = cn_engine.img2img(I2I, [init], mask, options=opts, save=False, controlnet=[unit(weight=0.0)]).images[0]
+    ref = StableDiffusionControlNetInpaintPipeline.from_pipe(p, controlnet=cn_setup["a"])
+    ref.scheduler = _euler()
+    ref._encode_vae_image = lambda image, generator: _mean_latents_t(p.vae, image)
+    want = ref("a cat", image=init, mask_image=mask, generator=torch.Generator().manual_seed(4), **common).images[0]
+    want = Image.composite(want, init, mask)  # A1111's overlay: outside the mask, the original pixels
+    assert_same_picture(want, ours.image)
+    assert np.array_equal(np.asarray(ours.image)[:, 32:], np.asarray(init)[:, 32:])
+    idle = cn_engine.img2img(I2I, [init], mask, options=opts, save=False, controlnet=[unit(guidance_end=0.0)])
+    assert_same_picture(plain.image, zero.image)  # weight 0 is plain inpainting
+    assert np.array_equal(np.asarray(plain.image), np.asarray(idle.images[0].image))  # no step: the same call
+    assert max_level_difference(plain.image, ours.image) > 5  # and the unit acts
     with pytest.raises(InvalidParameter) as e:
-        cn_engine.img2img(dict(prompt="x", **SMALL), [picture(4)], mask, save=False, controlnet=[unit()])
-    assert e.value.field == "mask" and "ControlNet" in str(e.value)
+        cn_engine.img2img(I2I, [init], mask, options={"inpainting_fill": 2}, save=False, controlnet=[unit()])
+    assert e.value.field == "inpainting_fill"
+
+
+def _mean_latents_t(vae, pixels):
+    with torch.no_grad():
+        return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+
+
+@pytest.mark.pixels
+def test_hires_second_pass_with_units_is_txt2img_then_img2img_with_them(cn_engine):
+    """Hires fix = first pass with the unit, Lanczos, img2img with the unit, its map made at the hires size
+    (the extension's hr_option "Both"); "Low res only" leaves the second pass plain. The img2img with a
+    unit is itself held against diffusers' pipeline above."""
+    # 4 steps at 0.6: the second pass runs 4 of int(4 / 0.6) = 6, as img2img at 0.6 does of 6 (int(3.6) + 1)
+    base = dict(SMALL, prompt="a red circle", seed=3, denoising_strength=0.6, steps=4)
+    hires = dict(base, enable_hr=True, hr_upscaler="Lanczos", hr_scale=1.5)
+    both = cn_engine.txt2img(hires, save=False, controlnet=[unit()]).images[0]
+    low_only = cn_engine.txt2img(hires, save=False, controlnet=[unit(hr_option="Low res only")]).images[0]
+    first = cn_engine.txt2img(base, save=False, controlnet=[unit()]).images[0].image
+    big = first.resize((96, 96), resample=Image.Resampling.LANCZOS)
+    second = dict(base, steps=6, width=96, height=96)
+    ref_both = cn_engine.img2img(second, [big], save=False, controlnet=[unit()]).images[0].image
+    ref_low = cn_engine.img2img(second, [big], save=False).images[0].image
+    assert both.image.size == (96, 96)
+    assert_same_picture(ref_both, both.image)
+    assert_same_picture(ref_low, low_only.image)
+    assert max_level_difference(both.image, low_only.image) > 5
+    assert "Hires upscaler: Lanczos" in both.infotext and "Hr Option: Low res only" in low_only.infotext
+    with pytest.raises(Exception) as e:
+        cn_engine.txt2img(hires, save=False, controlnet=[unit(hr_option="Sometimes")])
+    assert "hr_option" in str(e.value)

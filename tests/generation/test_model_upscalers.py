@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from lorastudio.core.errors import PickleRefused
-from lorastudio.generation.model_upscalers import find_upscaler, upscale_tiled, upscaler_entries, upscaler_function
+from lorastudio.generation.model_upscalers import find_upscaler, upscale_tiled, upscaler_entries
+from lorastudio.generation.upscalers import upscaler_function
 from lorastudio.testing.pixels import assert_same_picture
 
 

@@ -3,7 +3,9 @@
 A unit is: a ControlNet model, a control picture (preprocessed by `module`), a weight, the part of
 the sampling it acts in (guidance start / end), a control mode, a resize mode and pixel perfect.
 `prepare_control` loads and preprocesses; the returned `ControlPlan` builds the family's diffusers
-ControlNet pipeline over the loaded modules and holds the call's extra arguments.
+ControlNet pipeline over the loaded modules (txt2img, img2img, inpaint) and holds the call's extra
+arguments. With the hires fix, `for_pass` gives the units of each pass (the extension's hr_option),
+their maps made again at the second pass's size.
 
 Control modes follow the extension (hook.py): "My prompt is more important" scales the 13 (SD 1.x)
 ControlNet outputs by 0.825 ** (12 - i) (the deepest kept whole, the shallowest ~0.1);
@@ -41,6 +43,8 @@ _RESIZE_NAMES = {0: ResizeMode.JUST_RESIZE, 1: ResizeMode.CROP_AND_RESIZE, 2: Re
                  "Resize and Fill": ResizeMode.RESIZE_AND_FILL, "Inner Fit (Scale to Fit)": ResizeMode.CROP_AND_RESIZE,
                  "Outer Fit (Shrink to Fit)": ResizeMode.RESIZE_AND_FILL, "Envelope (Outer Fit)": ResizeMode.RESIZE_AND_FILL,
                  "Scale to Fit (Inner Fit)": ResizeMode.CROP_AND_RESIZE}
+# The extension's HiResFixOption: the passes of the hires fix a unit acts in.
+HR_OPTIONS = {"Both": ("low", "high"), "Low res only": ("low",), "High res only": ("high",)}
 _CONTROL_NAMES = {0: ControlMode.BALANCED, 1: ControlMode.PROMPT, 2: ControlMode.CONTROL,
                   **{m.value: m for m in ControlMode}}
 
@@ -65,7 +69,7 @@ class ControlNetUnit(BaseModel):
     guidance_end: float = Field(1.0, ge=0.0, le=1.0)
     pixel_perfect: bool = False
     control_mode: ControlMode = ControlMode.BALANCED
-    hr_option: str = "Both"
+    hr_option: str = "Both"  # the hires fix passes it acts in: Both, Low res only, High res only
     save_detected_map: bool = True
 
     @field_validator("resize_mode", mode="before")
@@ -81,6 +85,14 @@ class ControlNetUnit(BaseModel):
         if v not in _CONTROL_NAMES:
             raise ValueError(f"control_mode {v!r}: one of {[m.value for m in ControlMode]} (or 0, 1, 2)")
         return _CONTROL_NAMES[v]
+
+    @field_validator("hr_option", mode="before")
+    @classmethod
+    def _hr_option(cls, v):
+        for name in HR_OPTIONS:
+            if str(v).strip().lower() == name.lower():
+                return name
+        raise ValueError(f"hr_option {v!r}: one of {list(HR_OPTIONS)}")
 
     @model_validator(mode="after")
     def _order(self):
@@ -135,6 +147,20 @@ class ControlPlan:
     titles: list[str]  # "name [hash]", as the extension lists models
     cfg: bool = True  # the pipeline runs an unconditional half
     inpaint_masks: list[Any] = field(default_factory=list)  # per unit: mask (L) for inpaint_only, or None
+    sources: list[Any] = field(default_factory=list)  # per unit: the picture its map was made from
+    models_root: Any = None  # where preprocessors find their weights
+
+    def for_pass(self, which: str, width: int, height: int) -> "ControlPlan | None":
+        """The units acting in one pass of the hires fix ("low": the first, "high": the second, its maps
+        made again at that pass's size, as the extension does); None when no unit acts there."""
+        keep = [i for i, u in enumerate(self.units) if which in HR_OPTIONS[u.hr_option]]
+        if not keep:
+            return None
+        maps = [self.maps[i] if which == "low" else control_map(self.units[i], self.sources[i], width, height,
+                                                                  self.models_root) for i in keep]
+        return ControlPlan([self.units[i] for i in keep], [self.controlnets[i] for i in keep], maps,
+                           [self.titles[i] for i in keep], cfg=self.cfg, sources=[self.sources[i] for i in keep],
+                           models_root=self.models_root)
 
     @property
     def acting(self) -> list[int]:
@@ -143,6 +169,11 @@ class ControlPlan:
         return [i for i, u in enumerate(self.units) if u.guidance_end > u.guidance_start]
 
     def pipeline(self, family, pipe, mode: str):
+        if not family.controlnet_control_modes:
+            for i, u in enumerate(self.units):
+                if u.control_mode != ControlMode.BALANCED:
+                    raise InvalidParameter(f"controlnet[{i}].control_mode", u.control_mode.value,
+                                           f"{family.title} ControlNets have only the balanced mode")
         if not self.acting:
             return pipe if mode == "txt2img" else family.img2img_pipeline(pipe, inpaint=mode == "inpaint")
         built = family.controlnet_pipeline(pipe, [self.controlnets[i] for i in self.acting], mode)
@@ -150,7 +181,7 @@ class ControlPlan:
         built.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
         return built
 
-    def call_kwargs(self, mode: str) -> dict[str, Any]:
+    def call_kwargs(self, mode: str, family) -> dict[str, Any]:
         acting = self.acting
         if not acting:
             return {}
@@ -158,7 +189,7 @@ class ControlPlan:
         units = [self.units[i] for i in acting]
         one = len(units) == 1
         return {
-            "image" if mode == "txt2img" else "control_image": images[0] if one else images,
+            family.controlnet_image_argument(mode): images[0] if one else images,
             "controlnet_conditioning_scale": units[0].weight if one else [u.weight for u in units],
             "control_guidance_start": [u.guidance_start for u in units],
             "control_guidance_end": [u.guidance_end for u in units],
@@ -284,7 +315,7 @@ def prepare_control(units: list[ControlNetUnit], *, width: int, height: int, cfg
     active = [u.with_slider_defaults() for u in units if u.enabled]
     if not active:
         return None
-    modules, titles, maps, masks = [], [], [], []
+    modules, titles, maps, masks, sources = [], [], [], [], []
     for i, unit in enumerate(active):
         if unit.model in (None, "", "None"):
             raise InvalidParameter(f"controlnet[{i}].model", unit.model, "each unit needs a ControlNet model")
@@ -300,6 +331,7 @@ def prepare_control(units: list[ControlNetUnit], *, width: int, height: int, cfg
         modules.append(module)
         titles.append(title)
         maps.append(control_map(unit, image, width, height, models_root))
+        sources.append(image)
         unit_mask = unit.mask if unit.mask is not None else mask
         if unit.module == "inpaint_only":
             if unit_mask is None:
@@ -312,4 +344,5 @@ def prepare_control(units: list[ControlNetUnit], *, width: int, height: int, cfg
         else:
             masks.append(None)
     return ControlPlan(active, modules, maps, titles, cfg=cfg,
-                       inpaint_masks=masks if any(m is not None for m in masks) else [])
+                       inpaint_masks=masks if any(m is not None for m in masks) else [], sources=sources,
+                       models_root=models_root)

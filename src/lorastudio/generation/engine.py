@@ -40,6 +40,7 @@ class GenerationEngine:
         self._lora = LoraState()
         self._ti = EmbeddingState()
         self._controlnets: dict = {}  # (id of the loaded pipeline, file) -> (ControlNetModel, title)
+        self._upscalers = None  # generation.upscalers.ImageUpscalers, made when first needed
         self._lock = threading.RLock()
         self.interrupt_flag = threading.Event()
 
@@ -113,7 +114,8 @@ class GenerationEngine:
             control = self._control_plan(controlnet, params)
             return run_txt2img(model, params, activate_loras=self._activate_loras, model_hash=short,
                                save_to=folder, on_progress=on_progress, should_stop=self.interrupt_flag.is_set,
-                               prepare_prompts=self._prompt_preparer(infotext_extra), control=control)
+                               prepare_prompts=self._prompt_preparer(infotext_extra), control=control,
+                               upscalers=self.image_upscalers())
 
     def img2img(self, params: GenerationParams | dict, init_images: list, mask=None, *,
                 options: Img2ImgOptions | dict | None = None, save: bool = True,
@@ -137,6 +139,16 @@ class GenerationEngine:
                                activate_loras=self._activate_loras, model_hash=short, save_to=folder,
                                on_progress=on_progress, should_stop=self.interrupt_flag.is_set,
                                prepare_prompts=self._apply_embeddings, control=control)
+
+    def image_upscalers(self):
+        """The upscalers of the models folder (hires fix, Extras): one list, loaded models kept."""
+        from lorastudio.generation.upscalers import ImageUpscalers
+
+        made = self._upscalers
+        if made is None or (made.models_root, made.allow_pickle) != (self.root.root, self.settings.allow_pickle):
+            self._upscalers = ImageUpscalers(self.root.root, allow_pickle=self.settings.allow_pickle,
+                                             device=self.device)
+        return self._upscalers
 
     # --- ControlNet ------------------------------------------------------------------------
     def _control_plan(self, units: list | None, params: GenerationParams, init_image=None, mask=None):

@@ -14,12 +14,13 @@ parameters must give the same picture here:
   `Hires schedule type`, `Hires upscale` or `Hires resize`, `Hires steps`, `Hires upscaler`,
   Forge's `Hires CFG Scale`, in A1111's order; `Size` stays the first-pass size, as in A1111.
 
-Image upscalers form a small registry (name -> function): model upscalers (ESRGAN and the like)
-are added by passing a larger mapping to `resolve_upscaler`; nothing here is mutated.
+Image upscalers come from the one list generation.upscalers keeps (built-ins, model files such as
+ESRGAN from the models folder), the same Extras and /sdapi/v1/upscalers use.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -48,37 +49,31 @@ LATENT_UPSCALE_MODES: Mapping[str, tuple[str, bool]] = MappingProxyType({
 ImageUpscaler = Callable[[Any, float], Any]
 
 
-def _pil_resize(resample_name: str) -> ImageUpscaler:
-    def do_upscale(img, scale: float):
-        from PIL import Image
+def _image_upscalers(upscalers):
+    """The one upscaler list (generation.upscalers); a plain mapping adds in-process ones to the built-ins."""
+    from lorastudio.generation.upscalers import ImageUpscalers
 
-        return img.resize((int(img.width * scale), int(img.height * scale)),
-                          resample=getattr(Image.Resampling, resample_name))
-    return do_upscale
-
-
-# "None" is handled by `upscale_image` (a plain Lanczos resize to the target, as A1111's resize_image).
-BUILTIN_IMAGE_UPSCALERS: Mapping[str, ImageUpscaler | None] = MappingProxyType({
-    "None": None,
-    "Lanczos": _pil_resize("LANCZOS"),
-    "Nearest": _pil_resize("NEAREST"),
-})
+    if upscalers is None or isinstance(upscalers, Mapping):
+        return ImageUpscalers(extra=upscalers or {})
+    return upscalers
 
 
-def upscaler_names(extra: Mapping[str, ImageUpscaler] | None = None) -> list[str]:
-    return [*LATENT_UPSCALE_MODES, *BUILTIN_IMAGE_UPSCALERS, *(extra or {})]
+def upscaler_names(upscalers=None) -> list[str]:
+    """`upscalers`: a generation.upscalers.ImageUpscalers, or a mapping of extra ones, or None."""
+    return [*LATENT_UPSCALE_MODES, *_image_upscalers(upscalers).names()]
 
 
-def resolve_upscaler(name: str | None, extra: Mapping[str, ImageUpscaler] | None = None):
-    """-> (A1111's label, "latent", (mode, antialias)) or (label, "image", upscaler or None); any case."""
+def resolve_upscaler(name: str | None, upscalers=None):
+    """-> (A1111's label, "latent", (mode, antialias)) or (label, "image", do_upscale or None); any case."""
     wanted = (name or "Latent").strip()
     for label, spec in LATENT_UPSCALE_MODES.items():
         if label.lower() == wanted.lower():
             return label, "latent", spec
-    for label, fn in {**BUILTIN_IMAGE_UPSCALERS, **(extra or {})}.items():
-        if label.lower() == wanted.lower():
-            return label, "image", fn
-    raise InvalidParameter("hr_upscaler", name, f"unknown upscaler; known: {', '.join(upscaler_names(extra))}")
+    images = _image_upscalers(upscalers)
+    found = images.lookup(wanted)
+    if found is None:
+        raise InvalidParameter("hr_upscaler", name, f"unknown upscaler; known: {', '.join(upscaler_names(images))}")
+    return found[0], "image", found[1]
 
 
 def upscale_image(img, width: int, height: int, upscaler: ImageUpscaler | None):
@@ -193,6 +188,7 @@ class HiresPlan:
     kind: str  # "latent" or "image"
     upscale: Any
     infotext: dict[str, Any]
+    control: Any = None  # the ControlNet units of the second pass (a ControlPlan), or None
 
     @property
     def first_pass_output(self) -> str:
@@ -200,8 +196,10 @@ class HiresPlan:
 
 
 def plan_hires(model, params: GenerationParams, lora_tags: list, *, prepare_prompts=None,
-               upscalers: Mapping[str, ImageUpscaler] | None = None) -> HiresPlan:
-    """Check the hires settings and build the second pass (its pipeline, scheduler and prompts)."""
+               upscalers=None, control=None) -> HiresPlan:
+    """Check the hires settings and build the second pass (its pipeline, scheduler and prompts).
+
+    `control`: the generation's ControlPlan; its units for the second pass act there, maps at the hires size."""
     from lorastudio.generation.img2img import pipeline_strength
 
     family = model.family
@@ -209,10 +207,14 @@ def plan_hires(model, params: GenerationParams, lora_tags: list, *, prepare_prom
     choice = resolve_sampler(params.hr_sampler_name or params.sampler, params.hr_scheduler or params.scheduler)
     if not family.supports_sampler(choice):
         raise InvalidParameter("hr_sampler_name", params.hr_sampler_name, f"not available for {family.title} models")
-    pipe = family.img2img_pipeline(model.pipe, inpaint=False)
-    target = hires_target(params, pipe.vae_scale_factor)
+    target = hires_target(params, model.pipe.vae_scale_factor)
     if target.width < target.factor or target.height < target.factor:
         raise InvalidParameter("hr_resize_x", params.hr_resize_x, "the hires size is smaller than one latent cell")
+    second_control = control.for_pass("high", target.width, target.height) if control is not None else None
+    if second_control is not None:
+        pipe = second_control.pipeline(family, model.pipe, "img2img")
+    else:
+        pipe = family.img2img_pipeline(model.pipe, inpaint=False)
     schedule, run = second_pass_steps(params)
     prompt = params.hr_prompt or params.prompt
     negative = params.hr_negative_prompt or params.negative_prompt
@@ -228,11 +230,11 @@ def plan_hires(model, params: GenerationParams, lora_tags: list, *, prepare_prom
     # Prompt editing in the hires pass: `when` counts over both passes (A1111's hires_steps offsets).
     step_cond, composable = composable_conditioning(family, pipe, prompt_text, negative, params.steps,
                                                     clip_skip=params.clip_skip, cfg_scale=cfg,
-                                                    guidance=params.guidance, hires_steps=run)
+                                                    guidance=params.guidance, hires_steps=run, control=second_control)
     second = params.model_copy(update={"steps": schedule, "width": target.width, "height": target.height})
     return HiresPlan(pipe=pipe, step_cond=step_cond, composable=composable, params=second, run=run,
                      strength=pipeline_strength(type(pipe), schedule, run), target=target, kind=kind,
-                     upscale=upscale, infotext=hires_infotext(params, label))
+                     upscale=upscale, infotext=hires_infotext(params, label), control=second_control)
 
 
 def upscaled_latents(model, plan: HiresPlan, first) -> torch.Tensor:
@@ -269,6 +271,10 @@ def run_second_pass(model, plan: HiresPlan, first, seeds: list[int], batch_index
     gens = seeded_generators(seeds)
     seed_brownian_noise(plan.pipe, seeds[0])
     noise = variation_noise(plan.params, seeds, subseeds or seeds, latents.shape[1:])
-    with given_noise(plan.pipe, noise), guidance_hooks(plan.composable, plan.pipe):
-        return _denoise(plan.pipe, plan.step_cond.kwargs_at(0), plan.params, latents, plan.strength, plan.run, None,
-                        gens, batch_index, on_progress, should_stop, step_cond=plan.step_cond)
+    cond = plan.step_cond.kwargs_at(0)
+    if plan.control is not None:
+        cond = {**cond, **plan.control.call_kwargs("img2img", model.family)}
+    with given_noise(plan.pipe, noise), guidance_hooks(plan.composable, plan.pipe), \
+            plan.control.hooks() if plan.control is not None else contextlib.nullcontext():
+        return _denoise(plan.pipe, cond, plan.params, latents, plan.strength, plan.run, None, gens, batch_index,
+                        on_progress, should_stop, step_cond=plan.step_cond)

@@ -160,11 +160,16 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
     negative, extra = params.negative_prompt, {}
     if prepare_prompts is not None:
         prompt_text, negative, extra = prepare_prompts(prompt_text, negative)
-    if control is not None and mask is not None:
-        raise InvalidParameter("mask", "<image>", "ControlNet units with inpainting are not supported yet")
+    # A ControlNet inpaint pipeline runs when a unit acts (a unit with an empty guidance range does not)
+    control_inpaint = control is not None and mask is not None and bool(control.acting)
+    if control_inpaint and options.inpainting_fill in (2, 3):
+        # diffusers' ControlNet inpaint pipelines start from the encoded picture; there is no latent to fill
+        raise InvalidParameter("inpainting_fill", options.inpainting_fill, "with ControlNet units, masked content "
+                               "is 0 (fill) or 1 (original); latent noise / latent nothing are not available")
     if control is not None:
-        pipe = control.pipeline(family, model.pipe, "img2img")
-        cond_extra, extra = control.call_kwargs("img2img"), {**extra, **control.infotext()}
+        mode = "img2img" if mask is None else "inpaint"
+        pipe = control.pipeline(family, model.pipe, mode)
+        cond_extra, extra = control.call_kwargs(mode, family), {**extra, **control.infotext()}
     else:
         pipe, cond_extra = family.img2img_pipeline(model.pipe, inpaint=inpaint), {}
     pipe.scheduler = family.make_scheduler(model.base_scheduler_config, choice)
@@ -220,17 +225,27 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
         # 5. denoise
         latents = latents.to(pipe.device, dtype=family.denoiser(pipe).dtype)
         with given_noise(pipe, noise), guidance_hooks(composable, pipe):
-            if channels is not None:
+            given = given_latents(pipe, noise, strength, latents)
+            if control_inpaint:
+                # The ControlNet inpaint pipeline takes the pictures (it encodes them to the same latents, see
+                # family.controlnet_pipeline) and masks them itself; an inpainting model gets the rounded mask.
+                pictures = inputs.images if len(inputs.images) > 1 else inputs.images * len(batch_seeds)
+                pipe_mask = conditioning_mask(inputs.image_mask, options.mask_round) if channels is not None else inputs.pipeline_mask
+                with control.hooks():
+                    images = _denoise(pipe, {**step_cond.kwargs_at(0), **cond_extra}, params, pictures, strength, run,
+                                      pipe_mask, gens, b, on_progress, should_stop, step_cond=step_cond,
+                                      extra_kwargs=given, pixels_in=True)
+            elif channels is not None:
                 cond_mask, masked = channels
                 masked = masked.expand(len(batch_seeds), *masked.shape[1:]) if len(masked) == 1 else masked
                 images = _denoise(pipe, step_cond.kwargs_at(0), params, latents, strength, run, cond_mask, gens, b,
                                   on_progress, should_stop, masked_latents=masked, step_cond=step_cond,
-                                  extra_kwargs=given_latents(pipe, noise, strength, latents))
+                                  extra_kwargs=given)
             else:
                 with control.hooks() if control is not None else contextlib.nullcontext():
                     images = _denoise(pipe, {**step_cond.kwargs_at(0), **cond_extra}, params, latents, strength, run,
                                       inputs.pipeline_mask, gens, b, on_progress, should_stop, step_cond=step_cond,
-                                      extra_kwargs=given_latents(pipe, noise, strength, latents))
+                                      extra_kwargs=given)
         # 6. outputs ("only masked": the result is pasted back into the init image's frame first)
         if inputs.paste_to is not None:
             size = inputs.overlays[0].size
@@ -248,7 +263,8 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
 
 
 def _denoise(pipe, cond_kwargs, params, latents, strength, run, mask_image, gens, batch_index, on_progress,
-             should_stop, masked_latents=None, step_cond=None, extra_kwargs=None):
+             should_stop, masked_latents=None, step_cond=None, extra_kwargs=None, pixels_in=False):
+    """`latents`: the init latents, or (pixels_in) the init pictures for a pipeline that encodes them."""
     def on_step_end(p, step, timestep, kwargs):
         check_latents(kwargs.get("latents"), step + 1)
         swap_for_next_call(step_cond, p, step, kwargs)
@@ -262,7 +278,9 @@ def _denoise(pipe, cond_kwargs, params, latents, strength, run, mask_image, gens
                   num_images_per_prompt=len(gens), generator=gens, callback_on_step_end=on_step_end,
                   callback_on_step_end_tensor_inputs=["latents", *step_callback_inputs(step_cond, pipe)],
                   output_type="np")
-    if mask_image is not None:
+    if mask_image is not None and pixels_in:
+        kwargs.update(mask_image=mask_image)
+    elif mask_image is not None:
         # A 4-channel denoiser does not read masked_image_latents; it is given so the pipeline does
         # not mask the (already encoded) image itself. An inpainting model reads the real ones.
         masked = latents if masked_latents is None else masked_latents.to(latents)

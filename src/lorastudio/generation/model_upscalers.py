@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from lorastudio.core.errors import InvalidParameter, ModelFileError, NotFound
+from lorastudio.core.errors import ModelFileError, NotFound
 
 UPSCALER_FOLDERS = ("ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT", "upscale_models")
 UPSCALER_EXTENSIONS = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
@@ -54,8 +54,7 @@ def find_upscaler(models_root: Path, name: str) -> UpscalerEntry:
             return e
     from difflib import get_close_matches
 
-    raise NotFound("upscaler", name, get_close_matches(name, [e.name for e in entries] + list(BUILTIN), n=3,
-                                                        cutoff=0.3))
+    raise NotFound("upscaler", name, get_close_matches(name, [e.name for e in entries], n=3, cutoff=0.3))
 
 
 def read_state_dict(path: Path, *, allow_pickle: bool) -> dict:
@@ -84,14 +83,30 @@ def read_state_dict(path: Path, *, allow_pickle: bool) -> dict:
     return tensors
 
 
+SPANDREL_INSTALL = "pip install --no-deps spandrel==0.4.2 einops"
+
+
+def import_spandrel(path: Path):
+    """spandrel, or an error that says what to install.
+
+    spandrel imports torchvision (for its LaMa and RestoreFormer architectures only), so it needs
+    the torchvision built for the installed torch; pip would otherwise replace torch, hence --no-deps."""
+    try:
+        import spandrel
+    except ImportError as exc:
+        import torch
+
+        missing = getattr(exc, "name", None) or str(exc)
+        raise ModelFileError(path, f"model upscalers need the spandrel library, which could not be imported "
+                                   f"({missing} is missing). Install it with `{SPANDREL_INSTALL}`, and the "
+                                   f"torchvision built for torch {torch.__version__} (spandrel imports it)") from None
+    return spandrel
+
+
 def load_upscaler(path: Path, *, allow_pickle: bool, device: str = "cpu"):
     """spandrel's ImageModelDescriptor (`.model`, `.scale`) for a file; its errors name the file."""
     sd = read_state_dict(path, allow_pickle=allow_pickle)
-    try:
-        import spandrel
-    except ImportError as exc:  # spandrel imports torchvision, which must be the build for this torch
-        raise ModelFileError(path, f"model upscalers need the spandrel library (and the torchvision built for "
-                                   f"the installed torch): {exc}") from None
+    spandrel = import_spandrel(path)
 
     try:
         desc = spandrel.ModelLoader(device=device).load_from_state_dict(sd)
@@ -107,7 +122,7 @@ def upscale_tiled(net: Callable, image, scale: int, *, tile: int = 192, overlap:
     import torch
     from PIL import Image
 
-    rgb = np.asarray(image.convert("RGB"))
+    rgb = np.array(image.convert("RGB"))  # a writable copy: torch refuses to share read-only memory
     h, w = rgb.shape[:2]
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div_(255)
     out = np.empty((h * scale, w * scale, 3), np.uint8)
@@ -127,38 +142,11 @@ def upscale_tiled(net: Callable, image, scale: int, *, tile: int = 192, overlap:
     return Image.fromarray(out)
 
 
-# --- the registry: upscaler name -> (picture, target size) -> picture --------------------------------
-def _pil(resample: str):
-    def run(image, width: int, height: int):
-        from PIL import Image
+def model_do_upscale(desc, *, tile: int = 192, overlap: int = 16):
+    """A1111's `Upscaler.do_upscale` for a loaded model: one pass at the model's own scale (the
+    asked scale is reached by the caller, which repeats passes and resizes, as A1111 does)."""
 
-        return image.resize((width, height), resample=getattr(Image.Resampling, resample))
+    def do_upscale(image, scale: float):
+        return upscale_tiled(desc.model, image, desc.scale, tile=tile, overlap=overlap)
 
-    return run
-
-
-BUILTIN = {"None": None, "Lanczos": _pil("LANCZOS"), "Nearest": _pil("NEAREST")}
-
-
-def upscaler_function(name: str, models_root: Path, *, allow_pickle: bool, device: str = "cpu",
-                      tile: int = 192, overlap: int = 16):
-    """(picture, width, height) -> picture for an upscaler name, as A1111 applies one: the model is
-    run (repeatedly when one pass is not enough) and the result resized to the exact size."""
-    if name in BUILTIN:
-        if BUILTIN[name] is None:
-            raise InvalidParameter("upscaler", name, "'None' does not upscale")
-        return BUILTIN[name]
-    entry = find_upscaler(models_root, name)
-    desc = load_upscaler(entry.path, allow_pickle=allow_pickle, device=device)
-
-    def run(image, width: int, height: int):
-        from PIL import Image
-
-        # A1111 runs the model until the picture is at least as large as asked (at most 3 passes).
-        for _ in range(3):
-            if image.width >= width and image.height >= height:
-                break
-            image = upscale_tiled(desc.model, image, desc.scale, tile=tile, overlap=overlap)
-        return image if image.size == (width, height) else image.resize((width, height), Image.Resampling.LANCZOS)
-
-    return run
+    return do_upscale

@@ -93,8 +93,11 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
                 upscalers=None, control=None) -> GenerationResult:
     """`control`: a generation.controlnet_units.ControlPlan (ControlNet units), or None."""
     family, pipe = model.family, pipeline_override or model.pipe
-    if control is not None:
-        pipe = control.pipeline(family, pipe, "txt2img")
+    # With the hires fix, a unit acts in the passes its hr_option names (the extension's rule).
+    first_control = (control.for_pass("low", params.width, params.height) if control is not None and params.enable_hr
+                     else control)
+    if first_control is not None:
+        pipe = first_control.pipeline(family, pipe, "txt2img")
     # 1. check inputs
     choice = resolve_sampler(params.sampler, params.scheduler)
     if not family.supports_sampler(choice):
@@ -114,13 +117,14 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
                                                     guidance=params.guidance, control=control)
     control_kwargs: dict = {}
     if control is not None:
-        control_kwargs = control.call_kwargs("txt2img")
+        control_kwargs = first_control.call_kwargs("txt2img", family) if first_control is not None else {}
         extra = {**extra, **control.infotext()}
     hires = None
     if params.enable_hr:
         from lorastudio.generation.hires_fix import plan_hires
 
-        hires = plan_hires(model, params, tags, prepare_prompts=prepare_prompts, upscalers=upscalers)
+        hires = plan_hires(model, params, tags, prepare_prompts=prepare_prompts, upscalers=upscalers,
+                           control=control)
     seed = resolve_seed(params.seed)
     seeds = all_seeds(seed, params.batch_size * params.batch_count)
     subseeds = subseeds_for(params, len(seeds))
@@ -134,7 +138,8 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
         latents = family.pack_latents(pipe, latents).to(pipe.device, dtype=family.denoiser(pipe).dtype)
         seed_brownian_noise(pipe, batch_seeds[0])
         # 5. denoise
-        with control.hooks() if control is not None else contextlib.nullcontext(), guidance_hooks(composable, pipe):
+        with first_control.hooks() if first_control is not None else contextlib.nullcontext(), \
+                guidance_hooks(composable, pipe):
             images = _denoise(pipe, {**step_cond.kwargs_at(0), **control_kwargs}, params, latents, gens, b,
                               on_progress, should_stop, output_type=hires.first_pass_output if hires else "np",
                               step_cond=step_cond)

@@ -59,6 +59,28 @@ def tiny_controlnet(unet, seed: int = 0):
     return cn
 
 
+def tiny_flux_controlnet(transformer, seed: int = 0, *, num_layers: int = 1, num_single_layers: int = 1):
+    """A FluxControlNetModel (InstantX layout) shaped after a FLUX transformer, every weight random
+    (diffusers zero-initialises the output projections, which would make the ControlNet act as none)."""
+    from diffusers import FluxControlNetModel
+
+    from lorastudio.testing.tiny_sd import _seeded
+
+    cfg = transformer.config
+    with _seeded(seed):
+        cn = FluxControlNetModel(patch_size=cfg.patch_size, in_channels=cfg.in_channels, num_layers=num_layers,
+                                 num_single_layers=num_single_layers, attention_head_dim=cfg.attention_head_dim,
+                                 num_attention_heads=cfg.num_attention_heads,
+                                 joint_attention_dim=cfg.joint_attention_dim,
+                                 pooled_projection_dim=cfg.pooled_projection_dim, guidance_embeds=cfg.guidance_embeds,
+                                 axes_dims_rope=list(cfg.axes_dims_rope)).eval()
+        with torch.no_grad():
+            for module in (cn.controlnet_x_embedder, *cn.controlnet_blocks, *cn.controlnet_single_blocks):
+                for p in module.parameters():
+                    p.copy_(torch.randn_like(p) * 0.2)
+    return cn
+
+
 def controlnet_to_ldm(cn, unet_config) -> dict[str, torch.Tensor]:
     """diffusers ControlNetModel state dict -> the original ControlNet names (`input_hint_block`,
     `zero_convs`, `middle_block_out`, the UNet encoder under its LDM names), no prefix."""

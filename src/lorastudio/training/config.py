@@ -149,6 +149,13 @@ class TrainingConfig(BaseModel):
                                           max_length=MAX_SAMPLE_PROMPTS)
     sample_steps: int = _field(20, "Sampling", "Sampling steps of each sample picture", ge=1, le=200)
     sample_seed: int = _field(1234, "Sampling", "Seed of the sample pictures", ge=0, le=SEED_MAX)
+    sample_controlnet: ModelRef | None = _field(None, "Sampling", "ControlNet model (models_dir/ControlNet) the "
+                                                "sample pictures follow, e.g. a fixed pose to judge a pose LoRA; "
+                                                "needs --sample-control-image", cli_default="none")
+    sample_control_image: Path | None = _field(None, "Sampling", "Control picture of the sample pictures",
+                                               cli_default="none")
+    sample_control_module: str = _field("none", "Sampling", "Preprocessor of the control picture (the ControlNet "
+                                        "extension's module: none, canny, invert, openpose...)", max_length=64)
     seed: int = _field(42, "Optimizer", "Seed of the run: LoRA init, noise, timesteps, caption augmentation "
                        "(kohya: seed)", ge=0, le=2**32 - 1)
     num_processes: int = _field(1, "Precision and memory", "Data-parallel processes, one per device "
@@ -206,7 +213,7 @@ class TrainingConfig(BaseModel):
                              f"format {CONFIG_VERSION} and older: upgrade lorastudio, or remove settings it does not know")
         return v
 
-    @field_validator("images", "reg_images", "projects_dir", "models_dir")
+    @field_validator("images", "reg_images", "projects_dir", "models_dir", "sample_control_image")
     @classmethod
     def _path(cls, v: Path | None) -> Path | None:
         return None if v is None else check_path(v)
@@ -222,6 +229,9 @@ class TrainingConfig(BaseModel):
     def _length(self) -> "TrainingConfig":
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give steps or epochs, not both")
+        if (self.sample_controlnet is None) != (self.sample_control_image is None):
+            raise ValueError("sample_controlnet and sample_control_image go together (--sample-controlnet, "
+                             "--sample-control-image): the previews need a ControlNet model and its picture")
         if self.caption == "auto" and self.caption_options.resolved_mode() is None:
             raise ValueError("caption 'auto' needs a tagger and/or a captioner (caption_options.tagger / "
                              "caption_options.captioner, --tagger / --captioner)")
@@ -252,7 +262,7 @@ def load_toml(path: Path) -> TrainingConfig:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise InvalidParameter("config", str(path), f"cannot read TOML: {exc}") from None
     base = Path(path).parent
-    for key in ("images", "reg_images", "projects_dir", "models_dir"):
+    for key in ("images", "reg_images", "projects_dir", "models_dir", "sample_control_image"):
         if key in data and not Path(data[key]).is_absolute():
             data[key] = str(base / data[key])
     return training_config(data)

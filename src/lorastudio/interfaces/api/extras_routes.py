@@ -93,19 +93,8 @@ def upscale_extras(image, opts: ExtrasOptions, upscaler_for, max_pixels: int = 8
 
 
 def _upscaler_cache(state):
-    from lorastudio.generation.model_upscalers import upscaler_function
-
-    made: dict[str, Any] = {}
-    root = state.catalog.root.root
-    allow = bool(getattr(state.settings, "allow_pickle", False))
-    device = getattr(state.engine, "device", "cpu")
-
-    def get(name: str):
-        if name not in made:
-            made[name] = upscaler_function(name, root, allow_pickle=allow, device=device)
-        return made[name]
-
-    return get
+    """name -> (picture, width, height) -> picture, from the engine's upscaler list (models stay loaded)."""
+    return state.engine.image_upscalers().to_size
 
 
 @router.post("/extra-single-image")
@@ -147,11 +136,6 @@ async def extra_batch_images(request: Request, body: ExtrasBatchRequest) -> dict
 
 def upscaler_listing(state) -> list[dict]:
     """A1111's /sdapi/v1/upscalers: the built-ins, then the model files with their scale."""
-    from lorastudio.generation.model_upscalers import upscaler_entries
+    from lorastudio.generation.upscalers import upscaler_listing as listing
 
-    out = [{"name": n, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
-           for n in ("None", "Lanczos", "Nearest")]
-    for e in upscaler_entries(state.catalog.root.root):
-        out.append({"name": e.name, "model_name": e.folder, "model_path": str(e.path), "model_url": None,
-                    "scale": e.scale_from_name or 4})  # A1111 lists ESRGAN-family files at 4 unless named
-    return out
+    return listing(state.engine.image_upscalers())

@@ -42,7 +42,7 @@ def _upscale_all(images: list[Path], upscaler: str, scale: float, settings, tile
     from lorastudio.core.errors import InvalidParameter
     from lorastudio.core.paths import ModelsRoot
     from lorastudio.generation.engine import pick_device
-    from lorastudio.generation.model_upscalers import upscaler_function
+    from lorastudio.generation.upscalers import upscaler_function
     from lorastudio.generation.outputs import dated_folder
 
     if not 1 <= scale <= 8:

@@ -199,6 +199,14 @@ class ModelFamily(ABC):
 
         raise ModelFileError(path, f"ControlNets are not supported for {self.title} models")
 
+    # Whether the ControlNet extension's control modes (prompt / ControlNet more important) apply:
+    # they scale the residuals of a UNet ControlNet.
+    controlnet_control_modes: bool = True
+
+    def controlnet_image_argument(self, mode: str) -> str:
+        """The keyword of the control picture in the family's ControlNet pipeline call for `mode`."""
+        return "image" if mode == "txt2img" else "control_image"
+
     def controlnet_pipeline(self, pipe: "DiffusionPipeline", controlnets: list, mode: str) -> "DiffusionPipeline":
         """The diffusers ControlNet pipeline (mode "txt2img", "img2img" or "inpaint") sharing `pipe`'s modules."""
         from lorastudio.core.errors import InvalidParameter

@@ -43,6 +43,13 @@ class FluxFamily(ModelFamily, TrainableFamily):
     # Flow matching has no epsilon / v prediction type: the key is left out of a LoRA's metadata,
     # as kohya's sd-scripts does for its flow-matching models.
     modelspec_prediction_type = None
+    # diffusers' FLUX ControlNet pipeline (InstantX / Shakker-Labs style ControlNets). Its img2img and
+    # inpaint ones encode the init picture themselves (no latents in) and sample the control picture's
+    # posterior with the seed's generators before the noise, so a seed would not start from its own
+    # noise: those modes are refused, not run differently.
+    controlnet_pipeline_names = {"txt2img": "FluxControlNetPipeline"}
+    # The extension's control modes scale a UNet's 13 residuals; a FLUX ControlNet gives one per block.
+    controlnet_control_modes = False
 
     def claims_checkpoint(self, keys: Collection[str]) -> bool:
         from lorastudio.models.formats.flux_checkpoint import detect_flux_layout
@@ -180,6 +187,47 @@ class FluxFamily(ModelFamily, TrainableFamily):
 
         return (FluxInpaintPipeline if inpaint else FluxImg2ImgPipeline).from_pipe(pipe)
 
+    # --- ControlNet (diffusers' FluxControlNetModel layout: single file or folder) ----------
+    def claims_controlnet(self, shapes) -> bool:
+        return "controlnet_x_embedder.weight" in shapes and "x_embedder.weight" in shapes
+
+    def controlnet_image_argument(self, mode: str) -> str:
+        return "control_image"  # in every FLUX ControlNet pipeline, txt2img included
+
+    def load_controlnet(self, path, shapes, pipe, options, *, folder_config=None):
+        import torch
+        from diffusers import FluxControlNetModel
+        from safetensors.torch import load_file
+
+        base = pipe.transformer.config
+        inner, width = base.num_attention_heads * base.attention_head_dim, int(shapes["x_embedder.weight"][0])
+        if width != inner:
+            raise ModelFileError(path, f"is a ControlNet for a FLUX.1 transformer {width} wide; the loaded model's "
+                                       f"is {inner} wide")
+        dtype = torch_dtype(options.dtype)
+        try:
+            if folder_config is not None:
+                cn = FluxControlNetModel.from_pretrained(str(Path(path).parent), local_files_only=True,
+                                                         torch_dtype=dtype)
+            else:  # a single file in diffusers' names: the config is read off the shapes and the base model
+                cn = FluxControlNetModel(**_controlnet_config(base, shapes))
+                cn.load_state_dict(load_file(str(path)), strict=True)
+                cn = cn.to(dtype)
+        except (ValueError, KeyError, RuntimeError, OSError) as exc:
+            raise ModelFileError(path, f"cannot be read as a FLUX.1 ControlNet for this model: {exc}") from None
+        return cn.to(pipe.device).eval()
+
+    def controlnet_pipeline(self, pipe, controlnets, mode: str):
+        import diffusers
+
+        from lorastudio.core.errors import InvalidParameter
+
+        if mode not in self.controlnet_pipeline_names:
+            raise InvalidParameter("controlnet", "<unit>", f"{self.title} ControlNets act in txt2img only (and in "
+                                   f"the first hires pass: hr_option 'Low res only'), not in {mode}")
+        cls = getattr(diffusers, self.controlnet_pipeline_names[mode])
+        return cls.from_pipe(pipe, controlnet=controlnets if len(controlnets) > 1 else controlnets[0])
+
     # --- training --------------------------------------------------------------------------
     def training_preset(self, size: int) -> dict[str, Any]:
         # fal's FLUX LoRA trainer / ai-toolkit: rank 16, lr 4e-4, 1000 steps, at the model's size (1024 px).
@@ -235,6 +283,25 @@ class FluxFamily(ModelFamily, TrainableFamily):
         from lorastudio.models.formats.kohya_lora_flux import kohya_flux_lora_from_peft
 
         return kohya_flux_lora_from_peft(lora["transformer"], lora.get("text_encoder"), alpha=alpha, rank=rank)
+
+
+def _controlnet_config(base, shapes) -> dict[str, Any]:
+    """FluxControlNetModel's arguments for a single file: block counts, widths and options from its
+    tensors; head layout and rotary axes from the base transformer it was trained beside."""
+
+    def count(prefix: str) -> int:
+        return len({k.split(".")[1] for k in shapes if k.startswith(prefix + ".")})
+
+    hint = shapes.get("input_hint_block.conv_out.weight")
+    mode = shapes.get("controlnet_mode_embedder.weight")
+    return dict(patch_size=base.patch_size, in_channels=int(shapes["x_embedder.weight"][1]),
+                num_layers=count("controlnet_blocks"), num_single_layers=count("controlnet_single_blocks"),
+                attention_head_dim=base.attention_head_dim, num_attention_heads=base.num_attention_heads,
+                joint_attention_dim=int(shapes["context_embedder.weight"][1]),
+                pooled_projection_dim=int(shapes["time_text_embed.text_embedder.linear_1.weight"][1]),
+                guidance_embeds="time_text_embed.guidance_embedder.linear_1.weight" in shapes,
+                axes_dims_rope=list(base.axes_dims_rope), num_mode=int(mode[0]) if mode else None,
+                conditioning_embedding_channels=int(hint[0]) if hint else None)
 
 
 def _unwrap(m):

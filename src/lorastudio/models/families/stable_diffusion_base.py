@@ -102,7 +102,14 @@ class StableDiffusionFamily(ModelFamily, TrainableFamily):
         import diffusers
 
         cls = getattr(diffusers, self.controlnet_pipeline_names[mode])
-        return cls.from_pipe(pipe, controlnet=controlnets if len(controlnets) > 1 else controlnets[0])
+        built = cls.from_pipe(pipe, controlnet=controlnets if len(controlnets) > 1 else controlnets[0])
+        if mode == "inpaint":
+            # diffusers' ControlNet inpaint pipelines take the init pictures as pixels and encode them
+            # themselves, sampling the VAE posterior with the seeds' generators. Encoded to the mean, as
+            # every img2img here is (generation/img2img.py), a seed's first draw stays the noise txt2img
+            # and plain inpainting start from.
+            built._encode_vae_image = lambda image, generator: encode_sd_latents(built, image)
+        return built
 
 
 
