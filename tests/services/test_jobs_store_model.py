@@ -43,7 +43,7 @@ class QueueModel(RuleBasedStateMachine):
             self.store = PostgresJobStore(self.postgres_url, **options)
             # Every example starts from an empty queue, as a fresh in-memory SQLite does.
             self.store._run(lambda c, _: c.execute(
-                "TRUNCATE jobs, job_logs; ALTER SEQUENCE jobs_queue_back RESTART;"
+                "TRUNCATE jobs, job_logs, job_deliveries; ALTER SEQUENCE jobs_queue_back RESTART;"
                 " ALTER SEQUENCE jobs_queue_front RESTART"))
         self.ids: list[str] = []
         self.queue: list[str] = []  # front first
