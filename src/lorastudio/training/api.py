@@ -133,7 +133,7 @@ def prepare(config: TrainingConfig | dict, on_event: EventSink | None = None, *,
     sha = catalog.sha256(entry.path) if entry.kind == "file" else None
     emit(TrainingEvent("log", message=f"loading {entry.name}"))
     model = load_model(entry.path, load_options(catalog.root, device=str(acc.device), dtype=_base_dtype(acc)),
-                       name=entry.name, sha256=sha)
+                       name=entry.name, sha256=sha, say=lambda m: emit(TrainingEvent("log", message=m)))
     family, pipe = model.family, model.pipe
     config = _resolve(config, family.training_defaults(pipe))
 
@@ -177,7 +177,8 @@ def prepare(config: TrainingConfig | dict, on_event: EventSink | None = None, *,
 
     trainer = Trainer(config, family, pipe, items, vdir, model_id=sha or str(entry.path), accelerator=acc,
                       on_event=emit, should_stop=should_stop, yield_point=yield_point,
-                      sampler=previews(model, config, vdir, pipe) if previews is not None else None)
+                      sampler=previews(model, config, vdir, pipe) if previews is not None and config.previews
+                      else None)
     trainer.setup()
     return PreparedRun(config, trainer, entry, sha, items, vdir, name, time.time(), emit)
 
@@ -210,10 +211,14 @@ def export(prepared: PreparedRun, state: LoopState) -> TrainingResult:
                             resolution=config.resolution[0],
                             captions=[i.caption for i in items if not i.regularisation],
                             mixed_precision=acc.mixed_precision)
-        write_kohya_lora(lora_path, family.export_kohya(pipe, sds, alpha=config.alpha, rank=config.rank), md)
+        write_kohya_lora(lora_path, family.export_kohya(pipe, sds, alpha=config.alpha, rank=config.rank,
+                                                        overrides=trainer.network.overrides), md)
         family.save_diffusers_lora(pipe, sds, vdir.diffusers)
         write_loss_curve(vdir.logs / "metrics.jsonl", vdir.logs / "loss.png")
-        if trainer.sampler and config.sample_prompts is not None:
+        prepared.emit(TrainingEvent("log", state.step, trainer.total_steps, path=lora_path,
+                                    message=f"saved {lora_path}"))
+        if trainer.sampler:
+            # Drawn after the LoRA is on disk: the file is there to use while the preview renders.
             samples = trainer.draw_previews(state.step)
     result = TrainingResult(vdir.root, lora_path, vdir.diffusers, vdir.config, samples, state.step,
                             state.losses[-1] if state.losses else None)
@@ -290,6 +295,8 @@ def _resolve(config: TrainingConfig, defaults: dict) -> TrainingConfig:
         update.pop("steps", None)
     if update.get("train_text_encoder") is None and config.train_text_encoder is None:
         update["train_text_encoder"] = False
+    if config.conv_dim is not None and config.conv_alpha is None:
+        update["conv_alpha"] = 1.0  # kohya's networks/lora.py default when conv_dim is given alone
     if config.gradient_checkpointing is None:
         update["gradient_checkpointing"] = True
     if config.timestep_sampling is None and "timestep_sampling" in defaults:

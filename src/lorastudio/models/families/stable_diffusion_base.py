@@ -11,14 +11,22 @@ from typing import Any, ClassVar
 
 from lorastudio.core.errors import ModelFileError
 from lorastudio.core.samplers import SamplerChoice
-from lorastudio.models.families.base import LoadOptions, ModelFamily, TrainableFamily
+from lorastudio.models.families.base import KohyaLoraRule, LoadOptions, ModelFamily, TrainableFamily
 
 UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 CLIP_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+# kohya sd-scripts networks/lora.py: UNET_TARGET_REPLACE_MODULE, UNET_TARGET_REPLACE_MODULE_CONV2D_3X3 and
+# TEXT_ENCODER_TARGET_REPLACE_MODULE, the same for SD 1.x and SDXL (sdxl_train_network.py uses networks/lora.py).
+# The class names must be kohya's for the same layers to train; transformers' CLIP attention class has had
+# several names (CLIPAttention, CLIPSdpaAttention), all listed.
+UNET_KOHYA_RULE = KohyaLoraRule(blocks=("Transformer2DModel",),
+                                conv_blocks=("ResnetBlock2D", "Downsample2D", "Upsample2D"))
+CLIP_KOHYA_RULE = KohyaLoraRule(blocks=("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP"))
 
 
 class StableDiffusionFamily(ModelFamily, TrainableFamily):
     denoiser_name = "unet"
+    caches_converted_layout = True  # the single file holds every component
     # diffusers pipeline class names whose folders this family loads.
     pipeline_names: ClassVar[frozenset[str]]
     controlnet_pipeline_names: ClassVar[dict[str, str]]  # mode (txt2img, img2img, inpaint) -> diffusers class
@@ -72,6 +80,9 @@ class StableDiffusionFamily(ModelFamily, TrainableFamily):
 
     def lora_targets(self) -> dict[str, list[str]]:
         return {"unet": list(UNET_LORA_TARGETS), **{name: list(CLIP_LORA_TARGETS) for name in self.text_encoder_names}}
+
+    def kohya_lora_rules(self) -> dict[str, KohyaLoraRule]:
+        return {"unet": UNET_KOHYA_RULE, **{name: CLIP_KOHYA_RULE for name in self.text_encoder_names}}
 
     def noise_schedule(self, pipe):
         from diffusers import DDPMScheduler
