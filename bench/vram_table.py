@@ -27,6 +27,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Run as `python bench/x.py`, this folder comes first on sys.path, and bench/queue.py would stand in
+# for the standard library's `queue` (which torch imports).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT / "src"))
 
 GIB = 1024**3
@@ -65,7 +68,8 @@ def models():
     import torch
     from diffusers import FluxTransformer2DModel, UNet2DConditionModel
 
-    from lorastudio.models.families.sd1 import UNET_KOHYA_RULE
+    from lorastudio.models.families.sd1 import SD1Family
+    from lorastudio.models.families.sdxl import SDXLFamily
 
     with torch.device("meta"):
         sd15 = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
@@ -76,7 +80,8 @@ def models():
             transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
             addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
         flux = FluxTransformer2DModel(guidance_embeds=True)
-    return {"SD 1.5": (sd15, UNET_KOHYA_RULE), "SDXL": (sdxl, UNET_KOHYA_RULE), "FLUX.1-dev": (flux, None)}
+    return {"SD 1.5": (sd15, SD1Family().kohya_lora_rules()["unet"]),
+            "SDXL": (sdxl, SDXLFamily().kohya_lora_rules()["unet"]), "FLUX.1-dev": (flux, None)}
 
 
 def rows(rank: int) -> list[dict]:

@@ -63,6 +63,20 @@ def test_full_size_sd15_unet_gets_kohyas_192_layers_and_attention_only_keeps_128
     assert set(spec_c.names) == plain_c and set(spec_c.convs) == convs_c
     assert len(convs_c) > 0 and len(plain_c) > 192  # time_emb_proj / conv_shortcut join at the rank
 
+    # kohya's text encoder set on SD 1.5's CLIP ViT-L/14: 12 layers x (q, k, v, out, fc1, fc2) = 72, the count
+    # kohya's train_network.py prints ("create LoRA for Text Encoder: 72 modules")
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from lorastudio.models.families.sd1 import SD1Family
+    from lorastudio.training.network import lora_targets
+
+    with torch.device("meta"):
+        te = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                          num_attention_heads=12))
+    te_spec = lora_targets(SD1Family(), {"text_encoder": te}, SimpleNamespace(lora_modules="kohya", conv_dim=None))
+    te_names = te_spec["text_encoder"].names
+    assert len(te_names) == 72 and sum(n.endswith("mlp.fc1") for n in te_names) == 12
+
     attention = _targets(unet, lora_modules="attention")
     matched = {n for n, m in unet.named_modules()
                if type(m).__name__ == "Linear" and n.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v")

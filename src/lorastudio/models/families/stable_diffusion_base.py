@@ -19,9 +19,9 @@ CLIP_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 # TEXT_ENCODER_TARGET_REPLACE_MODULE, the same for SD 1.x and SDXL (sdxl_train_network.py uses networks/lora.py).
 # The class names must be kohya's for the same layers to train; transformers' CLIP attention class has had
 # several names (CLIPAttention, CLIPSdpaAttention), all listed.
-UNET_KOHYA_RULE = KohyaLoraRule(blocks=("Transformer2DModel",),
-                                conv_blocks=("ResnetBlock2D", "Downsample2D", "Upsample2D"))
-CLIP_KOHYA_RULE = KohyaLoraRule(blocks=("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP"))
+UNET_KOHYA_BLOCKS = ("Transformer2DModel",)
+UNET_KOHYA_CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
+CLIP_KOHYA_BLOCKS = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
 
 
 class StableDiffusionFamily(ModelFamily, TrainableFamily):
@@ -82,7 +82,9 @@ class StableDiffusionFamily(ModelFamily, TrainableFamily):
         return {"unet": list(UNET_LORA_TARGETS), **{name: list(CLIP_LORA_TARGETS) for name in self.text_encoder_names}}
 
     def kohya_lora_rules(self) -> dict[str, KohyaLoraRule]:
-        return {"unet": UNET_KOHYA_RULE, **{name: CLIP_KOHYA_RULE for name in self.text_encoder_names}}
+        clip = KohyaLoraRule(blocks=CLIP_KOHYA_BLOCKS)
+        return {"unet": KohyaLoraRule(blocks=UNET_KOHYA_BLOCKS, conv_blocks=UNET_KOHYA_CONV_BLOCKS),
+                **{name: clip for name in self.text_encoder_names}}
 
     def noise_schedule(self, pipe):
         from diffusers import DDPMScheduler
