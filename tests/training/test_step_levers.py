@@ -45,3 +45,33 @@ def test_a_checkpoint_of_another_layer_set_is_refused_on_resume():
     same.load_state_dicts(old)  # the same set loads
     for k, v in same.state_dicts()["unet"].items():
         assert torch.equal(v, old["unet"][k])
+
+
+def test_latents_of_one_bucket_are_encoded_in_one_batched_vae_call(tmp_path):
+    from lorastudio.models.families.sd1 import SD1Family
+    from lorastudio.testing.tiny_sd import tiny_sd1_pipeline
+    from lorastudio.training.data import Item, LatentCache, image_tensor
+    from lorastudio.training.dataset.fixtures import draw_sticker_dataset
+
+    pictures = draw_sticker_dataset(tmp_path / "data", n=3, size=32)
+    items = [Item(p, "c", 32, 32, 1) for p in pictures] + [Item(pictures[0], "c", 32, 48, 1)]
+    pipe, family = tiny_sd1_pipeline(0), SD1Family()
+    calls = []
+
+    def encode(px):
+        calls.append(tuple(px.shape))
+        return family.encode_images(pipe, px)
+
+    cache = LatentCache(tmp_path / "cache", "m", (255, 255, 255))
+    with torch.no_grad():
+        cache.fill(items, encode)
+        singles = [family.encode_images(pipe, image_tensor(it, (255, 255, 255))[0][None])[0] for it in items]
+    assert sorted(calls) == [(1, 3, 48, 32), (3, 3, 32, 32)]  # one call per bucket size
+    for i, single in enumerate(singles):
+        # one batched call against single ones: CPU kernels may sum in another order, so float32 rounding
+        torch.testing.assert_close(cache.memory[i][0], single, rtol=1e-4, atol=1e-5)
+    # the second fill reads the files the first wrote: no VAE call
+    calls.clear()
+    again = LatentCache(tmp_path / "cache", "m", (255, 255, 255))
+    again.fill(items, encode)
+    assert calls == [] and all(torch.equal(again.memory[i][0], cache.memory[i][0]) for i in range(len(items)))

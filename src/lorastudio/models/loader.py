@@ -126,8 +126,8 @@ def detect_folder_family(path: Path) -> tuple[ModelFamily, dict]:
 
 def load_model(path: Path, options: LoadOptions, *, name: str | None = None, sha256: str | None = None,
                say: Callable[[str], None] | None = None) -> LoadedModel:
-    """Load a checkpoint file or diffusers folder. `say` hears what a slow load is doing (converting
-    a single file, or reading its cached conversion); the log hears it too."""
+    """Load a checkpoint file or diffusers folder. `say` hears what the load is doing (a single
+    file is converted to diffusers' layout); the log hears it too."""
     path = Path(path)
 
     def tell(message: str) -> None:
@@ -150,16 +150,12 @@ def load_model(path: Path, options: LoadOptions, *, name: str | None = None, sha
         family = detect_family(path, shapes.keys())
         for note in checkpoint_notes(header, compute_dtype=options.dtype):
             log.info("%s: %s", path.name, note)
-        def convert():
-            return family.load_checkpoint(st_path, shapes, dict(header.metadata), options)
-
+        # Not cached: from_single_file maps the file and renames its keys, which costs about what
+        # reading a saved diffusers copy would (docs/benchmarks.md, bench/load_cache.py).
+        tell(f"loading {path.name} ({family.title}, {path.stat().st_size / 2**30:.1f} GiB) and converting it to "
+             f"diffusers' layout")
         try:
-            if family.caches_converted_layout:
-                from lorastudio.models.converted_cache import load_via_cache
-
-                pipe = load_via_cache(path, st_path, family, options, convert, tell)
-            else:
-                pipe = convert()
+            pipe = family.load_checkpoint(st_path, shapes, dict(header.metadata), options)
         except failures as exc:
             raise ModelFileError(path, f"could not load as {family.title}: {exc}") from exc
     pipe.set_progress_bar_config(disable=True)

@@ -56,9 +56,6 @@ class ModelFamily(ABC):
     # The pipeline's text-encoder components, in the pipeline's order (offloaded together once
     # their outputs are cached).
     text_encoder_names: ClassVar[tuple[str, ...]]
-    # Whether a single file's pipeline, once converted, is kept as a diffusers folder for the next load
-    # (models/converted_cache.py): only where the file alone decides the pipeline (no companion files).
-    caches_converted_layout: ClassVar[bool] = False
     # SAI model-spec entries written into LoRAs trained on this family.
     modelspec_architecture: ClassVar[str]
     modelspec_implementation: ClassVar[str]

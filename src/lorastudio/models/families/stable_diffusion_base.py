@@ -26,7 +26,6 @@ CLIP_KOHYA_BLOCKS = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
 
 class StableDiffusionFamily(ModelFamily, TrainableFamily):
     denoiser_name = "unet"
-    caches_converted_layout = True  # the single file holds every component
     # diffusers pipeline class names whose folders this family loads.
     pipeline_names: ClassVar[frozenset[str]]
     controlnet_pipeline_names: ClassVar[dict[str, str]]  # mode (txt2img, img2img, inpaint) -> diffusers class
