@@ -12,6 +12,7 @@ import contextlib
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -130,10 +131,15 @@ def prepare(config: TrainingConfig | dict, on_event: EventSink | None = None, *,
     from lorastudio.models.loader import load_model
 
     acc = accelerator or Accelerator(cpu=pick_device("auto") == "cpu", mixed_precision=_precision(config))
-    sha = catalog.sha256(entry.path) if entry.kind == "file" else None
     emit(TrainingEvent("log", message=f"loading {entry.name}"))
-    model = load_model(entry.path, load_options(catalog.root, device=str(acc.device), dtype=_base_dtype(acc)),
-                       name=entry.name, sha256=sha, say=lambda m: emit(TrainingEvent("log", message=m)))
+    # The base's SHA-256 (the latent cache's key, the LoRA's metadata) is computed once per file (the
+    # catalog's hash cache keeps it), on another thread while the model loads: hashlib releases the
+    # GIL, so a first run reads the file for the hash on the second core instead of before the load.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="base-sha256") as pool:
+        hashing = pool.submit(catalog.sha256, entry.path) if entry.kind == "file" else None
+        model = load_model(entry.path, load_options(catalog.root, device=str(acc.device), dtype=_base_dtype(acc)),
+                           name=entry.name, sha256=None, say=lambda m: emit(TrainingEvent("log", message=m)))
+        sha = model.sha256 = hashing.result() if hashing is not None else None
     family, pipe = model.family, model.pipe
     config = _resolve(config, family.training_defaults(pipe))
 
