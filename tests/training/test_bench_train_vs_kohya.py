@@ -53,7 +53,7 @@ def test_missing_phase_is_an_error_naming_what_was_seen(bench):
 
 def test_lorastudio_half_runs_and_reports_json(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, str(BENCH), "--tiny", "--steps", "3", "--images", "2", "--threads", "1",
+    proc = subprocess.run([sys.executable, str(BENCH), "--tiny", "--steps", "2", "--images", "1", "--threads", "1",
                            "--resolution", "32"],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -117,7 +117,7 @@ def locon(world):
 
     events = []
     result = train({**BASE, "images": world / "data", "models_dir": world / "models",
-                    "projects_dir": world / "projects", "conv_dim": 2, "conv_alpha": 1.5, "samples": False,
+                    "projects_dir": world / "projects", "conv_dim": 2, "conv_alpha": 1.5, "sample_steps": 1,
                     "install_lora": False}, on_event=events.append)
     return result, events
 
@@ -129,7 +129,15 @@ def test_locon_export_has_kohyas_names_ranks_and_alphas(locon):
     from lorastudio.testing.tiny_sd import tiny_sd1_pipeline
 
     result, events = locon
-    assert result.samples == [] and not any(e.kind == "sample" for e in events)  # samples off: none drawn
+    # The run's one preview (the final one) is drawn after the LoRA is saved, at the training resolution.
+    from PIL import Image
+
+    assert len(result.samples) == 1 and result.samples[0].name.startswith("step-000002")
+    with Image.open(result.samples[0]) as im:
+        assert im.size == (32, 32)
+    kinds = [(e.kind, e.message) for e in events]
+    saved = next(i for i, (k, m) in enumerate(kinds) if k == "log" and m.startswith("saved "))
+    assert saved < next(i for i, (k, _) in enumerate(kinds) if k == "sample")
     plain, convs = kohya_layers(tiny_sd1_pipeline(0).unet, conv=True)
     sd = load_file(str(result.lora_path))
     names = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in sd}

@@ -1,5 +1,6 @@
-"""Previews as a setting: none when off, the final one after the LoRA is saved, at the training
-resolution unless another side is asked for."""
+"""Previews as a setting: none when off, periodic ones at an asked size. (The final preview comes
+after the saved LoRA at the training resolution: tests/training/test_kohya_module_set.py checks it
+on its run.)"""
 
 import pytest
 from PIL import Image
@@ -27,17 +28,6 @@ def run(world, **kw):
     result = train({**BASE, "images": world / "data", "models_dir": world / "models",
                     "projects_dir": world / "projects", **kw}, on_event=events.append)
     return result, events
-
-
-def test_final_preview_comes_after_the_saved_lora_at_the_training_resolution(world):
-    result, events = run(world, project="final")
-    assert len(result.samples) == 1 and result.samples[0].name.startswith("step-000002")
-    with Image.open(result.samples[0]) as im:
-        assert im.size == (32, 32)
-    kinds = [(e.kind, e.message) for e in events]
-    saved = next(i for i, (k, m) in enumerate(kinds) if k == "log" and m.startswith("saved "))
-    sample = next(i for i, (k, _) in enumerate(kinds) if k == "sample")
-    assert saved < sample  # the LoRA file exists before the preview is drawn
 
 
 def test_periodic_previews_at_an_asked_size_and_none_when_off(world):
