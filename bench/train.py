@@ -69,6 +69,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Run as `python bench/x.py`, this folder comes first on sys.path, and bench/queue.py would stand in
+# for the standard library's `queue` (which torch imports).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -97,7 +100,7 @@ def train_config(args, projects: Path, models: Path, data: Path, project: str, c
                 project=project, steps=1_000_000, resolution=[args.resolution], rank=args.rank, alpha=float(args.rank),
                 lr=args.lr, batch_size=args.batch, seed=0, mixed_precision="no", optimizer="adamw",
                 lr_scheduler="constant", max_grad_norm=1.0, weight_decay=1e-2, gradient_checkpointing=False,
-                cache_text_embeddings=cache_text)
+                cache_text_embeddings=cache_text, lora_modules="attention")  # the reference's TARGETS
 
 
 def setup_ours(cfg: dict):

@@ -28,7 +28,6 @@ from typing import Any
 
 import torch
 
-from lorastudio.core.errors import InvalidParameter
 from lorastudio.core.params import GenerationParams
 from lorastudio.generation.noise import all_seeds, initial_noise, resolve_seed, seeded_generators
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from lorastudio.core.errors import ModelFileError, PickleRefused, UnknownModelFamily
@@ -123,8 +124,17 @@ def detect_folder_family(path: Path) -> tuple[ModelFamily, dict]:
     raise UnknownModelFamily(path, f"diffusers pipeline {index.get('_class_name')!r} is not supported")
 
 
-def load_model(path: Path, options: LoadOptions, *, name: str | None = None, sha256: str | None = None) -> LoadedModel:
+def load_model(path: Path, options: LoadOptions, *, name: str | None = None, sha256: str | None = None,
+               say: Callable[[str], None] | None = None) -> LoadedModel:
+    """Load a checkpoint file or diffusers folder. `say` hears what the load is doing (a single
+    file is converted to diffusers' layout); the log hears it too."""
     path = Path(path)
+
+    def tell(message: str) -> None:
+        log.info("%s", message)
+        if say is not None:
+            say(message)
+
     # Library errors (shape mismatches, missing configs, unreadable data) are reported against
     # the user's file; our own errors already name it.
     failures = (ValueError, KeyError, RuntimeError, OSError)
@@ -140,6 +150,10 @@ def load_model(path: Path, options: LoadOptions, *, name: str | None = None, sha
         family = detect_family(path, shapes.keys())
         for note in checkpoint_notes(header, compute_dtype=options.dtype):
             log.info("%s: %s", path.name, note)
+        # Not cached: from_single_file maps the file and renames its keys, which costs about what
+        # reading a saved diffusers copy would (docs/benchmarks.md, bench/load_cache.py).
+        tell(f"loading {path.name} ({family.title}, {path.stat().st_size / 2**30:.1f} GiB) and converting it to "
+             f"diffusers' layout")
         try:
             pipe = family.load_checkpoint(st_path, shapes, dict(header.metadata), options)
         except failures as exc:

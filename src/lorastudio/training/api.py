@@ -12,6 +12,7 @@ import contextlib
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -130,10 +131,15 @@ def prepare(config: TrainingConfig | dict, on_event: EventSink | None = None, *,
     from lorastudio.models.loader import load_model
 
     acc = accelerator or Accelerator(cpu=pick_device("auto") == "cpu", mixed_precision=_precision(config))
-    sha = catalog.sha256(entry.path) if entry.kind == "file" else None
     emit(TrainingEvent("log", message=f"loading {entry.name}"))
-    model = load_model(entry.path, load_options(catalog.root, device=str(acc.device), dtype=_base_dtype(acc)),
-                       name=entry.name, sha256=sha)
+    # The base's SHA-256 (the latent cache's key, the LoRA's metadata) is computed once per file (the
+    # catalog's hash cache keeps it), on another thread while the model loads: hashlib releases the
+    # GIL, so a first run reads the file for the hash on the second core instead of before the load.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="base-sha256") as pool:
+        hashing = pool.submit(catalog.sha256, entry.path) if entry.kind == "file" else None
+        model = load_model(entry.path, load_options(catalog.root, device=str(acc.device), dtype=_base_dtype(acc)),
+                           name=entry.name, sha256=None, say=lambda m: emit(TrainingEvent("log", message=m)))
+        sha = model.sha256 = hashing.result() if hashing is not None else None
     family, pipe = model.family, model.pipe
     config = _resolve(config, family.training_defaults(pipe))
 
@@ -177,7 +183,8 @@ def prepare(config: TrainingConfig | dict, on_event: EventSink | None = None, *,
 
     trainer = Trainer(config, family, pipe, items, vdir, model_id=sha or str(entry.path), accelerator=acc,
                       on_event=emit, should_stop=should_stop, yield_point=yield_point,
-                      sampler=previews(model, config, vdir, pipe) if previews is not None else None)
+                      sampler=previews(model, config, vdir, pipe) if previews is not None and config.previews
+                      else None)
     trainer.setup()
     return PreparedRun(config, trainer, entry, sha, items, vdir, name, time.time(), emit)
 
@@ -210,10 +217,14 @@ def export(prepared: PreparedRun, state: LoopState) -> TrainingResult:
                             resolution=config.resolution[0],
                             captions=[i.caption for i in items if not i.regularisation],
                             mixed_precision=acc.mixed_precision)
-        write_kohya_lora(lora_path, family.export_kohya(pipe, sds, alpha=config.alpha, rank=config.rank), md)
+        write_kohya_lora(lora_path, family.export_kohya(pipe, sds, alpha=config.alpha, rank=config.rank,
+                                                        overrides=trainer.network.overrides), md)
         family.save_diffusers_lora(pipe, sds, vdir.diffusers)
         write_loss_curve(vdir.logs / "metrics.jsonl", vdir.logs / "loss.png")
-        if trainer.sampler and config.sample_prompts is not None:
+        prepared.emit(TrainingEvent("log", state.step, trainer.total_steps, path=lora_path,
+                                    message=f"saved {lora_path}"))
+        if trainer.sampler:
+            # Drawn after the LoRA is on disk: the file is there to use while the preview renders.
             samples = trainer.draw_previews(state.step)
     result = TrainingResult(vdir.root, lora_path, vdir.diffusers, vdir.config, samples, state.step,
                             state.losses[-1] if state.losses else None)
@@ -290,6 +301,8 @@ def _resolve(config: TrainingConfig, defaults: dict) -> TrainingConfig:
         update.pop("steps", None)
     if update.get("train_text_encoder") is None and config.train_text_encoder is None:
         update["train_text_encoder"] = False
+    if config.conv_dim is not None and config.conv_alpha is None:
+        update["conv_alpha"] = 1.0  # kohya's networks/lora.py default when conv_dim is given alone
     if config.gradient_checkpointing is None:
         update["gradient_checkpointing"] = True
     if config.timestep_sampling is None and "timestep_sampling" in defaults:

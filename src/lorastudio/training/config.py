@@ -102,6 +102,14 @@ class TrainingConfig(BaseModel):
     train_text_encoder: bool | None = _field(None, "Network", "Also train LoRA layers on the text encoder(s) "
                                              "(kohya: the opposite of network_train_unet_only)",
                                              cli_default=FAMILY)
+    lora_modules: Literal["kohya", "attention"] = _field(
+        "kohya", "Network", "Layers that get LoRA: kohya = those kohya's networks.lora trains by default (SD: every "
+        "linear / 1x1 layer of the transformer blocks: attention, feed-forward, proj_in/out), attention = the "
+        "attention projections only")
+    conv_dim: int | None = _field(None, "Network", "Rank of LoRA on the 3x3 convolutions too (kohya: conv_dim, "
+                                  "LoCon)", cli_default="off", ge=1, le=1024)
+    conv_alpha: float | None = _field(None, "Network", "Alpha of the 3x3 convolutions' LoRA (kohya: conv_alpha)",
+                                      cli_default="1, as kohya, when --conv-dim is given", gt=0, le=4096)
     # --- optimisation ----------------------------------------------------------------------
     lr: float | None = _field(None, "Optimizer", "Learning rate of the denoiser's LoRA layers "
                               "(kohya: unet_lr / learning_rate)", cli_default=FAMILY, gt=0, le=10)
@@ -142,8 +150,12 @@ class TrainingConfig(BaseModel):
                                     "(kohya: save_every_n_steps)", cli_default="off", ge=1, le=MAX_TRAINING_STEPS)
     keep_checkpoints: int = _field(3, "Saving", "Checkpoints kept; older ones are deleted "
                                    "(kohya counts them in steps: save_last_n_steps)", ge=1, le=10_000)
-    sample_every: int | None = _field(None, "Sampling", "Draw the sample prompts every N steps "
-                                      "(kohya: sample_every_n_steps)", cli_default="off", ge=1, le=MAX_TRAINING_STEPS)
+    samples: bool = _field(True, "Sampling", "Draw previews; --no-samples: none at all, not even the final one")
+    sample_every: int | None = _field(None, "Sampling", "Draw the sample prompts every N steps; 0: no previews at "
+                                      "all (kohya: sample_every_n_steps)", cli_default="only the final preview",
+                                      ge=0, le=MAX_TRAINING_STEPS)
+    sample_size: int | None = _field(None, "Sampling", "Side of the previews in pixels",
+                                     cli_default="the training resolution", ge=MIN_TRAINING_SIDE, le=MAX_SIDE)
     sample_prompts: list[Prompt] = _field(list, "Sampling", "A prompt drawn during and after training; "
                                           "repeat the flag for several (kohya: sample_prompts)", cli="--sample-prompt",
                                           max_length=MAX_SAMPLE_PROMPTS)
@@ -232,10 +244,19 @@ class TrainingConfig(BaseModel):
         if (self.sample_controlnet is None) != (self.sample_control_image is None):
             raise ValueError("sample_controlnet and sample_control_image go together (--sample-controlnet, "
                              "--sample-control-image): the previews need a ControlNet model and its picture")
+        if self.conv_dim is not None and self.lora_modules == "attention":
+            raise ValueError("conv_dim trains the 3x3 convolutions, which lora_modules='attention' leaves out")
+        if self.conv_alpha is not None and self.conv_dim is None:
+            raise ValueError("conv_alpha is the alpha of conv_dim's layers: give conv_dim too")
         if self.caption == "auto" and self.caption_options.resolved_mode() is None:
             raise ValueError("caption 'auto' needs a tagger and/or a captioner (caption_options.tagger / "
                              "caption_options.captioner, --tagger / --captioner)")
         return self
+
+    @property
+    def previews(self) -> bool:
+        """Whether any preview is drawn (samples=False and sample_every=0 both turn them off)."""
+        return self.samples and self.sample_every != 0
 
     def dataset_config(self, default_resolution: int, *, regularisation: bool = False) -> DatasetConfig:
         from lorastudio.training.dataset.config import dataset_config

@@ -96,6 +96,10 @@ def image_tensor(item: Item, background) -> tuple[torch.Tensor, torch.Tensor | N
     return pixels, mask
 
 
+# Pixels per batched VAE call when latents are cached: one 1024x1024 picture, or 256 of 64x64.
+VAE_BATCH_PIXELS = 1024 * 1024
+
+
 class LatentCache:
     def __init__(self, folder: Path, model_id: str, background):
         self.folder = folder / "latents"
@@ -111,27 +115,45 @@ class LatentCache:
         return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
     def fill(self, items: list[Item], encode, on_progress=None) -> None:
-        """Encode every item once (from disk when cached); `encode(pixels[1,3,H,W]) -> latents[1,C,h,w]`."""
+        """Encode every item once (from disk when cached); `encode(pixels[B,3,H,W]) -> latents[B,C,h,w]`.
+
+        Pictures of the same bucket size are encoded together, up to VAE_BATCH_PIXELS per call: one
+        batched VAE call costs far less than as many single ones (SD 1.5's VAE, 8 pictures at 64 px
+        on 2 CPU cores: 0.25-0.28x the time), and the cap keeps the activations no larger than
+        those of one 1024 px picture."""
         from safetensors.torch import load_file
         from safetensors.torch import save as st_save
 
+        done = 0
+        by_size: dict[tuple[int, int], list[tuple[int, Path]]] = {}
         for i, item in enumerate(items):
             path = self.folder / f"{self.key(item)}.safetensors"
             if path.exists():
                 data = load_file(str(path))
                 self.memory[i] = (data["latent"], data.get("mask"))
+                done += 1
+                if on_progress:
+                    on_progress(done, len(items))
             else:
-                pixels, mask = image_tensor(item, self.background)
-                latent = encode(pixels[None])[0].detach().to("cpu", torch.float32).contiguous()
-                lmask = None
-                if mask is not None:
-                    lmask = torch.nn.functional.interpolate(mask[None], size=latent.shape[-2:], mode="area")[0]
-                    lmask = lmask.contiguous()
-                tensors = {"latent": latent} | ({"mask": lmask} if lmask is not None else {})
-                atomic_write_bytes(path, st_save(tensors))
-                self.memory[i] = (latent, lmask)
-            if on_progress:
-                on_progress(i + 1, len(items))
+                by_size.setdefault((item.width, item.height), []).append((i, path))
+        for (w, h), pending in by_size.items():
+            per_call = max(1, VAE_BATCH_PIXELS // (w * h))
+            for start in range(0, len(pending), per_call):
+                chunk = pending[start:start + per_call]
+                loaded = [image_tensor(items[i], self.background) for i, _ in chunk]
+                latents = encode(torch.stack([px for px, _ in loaded])).detach().to("cpu", torch.float32)
+                for (i, path), (_, mask), latent in zip(chunk, loaded, latents):
+                    latent = latent.clone(memory_format=torch.contiguous_format)  # its own storage, not a view of the batch
+                    lmask = None
+                    if mask is not None:
+                        lmask = torch.nn.functional.interpolate(mask[None], size=latent.shape[-2:], mode="area")[0]
+                        lmask = lmask.contiguous()
+                    tensors = {"latent": latent} | ({"mask": lmask} if lmask is not None else {})
+                    atomic_write_bytes(path, st_save(tensors))
+                    self.memory[i] = (latent, lmask)
+                    done += 1
+                    if on_progress:
+                        on_progress(done, len(items))
 
     def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         latents = torch.stack([self.memory[i][0] for i in indices])

@@ -73,7 +73,9 @@ def kohya_metadata(*, config, family, output_name: str, rank: int, alpha: float,
         "ss_tag_frequency": json.dumps({output_name: dict(tags)}, ensure_ascii=False),
         "ss_dataset_dirs": json.dumps({output_name: {"n_repeats": config.repeats or 1, "img_count": num_images}}),
         "ss_training_comment": f"trigger: {config.trigger}",
-        "ss_network_args": json.dumps({}),
+        # kohya records LoCon's settings as strings in the network args
+        "ss_network_args": json.dumps({"conv_dim": str(config.conv_dim), "conv_alpha": str(config.conv_alpha)}
+                                      if config.conv_dim is not None else {}),
         "ss_total_batch_size": config.batch_size * config.grad_accum * config.num_processes,
         "ss_reg_dataset_dirs": json.dumps(
             {"reg": {"n_repeats": 1, "img_count": num_reg_images}} if num_reg_images else {}),

@@ -24,7 +24,7 @@ from lorastudio.training.checkpoints import (TrainingState, capture_rng, latest_
 from lorastudio.training.config import TrainingConfig
 from lorastudio.training.data import Item, LatentCache, TextCache, epoch_batches, step_caption
 from lorastudio.training.events import EventSink, TrainingEvent, TrainingStopped
-from lorastudio.training.network import LoraNetwork, add_lora
+from lorastudio.training.network import LoraNetwork, add_lora, lora_targets
 from lorastudio.models.objectives import sample_generators
 from lorastudio.training.optimizers import build_lr_scheduler, build_optimizer
 from lorastudio.training.project import VersionDir
@@ -73,10 +73,11 @@ class Trainer:
             if isinstance(comp, torch.nn.Module):
                 comp.requires_grad_(False)
         modules = self.family.trainable_modules(self.pipe, text_encoders=bool(c.train_text_encoder))
-        targets = self.family.lora_targets()
         # Built before any preview swaps pipe.scheduler for a sampler.
         self.noise_schedule = self.family.noise_schedule(self.pipe)
-        self.network: LoraNetwork = add_lora(modules, targets, rank=c.rank, alpha=c.alpha, dropout=c.dropout)
+        self.network: LoraNetwork = add_lora(modules, lora_targets(self.family, modules, c), rank=c.rank,
+                                             alpha=c.alpha, dropout=c.dropout, conv_rank=c.conv_dim,
+                                             conv_alpha=c.conv_alpha)
         if c.gradient_checkpointing and acc.device.type == "cuda":
             for m in modules.values():
                 if hasattr(m, "enable_gradient_checkpointing"):

@@ -49,7 +49,7 @@ def make_sampler(model, config, vdir: VersionDir, pipe):
     from lorastudio.generation.txt2img import run_txt2img
 
     prompts = list(config.sample_prompts) or default_prompts(config)
-    size = config.resolution[0]
+    size = config.sample_size or config.resolution[0]
     control = preview_control(model, config, pipe, size)
 
     def sample(step: int) -> list[Path]:

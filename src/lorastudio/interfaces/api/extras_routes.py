@@ -13,7 +13,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 
 from lorastudio.core.errors import InvalidParameter
 

@@ -8,7 +8,6 @@ imports neither torch nor fastapi.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import typer
 

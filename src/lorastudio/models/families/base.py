@@ -226,6 +226,16 @@ class UnsupportedFamily(ModelFamily):
     """Marker base for recognised-but-unsupported formats (e.g. SD 2.x)."""
 
 
+@dataclass(frozen=True)
+class KohyaLoraRule:
+    """The layers kohya's `networks.lora` wraps in one component, as kohya states it: every Linear
+    and 1x1 Conv2d inside a module whose class is named in `blocks`; with `conv_dim` set, also
+    every layer inside `conv_blocks` (3x3 convs at conv_dim, Linear / 1x1 at the rank: LoCon)."""
+
+    blocks: tuple[str, ...]
+    conv_blocks: tuple[str, ...] = ()
+
+
 class TrainableFamily(ABC):
     """The per-architecture training contract (kohya's idea, without the `if is_xl` branches).
 
@@ -249,7 +259,12 @@ class TrainableFamily(ABC):
 
     @abstractmethod
     def lora_targets(self) -> dict[str, list[str]]:
-        """Component name -> peft target_modules."""
+        """Component name -> peft target_modules of the attention-only set."""
+
+    def kohya_lora_rules(self) -> dict[str, KohyaLoraRule]:
+        """Component name -> the rule kohya's trainer uses for it by default; a component without
+        one trains its `lora_targets()`."""
+        return {}
 
     @abstractmethod
     def encode_captions(self, pipe: "DiffusionPipeline", captions: list[str], *, clip_skip: int) -> dict[str, "torch.Tensor"]:
@@ -273,8 +288,12 @@ class TrainableFamily(ABC):
 
     @abstractmethod
     def export_kohya(self, pipe: "DiffusionPipeline", lora: dict[str, dict[str, "torch.Tensor"]], *, alpha: float,
-                     rank: int) -> dict[str, "torch.Tensor"]:
-        """peft state dicts per component -> the kohya-format LoRA A1111 / Forge / ComfyUI load."""
+                     rank: int, overrides: Mapping[str, Mapping[str, tuple[int, float]]] | None = None,
+                     ) -> dict[str, "torch.Tensor"]:
+        """peft state dicts per component -> the kohya-format LoRA A1111 / Forge / ComfyUI load.
+
+        overrides: {component: {module path: (rank, alpha)}} for layers trained at another rank
+        (kohya's conv_dim / conv_alpha)."""
 
     def save_diffusers_lora(self, pipe: "DiffusionPipeline", lora: dict[str, dict[str, "torch.Tensor"]],
                             folder: Path) -> Path:

@@ -195,7 +195,6 @@ class FluxFamily(ModelFamily, TrainableFamily):
         return "control_image"  # in every FLUX ControlNet pipeline, txt2img included
 
     def load_controlnet(self, path, shapes, pipe, options, *, folder_config=None):
-        import torch
         from diffusers import FluxControlNetModel
         from safetensors.torch import load_file
 
@@ -279,7 +278,9 @@ class FluxFamily(ModelFamily, TrainableFamily):
         pred = pipe._unpack_latents(pred, h * pipe.vae_scale_factor, w * pipe.vae_scale_factor, pipe.vae_scale_factor)
         return weighted_mse(pred, nb.target, nb.weights, mask, sample_weights)
 
-    def export_kohya(self, pipe, lora, *, alpha: float, rank: int):
+    def export_kohya(self, pipe, lora, *, alpha: float, rank: int, overrides=None):
+        if overrides:
+            raise ValueError("FLUX.1 LoRAs train one rank for every layer (no conv_dim)")
         from lorastudio.models.formats.kohya_lora_flux import kohya_flux_lora_from_peft
 
         return kohya_flux_lora_from_peft(lora["transformer"], lora.get("text_encoder"), alpha=alpha, rank=rank)

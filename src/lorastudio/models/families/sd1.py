@@ -127,8 +127,9 @@ class SD1Family(StableDiffusionFamily):
         hidden = [encode_clip(pipe.tokenizer, pipe.text_encoder, c, spec)[0][:, :77] for c in captions]
         return {"hidden": torch.cat(hidden)}
 
-    def export_kohya(self, pipe, lora, *, alpha: float, rank: int):
+    def export_kohya(self, pipe, lora, *, alpha: float, rank: int, overrides=None):
         from lorastudio.models.formats.kohya_lora_sd import kohya_lora_from_peft
 
         tes = {k: v for k, v in lora.items() if k != "unet"}
-        return kohya_lora_from_peft(lora["unet"], tes, alpha=alpha, rank=rank, unet_naming="diffusers", layout=None)
+        return kohya_lora_from_peft(lora["unet"], tes, alpha=alpha, rank=rank, unet_naming="diffusers", layout=None,
+                                    overrides=overrides)

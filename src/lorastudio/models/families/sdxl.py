@@ -156,11 +156,11 @@ class SDXLFamily(StableDiffusionFamily):
         return unet(noisy.to(dtype), timesteps, encoder_hidden_states=cond["hidden"].to(dtype),
                     added_cond_kwargs={"text_embeds": cond["pooled"].to(dtype), "time_ids": time_ids}).sample
 
-    def export_kohya(self, pipe, lora, *, alpha: float, rank: int):
+    def export_kohya(self, pipe, lora, *, alpha: float, rank: int, overrides=None):
         from lorastudio.models.formats.kohya_lora_sd import kohya_lora_from_peft
         from lorastudio.models.formats.ldm_unet_names import layout_from_unet_config
 
         tes = {k: v for k, v in lora.items() if k != "unet"}
         return kohya_lora_from_peft(lora["unet"], tes, alpha=alpha, rank=rank, unet_naming="ldm",
-                                    layout=layout_from_unet_config(pipe.unet.config))
+                                    layout=layout_from_unet_config(pipe.unet.config), overrides=overrides)
 

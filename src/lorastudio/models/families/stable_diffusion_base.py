@@ -12,10 +12,17 @@ from typing import Any, ClassVar
 
 from lorastudio.core.errors import ModelFileError
 from lorastudio.core.samplers import SamplerChoice
-from lorastudio.models.families.base import LoadOptions, ModelFamily, TrainableFamily
+from lorastudio.models.families.base import KohyaLoraRule, LoadOptions, ModelFamily, TrainableFamily
 
 UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 CLIP_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+# kohya sd-scripts networks/lora.py: UNET_TARGET_REPLACE_MODULE, UNET_TARGET_REPLACE_MODULE_CONV2D_3X3 and
+# TEXT_ENCODER_TARGET_REPLACE_MODULE, the same for SD 1.x and SDXL (sdxl_train_network.py uses networks/lora.py).
+# The class names must be kohya's for the same layers to train; transformers' CLIP attention class has had
+# several names (CLIPAttention, CLIPSdpaAttention), all listed.
+UNET_KOHYA_BLOCKS = ("Transformer2DModel",)
+UNET_KOHYA_CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
+CLIP_KOHYA_BLOCKS = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
 
 
 class StableDiffusionFamily(ModelFamily, TrainableFamily):
@@ -73,6 +80,11 @@ class StableDiffusionFamily(ModelFamily, TrainableFamily):
 
     def lora_targets(self) -> dict[str, list[str]]:
         return {"unet": list(UNET_LORA_TARGETS), **{name: list(CLIP_LORA_TARGETS) for name in self.text_encoder_names}}
+
+    def kohya_lora_rules(self) -> dict[str, KohyaLoraRule]:
+        clip = KohyaLoraRule(blocks=CLIP_KOHYA_BLOCKS)
+        return {"unet": KohyaLoraRule(blocks=UNET_KOHYA_BLOCKS, conv_blocks=UNET_KOHYA_CONV_BLOCKS),
+                **{name: clip for name in self.text_encoder_names}}
 
     def noise_schedule(self, pipe):
         from diffusers import DDPMScheduler

@@ -54,13 +54,17 @@ def kohya_lora_from_peft(
     rank: int,
     unet_naming: str,
     layout: UNetLayout | None = None,
+    overrides: Mapping[str, Mapping[str, tuple[int, float]]] | None = None,
 ) -> dict[str, Tensor]:
     """kohya state dict from `peft.get_peft_model_state_dict` outputs of the UNet and text encoders.
 
     text_encoders: {component: state dict}, component "text_encoder"/"text_encoder_2" or the kohya
     prefix ("lora_te", "lora_te1", "lora_te2"). unet_naming: "diffusers" (SD 1.x) or "ldm" (SDXL,
-    needs `layout`). alpha and rank are the LoraConfig's lora_alpha and r.
+    needs `layout`). alpha and rank are the LoraConfig's lora_alpha and r; overrides
+    ({component ("unet", ...): {module path: (rank, alpha)}}) name layers trained at another rank
+    (kohya's conv_dim / conv_alpha for 3x3 convolutions).
     """
+    overrides = overrides or {}
     if unet_naming not in _UNET_NAMINGS:
         raise LoraError(f"unet_naming={unet_naming!r}: expected one of {_UNET_NAMINGS}")
     if unet_naming == "ldm" and layout is None:
@@ -71,10 +75,11 @@ def kohya_lora_from_peft(
         return "lora_unet_" + path.replace(".", "_")
 
     out: dict[str, Tensor] = {}
-    _export(unet_lora, unet_name, alpha, rank, out, "unet")
+    _export(unet_lora, unet_name, alpha, rank, out, "unet", overrides.get("unet", {}))
     for component, sd in text_encoders.items():
         prefix = kohya_text_encoder_prefix(component, unet_naming)
-        _export(sd, lambda m, p=prefix: f"{p}_{_text_model_path(m).replace('.', '_')}", alpha, rank, out, component)
+        _export(sd, lambda m, p=prefix: f"{p}_{_text_model_path(m).replace('.', '_')}", alpha, rank, out, component,
+                overrides.get(component, {}))
     return out
 
 
@@ -83,7 +88,8 @@ def _text_model_path(module: str) -> str:
     return module if module.startswith(("text_model.", "text_projection")) else f"text_model.{module}"
 
 
-def _export(sd: Mapping[str, Tensor], name_of, alpha: float, rank: int, out: dict[str, Tensor], what: str) -> None:
+def _export(sd: Mapping[str, Tensor], name_of, alpha: float, rank: int, out: dict[str, Tensor], what: str,
+            overrides: Mapping[str, tuple[int, float]]) -> None:
     pairs: dict[str, dict[str, Tensor]] = {}
     for key, value in sd.items():
         m = _PEFT_KEY.match(key)
@@ -94,14 +100,15 @@ def _export(sd: Mapping[str, Tensor], name_of, alpha: float, rank: int, out: dic
         if set(ab) != {"A", "B"}:
             raise LoraError(f"{what}: {module} has only lora_{''.join(ab)}")
         down, up = ab["A"], ab["B"]
-        if down.shape[0] != rank or up.shape[1] != rank:
-            raise LoraError(f"{what}: {module} has rank {down.shape[0]}/{up.shape[1]}, expected r={rank}")
+        module_rank, module_alpha = overrides.get(module, (rank, alpha))
+        if down.shape[0] != module_rank or up.shape[1] != module_rank:
+            raise LoraError(f"{what}: {module} has rank {down.shape[0]}/{up.shape[1]}, expected r={module_rank}")
         name = name_of(module)
         if f"{name}.lora_down.weight" in out:
             raise LoraError(f"{what}: two modules map to kohya name {name}")
         out[f"{name}.lora_down.weight"] = down
         out[f"{name}.lora_up.weight"] = up
-        out[f"{name}.alpha"] = torch.tensor(float(alpha), dtype=torch.float32)
+        out[f"{name}.alpha"] = torch.tensor(float(module_alpha), dtype=torch.float32)
 
 
 def peft_from_kohya_lora(
