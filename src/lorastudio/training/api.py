@@ -228,8 +228,9 @@ def export(prepared: PreparedRun, state: LoopState) -> TrainingResult:
             samples = trainer.draw_previews(state.step)
     result = TrainingResult(vdir.root, lora_path, vdir.diffusers, vdir.config, samples, state.step,
                             state.losses[-1] if state.losses else None)
+    # "saved" was said when the file was written; previews may have come since
     prepared.emit(TrainingEvent("done", state.step, trainer.total_steps, path=lora_path,
-                                message=f"saved {lora_path}"))
+                                message=f"done: {state.step} steps, LoRA {lora_path}"))
     return result
 
 
