@@ -34,7 +34,7 @@ def test_train_caption_auto_writes_into_the_version_copy_only(world):
     res = runner.invoke(app, ["train", "--images", str(world / "data"), "--trigger", "Zed", "--base", "tiny",
                               "--steps", "1", "--resolution", "64", "--rank", "2",
                               "--models-dir", str(world / "models"), "--projects-dir", str(world / "projects"),
-                              "--caption", "auto", "--tagger", "wd-tiny"])
+                              "--caption", "auto", "--tagger", "wd-tiny", "--no-report"])
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in (world / "data").iterdir()) == ["blue.png", "blue.txt", "red.png"]
     version = world / "projects" / "Zed" / "versions" / "v1"
@@ -79,7 +79,7 @@ def test_masked_loss_run_keeps_the_mask_beside_its_picture(world, tmp_path):
     mask.paste(255, (0, 0, 32, 64))
     mask.save(data / "red.mask.png")
     res = runner.invoke(app, ["train", "--images", str(data), "--trigger", "Mask", "--base", "tiny",
-                              "--steps", "1", "--resolution", "64", "--rank", "2", "--masked-loss",
+                              "--steps", "1", "--resolution", "64", "--rank", "2", "--masked-loss", "--no-report",
                               "--models-dir", str(world / "models"), "--projects-dir", str(tmp_path / "p")])
     assert res.exit_code == 0, res.output
     dataset = tmp_path / "p" / "Mask" / "versions" / "v1" / "dataset"

@@ -86,7 +86,7 @@ def test_japanese_project_trains_installs_and_generates_with_its_tag(tmp_path, m
     name = "自作LORA"
     draw_sticker_dataset(tmp_path / "写真", n=4, trigger=name, seed=0, size=64)
     common = ["--images", "写真", "--trigger", name, "--base", "lorastudio-shapes-v1", "--steps", "3",
-              "--project", name]
+              "--project", name, "--no-report"]  # the report has its own tests (tests/report)
     out = run_cli(tmp_path, "train", *common)
     assert out.returncode == 0, out.stderr
     installed = tmp_path / "models" / "Lora" / f"{name}.safetensors"
@@ -165,7 +165,8 @@ def test_a_two_process_training_from_the_cli_installs_its_lora_too(tmp_path, mon
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     draw_sticker_dataset(tmp_path / "data", n=4, trigger="zzduo", seed=0, size=64)
     result = CliRunner().invoke(app, ["train", "--images", "data", "--trigger", "zzduo", "--base",
-                                      "lorastudio-shapes-v1", "--steps", "2", "--num-processes", "2"])
+                                      "lorastudio-shapes-v1", "--steps", "2", "--num-processes", "2",
+                                      "--no-report"])
     assert result.exit_code == 0, result.output
     installed = tmp_path / "models" / "Lora" / "zzduo.safetensors"
     assert installed.read_bytes() == (tmp_path / "projects" / "zzduo" / "versions" / "v1" / "zzduo.safetensors").read_bytes()
