@@ -90,8 +90,9 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
                 model_hash: str | None, save_to: Path | None, on_progress: ProgressFn | None = None,
                 should_stop: Callable[[], bool] | None = None, pipeline_override=None,
                 prepare_prompts: Callable[[str, str], tuple[str, str, dict]] | None = None,
-                upscalers=None, control=None) -> GenerationResult:
-    """`control`: a generation.controlnet_units.ControlPlan (ControlNet units), or None."""
+                upscalers=None, control=None, fast=None) -> GenerationResult:
+    """`control`: a generation.controlnet_units.ControlPlan (ControlNet units), or None.
+    `fast`: the model's generation.fast_mode.FastMode when params.fast asks for it, else None."""
     family, pipe = model.family, pipeline_override or model.pipe
     if control is not None:
         pipe = control.pipeline(family, pipe, "txt2img")
@@ -108,8 +109,14 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
     if prepare_prompts is not None:
         prompt_text, negative, extra = prepare_prompts(prompt_text, negative)
     # prompt editing [from:to:when] and alternation [a|b]: the texts per step, encoded once each
+    cache = None
+    if fast is not None:  # encodings kept across requests: same model, texts, LoRA text weights, embeddings
+        key = fast.encode_key(model, loras, extra, params.clip_skip, params.cfg_scale, params.guidance)
+
+        def cache(p: str, n: str, encode):
+            return fast.embeddings.get_or_encode((*key, p, n), encode)
     step_cond = scheduled_conditioning(family, pipe, prompt_text, negative, params.steps, clip_skip=params.clip_skip,
-                                       cfg_scale=params.cfg_scale, guidance=params.guidance)
+                                       cfg_scale=params.cfg_scale, guidance=params.guidance, cache=cache)
     control_kwargs: dict = {}
     if control is not None:
         control_kwargs = control.call_kwargs("txt2img")
@@ -132,15 +139,19 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
         latents, gens = seeded_noise(params, batch_seeds, batch_subseeds, shape)
         latents = family.pack_latents(pipe, latents).to(pipe.device, dtype=family.denoiser(pipe).dtype)
         seed_brownian_noise(pipe, batch_seeds[0])
-        # 5. denoise
-        with control.hooks() if control is not None else contextlib.nullcontext():
-            images = _denoise(pipe, {**step_cond.kwargs_at(0), **control_kwargs}, params, latents, gens, b,
-                              on_progress, should_stop, output_type=hires.first_pass_output if hires else "np",
-                              step_cond=step_cond)
-        if hires is not None:  # 5b. hires fix: upscale, then the img2img second pass
-            from lorastudio.generation.hires_fix import run_second_pass
+        # 5. denoise (in the fast mode with the fast copy of the denoiser, on every pass)
+        with contextlib.ExitStack() as stack:
+            if fast is not None:
+                stack.enter_context(fast.denoising(family, [pipe, *([hires.pipe] if hires else [])], loras,
+                                                   _largest_pixels(params, hires)))
+            with control.hooks() if control is not None else contextlib.nullcontext():
+                images = _denoise(pipe, {**step_cond.kwargs_at(0), **control_kwargs}, params, latents, gens, b,
+                                  on_progress, should_stop, output_type=hires.first_pass_output if hires else "np",
+                                  step_cond=step_cond)
+            if hires is not None:  # 5b. hires fix: upscale, then the img2img second pass
+                from lorastudio.generation.hires_fix import run_second_pass
 
-            images = run_second_pass(model, hires, images, batch_seeds, b, on_progress, should_stop)
+                images = run_second_pass(model, hires, images, batch_seeds, b, on_progress, should_stop)
         # 6. outputs
         sub_of = dict(zip(batch_seeds, batch_subseeds))
         collect_outputs(result, images, batch_seeds, save_to,
@@ -152,6 +163,12 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
             result.interrupted = True
             break
     return result
+
+
+def _largest_pixels(params: GenerationParams, hires) -> int:
+    if hires is None:
+        return params.width * params.height
+    return max(params.width * params.height, hires.params.width * hires.params.height)
 
 
 def collect_outputs(result: GenerationResult, images, seeds, save_to: Path | None, infotext_for) -> None:
