@@ -177,6 +177,7 @@ def parse_args(argv=None):
                     help="instead: the fast mode against plain diffusers on the full-size SD 1.5 architecture "
                          "(use with --size 256 --rounds 2 --threads 2), each lever's gain, the LoRA switch time")
     ap.add_argument("--lever-calls", type=int, default=2, help="--fast-full-size: timed UNet calls per lever")
+    ap.add_argument("--check-exact", action="store_true", help="--fast-full-size: also draw the exact picture")
     ap.add_argument("--compile", action="store_true", help="--fast-full-size: also time regional torch.compile")
     ap.add_argument("--no-lora-switch", dest="lora_switch", action="store_false",
                     help="--fast-full-size: skip the LoRA switch timing")
@@ -444,13 +445,11 @@ def unet_lever_times(eng, args) -> dict:
 
 def fast_full_size(args) -> dict:
     """lorastudio's fast mode against plain diffusers on the full-size SD 1.5 architecture."""
-    import hashlib
-
     import numpy as np
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from lorastudio.core.prompt_syntax import extract_lora_tags
+    from lorastudio.core.samplers import resolve_sampler
 
     tmp = tempfile.TemporaryDirectory(prefix="bench-generate-full-")
     base = Path(tmp.name)
@@ -475,12 +474,31 @@ def fast_full_size(args) -> dict:
                    guidance_scale=args.cfg, width=args.size, height=args.size,
                    generator=torch.Generator("cpu").manual_seed(args.seed), output_type="pil").images[0]
 
-    # The exact image once (untimed): lorastudio's exact mode gives diffusers' pixels (the tiny bench
-    # checks it every run); here it is the reference the fast picture is held to.
-    exact_img = ours(False)
+    # The exact picture: lorastudio's exact mode gives diffusers' pixels (the tiny bench checks that
+    # every run, tests/generation the same); --check-exact draws it here too (one more image).
+    exact_img = ours(False) if args.check_exact else None
+    # the Euler schedule lorastudio builds, for the plain diffusers side too
+    src.scheduler = eng.model.family.make_scheduler(eng.model.base_scheduler_config, resolve_sampler("Euler", "Automatic"))
     # the fast copy of the denoiser is made once per model and LoRA set: made here, its time reported
     eng.fast_mode().denoiser_copy(eng.model.family, src, [])
     ref.scheduler = type(src.scheduler).from_config(dict(src.scheduler.config))  # the schedule ours just built
+    fm = eng.fast_mode()
+    result = {
+        "bench": "generate --fast-full-size",
+        "model": "SD 1.5 architecture, full size, random weights (UNet 860M, CLIP-L 123M, VAE 84M), float32",
+        "size": [args.size, args.size], "steps": args.steps, "sampler": "Euler", "cfg": args.cfg,
+        "threads": args.threads, "rounds": args.rounds, "fast_levers": fm.levers.describe(),
+        "vae_tiling": f"not used at {args.size} px (from {fm.levers.vae_tiling_from_pixels} pixels)",
+        "sdpa": "the default attention processor of both sides (AttnProcessor2_0)",
+        "time_measure": "process CPU time per image (time.process_time), paired per round, median of ratios",
+        "torch": torch.__version__,
+    }
+    # the text-embedding cache: what one request's prompt encoding costs, saved on a repeat
+    _, enc_cpu, _ = cpu_timed(lambda: eng.model.family.encode_prompts(src, FULL_PROMPT, NEGATIVE, clip_skip=1,
+                                                                      cfg_scale=args.cfg, guidance=3.5))
+    print(f"prompt encoding cpu s {enc_cpu:.3f}", flush=True)
+    result.update(levers_and_switch(eng, src, args, lora_names))
+    print("partial: " + json.dumps(result), flush=True)
     cpu: dict[str, list[float]] = {"diffusers": [], "fast": []}
     wall: dict[str, list[float]] = {"diffusers": [], "fast": []}
     loads: list[float] = []
@@ -498,19 +516,49 @@ def fast_full_size(args) -> dict:
         print(f"round {r + 1}/{args.rounds}: cpu s diffusers {cpu['diffusers'][-1]:.1f} fast {cpu['fast'][-1]:.1f} | "
               f"wall s diffusers {wall['diffusers'][-1]:.1f} fast {wall['fast'][-1]:.1f} | load {loads[-1]:.1f}",
               flush=True)
-    exact, fast_px, diff_px = (rgb(i).astype(int) for i in (exact_img, images["fast"], images["diffusers"]))
+    fast_px, diff_px = (rgb(i).astype(int) for i in (images["fast"], images["diffusers"]))
+    exact = rgb(exact_img).astype(int) if exact_img is not None else diff_px
     fm = eng.fast_mode()
     copy_build_s = round(fm.copy.build_s, 2) if fm.copy else None
-    # the text-embedding cache: what one request's prompt encoding costs, saved on a repeat
-    family = eng.model.family
-    _, enc_cpu, _ = cpu_timed(lambda: family.encode_prompts(src, FULL_PROMPT, NEGATIVE, clip_skip=1,
-                                                            cfg_scale=args.cfg, guidance=3.5))
-    levers = unet_lever_times(eng, args)
+    result.update({
+        "fast_vs_diffusers_speedup": round(statistics.median(d / f for d, f in zip(cpu["diffusers"], cpu["fast"])), 3),
+        "fast_vs_diffusers_speedup_by_round": [round(d / f, 3) for d, f in zip(cpu["diffusers"], cpu["fast"])],
+        "goal_speedup": 1.3,
+        "wall_speedup_by_round": [round(d / f, 3) for d, f in zip(wall["diffusers"], wall["fast"])],
+        "median_cpu_s": {k: round(statistics.median(v), 2) for k, v in cpu.items()},
+        "mean_abs_pixel_diff_fast_vs_exact": round(float(np.abs(fast_px - exact).mean()), 3),
+        "max_abs_pixel_diff_fast_vs_exact": int(np.abs(fast_px - exact).max()),
+        "exact_reference": "lorastudio exact mode" if exact_img is not None else "plain diffusers (= exact mode)",
+        "tolerance_mean_abs": 2.0,
+        "exact_equals_diffusers": bool(np.array_equal(exact, diff_px)) if exact_img is not None else None,
+        "fast_copy_build_s": copy_build_s,
+        "embedding_cache": {"hits": fm.embeddings.hits, "misses": fm.embeddings.misses,
+                            "encode_cpu_s_saved_per_hit": round(enc_cpu, 3)},
+        "load_average_at_each_run": [round(v, 1) for v in loads],
+        "load_average_end": [round(v, 1) for v in os.getloadavg()],
+    })
+    tmp.cleanup()
+    return result
 
+
+def levers_and_switch(eng, src, args, lora_names) -> dict:
+    import hashlib
+
+    import torch
+
+    from lorastudio.core.prompt_syntax import extract_lora_tags
+
+    family = eng.model.family
+    levers = unet_lever_times(eng, args)
     switch = {}
     if args.lora_switch:
-        touched = lambda: hashlib.sha256(b"".join(p.detach().numpy().tobytes() for m in (src.unet, src.text_encoder)
-                                                  for p in m.parameters())).hexdigest()
+        def touched() -> str:  # every weight of the LoRA-able components, hashed
+            h = hashlib.sha256()
+            for m in (src.unet, src.text_encoder):
+                for name, p in m.named_parameters():
+                    if "lora_" not in name:
+                        h.update(p.detach().contiguous().numpy().tobytes())
+            return h.hexdigest()
         before = touched()
 
         def activate(prompt):
@@ -538,36 +586,7 @@ def fast_full_size(args) -> dict:
                   "weights_bit_identical_after_A_B_none": before == after, "lora_rank": args.rank,
                   "lora_modules": "UNet to_q/to_k/to_v/to_out.0 (128)"}
 
-    speedup = [d / f for d, f in zip(cpu["diffusers"], cpu["fast"])]
-    result = {
-        "bench": "generate --fast-full-size",
-        "model": "SD 1.5 architecture, full size, random weights (UNet 860M, CLIP-L 123M, VAE 84M), float32",
-        "size": [args.size, args.size], "steps": args.steps, "sampler": "Euler", "cfg": args.cfg,
-        "threads": args.threads, "rounds": args.rounds,
-        "fast_levers": fm.levers.describe(),
-        "fast_vs_diffusers_speedup": round(statistics.median(speedup), 3),
-        "fast_vs_diffusers_speedup_by_round": [round(s, 3) for s in speedup],
-        "goal_speedup": 1.3,
-        "wall_speedup_by_round": [round(d / f, 3) for d, f in zip(wall["diffusers"], wall["fast"])],
-        "median_cpu_s": {k: round(statistics.median(v), 2) for k, v in cpu.items()},
-        "mean_abs_pixel_diff_fast_vs_exact": round(float(np.abs(fast_px - exact).mean()), 3),
-        "max_abs_pixel_diff_fast_vs_exact": int(np.abs(fast_px - exact).max()),
-        "tolerance_mean_abs": 2.0,
-        "exact_equals_diffusers": bool(np.array_equal(exact, diff_px)),
-        "fast_copy_build_s": copy_build_s,
-        "embedding_cache": {"hits": fm.embeddings.hits, "misses": fm.embeddings.misses,
-                            "encode_cpu_s_saved_per_hit": round(enc_cpu, 3)},
-        "vae_tiling": f"not used at {args.size} px (from {fm.levers.vae_tiling_from_pixels} pixels)",
-        "sdpa": "the default attention processor of both sides (AttnProcessor2_0)",
-        "unet_call_levers": levers,
-        "lora_switch": switch,
-        "load_average_at_each_run": [round(v, 1) for v in loads],
-        "load_average_end": [round(v, 1) for v in os.getloadavg()],
-        "time_measure": "process CPU time per image (time.process_time), paired per round, median of ratios",
-        "torch": torch.__version__,
-    }
-    tmp.cleanup()
-    return result
+    return {"unet_call_levers": levers, "lora_switch": switch}
 
 
 def main(argv=None) -> None:

@@ -74,3 +74,15 @@ def test_fast_is_a_flag_of_the_generate_command():
 
     out = CliRunner().invoke(app, ["generate", "--help"], env={"COLUMNS": "200"}).output
     assert "--fast" in out and "2/255" in out
+
+
+@pytest.mark.pixels
+def test_img2img_fast_is_within_tolerance(family_engine):
+    engine = family_engine("tiny-sd1.safetensors")
+    init = engine.txt2img(SMALL, save=False).images[0].image
+    params = {**SMALL, "denoising_strength": 0.6}
+    calls = engine.fast_mode().calls
+    exact = engine.img2img(params, [init], save=False).images[0].image
+    fast = engine.img2img({**params, "fast": True}, [init], save=False).images[0].image
+    assert engine.fast_mode().calls == calls + 1
+    assert mean_levels(fast, exact) <= MEAN_LEVELS

@@ -141,7 +141,8 @@ class GenerationEngine:
             return run_img2img(model, params, list(init_images), mask=mask, options=options,
                                activate_loras=self._activate_loras, model_hash=short, save_to=folder,
                                on_progress=on_progress, should_stop=self.interrupt_flag.is_set,
-                               prepare_prompts=self._apply_embeddings, control=control)
+                               prepare_prompts=self._apply_embeddings, control=control,
+                               fast=self.fast_mode() if params.fast else None)
 
     def fast_mode(self):
         """The loaded model's fast-mode state (its denoiser copy and prompt-encoding cache)."""

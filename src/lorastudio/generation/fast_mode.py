@@ -122,14 +122,14 @@ def _cast_floats(value, dtype, memory_format=None):
         if memory_format is not None and value.ndim == 4:
             value = value.contiguous(memory_format=memory_format)
         return value
+    if hasattr(value, "to_tuple"):  # diffusers' output dataclasses (dicts too: checked first)
+        for k in list(value.keys()):
+            value[k] = _cast_floats(value[k], dtype, memory_format)
+        return value
     if isinstance(value, dict):
         return {k: _cast_floats(v, dtype, memory_format) for k, v in value.items()}
     if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
         return type(value)(_cast_floats(v, dtype, memory_format) for v in value)
-    if hasattr(value, "to_tuple"):  # diffusers' output dataclasses
-        for k in list(value.keys()):
-            value[k] = _cast_floats(value[k], dtype, memory_format)
-        return value
     return value
 
 
@@ -162,6 +162,21 @@ class FastMode:
         """What a prompt pair's encoding depends on besides its text."""
         te = tuple((lo.name, lo.short_hash, lo.te_weight) for lo in loras)
         return (model.sha256 or str(model.path), te, extra.get("TI hashes"), clip_skip, cfg_scale, guidance)
+
+    def encode_cache(self, model, loras, extra: dict, params):
+        """scheduled_conditioning's `cache`: (prompt, negative, encode) -> the kept or new encoding."""
+        key = self.encode_key(model, loras, extra, params.clip_skip, params.cfg_scale, params.guidance)
+
+        def cache(prompt: str, negative: str, encode):
+            return self.embeddings.get_or_encode((*key, prompt, negative), encode)
+        return cache
+
+    def wrapped(self, denoise, family, pipes: list, loras, pixels: int):
+        """`denoise` run inside `denoising(...)`."""
+        def run(*args, **kwargs):
+            with self.denoising(family, pipes, loras, pixels):
+                return denoise(*args, **kwargs)
+        return run
 
     def denoiser_copy(self, family, pipe, loras) -> FastCopy:
         original = family.denoiser(pipe)

@@ -121,8 +121,9 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
                 model_hash: str | None, save_to: Path | None, on_progress: ProgressFn | None = None,
                 should_stop: Callable[[], bool] | None = None,
                 prepare_prompts: Callable[[str, str], tuple[str, str, dict]] | None = None,
-                control=None) -> GenerationResult:
-    """`control`: a generation.controlnet_units.ControlPlan (ControlNet units), or None."""
+                control=None, fast=None) -> GenerationResult:
+    """`control`: a generation.controlnet_units.ControlPlan (ControlNet units), or None.
+    `fast`: the model's generation.fast_mode.FastMode when params.fast asks for it, else None."""
     family = model.family
     options = options or Img2ImgOptions()
     # 1. check inputs
@@ -150,8 +151,10 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
     # 3. images and mask, as A1111 prepares them; then latents
     shape = family.latent_shape(pipe, params.width, params.height)
     inputs = prepare_inputs(init_images, mask, params.width, params.height, options, pipe.vae_scale_factor)
+    cache = fast.encode_cache(model, loras, extra, params) if fast is not None else None
     step_cond = scheduled_conditioning(family, pipe, prompt_text, negative, params.steps, clip_skip=params.clip_skip,
-                                       cfg_scale=params.cfg_scale, guidance=params.guidance)
+                                       cfg_scale=params.cfg_scale, guidance=params.guidance, cache=cache)
+    denoise = _denoise if fast is None else fast.wrapped(_denoise, family, [pipe], loras, params.width * params.height)
     init_latents = encode_init_images(family, pipe, inputs.images)
     if tuple(init_latents.shape[-2:]) != tuple(shape[-2:]):
         # FLUX packs 2x2 latent cells: 520 px encodes to 65 cells, which do not pack (txt2img rounds down).
@@ -191,12 +194,12 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
         if channels is not None:
             cond_mask, masked = channels
             masked = masked.expand(len(batch_seeds), *masked.shape[1:]) if len(masked) == 1 else masked
-            images = _denoise(pipe, step_cond.kwargs_at(0), params, latents, strength, run, cond_mask, gens, b,
-                              on_progress, should_stop, masked_latents=masked, step_cond=step_cond)
+            images = denoise(pipe, step_cond.kwargs_at(0), params, latents, strength, run, cond_mask, gens, b,
+                             on_progress, should_stop, masked_latents=masked, step_cond=step_cond)
         else:
             with control.hooks() if control is not None else contextlib.nullcontext():
-                images = _denoise(pipe, {**step_cond.kwargs_at(0), **cond_extra}, params, latents, strength, run,
-                                  inputs.pipeline_mask, gens, b, on_progress, should_stop, step_cond=step_cond)
+                images = denoise(pipe, {**step_cond.kwargs_at(0), **cond_extra}, params, latents, strength, run,
+                                 inputs.pipeline_mask, gens, b, on_progress, should_stop, step_cond=step_cond)
         # 6. outputs
         if inputs.overlays is not None:
             images = [apply_overlay(img, inputs.overlays[i % len(inputs.overlays)]) for i, img in enumerate(images)]

@@ -109,12 +109,8 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
     if prepare_prompts is not None:
         prompt_text, negative, extra = prepare_prompts(prompt_text, negative)
     # prompt editing [from:to:when] and alternation [a|b]: the texts per step, encoded once each
-    cache = None
-    if fast is not None:  # encodings kept across requests: same model, texts, LoRA text weights, embeddings
-        key = fast.encode_key(model, loras, extra, params.clip_skip, params.cfg_scale, params.guidance)
-
-        def cache(p: str, n: str, encode):
-            return fast.embeddings.get_or_encode((*key, p, n), encode)
+    # the fast mode keeps encodings across requests (same model, texts, LoRA text weights, embeddings)
+    cache = fast.encode_cache(model, loras, extra, params) if fast is not None else None
     step_cond = scheduled_conditioning(family, pipe, prompt_text, negative, params.steps, clip_skip=params.clip_skip,
                                        cfg_scale=params.cfg_scale, guidance=params.guidance, cache=cache)
     control_kwargs: dict = {}
