@@ -368,3 +368,18 @@ def test_fast_mode_follows_the_lora_set(sd1):
         own = mean_levels(fast, picture)
         assert own <= 6.0, prompt
         assert all(mean_levels(fast, other) > 3 * own for p, other in exact.items() if p != prompt), prompt
+        fused_qkv = sd1.fast_mode().copy.fused_qkv
+        assert fused_qkv == sd1.fast_mode().levers.fuse_qkv  # merged LoRAs are in the weights QKV fusion joins
+
+
+def test_fast_mode_with_unfused_adapters_keeps_them(sd1, with_settings):
+    """An adapter beside the weights: the copy keeps q, k, v apart (a fused projection would skip it)."""
+    from lorastudio.testing.pixels import as_levels
+
+    prompt = "a red circle <lora:sd1-other:1>"
+    with with_settings(sd1, lora_mode="unfused"):
+        exact, fast = pixels(sd1, prompt), pixels(sd1, prompt, fast=True)
+        assert not sd1.fast_mode().copy.fused_qkv
+        without = pixels(sd1, "a red circle")
+    own = float(np.abs(as_levels(fast) - as_levels(exact)).mean())
+    assert own <= 6.0 and float(np.abs(as_levels(fast) - as_levels(without)).mean()) > 3 * own

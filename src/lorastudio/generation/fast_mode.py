@@ -13,8 +13,9 @@ Levers, and where each is used (bench/generate.py measures each on the machine i
   `torch.autocast` does; the denoiser's inputs are cast on the way in and its output back to the
   model's precision on the way out, so the sampler's arithmetic on the latents stays in float32.
 - channels_last: oneDNN and cuDNN pick their fastest convolutions for NHWC tensors.
-- fused QKV projections (diffusers `fuse_qkv_projections`): one matmul instead of three. Not
-  used while an unfused LoRA adapter is active on the copy (the fused projection would bypass it).
+- fused QKV projections (diffusers `fuse_qkv_projections`): one matmul instead of three (and K, V
+  of the cross-attention in one). Not used while an unfused LoRA adapter is active on the copy
+  (the fused projection would bypass it); merged (fused-mode) LoRAs are in the weights it concatenates.
 - regional torch.compile of the repeated blocks (diffusers `compile_repeated_blocks`): pays back
   only after many calls, and compiling on a CPU takes minutes; used where `FastLevers.compile`
   says (StudioSettings.fast_compile: "auto" compiles on CUDA only), its time reported.
@@ -77,9 +78,10 @@ def levers_for(device: str, compile_setting: str = "auto") -> FastLevers:
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return FastLevers(dtype=dtype, compile=compile_setting != "off")
     if kind == "cpu":
-        # On a CPU the fused QKV matmul measured no faster than three (bench/generate.py), and
-        # compiling costs minutes that a few images do not earn back: both only when asked.
-        return FastLevers(dtype=torch.bfloat16 if cpu_does_bf16_fast() else None, fuse_qkv=False,
+        # Measured on a 2-core AVX512-BF16 CPU, full-size SD 1.5 UNet at 256 px (CPU seconds per
+        # CFG call, bench/generate.py --fast-full-size): float32 12.8, bf16 copy 9.4, + channels_last
+        # 8.3, + fused QKV 7.5. Compiling costs minutes that a few images do not earn back: only when asked.
+        return FastLevers(dtype=torch.bfloat16 if cpu_does_bf16_fast() else None,
                           compile=compile_setting == "on")
     return FastLevers(dtype=None, channels_last=False, fuse_qkv=False, compile=compile_setting == "on")
 
@@ -180,7 +182,8 @@ class FastMode:
 
     def denoiser_copy(self, family, pipe, loras) -> FastCopy:
         original = family.denoiser(pipe)
-        key = (id(original), tuple((lo.name, lo.short_hash, lo.te_weight, lo.unet_weight) for lo in loras))
+        key = (id(original), tuple((lo.name, lo.short_hash, lo.te_weight, lo.unet_weight) for lo in loras),
+               _has_live_adapter(original))  # merged into the weights, or beside them
         if self.copy is not None and self.copy.key == key:
             return self.copy
         self.copy = None  # free the old one first
