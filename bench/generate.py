@@ -499,6 +499,9 @@ def fast_full_size(args) -> dict:
     print(f"prompt encoding cpu s {enc_cpu:.3f}", flush=True)
     result.update(levers_and_switch(eng, src, args, lora_names))
     print("partial: " + json.dumps(result), flush=True)
+    if args.rounds == 0:  # the levers and the LoRA switch only
+        tmp.cleanup()
+        return result
     cpu: dict[str, list[float]] = {"diffusers": [], "fast": []}
     wall: dict[str, list[float]] = {"diffusers": [], "fast": []}
     loads: list[float] = []
@@ -549,7 +552,7 @@ def levers_and_switch(eng, src, args, lora_names) -> dict:
     from lorastudio.core.prompt_syntax import extract_lora_tags
 
     family = eng.model.family
-    levers = unet_lever_times(eng, args)
+    levers = unet_lever_times(eng, args) if args.lever_calls else {}
     switch = {}
     if args.lora_switch:
         def touched() -> str:  # every weight of the LoRA-able components, hashed

@@ -283,9 +283,15 @@ def restore_fused(pipe, state: LoraState) -> None:
     """Put back the exact base weights saved before the merge."""
     import torch
 
-    # unfuse_lora only clears peft's and diffusers' record of what is merged; the weights it
-    # computes by subtracting are overwritten from the backup just after.
-    pipe.unfuse_lora()
+    # Only peft's and diffusers' record of what is merged is cleared: unfuse_lora would compute
+    # every update again to subtract it (half the time of a switch) from weights that the backup
+    # overwrites just after.
+    for comp in _lora_components(pipe):
+        module = getattr(pipe, comp, None)
+        for m in module.modules() if module is not None else ():
+            if getattr(m, "merged_adapters", None):
+                m.merged_adapters = []
+    pipe._merged_adapters = set()
     with torch.no_grad():
         for param, saved in state.backup:
             param.data.copy_(saved)
