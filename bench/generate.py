@@ -55,6 +55,24 @@ VAE decode, PIL conversion) is small against the denoising it wraps. (At --size 
 output is one JSON object.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/generate.py [--size 32] [--steps 20] [--rounds 8] [--threads 1]
+
+--fast-full-size: the fast mode (GenerationParams.fast) against a plain diffusers call on the
+full-size SD 1.5 architecture (random weights, written as an A1111 single file and loaded through
+GenerationEngine; no download), Euler, one image per call, CPU time paired per round:
+
+    fast_vs_diffusers_speedup          diffusers / fast CPU time per image, median over rounds; goal >= 1.3
+    mean_abs_pixel_diff_fast_vs_exact  mean |fast - exact| per pixel and channel in levels of 255; tolerance 2
+                                       (the exact mode gives diffusers' pixels; --check-exact draws it too)
+    unet_call_levers                   one CFG-sized UNet call with each lever added in turn (float32,
+                                       autocast, the bf16 copy, + channels_last, + fused QKV, --compile)
+    embedding_cache                    CPU seconds of one prompt encoding, saved by each cache hit
+    lora_switch                        a rank --rank LoRA of the UNet attention (128 modules), fused:
+                                       each switch's CPU time over one 512 px CFG step, and whether
+                                       A -> B -> none leaves every weight bit-identical
+    load_average_*                     the machine's load average at each run (a shared machine)
+
+    .venv/bin/python bench/generate.py --fast-full-size --size 256 --steps 20 --rounds 2 --threads 2 --rank 16
+    (--rounds 0 --lever-calls 0: the LoRA switch only)
 """
 
 from __future__ import annotations
