@@ -20,12 +20,14 @@ def mean_levels(a, b) -> float:
 
 
 @pytest.mark.pixels
-@pytest.mark.parametrize("model", ["tiny-sd1.safetensors", "tiny-sdxl.safetensors"])
-def test_fast_picture_is_within_tolerance_and_the_exact_mode_is_untouched(family_engine, model):
+@pytest.mark.parametrize("model, extra", [("tiny-sd1.safetensors", {}), ("tiny-sdxl.safetensors", {}),
+                                          ("tiny-flux-aio.safetensors", {"sampler": "Euler", "cfg_scale": 1.0})])
+def test_fast_picture_is_within_tolerance_and_the_exact_mode_is_untouched(family_engine, model, extra):
     engine = family_engine(model)
-    exact = engine.txt2img(SMALL, save=False).images[0]
-    fast = engine.txt2img({**SMALL, "fast": True}, save=False).images[0]
-    again = engine.txt2img(SMALL, save=False).images[0]
+    params = {**SMALL, **extra}
+    exact = engine.txt2img(params, save=False).images[0]
+    fast = engine.txt2img({**params, "fast": True}, save=False).images[0]
+    again = engine.txt2img(params, save=False).images[0]
 
     assert mean_levels(fast.image, exact.image) <= MEAN_LEVELS
     # the exact mode after a fast request: the same call, so the same bits
