@@ -55,6 +55,24 @@ VAE decode, PIL conversion) is small against the denoising it wraps. (At --size 
 output is one JSON object.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/generate.py [--size 32] [--steps 20] [--rounds 8] [--threads 1]
+
+--fast-full-size: the fast mode (GenerationParams.fast) against a plain diffusers call on the
+full-size SD 1.5 architecture (random weights, written as an A1111 single file and loaded through
+GenerationEngine; no download), Euler, one image per call, CPU time paired per round:
+
+    fast_vs_diffusers_speedup          diffusers / fast CPU time per image, median over rounds; goal >= 1.3
+    mean_abs_pixel_diff_fast_vs_exact  mean |fast - exact| per pixel and channel in levels of 255; tolerance 2
+                                       (the exact mode gives diffusers' pixels; --check-exact draws it too)
+    unet_call_levers                   one CFG-sized UNet call with each lever added in turn (float32,
+                                       autocast, the bf16 copy, + channels_last, + fused QKV, --compile)
+    embedding_cache                    CPU seconds of one prompt encoding, saved by each cache hit
+    lora_switch                        a rank --rank LoRA of the UNet attention (128 modules), fused:
+                                       each switch's CPU time over one 512 px CFG step, and whether
+                                       A -> B -> none leaves every weight bit-identical
+    load_average_*                     the machine's load average at each run (a shared machine)
+
+    .venv/bin/python bench/generate.py --fast-full-size --size 256 --steps 20 --rounds 2 --threads 2 --rank 16
+    (--rounds 0 --lever-calls 0: the LoRA switch only)
 """
 
 from __future__ import annotations
@@ -70,6 +88,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# bench/queue.py would shadow the standard library's queue (torch imports it): not this folder.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -171,6 +191,14 @@ def parse_args(argv=None):
     ap.add_argument("--unet-calls", type=int, default=40, help="interleaved UNet-only calls per LoRA mode")
     ap.add_argument("--lora-library", type=int, default=2000,
                     help="files in the Lora folder for the find_lora timing (0: skip)")
+    ap.add_argument("--fast-full-size", action="store_true",
+                    help="instead: the fast mode against plain diffusers on the full-size SD 1.5 architecture "
+                         "(use with --size 256 --rounds 2 --threads 2), each lever's gain, the LoRA switch time")
+    ap.add_argument("--lever-calls", type=int, default=2, help="--fast-full-size: timed UNet calls per lever")
+    ap.add_argument("--check-exact", action="store_true", help="--fast-full-size: also draw the exact picture")
+    ap.add_argument("--compile", action="store_true", help="--fast-full-size: also time regional torch.compile")
+    ap.add_argument("--no-lora-switch", dest="lora_switch", action="store_false",
+                    help="--fast-full-size: skip the LoRA switch timing")
     return ap.parse_args(argv)
 
 
@@ -304,12 +332,293 @@ def unet_call_times(args, sides: Sides, order_rng: random.Random) -> dict:
     return unet_cpu
 
 
+# --- the fast mode on the full-size SD 1.5 architecture (--fast-full-size) -----------------------
+
+FULL_PROMPT = "a photograph of an astronaut riding a horse, detailed, sharp focus"
+
+
+def sd15_pipeline(seed: int = 0):
+    """The SD 1.5 architecture at full size (UNet 860M, CLIP ViT-L/14 text encoder 123M, VAE 84M)
+    with random weights: diffusers' UNet2DConditionModel defaults are SD 1.5's UNet except the
+    cross-attention width (768, CLIP-L's); the VAE and CLIP-L configs are those of
+    stable-diffusion-v1-5; the tokenizer is the project's bundled CLIP vocabulary."""
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from lorastudio.models.formats.sd_config_inference import SD1_SCHEDULER
+    from lorastudio.testing.tiny_sd import tiny_clip_tokenizer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8).eval()
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+                            block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.18215).eval()
+        te = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                                          num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
+                                          hidden_act="quick_gelu", projection_dim=768, bos_token_id=0,
+                                          eos_token_id=2, pad_token_id=1)).eval()
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tiny_clip_tokenizer(), unet=unet,
+                                   scheduler=PNDMScheduler.from_config(SD1_SCHEDULER), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def write_full_size_root(root: Path, rank: int) -> tuple[Path, list[str]]:
+    """The full-size SD 1.5 file (stored in float16 to halve the bytes; loaded in float32) and two
+    rank-`rank` LoRAs of its UNet attention (kohya format) in an A1111 models folder."""
+    import torch
+    from peft import LoraConfig, get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from lorastudio.models.formats.kohya_lora_sd import kohya_lora_from_peft
+    from lorastudio.testing.tiny_sd import save_sd1_single_file
+
+    (root / "Stable-diffusion").mkdir(parents=True)
+    (root / "Lora").mkdir()
+    pipe = sd15_pipeline(0)
+    pipe.to(torch.float16)
+    ckpt = save_sd1_single_file(pipe, root / "Stable-diffusion" / "sd15-random.safetensors")
+    pipe.unet.to(torch.float32)
+    names = []
+    for k in range(2):
+        unet = pipe.unet
+        unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                    target_modules=["to_q", "to_k", "to_v", "to_out.0"]), adapter_name=f"b{k}")
+        gen = torch.Generator().manual_seed(10 + k)
+        with torch.no_grad():
+            for name, p in unet.named_parameters():
+                if "lora_B" in name and f".b{k}." in name:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
+        sd = {key.replace(f".b{k}", ""): v.detach().float().contiguous()
+              for key, v in get_peft_model_state_dict(unet, adapter_name=f"b{k}").items()}
+        kohya = kohya_lora_from_peft(sd, {}, alpha=float(rank), rank=rank, unet_naming="diffusers")
+        save_file({n: v.contiguous() for n, v in kohya.items()}, str(root / "Lora" / f"switch{k}.safetensors"))
+        unet.delete_adapters(f"b{k}")
+        names.append(f"switch{k}")
+    old = time.time() - 3600  # see make_models_root
+    for p in [ckpt, *(root / "Lora").iterdir()]:
+        os.utime(p, (old, old))
+    return ckpt, names
+
+
+def cpu_timed(fn):
+    c, t = time.process_time(), time.perf_counter()
+    out = fn()
+    return out, time.process_time() - c, time.perf_counter() - t
+
+
+def unet_lever_times(eng, args) -> dict:
+    """CPU seconds of one CFG-sized denoiser call (batch 2) with each lever added in turn, median of
+    --lever-calls interleaved calls, after one untimed call each."""
+    import torch
+
+    from lorastudio.generation.fast_mode import FastLevers, FastMode
+
+    model = eng.model
+    pipe, family = model.pipe, model.family
+    shape = family.latent_shape(pipe, args.size, args.size)
+    x = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0))
+    hidden = torch.randn((2, 77, 768), generator=torch.Generator().manual_seed(1))
+    t = torch.tensor(500)
+    fast_dtype = eng.fast_mode().levers.dtype or torch.float32
+    variants = {
+        "float32 (exact)": lambda: pipe.unet,
+        f"autocast {str(fast_dtype)[6:]} (instead of a copy)": lambda: pipe.unet,
+        f"{str(fast_dtype)[6:]} copy": lambda: FastMode(FastLevers(dtype=fast_dtype, channels_last=False,
+                                                                  fuse_qkv=False)).denoiser_copy(family, pipe, []).module,
+        "+ channels_last": lambda: FastMode(FastLevers(dtype=fast_dtype, fuse_qkv=False)).denoiser_copy(
+            family, pipe, []).module,
+        "+ fused QKV": lambda: FastMode(FastLevers(dtype=fast_dtype, fuse_qkv=True)).denoiser_copy(
+            family, pipe, []).module,
+    }
+    if args.compile:
+        variants["+ regional torch.compile"] = lambda: FastMode(FastLevers(dtype=fast_dtype, compile=True)).denoiser_copy(
+            family, pipe, []).module
+    out = {}
+    base = None
+    for name, make in variants.items():
+        module = make()
+        autocast = name.startswith("autocast")
+
+        def call():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=fast_dtype, enabled=autocast):
+                return module(x, t, encoder_hidden_states=hidden).sample.float()
+        first, first_cpu, first_wall = cpu_timed(call)
+        times = [cpu_timed(call)[1] for _ in range(args.lever_calls)]
+        row = {"cpu_s": round(statistics.median(times), 3), "first_call_cpu_s": round(first_cpu, 2)}
+        if base is None:
+            base = (first, row["cpu_s"])
+        row["speedup_vs_float32"] = round(base[1] / row["cpu_s"], 3)
+        row["max_abs_diff_vs_float32"] = float((first - base[0]).abs().max())
+        if "compile" in name:
+            row["compile_wall_s"] = round(first_wall - statistics.median(times), 1)
+        out[name] = row
+        print(f"lever {name}: {row}", flush=True)
+        del module
+    return out
+
+
+def fast_full_size(args) -> dict:
+    """lorastudio's fast mode against plain diffusers on the full-size SD 1.5 architecture."""
+    import numpy as np
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from lorastudio.core.samplers import resolve_sampler
+
+    tmp = tempfile.TemporaryDirectory(prefix="bench-generate-full-")
+    base = Path(tmp.name)
+    t0 = time.perf_counter()
+    ckpt, lora_names = write_full_size_root(base / "models", args.rank)
+    eng = engine(base / "models", base / "out", "fused")
+    src = eng.model.pipe
+    print(f"setup (build, write {ckpt.stat().st_size / 1e9:.1f} GB, load) {time.perf_counter() - t0:.0f} s; "
+          f"fast levers here: {eng.fast_mode().levers.describe()}", flush=True)
+    ref = StableDiffusionPipeline(vae=src.vae, text_encoder=src.text_encoder, tokenizer=src.tokenizer, unet=src.unet,
+                                  scheduler=src.scheduler, safety_checker=None, feature_extractor=None,
+                                  requires_safety_checker=False)
+    ref.set_progress_bar_config(disable=True)
+    common = dict(negative_prompt=NEGATIVE, steps=args.steps, width=args.size, height=args.size, cfg_scale=args.cfg,
+                  seed=args.seed, sampler="Euler")
+
+    def ours(fast: bool):
+        return eng.txt2img(dict(prompt=FULL_PROMPT, fast=fast, **common), save=False).images[0].image
+
+    def diffusers_call():
+        return ref(prompt=FULL_PROMPT, negative_prompt=NEGATIVE, num_inference_steps=args.steps,
+                   guidance_scale=args.cfg, width=args.size, height=args.size,
+                   generator=torch.Generator("cpu").manual_seed(args.seed), output_type="pil").images[0]
+
+    # The exact picture: lorastudio's exact mode gives diffusers' pixels (the tiny bench checks that
+    # every run, tests/generation the same); --check-exact draws it here too (one more image).
+    exact_img = ours(False) if args.check_exact else None
+    # the Euler schedule lorastudio builds, for the plain diffusers side too
+    src.scheduler = eng.model.family.make_scheduler(eng.model.base_scheduler_config, resolve_sampler("Euler", "Automatic"))
+    # the fast copy of the denoiser is made once per model and LoRA set: made here, its time reported
+    eng.fast_mode().denoiser_copy(eng.model.family, src, [])
+    ref.scheduler = type(src.scheduler).from_config(dict(src.scheduler.config))  # the schedule ours just built
+    fm = eng.fast_mode()
+    result = {
+        "bench": "generate --fast-full-size",
+        "model": "SD 1.5 architecture, full size, random weights (UNet 860M, CLIP-L 123M, VAE 84M), float32",
+        "size": [args.size, args.size], "steps": args.steps, "sampler": "Euler", "cfg": args.cfg,
+        "threads": args.threads, "rounds": args.rounds, "fast_levers": fm.levers.describe(),
+        "vae_tiling": f"not used at {args.size} px (from {fm.levers.vae_tiling_from_pixels} pixels)",
+        "sdpa": "the default attention processor of both sides (AttnProcessor2_0)",
+        "time_measure": "process CPU time per image (time.process_time), paired per round, median of ratios",
+        "torch": torch.__version__,
+    }
+    # the text-embedding cache: what one request's prompt encoding costs, saved on a repeat
+    _, enc_cpu, _ = cpu_timed(lambda: eng.model.family.encode_prompts(src, FULL_PROMPT, NEGATIVE, clip_skip=1,
+                                                                      cfg_scale=args.cfg, guidance=3.5))
+    print(f"prompt encoding cpu s {enc_cpu:.3f}", flush=True)
+    result.update(levers_and_switch(eng, src, args, lora_names))
+    print("partial: " + json.dumps(result), flush=True)
+    if args.rounds == 0:  # the levers and the LoRA switch only
+        tmp.cleanup()
+        return result
+    cpu: dict[str, list[float]] = {"diffusers": [], "fast": []}
+    wall: dict[str, list[float]] = {"diffusers": [], "fast": []}
+    loads: list[float] = []
+    images = {}
+    order_rng = random.Random(0)
+    runs = {"diffusers": diffusers_call, "fast": lambda: ours(True)}
+    for r in range(args.rounds):
+        order = order_rng.sample(list(runs), 2) if r else ["fast", "diffusers"]  # fast first: its copy is built
+        for name in order:
+            loads.append(os.getloadavg()[0])
+            img, c, w = cpu_timed(runs[name])
+            images.setdefault(name, img)
+            cpu[name].append(c)
+            wall[name].append(w)
+        print(f"round {r + 1}/{args.rounds}: cpu s diffusers {cpu['diffusers'][-1]:.1f} fast {cpu['fast'][-1]:.1f} | "
+              f"wall s diffusers {wall['diffusers'][-1]:.1f} fast {wall['fast'][-1]:.1f} | load {loads[-1]:.1f}",
+              flush=True)
+    fast_px, diff_px = (rgb(i).astype(int) for i in (images["fast"], images["diffusers"]))
+    exact = rgb(exact_img).astype(int) if exact_img is not None else diff_px
+    fm = eng.fast_mode()
+    copy_build_s = round(fm.copy.build_s, 2) if fm.copy else None
+    result.update({
+        "fast_vs_diffusers_speedup": round(statistics.median(d / f for d, f in zip(cpu["diffusers"], cpu["fast"])), 3),
+        "fast_vs_diffusers_speedup_by_round": [round(d / f, 3) for d, f in zip(cpu["diffusers"], cpu["fast"])],
+        "goal_speedup": 1.3,
+        "wall_speedup_by_round": [round(d / f, 3) for d, f in zip(wall["diffusers"], wall["fast"])],
+        "median_cpu_s": {k: round(statistics.median(v), 2) for k, v in cpu.items()},
+        "mean_abs_pixel_diff_fast_vs_exact": round(float(np.abs(fast_px - exact).mean()), 3),
+        "max_abs_pixel_diff_fast_vs_exact": int(np.abs(fast_px - exact).max()),
+        "exact_reference": "lorastudio exact mode" if exact_img is not None else "plain diffusers (= exact mode)",
+        "tolerance_mean_abs": 2.0,
+        "exact_equals_diffusers": bool(np.array_equal(exact, diff_px)) if exact_img is not None else None,
+        "fast_copy_build_s": copy_build_s,
+        "embedding_cache": {"hits": fm.embeddings.hits, "misses": fm.embeddings.misses,
+                            "encode_cpu_s_saved_per_hit": round(enc_cpu, 3)},
+        "load_average_at_each_run": [round(v, 1) for v in loads],
+        "load_average_end": [round(v, 1) for v in os.getloadavg()],
+    })
+    tmp.cleanup()
+    return result
+
+
+def levers_and_switch(eng, src, args, lora_names) -> dict:
+    import hashlib
+
+    import torch
+
+    from lorastudio.core.prompt_syntax import extract_lora_tags
+
+    family = eng.model.family
+    levers = unet_lever_times(eng, args) if args.lever_calls else {}
+    switch = {}
+    if args.lora_switch:
+        def touched() -> str:  # every weight of the LoRA-able components, hashed
+            h = hashlib.sha256()
+            for m in (src.unet, src.text_encoder):
+                for name, p in m.named_parameters():
+                    if "lora_" not in name:
+                        h.update(p.detach().contiguous().numpy().tobytes())
+            return h.hexdigest()
+        before = touched()
+
+        def activate(prompt):
+            with eng._lock:
+                return cpu_timed(lambda: eng._activate_loras(extract_lora_tags(prompt)[1]))[1:]
+        a, b = (f"<lora:{n}:1>" for n in lora_names)
+        steps = {"none -> A (read, attach, merge)": a, "A -> B (read, attach, merge)": b,
+                 "B -> A (both loaded)": a, "A -> B (both loaded)": b, "B -> none": ""}
+        for label, prompt in steps.items():
+            c, w = activate(prompt)
+            switch[label] = {"cpu_s": round(c, 3), "wall_s": round(w, 3)}
+            print(f"LoRA switch {label}: {switch[label]}", flush=True)
+        after = touched()
+        lat = family.latent_shape(src, 512, 512)
+        x = torch.randn((2, *lat), generator=torch.Generator().manual_seed(0))
+        hidden = torch.randn((2, 77, 768), generator=torch.Generator().manual_seed(1))
+        with torch.inference_mode():
+            _, step512, _ = cpu_timed(lambda: src.unet(x, torch.tensor(500), encoder_hidden_states=hidden))
+        print(f"one 512 px step (CFG batch 2) cpu s {step512:.1f}", flush=True)
+        warm = max(switch["B -> A (both loaded)"]["cpu_s"], switch["A -> B (both loaded)"]["cpu_s"])
+        cold = switch["A -> B (read, attach, merge)"]["cpu_s"]
+        switch = {"steps": switch, "step_512px_cpu_s": round(step512, 2),
+                  "switch_loaded_vs_512px_step": round(warm / step512, 4),
+                  "switch_from_file_vs_512px_step": round(cold / step512, 4),
+                  "weights_bit_identical_after_A_B_none": before == after, "lora_rank": args.rank,
+                  "lora_modules": "UNet to_q/to_k/to_v/to_out.0 (128)"}
+
+    return {"unet_call_levers": levers, "lora_switch": switch}
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
 
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.fast_full_size:
+        print(json.dumps(fast_full_size(args)))
+        return
     t_setup = time.perf_counter()
     tmp = tempfile.TemporaryDirectory(prefix="bench-generate-")
     base = Path(tmp.name)

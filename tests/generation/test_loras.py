@@ -331,3 +331,55 @@ def test_emphasis_that_would_overflow_is_clamped_and_draws_a_picture(sd1):
         img = run(sd1, prompt).image
         got = arr(img)
         assert got.std() > 10 and np.abs(got - base).max() > 4  # a picture, changed by the emphasis
+
+
+def test_switching_a_to_b_to_none_without_reloading_is_bit_exact_against_fresh_models(family_root, loras, tmp_path):
+    """A LoRA switch restores the merged weights from the backup before merging the next: B after A
+    holds the weights of B on a fresh model, and none after B those of the fresh model, bit for bit."""
+    switched = _fresh(family_root, tmp_path / "switched")
+    fresh = _base_weights(switched.model.pipe)
+    pixels(switched, "a red circle <lora:sd1-kohya:1>")
+    pixels(switched, "a red circle <lora:sd1-other:0.7>")
+    with_b = _base_weights(switched.model.pipe)
+    only_b = _fresh(family_root, tmp_path / "only-b")
+    pixels(only_b, "a red circle <lora:sd1-other:0.7>")
+    assert not _same_weights(with_b, fresh)
+    assert _same_weights(with_b, _base_weights(only_b.model.pipe))
+    pixels(switched, "a red circle")
+    assert _same_weights(_base_weights(switched.model.pipe), fresh)
+
+
+def test_fast_mode_follows_the_lora_set(sd1):
+    """The fast copy of the denoiser is remade when the LoRAs change: each fast picture is the exact
+    picture of the same LoRA set, give or take bf16 rounding, and far from that of another set.
+
+    The bound is not the 2/255 of test_fast_mode.py: these random LoRAs at weight 1 (alpha/rank 2)
+    push the tiny model's activations where bf16 rounding moves the picture by ~4.5/255 on average
+    (measured; 0.6/255 without a LoRA), against ~29/255 between the LoRA sets."""
+    from lorastudio.testing.pixels import as_levels
+
+    def mean_levels(a, b):
+        return float(np.abs(as_levels(a) - as_levels(b)).mean())
+
+    exact = {p: pixels(sd1, p) for p in ["a red circle <lora:sd1-kohya:1>", "a red circle <lora:sd1-other:1>",
+                                         "a red circle"]}
+    for prompt, picture in exact.items():
+        fast = pixels(sd1, prompt, fast=True)
+        own = mean_levels(fast, picture)
+        assert own <= 6.0, prompt
+        assert all(mean_levels(fast, other) > 3 * own for p, other in exact.items() if p != prompt), prompt
+        fused_qkv = sd1.fast_mode().copy.fused_qkv
+        assert fused_qkv == sd1.fast_mode().levers.fuse_qkv  # merged LoRAs are in the weights QKV fusion joins
+
+
+def test_fast_mode_with_unfused_adapters_keeps_them(sd1, with_settings):
+    """An adapter beside the weights: the copy keeps q, k, v apart (a fused projection would skip it)."""
+    from lorastudio.testing.pixels import as_levels
+
+    prompt = "a red circle <lora:sd1-other:1>"
+    with with_settings(sd1, lora_mode="unfused"):
+        exact, fast = pixels(sd1, prompt), pixels(sd1, prompt, fast=True)
+        assert not sd1.fast_mode().copy.fused_qkv
+        without = pixels(sd1, "a red circle")
+    own = float(np.abs(as_levels(fast) - as_levels(exact)).mean())
+    assert own <= 6.0 and float(np.abs(as_levels(fast) - as_levels(without)).mean()) > 3 * own

@@ -31,6 +31,9 @@ class StudioSettings(BaseModel):
     lora_cache_size: int = Field(
         4, ge=0, le=64, description="LoRAs kept loaded while no prompt uses them (least recently used ones are "
                                     "unloaded past this)")
+    fast_compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="Fast mode: torch.compile the denoiser's repeated blocks (auto = on CUDA GPUs only: "
+                            "compiling on a CPU takes minutes that a few images do not earn back)")
     allow_pickle: bool = Field(False, description="Load .ckpt/.pt files with torch.load(weights_only=True)")
     include_bundled: bool = Field(True, description="List the bundled demo base model beside the user's models")
     report_after_training: bool = Field(True, description="Write the LoRA report (weight sweep) after every training",

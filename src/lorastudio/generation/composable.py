@@ -48,13 +48,14 @@ class ComposableGuidance:
 
 def composable_conditioning(family, pipe, prompt: str, negative: str, steps: int, *, clip_skip: int,
                             cfg_scale: float, guidance: float, hires_steps: int | None = None,
-                            control=None) -> tuple[StepConditioning, ComposableGuidance | None]:
-    """(the pipeline's own per-step conditioning, the composable guidance or None for a plain prompt)."""
+                            control=None, cache=None) -> tuple[StepConditioning, ComposableGuidance | None]:
+    """(the pipeline's own per-step conditioning, the composable guidance or None for a plain prompt).
+    `cache`: the fast mode's encoding cache, or None."""
     composable = split_composable(prompt)
 
     def schedule(text: str) -> StepConditioning:
         return scheduled_conditioning(family, pipe, text, negative, steps, clip_skip=clip_skip, cfg_scale=cfg_scale,
-                                      guidance=guidance, hires_steps=hires_steps)
+                                      guidance=guidance, hires_steps=hires_steps, cache=cache)
 
     if composable.is_plain:
         return schedule(composable.texts[0]), None

@@ -39,6 +39,7 @@ class GenerationEngine:
         self._entry: ModelEntry | None = None
         self._lora = LoraState()
         self._ti = EmbeddingState()
+        self._fast = None  # generation.fast_mode.FastMode of the loaded model, made at its first fast request
         self._controlnets: dict = {}  # (id of the loaded pipeline, file) -> (ControlNetModel, title)
         self._upscalers = None  # generation.upscalers.ImageUpscalers, made when first needed
         self._lock = threading.RLock()
@@ -74,6 +75,7 @@ class GenerationEngine:
                 self._model = None  # free the old one before loading the next
                 self._lora = LoraState()
                 self._ti = EmbeddingState()
+                self._fast = None
                 self._model = load_model(entry.path, self._options_for(entry.path), name=entry.name, sha256=sha)
                 self._entry = entry
             self._set_vae(vae)
@@ -115,7 +117,8 @@ class GenerationEngine:
             return run_txt2img(model, params, activate_loras=self._activate_loras, model_hash=short,
                                save_to=folder, on_progress=on_progress, should_stop=self.interrupt_flag.is_set,
                                prepare_prompts=self._prompt_preparer(infotext_extra), control=control,
-                               upscalers=self.image_upscalers())
+                               upscalers=self.image_upscalers(),
+                               fast=self.fast_mode() if params.fast else None)
 
     def img2img(self, params: GenerationParams | dict, init_images: list, mask=None, *,
                 options: Img2ImgOptions | dict | None = None, save: bool = True,
@@ -138,7 +141,16 @@ class GenerationEngine:
             return run_img2img(model, params, list(init_images), mask=mask, options=options,
                                activate_loras=self._activate_loras, model_hash=short, save_to=folder,
                                on_progress=on_progress, should_stop=self.interrupt_flag.is_set,
-                               prepare_prompts=self._apply_embeddings, control=control)
+                               prepare_prompts=self._apply_embeddings, control=control,
+                               fast=self.fast_mode() if params.fast else None)
+
+    def fast_mode(self):
+        """The loaded model's fast-mode state (its denoiser copy and prompt-encoding cache)."""
+        from lorastudio.generation.fast_mode import FastMode, levers_for
+
+        if self._fast is None:
+            self._fast = FastMode(levers_for(self.device, self.settings.fast_compile))
+        return self._fast
 
     def image_upscalers(self):
         """The upscalers of the models folder (hires fix, Extras): one list, loaded models kept."""

@@ -139,8 +139,9 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
                 model_hash: str | None, save_to: Path | None, on_progress: ProgressFn | None = None,
                 should_stop: Callable[[], bool] | None = None,
                 prepare_prompts: Callable[[str, str], tuple[str, str, dict]] | None = None,
-                control=None) -> GenerationResult:
-    """`control`: a generation.controlnet_units.ControlPlan (ControlNet units), or None."""
+                control=None, fast=None) -> GenerationResult:
+    """`control`: a generation.controlnet_units.ControlPlan (ControlNet units), or None.
+    `fast`: the model's generation.fast_mode.FastMode when params.fast asks for it, else None."""
     family = model.family
     options = options or Img2ImgOptions()
     # 1. check inputs
@@ -182,9 +183,10 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
         pipe.mask_processor = type(pipe.mask_processor).from_config(pipe.mask_processor.config, do_binarize=False)
     # 3. prompts, then latents
     shape = family.latent_shape(pipe, params.width, params.height)
+    cache = fast.encode_cache(model, loras, extra, params) if fast is not None else None
     step_cond, composable = composable_conditioning(family, pipe, prompt_text, negative, params.steps,
                                                     clip_skip=params.clip_skip, cfg_scale=params.cfg_scale,
-                                                    guidance=params.guidance, control=control)
+                                                    guidance=params.guidance, control=control, cache=cache)
     init_latents = encode_init_images(family, pipe, inputs.images)
     if options.resize_mode == 3 and inputs.paste_to is None:
         # "Just resize (latent upscale)": the init image is encoded at its own size, the latents resized.
@@ -228,28 +230,33 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
         noise = variation_noise(params, batch_seeds, batch_subseeds, shape)
         # 5. denoise
         latents = latents.to(pipe.device, dtype=family.denoiser(pipe).dtype)
-        with given_noise(pipe, noise), guidance_hooks(composable, pipe):
-            given = given_latents(pipe, noise, strength, latents)
-            if control_inpaint:
-                # The ControlNet inpaint pipeline takes the pictures (it encodes them to the same latents, see
-                # family.controlnet_pipeline) and masks them itself; an inpainting model gets the rounded mask.
-                pictures = inputs.images if len(inputs.images) > 1 else inputs.images * len(batch_seeds)
-                pipe_mask = conditioning_mask(inputs.image_mask, options.mask_round) if channels is not None else inputs.pipeline_mask
-                with control.hooks():
-                    images = _denoise(pipe, {**step_cond.kwargs_at(0), **cond_extra}, params, pictures, strength, run,
-                                      pipe_mask, gens, b, on_progress, should_stop, step_cond=step_cond,
-                                      extra_kwargs=given, pixels_in=True)
-            elif channels is not None:
-                cond_mask, masked = channels
-                masked = masked.expand(len(batch_seeds), *masked.shape[1:]) if len(masked) == 1 else masked
-                images = _denoise(pipe, step_cond.kwargs_at(0), params, latents, strength, run, cond_mask, gens, b,
-                                  on_progress, should_stop, masked_latents=masked, step_cond=step_cond,
-                                  extra_kwargs=given)
-            else:
-                with control.hooks() if control is not None else contextlib.nullcontext():
-                    images = _denoise(pipe, {**step_cond.kwargs_at(0), **cond_extra}, params, latents, strength, run,
-                                      inputs.pipeline_mask, gens, b, on_progress, should_stop, step_cond=step_cond,
+        # the fast copy is swapped in first, so the composable-guidance hook lands on the module that runs
+        with contextlib.ExitStack() as stack:
+            if fast is not None:
+                stack.enter_context(fast.denoising(family, [pipe], loras, params.width * params.height))
+            with given_noise(pipe, noise), guidance_hooks(composable, pipe):
+                given = given_latents(pipe, noise, strength, latents)
+                if control_inpaint:
+                    # The ControlNet inpaint pipeline takes the pictures (it encodes them to the same latents, see
+                    # family.controlnet_pipeline) and masks them itself; an inpainting model gets the rounded mask.
+                    pictures = inputs.images if len(inputs.images) > 1 else inputs.images * len(batch_seeds)
+                    pipe_mask = (conditioning_mask(inputs.image_mask, options.mask_round) if channels is not None
+                                 else inputs.pipeline_mask)
+                    with control.hooks():
+                        images = _denoise(pipe, {**step_cond.kwargs_at(0), **cond_extra}, params, pictures, strength,
+                                          run, pipe_mask, gens, b, on_progress, should_stop, step_cond=step_cond,
+                                          extra_kwargs=given, pixels_in=True)
+                elif channels is not None:
+                    cond_mask, masked = channels
+                    masked = masked.expand(len(batch_seeds), *masked.shape[1:]) if len(masked) == 1 else masked
+                    images = _denoise(pipe, step_cond.kwargs_at(0), params, latents, strength, run, cond_mask, gens, b,
+                                      on_progress, should_stop, masked_latents=masked, step_cond=step_cond,
                                       extra_kwargs=given)
+                else:
+                    with control.hooks() if control is not None else contextlib.nullcontext():
+                        images = _denoise(pipe, {**step_cond.kwargs_at(0), **cond_extra}, params, latents, strength,
+                                          run, inputs.pipeline_mask, gens, b, on_progress, should_stop,
+                                          step_cond=step_cond, extra_kwargs=given)
         # 6. outputs ("only masked": the result is pasted back into the init image's frame first)
         if inputs.paste_to is not None:
             size = inputs.overlays[0].size

@@ -74,9 +74,13 @@ class StepConditioning:
 
 
 def scheduled_conditioning(family, pipe, prompt: str, negative: str, steps: int, *, clip_skip: int,
-                           cfg_scale: float, guidance: float, hires_steps: int | None = None) -> StepConditioning:
+                           cfg_scale: float, guidance: float, hires_steps: int | None = None,
+                           cache=None) -> StepConditioning:
+    """`cache(prompt, negative, encode)`: an encoding kept across requests (the fast mode's), or None."""
     def encode(p: str, n: str):
-        return family.encode_prompts(pipe, p, n, clip_skip=clip_skip, cfg_scale=cfg_scale, guidance=guidance)
+        def run():
+            return family.encode_prompts(pipe, p, n, clip_skip=clip_skip, cfg_scale=cfg_scale, guidance=guidance)
+        return run() if cache is None else cache(p, n, run)
 
     sc = StepConditioning(prompt_schedule(prompt, steps, hires_steps), prompt_schedule(negative, steps, hires_steps),
                           encode)

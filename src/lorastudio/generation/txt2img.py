@@ -90,8 +90,9 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
                 model_hash: str | None, save_to: Path | None, on_progress: ProgressFn | None = None,
                 should_stop: Callable[[], bool] | None = None, pipeline_override=None,
                 prepare_prompts: Callable[[str, str], tuple[str, str, dict]] | None = None,
-                upscalers=None, control=None) -> GenerationResult:
-    """`control`: a generation.controlnet_units.ControlPlan (ControlNet units), or None."""
+                upscalers=None, control=None, fast=None) -> GenerationResult:
+    """`control`: a generation.controlnet_units.ControlPlan (ControlNet units), or None.
+    `fast`: the model's generation.fast_mode.FastMode when params.fast asks for it, else None."""
     family, pipe = model.family, pipeline_override or model.pipe
     # With the hires fix, a unit acts in the passes its hr_option names (the extension's rule).
     first_control = (control.for_pass("low", params.width, params.height) if control is not None and params.enable_hr
@@ -111,10 +112,12 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
     if prepare_prompts is not None:
         prompt_text, negative, extra = prepare_prompts(prompt_text, negative)
     # prompt editing [from:to:when] and alternation [a|b]: the texts per step, encoded once each
+    # the fast mode keeps encodings across requests (same model, texts, LoRA text weights, embeddings)
+    cache = fast.encode_cache(model, loras, extra, params) if fast is not None else None
     # composable AND: one conditioning per sub-prompt, combined by the family's guidance hook
     step_cond, composable = composable_conditioning(family, pipe, prompt_text, negative, params.steps,
                                                     clip_skip=params.clip_skip, cfg_scale=params.cfg_scale,
-                                                    guidance=params.guidance, control=control)
+                                                    guidance=params.guidance, control=control, cache=cache)
     control_kwargs: dict = {}
     if control is not None:
         control_kwargs = first_control.call_kwargs("txt2img", family) if first_control is not None else {}
@@ -137,17 +140,22 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
         latents, gens = seeded_noise(params, batch_seeds, batch_subseeds, shape)
         latents = family.pack_latents(pipe, latents).to(pipe.device, dtype=family.denoiser(pipe).dtype)
         seed_brownian_noise(pipe, batch_seeds[0])
-        # 5. denoise
-        with first_control.hooks() if first_control is not None else contextlib.nullcontext(), \
-                guidance_hooks(composable, pipe):
-            images = _denoise(pipe, {**step_cond.kwargs_at(0), **control_kwargs}, params, latents, gens, b,
-                              on_progress, should_stop, output_type=hires.first_pass_output if hires else "np",
-                              step_cond=step_cond)
-        if hires is not None:  # 5b. hires fix: upscale, then the img2img second pass
-            from lorastudio.generation.hires_fix import run_second_pass
+        # 5. denoise (in the fast mode with the fast copy of the denoiser, on every pass; it is swapped
+        # in first, so the composable-guidance hook lands on the module that runs)
+        with contextlib.ExitStack() as stack:
+            if fast is not None:
+                stack.enter_context(fast.denoising(family, [pipe, *([hires.pipe] if hires else [])], loras,
+                                                   _largest_pixels(params, hires)))
+            with first_control.hooks() if first_control is not None else contextlib.nullcontext(), \
+                    guidance_hooks(composable, pipe):
+                images = _denoise(pipe, {**step_cond.kwargs_at(0), **control_kwargs}, params, latents, gens, b,
+                                  on_progress, should_stop, output_type=hires.first_pass_output if hires else "np",
+                                  step_cond=step_cond)
+            if hires is not None:  # 5b. hires fix: upscale, then the img2img second pass
+                from lorastudio.generation.hires_fix import run_second_pass
 
-            images = run_second_pass(model, hires, images, batch_seeds, b, on_progress, should_stop,
-                                     subseeds=batch_subseeds)
+                images = run_second_pass(model, hires, images, batch_seeds, b, on_progress, should_stop,
+                                         subseeds=batch_subseeds)
         # 6. outputs
         sub_of = dict(zip(batch_seeds, batch_subseeds))
         collect_outputs(result, images, batch_seeds, save_to,
@@ -159,6 +167,12 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
             result.interrupted = True
             break
     return result
+
+
+def _largest_pixels(params: GenerationParams, hires) -> int:
+    if hires is None:
+        return params.width * params.height
+    return max(params.width * params.height, hires.params.width * hires.params.height)
 
 
 def collect_outputs(result: GenerationResult, images, seeds, save_to: Path | None, infotext_for) -> None:

@@ -50,6 +50,10 @@ class LoraState:
     active: tuple = ()
     # (parameter, its value before the merge, on the CPU) for every base weight the merge changed
     backup: list = field(default_factory=list)
+    # id(parameter) -> (parameter, its value before any merge): kept from one merge to the next
+    # while LoRAs stay in use, so a switch copies back and merges, without copying the base again
+    # (the copy holds the parameter, so its id cannot be reused); emptied when no LoRA is in use.
+    pristine: dict = field(default_factory=dict)
 
 
 # Key grammar of the LoRA formats diffusers reads. kohya: lora_unet_* / lora_te[12]_* /
@@ -248,6 +252,7 @@ def activate(pipe, family, loras: list[ActiveLora], state: LoraState, *, fuse: b
         state.loaded.move_to_end(adapter_name(lo))
     _evict(pipe, state, keep_loaded, in_use={w[0] for w in wanted})
     if not loras:
+        state.pristine = {}
         if state.loaded:
             pipe.disable_lora()
         state.active = ((), fuse)
@@ -257,14 +262,15 @@ def activate(pipe, family, loras: list[ActiveLora], state: LoraState, *, fuse: b
     weights = [_component_weights(pipe, te, unet) for _, te, unet in wanted]
     pipe.set_adapters(names, adapter_weights=weights)
     if fuse:
-        state.backup = _backup_merged(pipe, names)
+        state.backup = _backup_merged(pipe, names, state.pristine)
+        state.fused = wanted  # before the merge: one that fails half-way is restored all the same
         pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
-        state.fused = wanted
     state.active = (wanted, fuse)
 
 
-def _backup_merged(pipe, names: list[str]) -> list:
-    """The base weights and biases a merge of `names` will change, copied to the CPU (as A1111 keeps them)."""
+def _backup_merged(pipe, names: list[str], pristine: dict) -> list:
+    """The base weights and biases a merge of `names` will change, copied to the CPU (as A1111 keeps
+    them), or taken from `pristine` where an earlier merge copied them (and the restore put them back)."""
     out = []
     names = set(names)
     for comp in _lora_components(pipe):
@@ -275,7 +281,10 @@ def _backup_merged(pipe, names: list[str]) -> list:
             if not names & set(getattr(m, "lora_A", {})) or not hasattr(m, "get_base_layer"):
                 continue
             for p in m.get_base_layer().parameters(recurse=False):
-                out.append((p, p.detach().to("cpu", copy=True)))
+                kept = pristine.get(id(p))
+                if kept is None or kept[0] is not p:
+                    kept = pristine[id(p)] = (p, p.detach().to("cpu", copy=True))
+                out.append(kept)
     return out
 
 
@@ -283,9 +292,15 @@ def restore_fused(pipe, state: LoraState) -> None:
     """Put back the exact base weights saved before the merge."""
     import torch
 
-    # unfuse_lora only clears peft's and diffusers' record of what is merged; the weights it
-    # computes by subtracting are overwritten from the backup just after.
-    pipe.unfuse_lora()
+    # Only peft's and diffusers' record of what is merged is cleared: unfuse_lora would compute
+    # every update again to subtract it (half the time of a switch) from weights that the backup
+    # overwrites just after.
+    for comp in _lora_components(pipe):
+        module = getattr(pipe, comp, None)
+        for m in module.modules() if module is not None else ():
+            if getattr(m, "merged_adapters", None):
+                m.merged_adapters = []
+    pipe._merged_adapters = set()
     with torch.no_grad():
         for param, saved in state.backup:
             param.data.copy_(saved)

@@ -22,6 +22,7 @@ from lorastudio.core.samplers import SCHEDULE_TYPES, resolve_sampler
 from lorastudio.core.xyz_axes import SCRIPT_ARG_NAMES, SCRIPT_TITLE, XyzPlotOptions, options_from_script_args
 from lorastudio.interfaces.api.a1111_models import Img2ImgRequest, Txt2ImgRequest, _ProcessingRequest
 from lorastudio.interfaces.api.controlnet_request import script_args, units_from_args
+from lorastudio.interfaces.api.options import PARAM_OPTIONS
 
 # GenerationParams field -> the A1111 request field a client should fix.
 _A1111_FIELD = {
@@ -300,6 +301,7 @@ def plan_generation(req: _ProcessingRequest, state, kind: str, *, hires_supporte
         _refuse("alwayson_scripts", "Dynamic Prompts", "dynamic prompts in img2img are " + _NOT_YET)
     values.update(subseed=subseed, subseed_strength=_or(req.subseed_strength, 0.0),
                   seed_resize_from_w=_or(req.seed_resize_from_w, -1), seed_resize_from_h=_or(req.seed_resize_from_h, -1))
+    values.update({name: effective[option] for option, name in PARAM_OPTIONS.items() if option in effective})
     distilled = getattr(req, "distilled_cfg_scale", None)
     if distilled is not None:
         values["guidance"] = distilled

@@ -53,6 +53,18 @@ FIXED: dict[str, Any] = {
 
 BOOLS: dict[str, bool] = {"samples_save": True, "grid_save": True, "return_grid": True,
                           "grid_only_if_multiple": True}
+# lorastudio's generation settings that A1111's request bodies have no field for: options named
+# "lorastudio_" + the GenerationParams field (per request in override_settings, or for every request
+# through /sdapi/v1/options), with that field's default.
+PARAM_OPTIONS: dict[str, str] = {"lorastudio_fast": "fast"}
+
+
+
+def _param_default(name: str) -> Any:
+    from lorastudio.core.params import GenerationParams
+
+    return GenerationParams.model_fields[name].default  # the options of PARAM_OPTIONS are booleans
+
 
 MAX_KEYS = 2000
 MAX_VALUE_BYTES = 64 * 1024
@@ -69,6 +81,7 @@ class OptionsStore:
             "sd_vae": "Automatic",
             "CLIP_stop_at_last_layers": 1,
             **BOOLS,
+            **{option: _param_default(name) for option, name in PARAM_OPTIONS.items()},
             **FIXED,
             **{k: str(self.outputs_root / v) if v else "" for k, v in OUTDIR_DEFAULTS.items()},
         }
@@ -116,7 +129,7 @@ class OptionsStore:
             if value is None or same:
                 return want
             raise InvalidParameter(field, value, f"lorastudio only implements {key}={want!r}")
-        if key in BOOLS:
+        if key in BOOLS or key in PARAM_OPTIONS:
             if not isinstance(value, bool):
                 raise InvalidParameter(field, value, "must be true or false")
             return value
