@@ -88,3 +88,18 @@ def test_img2img_fast_is_within_tolerance(family_engine):
     fast = engine.img2img({**params, "fast": True}, [init], save=False).images[0].image
     assert engine.fast_mode().calls == calls + 1
     assert mean_levels(fast, exact) <= MEAN_LEVELS
+
+
+@pytest.mark.pixels
+def test_composable_and_applies_in_the_fast_mode_too(family_engine):
+    """The fast copy is swapped in before the AND guidance hook: the hook must act on the module
+    that runs, so fast AND is near exact AND, and nearer to it than to the first sub-prompt alone."""
+    engine = family_engine("tiny-sd1.safetensors")
+    params = {**SMALL, "prompt": "a red circle AND a blue square:1.5"}
+    exact = engine.txt2img(params, save=False).images[0]
+    fast = engine.txt2img({**params, "fast": True}, save=False).images[0]
+    first_alone = engine.txt2img({**SMALL, "fast": True}, save=False).images[0]
+    to_exact, to_first = mean_levels(fast.image, exact.image), mean_levels(fast.image, first_alone.image)
+    assert to_exact <= MEAN_LEVELS
+    # with the hook on the wrong module, fast AND would be the first sub-prompt alone (to_first 0)
+    assert to_first > 2 * to_exact and to_first > MEAN_LEVELS, (to_exact, to_first)
