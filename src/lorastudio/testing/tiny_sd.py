@@ -159,34 +159,27 @@ def tiny_sd1_inpainting_pipeline(seed: int = 0):
     image), as sd-v1-5-inpainting. Its VAE posterior is made (nearly) deterministic, log-variance
     -30 everywhere, so a pipeline that samples the posterior and one that takes its mean agree to
     ~1e-7 (as a trained VAE's small variance makes them nearly agree)."""
-    from diffusers import UNet2DConditionModel
-
-    pipe = tiny_sd1_pipeline(seed)
-    with _seeded(seed):
-        pipe.unet = UNet2DConditionModel(**{**_SD1_UNET, "in_channels": 9}).eval()
-    pipe.register_modules(unet=pipe.unet)
-    latent = pipe.vae.config.latent_channels
-    with torch.no_grad():
-        pipe.vae.quant_conv.weight[latent:] = 0
-        pipe.vae.quant_conv.bias[latent:] = -30.0
-    return pipe
+    return _with_inpainting_unet(tiny_sd1_pipeline(seed), _SD1_UNET, seed)
 
 
 def tiny_sdxl_inpainting_pipeline(seed: int = 0):
     """The tiny SDXL pipeline with a 9-channel inpainting UNet (as sd_xl_base_1.0_inpainting), its VAE
     posterior made (nearly) deterministic as in `tiny_sd1_inpainting_pipeline`."""
+    return _with_inpainting_unet(tiny_sdxl_pipeline(seed), _SDXL_UNET, seed)
+
+
+def _with_inpainting_unet(pipe, unet_config: dict, seed: int):
+    """`pipe` with a 9-channel UNet of `unet_config`, its VAE posterior made (nearly) deterministic."""
     from diffusers import UNet2DConditionModel
 
-    pipe = tiny_sdxl_pipeline(seed)
     with _seeded(seed):
-        pipe.unet = UNet2DConditionModel(**{**_SDXL_UNET, "in_channels": 9}).eval()
+        pipe.unet = UNet2DConditionModel(**{**unet_config, "in_channels": 9}).eval()
     pipe.register_modules(unet=pipe.unet)
     latent = pipe.vae.config.latent_channels
     with torch.no_grad():
         pipe.vae.quant_conv.weight[latent:] = 0
         pipe.vae.quant_conv.bias[latent:] = -30.0
     return pipe
-
 
 def tiny_sdxl_pipeline(seed: int = 0):
     """StableDiffusionXLPipeline with random tiny weights, identical for identical seeds."""

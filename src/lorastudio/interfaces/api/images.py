@@ -103,12 +103,6 @@ def encode_png(img, infotext: str | None) -> str:
 
 def image_grid(images: list):
     """A1111's default grid (n_rows = -1): about as many rows as columns."""
-    from PIL import Image
+    from lorastudio.generation.grids import tile_grid
 
-    rows = max(1, min(len(images), round(math.sqrt(len(images)))))
-    cols = math.ceil(len(images) / rows)
-    w, h = images[0].size
-    grid = Image.new("RGB", (cols * w, rows * h), "black")
-    for i, im in enumerate(images):
-        grid.paste(im, (i % cols * w, i // cols * h))
-    return grid
+    return tile_grid(images, rows=max(1, min(len(images), round(math.sqrt(len(images))))))
