@@ -52,7 +52,7 @@ bench: $(STAMP)
 
 # Claim -> start overhead and claims/s of the PostgreSQL job queue (starts its own server).
 bench-queue: $(STAMP) ensure-postgres
-	$(PY) bench/queue.py
+	$(PY) bench/job_queue.py
 
 # compose.yaml's farm without Docker: PostgreSQL, moto's S3 server, the API node, the workers.
 farm-local: $(STAMP) ensure-postgres

@@ -27,9 +27,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Run as `python bench/x.py`, this folder comes first on sys.path, and bench/queue.py would stand in
-# for the standard library's `queue` (which torch imports).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT / "src"))
 
 GIB = 1024**3

@@ -23,11 +23,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as `python bench/queue.py`, this file's folder comes first on sys.path and the file
-# would stand in for the standard library's `queue` (which multiprocessing imports).
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.modules.pop("queue", None)
 
 import argparse
 import json
