@@ -21,15 +21,8 @@ BASE = dict(trigger="DeltamonStamp", base="tiny", resolution=[64], rank=4, lr=5e
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from lorastudio.testing.tiny_sd import save_sd1_single_file, tiny_sd1_pipeline
-    from lorastudio.training.dataset.fixtures import draw_sticker_dataset
-
-    root = tmp_path_factory.mktemp("diskfull")
-    (root / "models" / "Stable-diffusion").mkdir(parents=True)
-    save_sd1_single_file(tiny_sd1_pipeline(0), root / "models" / "Stable-diffusion" / "tiny.safetensors")
-    draw_sticker_dataset(root / "data", n=2, size=64)
-    return root
+def world(tmp_path_factory, training_world):
+    return training_world(tmp_path_factory.mktemp("diskfull"), images=2, size=64)
 
 
 def cfg(world, **kw):

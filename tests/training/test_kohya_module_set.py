@@ -99,16 +99,8 @@ def test_conv_settings_are_checked():
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from lorastudio.testing.tiny_sd import save_sd1_single_file, tiny_sd1_pipeline
-    from lorastudio.training.dataset.fixtures import draw_sticker_dataset
-
-    root = tmp_path_factory.mktemp("kohya_set")
-    (root / "models" / "Stable-diffusion").mkdir(parents=True)
-    (root / "models" / "Lora").mkdir()
-    save_sd1_single_file(tiny_sd1_pipeline(0), root / "models" / "Stable-diffusion" / "tiny.safetensors")
-    draw_sticker_dataset(root / "data", n=2, size=32)
-    return root
+def world(tmp_path_factory, training_world):
+    return training_world(tmp_path_factory.mktemp("kohya_set"), images=2, size=32)
 
 
 @pytest.fixture(scope="module")

@@ -113,14 +113,8 @@ def test_regularisation_captions_are_used_as_written(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from lorastudio.testing.tiny_sd import save_sd1_single_file, tiny_sd1_pipeline
-    from lorastudio.training.dataset.fixtures import draw_sticker_dataset
-
-    root = tmp_path_factory.mktemp("reg")
-    (root / "models" / "Stable-diffusion").mkdir(parents=True)
-    save_sd1_single_file(tiny_sd1_pipeline(0), root / "models" / "Stable-diffusion" / "tiny.safetensors")
-    draw_sticker_dataset(root / "data", n=4, size=64)
+def world(tmp_path_factory, training_world):
+    root = training_world(tmp_path_factory.mktemp("reg"), images=4, size=64)
     _reg_folder(root, n=3)
     return root
 

@@ -17,15 +17,8 @@ BASE = dict(trigger="DeltamonStamp", base="tiny", steps=1, resolution=[64], rank
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from lorastudio.testing.tiny_sd import save_sd1_single_file, tiny_sd1_pipeline
-    from lorastudio.training.dataset.fixtures import draw_sticker_dataset
-
-    root = tmp_path_factory.mktemp("guards")
-    (root / "models" / "Stable-diffusion").mkdir(parents=True)
-    save_sd1_single_file(tiny_sd1_pipeline(0), root / "models" / "Stable-diffusion" / "tiny.safetensors")
-    draw_sticker_dataset(root / "data", n=2, size=64)  # RGBA stickers on a transparent background
-    return root
+def world(tmp_path_factory, training_world):
+    return training_world(tmp_path_factory.mktemp("guards"), images=2, size=64)  # RGBA stickers on a transparent background
 
 
 def cfg(world, **kw):
