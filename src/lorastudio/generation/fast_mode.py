@@ -173,13 +173,6 @@ class FastMode:
             return self.embeddings.get_or_encode((*key, prompt, negative), encode)
         return cache
 
-    def wrapped(self, denoise, family, pipes: list, loras, pixels: int):
-        """`denoise` run inside `denoising(...)`."""
-        def run(*args, **kwargs):
-            with self.denoising(family, pipes, loras, pixels):
-                return denoise(*args, **kwargs)
-        return run
-
     def denoiser_copy(self, family, pipe, loras) -> FastCopy:
         original = family.denoiser(pipe)
         key = (id(original), tuple((lo.name, lo.short_hash, lo.te_weight, lo.unet_weight) for lo in loras),
