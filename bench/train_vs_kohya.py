@@ -3,7 +3,7 @@
 
 Both trainers run as child processes on the same SD 1.x single file, the same pictures (kohya's
 folder layout `<dir>/1_<name>/` with .txt captions, lorastudio reads the same folder's pictures),
-batch 1, rank/alpha, AdamW, fp32, latents cached, UNet only, the same number of steps, and the
+batch 1, rank/alpha, AdamW, fp32 (or bf16 autocast for both with --precision bf16), latents cached, UNet only, the same number of steps, and the
 same LoRA layers (kohya's default `networks.lora` set; lorastudio's default `lora_modules="kohya"`).
 lorastudio draws no preview unless --ours-samples (kohya draws none without --sample_every_n_steps).
 The runs alternate (ours, kohya, ours, ...) so that a change of load hits both.
@@ -199,7 +199,7 @@ def ours_child(config_json: str) -> None:
 def run_ours(args, models: Path, data: Path, projects: Path, n: int) -> dict:
     cfg = dict(images=str(data), trigger=TRIGGER, base="base", models_dir=str(models), projects_dir=str(projects),
                project=f"run{n}", steps=args.steps, resolution=[args.resolution], rank=args.rank, alpha=args.alpha,
-               lr=1e-4, batch_size=1, seed=1, mixed_precision="no", optimizer="adamw", train_text_encoder=False,
+               lr=1e-4, batch_size=1, seed=1, mixed_precision=args.ours_precision or args.precision, optimizer="adamw", train_text_encoder=False,
                gradient_checkpointing=False, lora_modules=args.lora_modules, samples=bool(args.ours_samples),
                install_lora=False)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": str(args.threads)}
@@ -218,7 +218,7 @@ def run_kohya(args, ckpt: Path, data: Path, tok: Path, out_dir: Path) -> dict:
            "--resolution", str(args.resolution), "--network_module", "networks.lora", "--network_dim", str(args.rank),
            "--network_alpha", str(args.alpha), "--network_train_unet_only", "--optimizer_type", "AdamW",
            "--learning_rate", "1e-4", "--train_batch_size", "1", "--max_train_steps", str(args.steps),
-           "--mixed_precision", "no", "--save_precision", "float", "--cache_latents", "--sdpa", "--seed", "1",
+           "--mixed_precision", args.precision, "--save_precision", "float", "--cache_latents", "--sdpa", "--seed", "1",
            "--max_data_loader_n_workers", "0", "--output_dir", str(out_dir), "--output_name", "k"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
     env.pop("PYTHONPATH", None)
@@ -259,6 +259,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1, help="runs of each trainer, alternated")
     ap.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of both children")
     ap.add_argument("--lora-modules", default="kohya", choices=("kohya", "attention"))
+    ap.add_argument("--precision", default="no", choices=("no", "bf16"),
+                    help="mixed precision of both trainers (kohya: --mixed_precision)")
+    ap.add_argument("--ours-precision", choices=("auto", "no", "bf16"),
+                    help="lorastudio's precision when it differs from --precision (auto: its default for the device)")
     ap.add_argument("--ours-samples", action="store_true", help="lorastudio draws its final preview")
     args = ap.parse_args()
     if args.ours_child:
@@ -286,6 +290,7 @@ def main() -> None:
     result = {
         "bench": "train_vs_kohya", "steps": args.steps, "resolution": args.resolution, "images": args.images,
         "rank": args.rank, "alpha": args.alpha, "threads": args.threads, "lora_modules": args.lora_modules,
+        "precision": args.precision, "ours_precision": args.ours_precision or args.precision,
         "ours_samples": bool(args.ours_samples), "model": "tiny" if args.tiny else str(args.ckpt or args.full_size_ckpt),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],

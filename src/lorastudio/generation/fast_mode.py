@@ -40,6 +40,8 @@ from typing import Any
 
 import torch
 
+from lorastudio.models.devices import cpu_does_bf16_fast
+
 log = logging.getLogger(__name__)
 
 # Above this many pixels per image the VAE decodes in tiles (diffusers' blending): a 2048² decode
@@ -47,12 +49,6 @@ log = logging.getLogger(__name__)
 VAE_TILING_FROM_PIXELS = 1024 * 1024
 # Prompt pairs whose encodings are kept; one SD 1.x pair is 2 x 77 x 768 floats (~0.5 MB).
 EMBEDDING_CACHE_ENTRIES = 32
-
-
-def cpu_does_bf16_fast() -> bool:
-    """AVX512-BF16 or AMX: the CPU multiplies bf16 natively (oneDNN uses it)."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, p, lambda: False)()) for p in probes)
 
 
 @dataclass(frozen=True)

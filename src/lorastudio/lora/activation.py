@@ -262,9 +262,11 @@ def activate(pipe, family, loras: list[ActiveLora], state: LoraState, *, fuse: b
     weights = [_component_weights(pipe, te, unet) for _, te, unet in wanted]
     pipe.set_adapters(names, adapter_weights=weights)
     if fuse:
+        from lorastudio.lora.merge import merge_adapters
+
         state.backup = _backup_merged(pipe, names, state.pristine)
         state.fused = wanted  # before the merge: one that fails half-way is restored all the same
-        pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
+        merge_adapters(pipe, _lora_components(pipe), names)
     state.active = (wanted, fuse)
 
 

@@ -24,3 +24,25 @@ def torch_dtype(name: str):
     import torch
 
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def cpu_does_bf16_fast() -> bool:
+    """AVX512-BF16 or AMX: the CPU multiplies bf16 natively (oneDNN uses it); elsewhere bf16 is
+    emulated and slower than float32."""
+    import torch
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, p, lambda: False)()) for p in probes)
+
+
+def autocast_precision(device: str) -> str:
+    """The mixed precision that pays on `device` ("bf16", "fp16" or "no"): bf16 on CUDA devices
+    that do it, else fp16; bf16 on CPUs that multiply bf16 natively; float32 elsewhere."""
+    import torch
+
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if kind == "cpu" and cpu_does_bf16_fast():
+        return "bf16"
+    return "no"

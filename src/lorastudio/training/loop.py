@@ -265,7 +265,10 @@ class Trainer:
             m.eval()
         rng = torch.get_rng_state()
         self._reload_encoders()
-        paths = self.sampler(step)
+        # The frozen base is in the autocast precision while the LoRA layers stay float32: without
+        # the training autocast their float32 output meets the reduced-precision VAE.
+        with self.acc.autocast():
+            paths = self.sampler(step)
         self._offload_encoders()
         self._train_mode()
         torch.set_rng_state(rng)  # previews must not change the training run
