@@ -18,15 +18,31 @@ def cpu_flags() -> set[str]:
     raise AssertionError("/proc/cpuinfo has no flags line")
 
 
-def test_auto_precision_follows_the_cpu_flags():
+def test_auto_precision_follows_the_cpu_flags_and_the_base_size():
     from lorastudio.training.api import _precision
 
     assert not torch.cuda.is_available()  # the suite's machines are CPU-only; CUDA's choice is not checked here
+    auto = training_config(dict(images="x", trigger="T", base="b"))
+    # A full-size SD 1.5 file (4 GB): bf16 where the kernel says the CPU multiplies bf16 natively.
     expected = "bf16" if cpu_flags() & {"avx512_bf16", "amx_tile"} else "no"
-    assert _precision(training_config(dict(images="x", trigger="T", base="b"))) == expected
+    assert _precision(auto, 4_265_096_420) == expected
+    # The bundled 14 MB base trains faster in float32 on every CPU (casts cost more than they save).
+    assert _precision(auto, 14_000_000) == "no"
     for explicit in ("no", "bf16", "fp16"):
-        assert _precision(training_config(dict(images="x", trigger="T", base="b", mixed_precision=explicit))) \
-            == explicit
+        config = training_config(dict(images="x", trigger="T", base="b", mixed_precision=explicit))
+        assert _precision(config, 14_000_000) == _precision(config, 4_265_096_420) == explicit
+
+
+def test_runs_with_other_precisions_follow_each_other_in_one_process(world):
+    """A server trains run after run in its process: accelerate's one-per-process state must not
+    refuse the second precision."""
+    from lorastudio.training.api import train
+
+    for n, precision in enumerate(("bf16", "no", "bf16")):
+        done = train(dict(images=world / "data", models_dir=world / "models", projects_dir=world / "projects",
+                          trigger="DeltamonStamp", base="tiny", resolution=[64], rank=4, lr=5e-3, seed=3, steps=1,
+                          mixed_precision=precision, samples=False, project=f"seq{n}"))
+        assert done.lora_path.is_file()
 
 
 @pytest.fixture(scope="module")

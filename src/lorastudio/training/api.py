@@ -130,7 +130,7 @@ def prepare(config: TrainingConfig | dict, on_event: EventSink | None = None, *,
     from lorastudio.models.load_options import load_options
     from lorastudio.models.loader import load_model
 
-    acc = accelerator or Accelerator(cpu=pick_device("auto") == "cpu", mixed_precision=_precision(config))
+    acc = accelerator or _accelerator(Accelerator, _precision(config, _weight_bytes(entry.path)))
     emit(TrainingEvent("log", message=f"loading {entry.name}"))
     # The base's SHA-256 (the latent cache's key, the LoRA's metadata) is computed once per file (the
     # catalog's hash cache keeps it), on another thread while the model loads: hashlib releases the
@@ -281,13 +281,31 @@ def _auto_caption(config: TrainingConfig, emit) -> Path:
     return staging
 
 
-def _precision(config: TrainingConfig) -> str:
+def _precision(config: TrainingConfig, weight_bytes: int) -> str:
     if config.mixed_precision != "auto":
         return config.mixed_precision
-    # bf16 on CPUs with AVX512-BF16/AMX too: the frozen base in bf16 halves the bytes each step
-    # reads, and oneDNN multiplies bf16 natively there (full-size SD 1.5 at 64 px, 2 cores:
-    # 1.04 s/step in float32, 0.60 s in bf16; bench/train_vs_kohya.py).
-    return autocast_precision(pick_device("auto"))
+    # bf16 on CPUs with AVX512-BF16/AMX too, for bases large enough that it pays (models/devices.py).
+    return autocast_precision(pick_device("auto"), weight_bytes=weight_bytes)
+
+
+def _weight_bytes(path: Path) -> int:
+    """Bytes of a base's weights on disk: the file, or a diffusers folder's weight files."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.suffix in (".safetensors", ".bin") and f.is_file())
+
+
+def _accelerator(accelerator_cls, precision: str):
+    """A new Accelerator with `precision`. accelerate keeps one state per process and refuses a second
+    precision in it; a server trains one run after another in its process, each with its own
+    precision, so a state left by an earlier run with another precision is cleared first (the process
+    group, if any, is kept: only the accelerator's part of the state goes)."""
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return accelerator_cls(cpu=pick_device("auto") == "cpu", mixed_precision=precision)
 
 
 def _base_dtype(acc) -> str:

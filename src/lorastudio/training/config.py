@@ -139,7 +139,7 @@ class TrainingConfig(BaseModel):
     # --- precision and memory ----------------------------------------------------------------
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = _field(
         "auto", "Precision and memory", "Autocast precision; auto = bf16 or fp16 on CUDA, bf16 on CPUs "
-        "with AVX512-BF16 or AMX, else no (kohya: mixed_precision)")
+        "with AVX512-BF16 or AMX for bases of 1 GiB or more, else no (kohya: mixed_precision)")
     gradient_checkpointing: bool | None = _field(None, "Precision and memory", "Recompute activations in the "
                                                  "backward pass: less memory, slower (kohya: gradient_checkpointing)",
                                                  cli_default="--gradient-checkpointing")
