@@ -31,6 +31,8 @@ line is one JSON object: per-run phases of both, medians, `ratio_total` and `rat
     .venv/bin/python bench/train_vs_kohya.py --full-size-ckpt /tmp/sd15-random.safetensors ...
         (writes a random-weight SD 1.5-shaped single file there first, if absent)
     .venv/bin/python bench/train_vs_kohya.py --tiny   (the tiny test model; lorastudio only unless kohya is given)
+    ... --precision bf16                  (both trainers in bf16 autocast; default: both float32)
+    ... --precision no --ours-precision auto   (kohya's CPU default against lorastudio's default)
 
 kohya's setup on these machines (venv, offline tokenizer, torchvision fix): ../shared/kohya-side-by-side.md.
 """
