@@ -257,6 +257,44 @@ def test_img2img_and_inpaint_equal_diffusers_controlnet_pipelines(cn_setup, cn_e
     assert e.value.field == "inpainting_fill"
 
 
+def test_only_masked_crops_each_unit_picture_as_the_extension_does():
+    """The unit's picture fitted to the init image's frame (its resize mode), cropped to the masked
+    region, fitted to the generation's size, preprocessed; inpaint_only's mask likewise."""
+    from lorastudio.generation.controlnet_units import ControlNetUnit, ControlPlan
+
+    wide = picture(11, size=(256, 128))  # another aspect than the 128 x 128 init image: "Just Resize" first
+    mask = Image.new("L", (128, 128), 0)
+    mask.paste(255, (80, 40, 112, 72))
+    plain = ControlNetUnit(module="none", model="m", image=wide, resize_mode="Just Resize")
+    masked = ControlNetUnit(module="inpaint_only", model="m", image=wide, resize_mode="Just Resize")
+    plan = ControlPlan([plain, masked], [None, None], [None, None], ["m", "m"], sources=[wide, wide],
+                       mask_sources=[None, mask])
+    cropped = plan.for_masked_region((80, 40, 112, 72), (128, 128), 64, 64)
+    # Written here with Pillow alone: resize to the frame, crop, resize to 64 x 64 (same aspect: a plain resize).
+    want = wide.resize((128, 128), Image.LANCZOS).crop((80, 40, 112, 72)).resize((64, 64), Image.LANCZOS)
+    for got in cropped.maps:
+        # Pillow's resampling is integer arithmetic; one level of slack for its rounding between builds.
+        assert max_level_difference(got, want) <= 1
+    assert cropped.inpaint_masks[0] is None
+    assert np.asarray(cropped.inpaint_masks[1]).min() == 255  # the crop lies inside the masked square
+
+
+def test_only_masked_inpaint_with_a_unit(cn_engine):
+    init = picture(4, size=(128, 128))
+    mask = Image.new("L", (128, 128), 0)
+    mask.paste(255, (80, 40, 112, 72))
+    opts = {"mask_blur": 0, "inpainting_fill": 1, "inpaint_full_res": True, "inpaint_full_res_padding": 0}
+    big = unit(image=picture(1, size=(128, 128)))
+    ours = cn_engine.img2img(I2I, [init], mask, options=opts, save=False, controlnet=[big]).images[0]
+    zero = cn_engine.img2img(I2I, [init], mask, options=opts, save=False, controlnet=[{**big, "weight": 0.0}])
+    assert ours.image.size == (128, 128)
+    outside = np.ones((128, 128), bool)
+    outside[40:72, 80:112] = False
+    assert np.array_equal(np.asarray(ours.image)[outside], np.asarray(init)[outside])  # pasted back over the frame
+    assert max_level_difference(ours.image, zero.images[0].image) > 5  # the unit acts inside the region
+    assert "Inpaint area: Only masked" in ours.infotext and "ControlNet 0: " in ours.infotext
+
+
 def _mean_latents_t(vae, pixels):
     with torch.no_grad():
         return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor

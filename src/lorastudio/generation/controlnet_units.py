@@ -133,8 +133,7 @@ def control_map(unit: ControlNetUnit, image, width: int, height: int, models_roo
     res = unit.processor_res
     detected = run_preprocessor(unit.module, rgb, resolution=res, threshold_a=unit.threshold_a,
                                 threshold_b=unit.threshold_b, models_root=models_root)
-    mode = {ResizeMode.JUST_RESIZE: 0, ResizeMode.CROP_AND_RESIZE: 1, ResizeMode.RESIZE_AND_FILL: 2}[unit.resize_mode]
-    return resize_image(mode, Image.fromarray(detected), width, height)
+    return resize_image(_a1111_resize(unit.resize_mode), Image.fromarray(detected), width, height)
 
 
 @dataclass
@@ -149,6 +148,7 @@ class ControlPlan:
     inpaint_masks: list[Any] = field(default_factory=list)  # per unit: mask (L) for inpaint_only, or None
     sources: list[Any] = field(default_factory=list)  # per unit: the picture its map was made from
     models_root: Any = None  # where preprocessors find their weights
+    mask_sources: list[Any] = field(default_factory=list)  # per unit: inpaint_only's mask as given, or None
 
     def for_pass(self, which: str, width: int, height: int) -> "ControlPlan | None":
         """The units acting in one pass of the hires fix ("low": the first, "high": the second, its maps
@@ -161,6 +161,33 @@ class ControlPlan:
         return ControlPlan([self.units[i] for i in keep], [self.controlnets[i] for i in keep], maps,
                            [self.titles[i] for i in keep], cfg=self.cfg, sources=[self.sources[i] for i in keep],
                            models_root=self.models_root)
+
+    def for_masked_region(self, region: tuple[int, int, int, int], frame: tuple[int, int], width: int,
+                          height: int) -> "ControlPlan":
+        """The units of an "only masked" inpaint, as the extension prepares them: each unit's picture
+        (and inpaint_only mask) fitted to the init image's frame with the unit's resize mode, cropped to
+        the masked region (x1, y1, x2, y2), fitted to width x height ("Resize and fill"), then
+        preprocessed again (pixel perfect measured on the crop)."""
+        from lorastudio.generation.img2img_inputs import resize_image
+
+        def crop(picture, unit, mode: str):
+            fitted = resize_image(_a1111_resize(unit.resize_mode), picture.convert(mode), *frame)
+            return resize_image(2, fitted.crop(region), width, height)
+
+        units, maps, sources, masks = [], [], [], []
+        for i, unit in enumerate(self.units):
+            source = crop(self.sources[i], unit, "RGB")
+            if unit.pixel_perfect and unit.processor_res != -1:
+                unit = unit.model_copy(update={"processor_res": pixel_perfect_resolution(
+                    (source.height, source.width), width, height, unit.resize_mode)})
+            units.append(unit)
+            sources.append(source)
+            maps.append(control_map(unit, source, width, height, self.models_root))
+            given = self.mask_sources[i] if self.mask_sources else None
+            masks.append(None if given is None else crop(given, unit, "L").convert("L"))
+        return ControlPlan(units, self.controlnets, maps, self.titles, cfg=self.cfg,
+                           inpaint_masks=masks if any(m is not None for m in masks) else [], sources=sources,
+                           models_root=self.models_root, mask_sources=self.mask_sources)
 
     @property
     def acting(self) -> list[int]:
@@ -315,7 +342,7 @@ def prepare_control(units: list[ControlNetUnit], *, width: int, height: int, cfg
     active = [u.with_slider_defaults() for u in units if u.enabled]
     if not active:
         return None
-    modules, titles, maps, masks, sources = [], [], [], [], []
+    modules, titles, maps, masks, sources, mask_sources = [], [], [], [], [], []
     for i, unit in enumerate(active):
         if unit.model in (None, "", "None"):
             raise InvalidParameter(f"controlnet[{i}].model", unit.model, "each unit needs a ControlNet model")
@@ -338,11 +365,16 @@ def prepare_control(units: list[ControlNetUnit], *, width: int, height: int, cfg
                 raise InvalidParameter(f"controlnet[{i}].module", unit.module, "needs a mask (inpaint, or the unit's mask)")
             from lorastudio.generation.img2img_inputs import resize_image
 
-            masks.append(resize_image({ResizeMode.JUST_RESIZE: 0, ResizeMode.CROP_AND_RESIZE: 1,
-                                       ResizeMode.RESIZE_AND_FILL: 2}[unit.resize_mode],
-                                      unit_mask.convert("L"), width, height))
+            masks.append(resize_image(_a1111_resize(unit.resize_mode), unit_mask.convert("L"), width, height))
+            mask_sources.append(unit_mask)
         else:
             masks.append(None)
+            mask_sources.append(None)
     return ControlPlan(active, modules, maps, titles, cfg=cfg,
                        inpaint_masks=masks if any(m is not None for m in masks) else [], sources=sources,
-                       models_root=models_root)
+                       models_root=models_root, mask_sources=mask_sources)
+
+
+def _a1111_resize(mode: ResizeMode) -> int:
+    """A1111's resize_image mode number for a unit's resize mode."""
+    return {ResizeMode.JUST_RESIZE: 0, ResizeMode.CROP_AND_RESIZE: 1, ResizeMode.RESIZE_AND_FILL: 2}[mode]

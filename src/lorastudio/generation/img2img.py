@@ -163,10 +163,10 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
         prompt_text, negative, extra = prepare_prompts(prompt_text, negative)
     # A ControlNet inpaint pipeline runs when a unit acts (a unit with an empty guidance range does not)
     control_inpaint = control is not None and mask is not None and bool(control.acting)
-    if control_inpaint and options.inpaint_full_res:
-        # The extension crops each control map to the masked region too; the units here see the whole frame.
-        raise InvalidParameter("inpaint_full_res", True, "with ControlNet units, inpaint the whole picture; "
-                               "'only masked' does not crop the control maps yet")
+    if control_inpaint and inputs.paste_to is not None:
+        # "Only masked": the units see the same region of their pictures as the denoiser of the init image.
+        x, y, w, h = inputs.paste_to
+        control = control.for_masked_region((x, y, x + w, y + h), mask.size, params.width, params.height)
     if control_inpaint and options.inpainting_fill in (2, 3):
         # diffusers' ControlNet inpaint pipelines start from the encoded picture; there is no latent to fill
         raise InvalidParameter("inpainting_fill", options.inpainting_fill, "with ControlNet units, masked content "
