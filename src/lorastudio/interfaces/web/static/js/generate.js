@@ -17,10 +17,13 @@ export async function initGenerate(app) {
   let initLoaded = false;
   let maskDrawn = false;
 
-  const [samplers, schedulers, models, vaes, options, bases] = await Promise.all([
-    api("GET", "/sdapi/v1/samplers"), api("GET", "/sdapi/v1/schedulers"), api("GET", "/sdapi/v1/sd-models"),
-    api("GET", "/sdapi/v1/sd-vae"), api("GET", "/sdapi/v1/options"), api("GET", "/v1/base-models"),
-  ]);
+  const [samplers, schedulers, models, vaes, options, bases, latentModes, upscalers, cnModels, cnModules] =
+    await Promise.all([
+      api("GET", "/sdapi/v1/samplers"), api("GET", "/sdapi/v1/schedulers"), api("GET", "/sdapi/v1/sd-models"),
+      api("GET", "/sdapi/v1/sd-vae"), api("GET", "/sdapi/v1/options"), api("GET", "/v1/base-models"),
+      api("GET", "/sdapi/v1/latent-upscale-modes"), api("GET", "/sdapi/v1/upscalers"),
+      api("GET", "/controlnet/model_list"), api("GET", "/controlnet/module_list"),
+    ]);
   for (const s of samplers) form.sampler_name.append(el("option", { value: s.name, text: s.name }));
   form.sampler_name.value = samplers.some((s) => s.name === "DPM++ 2M") ? "DPM++ 2M" : samplers[0]?.name;
   for (const s of schedulers) form.scheduler.append(el("option", { value: s.label, text: s.label }));
@@ -39,11 +42,61 @@ export async function initGenerate(app) {
   nativeSize();
   form.sd_model_checkpoint.addEventListener("change", nativeSize);
 
+  // --- hires fix and ControlNet: A1111's lists, the extension's unit ----------------------------
+  // The hires upscaler list is A1111's: the latent modes, then the upscalers (None first).
+  for (const name of [...latentModes.map((m) => m.name), ...upscalers.map((u) => u.name)]) {
+    form.hr_upscaler.append(el("option", { value: name, text: name }));
+  }
+  form.hr_upscaler.value = "Latent";
+  for (const name of cnModules.module_list) form.cn_module.append(el("option", { value: name, text: name }));
+  for (const title of cnModels.model_list) form.cn_model.append(el("option", { value: title, text: title }));
+  if (!cnModels.model_list.length) {
+    const none = el("option", { value: "", dataset: { i18n: "gen.cn.no_model" } });
+    none.textContent = t("gen.cn.no_model");
+    form.cn_model.append(none);
+  }
+  let cnImage = null; // base64 of the unit's own picture; null: img2img's init picture
+  form.cn_file.addEventListener("change", async () => {
+    const file = form.cn_file.files[0];
+    cnImage = file ? await fileToBase64(file) : null;
+    $("#cn-image").src = cnImage ? `data:image/png;base64,${cnImage}` : "";
+    $("#cn-image").hidden = !cnImage;
+    $("#cn-map").hidden = true;
+  });
+  $("#cn-detect").addEventListener("click", async () => {
+    showError(form, errorBox, null);
+    if (!cnImage) {
+      errorBox.hidden = false;
+      setText(errorBox, "gen.cn.need_image");
+      return;
+    }
+    try {
+      const out = await api("POST", "/controlnet/detect", {
+        controlnet_module: form.cn_module.value, controlnet_input_images: [cnImage],
+        controlnet_processor_res: Math.min(Number(form.width.value), Number(form.height.value)),
+      });
+      $("#cn-map").src = `data:image/png;base64,${out.images[0]}`;
+      $("#cn-map").hidden = false;
+    } catch (error) {
+      showError(form, errorBox, error);
+    }
+  });
+
+  function controlUnit(num) {
+    return {
+      enabled: true, module: form.cn_module.value, model: form.cn_model.value, image: cnImage,
+      weight: num("cn_weight"), guidance_start: num("cn_guidance_start"), guidance_end: num("cn_guidance_end"),
+      control_mode: form.cn_control_mode.value, resize_mode: form.cn_resize_mode.value,
+      pixel_perfect: form.cn_pixel_perfect.checked,
+    };
+  }
+
   // --- modes -----------------------------------------------------------------------------------
   function setMode(next) {
     mode = next;
     for (const b of $$("[data-mode]")) b.setAttribute("aria-selected", String(b.dataset.mode === mode));
     $("#gen-init").hidden = mode === "txt2img";
+    $("#gen-hires").hidden = mode !== "txt2img"; // A1111's hires fix is a txt2img option
     maskCanvas.hidden = $("#mask-tools").hidden = mode !== "inpaint";
     form.dataset.mode = mode;
   }
@@ -129,14 +182,20 @@ export async function initGenerate(app) {
       override_settings: { sd_model_checkpoint: form.sd_model_checkpoint.value, sd_vae: form.sd_vae.value,
         CLIP_stop_at_last_layers: num("clip_skip") },
     };
+    if (form.fast.checked) body.override_settings.lorastudio_fast = true;
+    if (mode === "txt2img" && form.enable_hr.checked) {
+      Object.assign(body, { enable_hr: true, hr_upscaler: form.hr_upscaler.value, hr_scale: num("hr_scale"),
+        hr_second_pass_steps: num("hr_second_pass_steps"), denoising_strength: num("hr_denoising_strength") });
+    }
     if (mode !== "txt2img") {
       body.init_images = [initCanvas.toDataURL("image/png").split(",", 2)[1]];
       body.denoising_strength = num("denoising_strength");
       if (mode === "inpaint") {
         body.mask = maskBase64();
-        body.inpaint_full_res = false; // "Whole picture" (A1111 API default is "Only masked"; this form has no area choice)
+        body.inpaint_full_res = form.inpaint_area.value === "masked"; // A1111's "Inpaint area"
       }
     }
+    if (form.cn_enabled.checked) body.alwayson_scripts = { controlnet: { args: [controlUnit(num)] } };
     return body;
   }
 
