@@ -27,10 +27,11 @@ def _rgb(gray: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
 
 
-def _tensor(img: np.ndarray, scale: float):
+def _tensor(img: np.ndarray, divisor: float):
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(img)).float().mul(scale).permute(2, 0, 1)[None]
+    # divided (not multiplied by 1/255): the same float rounding as the extension's input
+    return torch.from_numpy(np.ascontiguousarray(img)).float().div(divisor).permute(2, 0, 1)[None]
 
 
 def hed_map(img: np.ndarray, files: AnnotatorFiles, *, safe: bool) -> np.ndarray:
@@ -61,7 +62,7 @@ def lineart_map(img: np.ndarray, files: AnnotatorFiles, filename: str) -> np.nda
 
     net = files.network(filename, LineartNet())
     with torch.inference_mode():
-        line = net(_tensor(img, 1.0 / 255.0))[0, 0].numpy()
+        line = net(_tensor(img, 255.0))[0, 0].numpy()
     return (line * 255.0).clip(0, 255).astype(np.uint8)
 
 
