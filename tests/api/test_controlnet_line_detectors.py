@@ -61,7 +61,7 @@ def test_detect_and_txt2img_unit(root, tmp_path):
     detect = {"controlnet_input_images": [b64(pic)], "controlnet_processor_res": 64}
     with client(root, tmp_path, allow_pickle=False) as c:
         detail = c.get("/controlnet/module_list").json()["module_detail"]
-        for m in ("lineart_realistic", "lineart_coarse", "softedge_hed", "softedge_hedsafe"):
+        for m in ("lineart_realistic", "lineart_coarse", "lineart_anime", "softedge_hed", "softedge_hedsafe"):
             assert detail[m]["runs"] is True and detail[m]["sliders"][0]["name"] == "Resolution", m
         assert detail["softedge_hed"]["weights"] == ["ControlNetHED.pth"] and detail["depth_midas"]["runs"] is False
         r = c.post("/controlnet/detect", json={"controlnet_module": "softedge_hed", **detect})

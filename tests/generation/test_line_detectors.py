@@ -12,8 +12,15 @@ import torch
 from lorastudio.core.errors import InvalidParameter, ModelFileError, PickleRefused
 from lorastudio.generation.preprocessors import preprocessors, run_preprocessor
 from lorastudio.generation.preprocessors.hed_net import HedNet
+from lorastudio.generation.preprocessors.lineart_anime_net import LineartAnimeNet
 from lorastudio.generation.preprocessors.lineart_net import LineartNet
-from lorastudio.testing.annotator_files import edge_picture, hed_state_dict, lineart_state_dict, write_annotator_file
+from lorastudio.testing.annotator_files import (
+    edge_picture,
+    hed_state_dict,
+    lineart_anime_state_dict,
+    lineart_state_dict,
+    write_annotator_file,
+)
 
 MODULES = ("lineart_realistic", "lineart_coarse", "softedge_hed", "softedge_hedsafe")
 
@@ -112,8 +119,42 @@ def test_pickle_rule_and_safetensors_twin(pth_root, states, tmp_path):
 
 
 def test_absent_files_keep_the_message(tmp_path):
-    for module, name in (("lineart_coarse", "sk_model2.pth"), ("softedge_hedsafe", "ControlNetHED.pth")):
+    for module, name in (("lineart_coarse", "sk_model2.pth"), ("softedge_hedsafe", "ControlNetHED.pth"),
+                         ("lineart_anime", "netG.pth")):
         with pytest.raises(InvalidParameter) as e:
             run(module, edge_picture(32, 32), tmp_path, allow_pickle=True)
         assert name in str(e.value) and str(tmp_path / "ControlNetPreprocessor") in str(e.value)
         assert "never downloads" in str(e.value)
+
+
+def test_lineart_anime(tmp_path):
+    # netG.pth's layout (the pix2pix U-Net), from the published architecture
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in LineartAnimeNet().state_dict().items()}
+    assert len(shapes) == 32 and sum(np.prod(s) for s in shapes.values()) == 54_405_505
+    assert shapes["model.model.0.weight"] == (64, 3, 4, 4) and shapes["model.model.3.weight"] == (128, 1, 4, 4)
+    assert shapes["model.model.1.model.5.weight"] == (256, 64, 4, 4)
+    inner = "model.model" + ".1.model" + ".3.model" * 6
+    assert shapes[f"{inner}.1.weight"] == (512, 512, 4, 4) and shapes[f"{inner}.3.weight"] == (512, 512, 4, 4)
+    assert f"{inner}.5.weight" not in shapes  # the innermost level has no level inside, so no index 5
+    state = lineart_anime_state_dict(0)
+    # as saved from a DataParallel model ("module." keys), in half precision to keep the test file at 109 MB
+    write_annotator_file(tmp_path / "ControlNetPreprocessor", "netG.pth",
+                         {f"module.{k}": v.half() for k, v in state.items()})
+    im = edge_picture(48, 80)
+    got = run("lineart_anime", im, tmp_path, allow_pickle=True)
+    assert got.shape == (64, 107, 3) and got.dtype == np.uint8 and got.std() > 5
+    assert (got[..., 0] == got[..., 1]).all() and (got[..., 0] == got[..., 2]).all()
+    # the extension's processing: resize + edge pad to 64 x 128, cubic to 256 x 256 for the network,
+    # x / 127.5 - 1 in, y * 127.5 + 127.5 out, cubic back, unpadded, inverted to white lines
+    padded = np.pad(cv2.resize(im, (107, 64), interpolation=cv2.INTER_CUBIC), [[0, 0], [0, 21], [0, 0]], mode="edge")
+    with torch.device("meta"):
+        net = LineartAnimeNet()
+    net.load_state_dict({k: v.half().float() for k, v in state.items()}, assign=True)
+    feed = cv2.resize(padded, (256, 256), interpolation=cv2.INTER_CUBIC)
+    with torch.no_grad():
+        y = net.eval()(torch.from_numpy(feed).float().div(127.5).sub(1).permute(2, 0, 1)[None])[0, 0] * 127.5 + 127.5
+    line = cv2.resize(y.numpy(), (128, 64), interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(np.uint8)
+    # the same network on the same input, built another way: the float sums may round apart, by one level at most
+    diff = np.abs(got[..., 0].astype(int) - (255 - line[:, :107]).astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99

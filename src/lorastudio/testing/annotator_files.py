@@ -59,6 +59,28 @@ def lineart_state_dict(seed: int = 0) -> dict:
     return sd
 
 
+def lineart_anime_state_dict(seed: int = 0) -> dict:
+    """netG.pth: a pix2pix U-Net of 8 levels, (outer, inner) channels (1, 64) with 3 input channels,
+    (64, 128), (128, 256), (256, 512), then four (512, 512), the last innermost; each level's
+    Sequential holds its down conv (4x4, index 0 outermost, else 1), the next level (index 1
+    outermost, else 3) and its transposed up conv (weights (in, out, 4, 4), in = 2 x inner but
+    for the innermost; index 3, or 5 for the middle levels). Every conv has a bias."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    levels = [(1, 64), (64, 128), (128, 256), (256, 512)] + [(512, 512)] * 4
+    sd: dict = {}
+    prefix = "model.model"
+    for i, (outer, inner) in enumerate(levels):
+        outermost, innermost = i == 0, i == len(levels) - 1
+        _conv(sd, g, f"{prefix}.{0 if outermost else 1}", inner, 3 if outermost else outer, 4, gain=1.7)
+        up = 3 if outermost or innermost else 5
+        _conv(sd, g, f"{prefix}.{up}", outer, inner if innermost else inner * 2, 4, transposed=True,
+              gain=2.5 if outermost else 1.7)
+        prefix = f"{prefix}.{1 if outermost else 3}.model"
+    return sd
+
+
 def write_annotator_file(folder: Path, filename: str, state: dict, *, safetensors: bool = False) -> Path:
     """`state` saved as folder/filename (a torch pickle, as the Annotators files are) or as its
     `.safetensors` twin."""

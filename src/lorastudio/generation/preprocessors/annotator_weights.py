@@ -43,16 +43,25 @@ class AnnotatorFiles:
         return find_annotator_file(self.models_root, filename)
 
     def state_dict(self, filename: str) -> dict:
-        import torch
-
-        from lorastudio.core.errors import ModelFileError, PickleRefused
-        from lorastudio.models.loader import PICKLE_HELP, load_pickle_weights_only, read_tensors
+        from lorastudio.core.errors import ModelFileError
+        from lorastudio.models.loader import read_tensors
 
         path = self.find(filename)
         if path is None:
             raise ModelFileError(annotator_dirs(self.models_root)[0] / filename, "file not found")
         if path.suffix == ".safetensors":
-            return read_tensors(path, allow_pickle=False)[0]
+            state = read_tensors(path, allow_pickle=False)[0]
+        else:
+            state = self._pickled(path)
+        # files saved from a DataParallel model (netG.pth among them) prefix every key with "module."
+        return {k.removeprefix("module."): v for k, v in state.items()}
+
+    def _pickled(self, path: Path) -> dict:
+        import torch
+
+        from lorastudio.core.errors import ModelFileError, PickleRefused
+        from lorastudio.models.loader import PICKLE_HELP, load_pickle_weights_only
+
         if not self.allow_pickle:
             twin = path.with_suffix(".safetensors").name
             raise PickleRefused(path, f"{PICKLE_HELP} A copy saved as {twin} beside it is read without permission.")
@@ -62,15 +71,22 @@ class AnnotatorFiles:
             raise ModelFileError(path, "the pickle does not hold a dict of tensors")
         return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
-    def network(self, filename: str, net):
-        """`net` with the file's weights loaded strictly (every key and shape), in eval mode."""
+    def network(self, filename: str, net_class):
+        """A `net_class()` holding the file's weights, loaded strictly (every key and shape), float32, eval mode.
+
+        Built on the meta device and given the file's tensors, so no time goes into an initialisation
+        that the weights replace (netG.pth holds 54 M parameters)."""
+        import torch
+
         from lorastudio.core.errors import ModelFileError
 
         state = self.state_dict(filename)
+        with torch.device("meta"):
+            net = net_class()
         try:
-            net.load_state_dict(state, strict=True)
+            net.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()
-            raise ModelFileError(self.find(filename), f"not the {type(net).__name__} weights expected in "
+            raise ModelFileError(self.find(filename), f"not the {net_class.__name__} weights expected in "
                                                       f"{filename}: {' '.join(first[:3])[:400]}") from None
         return net.float().eval()

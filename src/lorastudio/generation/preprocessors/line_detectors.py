@@ -1,4 +1,5 @@
-"""Line-art and soft-edge detectors (lineart_realistic, lineart_coarse, softedge_hed, softedge_hedsafe).
+"""Line-art and soft-edge detectors (lineart_realistic, lineart_coarse, lineart_anime, softedge_hed,
+softedge_hedsafe).
 
 Pre- and post-processing follow the A1111 ControlNet extension: the picture's short side is
 resized to the unit's processor resolution (cubic when enlarging, area when shrinking), its edges
@@ -41,7 +42,7 @@ def hed_map(img: np.ndarray, files: AnnotatorFiles, *, safe: bool) -> np.ndarray
 
     from lorastudio.generation.preprocessors.hed_net import HedNet
 
-    net = files.network("ControlNetHED.pth", HedNet())
+    net = files.network("ControlNetHED.pth", HedNet)
     h, w = img.shape[:2]
     with torch.inference_mode():
         sides = net(_tensor(img, 1.0))
@@ -60,10 +61,28 @@ def lineart_map(img: np.ndarray, files: AnnotatorFiles, filename: str) -> np.nda
 
     from lorastudio.generation.preprocessors.lineart_net import LineartNet
 
-    net = files.network(filename, LineartNet())
+    net = files.network(filename, LineartNet)
     with torch.inference_mode():
         line = net(_tensor(img, 255.0))[0, 0].numpy()
     return (line * 255.0).clip(0, 255).astype(np.uint8)
+
+
+def lineart_anime_map(img: np.ndarray, files: AnnotatorFiles) -> np.ndarray:
+    """HxW uint8 anime line art, dark lines on white: the network runs at the next multiples of 256
+    (cubic resize there and back, as the extension does)."""
+    import cv2
+    import torch
+
+    from lorastudio.generation.preprocessors.lineart_anime_net import LineartAnimeNet
+
+    net = files.network("netG.pth", LineartAnimeNet)
+    h, w = img.shape[:2]
+    hn, wn = 256 * -(-h // 256), 256 * -(-w // 256)
+    feed = cv2.resize(img, (wn, hn), interpolation=cv2.INTER_CUBIC)
+    with torch.inference_mode():
+        x = torch.from_numpy(np.ascontiguousarray(feed)).float().div(127.5).sub(1.0).permute(2, 0, 1)[None]
+        line = (net(x)[0, 0] * 127.5 + 127.5).numpy()
+    return cv2.resize(line, (w, h), interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(np.uint8)
 
 
 def softedge_hed(image, resolution, a, b, *, files: AnnotatorFiles):
@@ -86,10 +105,16 @@ def lineart_coarse(image, resolution, a, b, *, files: AnnotatorFiles):
     return _rgb(255 - lineart_map(padded, files, "sk_model2.pth")[:h, :w])
 
 
+def lineart_anime(image, resolution, a, b, *, files: AnnotatorFiles):
+    padded, (h, w) = pad_to_64(image, resolution)
+    return _rgb(255 - lineart_anime_map(padded, files)[:h, :w])
+
+
 # name -> run(image, resolution, threshold_a, threshold_b, *, files); each has only the resolution slider
 LINE_DETECTORS = {
     "lineart_realistic": lineart_realistic,
     "lineart_coarse": lineart_coarse,
+    "lineart_anime": lineart_anime,
     "softedge_hed": softedge_hed,
     "softedge_hedsafe": softedge_hedsafe,
 }
