@@ -106,7 +106,8 @@ def main() -> None:
         write_annotator_file(folder, "sk_model.pth", lineart_state_dict(args.seed + 1))
         write_annotator_file(folder, "sk_model2.pth", lineart_state_dict(args.seed + 2))
         # saved from a DataParallel model, as the extension's and controlnet_aux's loaders expect it may be
-        write_annotator_file(folder, "netG.pth", {f"module.{k}": v for k, v in lineart_anime_state_dict(args.seed + 3).items()})
+        anime = lineart_anime_state_dict(args.seed + 3)
+        write_annotator_file(folder, "netG.pth", {f"module.{k}": v for k, v in anime.items()})
         x = torch.rand((1, 3, 128, 192), generator=torch.Generator().manual_seed(args.seed))
         np.save(work / "net_input.npy", x.numpy())
         x256 = torch.rand((1, 3, 256, 256), generator=torch.Generator().manual_seed(args.seed)) * 2 - 1
@@ -128,7 +129,8 @@ def main() -> None:
             for name in ("sk_model.pth", "sk_model2.pth"):
                 d = np.abs(files.network(name, LineartNet)(x).numpy() - np.load(work / f"aux_net_{name}.npy"))
                 report["network"][name] = {"max": float(d.max()), "mean": float(d.mean())}
-            d = np.abs(files.network("netG.pth", LineartAnimeNet)(x256).numpy() - np.load(work / "aux_net_netG.pth.npy"))
+            d = np.abs(files.network("netG.pth", LineartAnimeNet)(x256).numpy()
+                       - np.load(work / "aux_net_netG.pth.npy"))
             report["network"]["netG.pth"] = {"max": float(d.max()), "mean": float(d.mean())}
         aux_t = json.loads((work / "aux_timings.json").read_text())
         for h, w, res in PICTURES:

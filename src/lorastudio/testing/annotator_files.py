@@ -33,7 +33,8 @@ def hed_state_dict(seed: int = 0) -> dict:
     for b, (cout, n) in enumerate(((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)), start=1):
         for i in range(n):
             # the first conv sees 0..255 pixels: scaled down so the activations stay near 1
-            _conv(sd, g, f"block{b}.convs.{i}", cout, cin if i == 0 else cout, 3, gain=2.45 / (60 if b == i == 1 else 1))
+            first = b == 1 and i == 0
+            _conv(sd, g, f"block{b}.convs.{i}", cout, cin if i == 0 else cout, 3, gain=2.45 / (60 if first else 1))
         _conv(sd, g, f"block{b}.projection", 1, cout, 1, gain=4)
         cin = cout
     return sd

@@ -32,7 +32,8 @@ class UnetLevel(nn.Module):
         elif inside is None:
             layers = [nn.LeakyReLU(0.2), down, nn.ReLU(), up, nn.InstanceNorm2d(outer)]
         else:
-            layers = [nn.LeakyReLU(0.2), down, nn.InstanceNorm2d(inner), inside, nn.ReLU(), up, nn.InstanceNorm2d(outer)]
+            layers = [nn.LeakyReLU(0.2), down, nn.InstanceNorm2d(inner), inside,
+                      nn.ReLU(), up, nn.InstanceNorm2d(outer)]
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
