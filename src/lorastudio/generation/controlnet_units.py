@@ -122,7 +122,7 @@ def pixel_perfect_resolution(image_hw: tuple[int, int], width: int, height: int,
     return int(np.round(k * min(raw_h, raw_w)))
 
 
-def control_map(unit: ControlNetUnit, image, width: int, height: int, models_root=None):
+def control_map(unit: ControlNetUnit, image, width: int, height: int, models_root=None, allow_pickle: bool = False):
     """The unit's picture preprocessed and fitted to width x height (a PIL RGB image)."""
     from PIL import Image
 
@@ -132,7 +132,7 @@ def control_map(unit: ControlNetUnit, image, width: int, height: int, models_roo
     rgb = np.asarray(image.convert("RGB"))
     res = unit.processor_res
     detected = run_preprocessor(unit.module, rgb, resolution=res, threshold_a=unit.threshold_a,
-                                threshold_b=unit.threshold_b, models_root=models_root)
+                                threshold_b=unit.threshold_b, models_root=models_root, allow_pickle=allow_pickle)
     return resize_image(_a1111_resize(unit.resize_mode), Image.fromarray(detected), width, height)
 
 
@@ -149,6 +149,7 @@ class ControlPlan:
     sources: list[Any] = field(default_factory=list)  # per unit: the picture its map was made from
     models_root: Any = None  # where preprocessors find their weights
     mask_sources: list[Any] = field(default_factory=list)  # per unit: inpaint_only's mask as given, or None
+    allow_pickle: bool = False  # whether they may read .pth weights (weights-only)
 
     def for_pass(self, which: str, width: int, height: int) -> "ControlPlan | None":
         """The units acting in one pass of the hires fix ("low": the first, "high": the second, its maps
@@ -157,10 +158,10 @@ class ControlPlan:
         if not keep:
             return None
         maps = [self.maps[i] if which == "low" else control_map(self.units[i], self.sources[i], width, height,
-                                                                  self.models_root) for i in keep]
+                                                                  self.models_root, self.allow_pickle) for i in keep]
         return ControlPlan([self.units[i] for i in keep], [self.controlnets[i] for i in keep], maps,
                            [self.titles[i] for i in keep], cfg=self.cfg, sources=[self.sources[i] for i in keep],
-                           models_root=self.models_root)
+                           models_root=self.models_root, allow_pickle=self.allow_pickle)
 
     def for_masked_region(self, region: tuple[int, int, int, int], frame: tuple[int, int], width: int,
                           height: int) -> "ControlPlan":
@@ -182,12 +183,13 @@ class ControlPlan:
                     (source.height, source.width), width, height, unit.resize_mode)})
             units.append(unit)
             sources.append(source)
-            maps.append(control_map(unit, source, width, height, self.models_root))
+            maps.append(control_map(unit, source, width, height, self.models_root, self.allow_pickle))
             given = self.mask_sources[i] if self.mask_sources else None
             masks.append(None if given is None else crop(given, unit, "L").convert("L"))
         return ControlPlan(units, self.controlnets, maps, self.titles, cfg=self.cfg,
                            inpaint_masks=masks if any(m is not None for m in masks) else [], sources=sources,
-                           models_root=self.models_root, mask_sources=self.mask_sources)
+                           models_root=self.models_root, mask_sources=self.mask_sources,
+                           allow_pickle=self.allow_pickle)
 
     @property
     def acting(self) -> list[int]:
@@ -333,7 +335,7 @@ def controlnet_title(path) -> str:
 
 def prepare_control(units: list[ControlNetUnit], *, width: int, height: int, cfg: bool,
                     load: Callable[[str], tuple[Any, str]], models_root=None, init_image=None,
-                    mask=None) -> ControlPlan | None:
+                    mask=None, allow_pickle: bool = False) -> ControlPlan | None:
     """The plan for the enabled units (None when there are none).
 
     `load(model name) -> (ControlNetModel, title)`; a unit without a picture uses the img2img init
@@ -357,7 +359,7 @@ def prepare_control(units: list[ControlNetUnit], *, width: int, height: int, cfg
         module, title = load(unit.model)
         modules.append(module)
         titles.append(title)
-        maps.append(control_map(unit, image, width, height, models_root))
+        maps.append(control_map(unit, image, width, height, models_root, allow_pickle))
         sources.append(image)
         unit_mask = unit.mask if unit.mask is not None else mask
         if unit.module == "inpaint_only":
@@ -372,7 +374,7 @@ def prepare_control(units: list[ControlNetUnit], *, width: int, height: int, cfg
             mask_sources.append(None)
     return ControlPlan(active, modules, maps, titles, cfg=cfg,
                        inpaint_masks=masks if any(m is not None for m in masks) else [], sources=sources,
-                       models_root=models_root, mask_sources=mask_sources)
+                       models_root=models_root, mask_sources=mask_sources, allow_pickle=allow_pickle)
 
 
 def _a1111_resize(mode: ResizeMode) -> int:

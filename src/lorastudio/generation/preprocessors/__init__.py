@@ -11,14 +11,17 @@ from typing import Callable
 
 import numpy as np
 
-from lorastudio.generation.preprocessors.model_free import MODEL_FREE, Slider
-from lorastudio.generation.preprocessors.with_weights import WITH_WEIGHTS, missing_weights_error
+from lorastudio.generation.preprocessors.annotator_weights import AnnotatorFiles
+from lorastudio.generation.preprocessors.model_free import MODEL_FREE, Slider, _RES
+from lorastudio.generation.preprocessors.with_weights import RUNS_WITH_WEIGHTS, WITH_WEIGHTS, missing_weights_error
 
 
 @dataclass(frozen=True)
 class Preprocessor:
     name: str
-    run: Callable[..., np.ndarray] | None  # (HWC uint8 RGB, resolution, threshold_a, threshold_b) -> HWC uint8
+    # (HWC uint8 RGB, resolution, threshold_a, threshold_b) -> HWC uint8; those with weights also take
+    # files=AnnotatorFiles; None: lorastudio does not run it
+    run: Callable[..., np.ndarray] | None
     resolution: Slider | None = None
     threshold_a: Slider | None = None
     threshold_b: Slider | None = None
@@ -27,7 +30,8 @@ class Preprocessor:
 
 def preprocessors() -> dict[str, Preprocessor]:
     table = {name: Preprocessor(name, run, *sliders) for name, (run, sliders) in MODEL_FREE.items()}
-    table.update({name: Preprocessor(name, None, weights=files) for name, files in WITH_WEIGHTS.items()})
+    table.update({name: Preprocessor(name, RUNS_WITH_WEIGHTS.get(name), _RES if name in RUNS_WITH_WEIGHTS else None,
+                                     weights=files) for name, files in WITH_WEIGHTS.items()})
     return table
 
 
@@ -46,9 +50,14 @@ def find_preprocessor(name: str) -> Preprocessor:
 
 
 def run_preprocessor(name: str, image: np.ndarray, *, resolution: int, threshold_a: float, threshold_b: float,
-                     models_root=None) -> np.ndarray:
-    """HWC uint8 RGB -> the control map (HWC uint8 RGB)."""
+                     models_root=None, allow_pickle: bool = False) -> np.ndarray:
+    """HWC uint8 RGB -> the control map (HWC uint8 RGB).
+
+    Detectors read their weights from `models_root`; `.pth` files only when `allow_pickle`."""
     pre = find_preprocessor(name)
-    if pre.run is None:
-        raise missing_weights_error(pre.name, pre.weights, models_root)
+    if pre.weights:
+        files = AnnotatorFiles(models_root, allow_pickle)
+        if pre.run is None or any(files.find(f) is None for f in pre.weights):
+            raise missing_weights_error(pre.name, pre.weights, models_root)
+        return pre.run(image, resolution, threshold_a, threshold_b, files=files)
     return pre.run(image, resolution, threshold_a, threshold_b)

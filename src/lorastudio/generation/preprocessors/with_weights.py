@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from lorastudio.core.errors import InvalidParameter
+from lorastudio.generation.preprocessors.annotator_weights import find_annotator_file
+from lorastudio.generation.preprocessors.line_detectors import LINE_DETECTORS
 
 WITH_WEIGHTS: dict[str, tuple[str, ...]] = {
     "depth_midas": ("dpt_hybrid-midas-501f0c75.pt",),
@@ -20,15 +22,19 @@ WITH_WEIGHTS: dict[str, tuple[str, ...]] = {
     "lineart_coarse": ("sk_model2.pth",),
     "lineart_anime": ("netG.pth",),
     "softedge_hed": ("ControlNetHED.pth",),
+    "softedge_hedsafe": ("ControlNetHED.pth",),
     "softedge_pidinet": ("table5_pidinet.pth",),
     "mlsd": ("mlsd_large_512_fp32.pth",),
     "seg_ofade20k": ("250_16_swin_l_oneformer_ade20k_160k.pth",),
 }
 
+# The modules lorastudio runs when their files are present: name -> run(image, resolution, a, b, *, files).
+RUNS_WITH_WEIGHTS = {**LINE_DETECTORS}
+
 
 def missing_weights_error(name: str, files: tuple[str, ...], models_root) -> InvalidParameter:
     where = Path(models_root) / "ControlNetPreprocessor" if models_root else Path("models/ControlNetPreprocessor")
-    present = [f for f in files if (where / f).is_file() or (where / "lllyasviel" / "Annotators" / f).is_file()]
+    present = [f for f in files if find_annotator_file(where.parent, f) is not None]
     if len(present) == len(files):
         why = (f"needs its detector network, which lorastudio does not run yet ({', '.join(files)} found in "
                f"{where}); preprocess the picture elsewhere and use module 'none'")
