@@ -12,7 +12,8 @@ from typing import Callable
 import numpy as np
 
 from lorastudio.generation.preprocessors.model_free import MODEL_FREE, Slider
-from lorastudio.generation.preprocessors.with_weights import WITH_WEIGHTS, missing_weights_error
+from lorastudio.generation.preprocessors.annotator_weights import AnnotatorSource
+from lorastudio.generation.preprocessors.with_weights import RUNNABLE, WITH_WEIGHTS, missing_weights_error
 
 
 @dataclass(frozen=True)
@@ -23,11 +24,19 @@ class Preprocessor:
     threshold_a: Slider | None = None
     threshold_b: Slider | None = None
     weights: tuple[str, ...] = ()  # files it needs in models/ControlNetPreprocessor
+    # (HWC uint8 RGB, resolution, threshold_a, threshold_b, AnnotatorSource) -> (HWC uint8, extra JSON or None)
+    detect: Callable[..., tuple[np.ndarray, dict | None]] | None = None
+
+    @property
+    def runs(self) -> bool:
+        return self.run is not None or self.detect is not None
 
 
 def preprocessors() -> dict[str, Preprocessor]:
     table = {name: Preprocessor(name, run, *sliders) for name, (run, sliders) in MODEL_FREE.items()}
-    table.update({name: Preprocessor(name, None, weights=files) for name, files in WITH_WEIGHTS.items()})
+    for name, files in WITH_WEIGHTS.items():
+        detect, sliders = RUNNABLE.get(name, (None, (None, None, None)))
+        table[name] = Preprocessor(name, None, *sliders, weights=files, detect=detect)
     return table
 
 
@@ -46,9 +55,21 @@ def find_preprocessor(name: str) -> Preprocessor:
 
 
 def run_preprocessor(name: str, image: np.ndarray, *, resolution: int, threshold_a: float, threshold_b: float,
-                     models_root=None) -> np.ndarray:
+                     models_root=None, allow_pickle: bool = False) -> np.ndarray:
     """HWC uint8 RGB -> the control map (HWC uint8 RGB)."""
+    return detect(name, image, resolution=resolution, threshold_a=threshold_a, threshold_b=threshold_b,
+                  models_root=models_root, allow_pickle=allow_pickle)[0]
+
+
+def detect(name: str, image: np.ndarray, *, resolution: int, threshold_a: float, threshold_b: float,
+           models_root=None, allow_pickle: bool = False) -> tuple[np.ndarray, dict | None]:
+    """HWC uint8 RGB -> (the control map, what else the module reports: the OpenPose JSON of openpose).
+
+    Detector weights come from `models_root`; pickles are read only with `allow_pickle` (the studio's)."""
     pre = find_preprocessor(name)
-    if pre.run is None:
+    if pre.run is not None:
+        return pre.run(image, resolution, threshold_a, threshold_b), None
+    source = AnnotatorSource(models_root, allow_pickle)
+    if pre.detect is None or any(source.find(f) is None for f in pre.weights):
         raise missing_weights_error(pre.name, pre.weights, models_root)
-    return pre.run(image, resolution, threshold_a, threshold_b)
+    return pre.detect(image, resolution, threshold_a, threshold_b, source)

@@ -1,4 +1,5 @@
-"""Preprocessors that need a detector's weights: what each needs, and the message when it is absent.
+"""Preprocessors that need a detector's weights: what each needs, those that run, and the message
+when a file is absent.
 
 The file names are those of lllyasviel/Annotators, which the A1111 extension and controlnet_aux
 download into `.../ControlNetPreprocessor` or `.../lllyasviel/Annotators`; lorastudio never downloads.
@@ -8,7 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from lorastudio.core.errors import InvalidParameter
+from lorastudio.generation.preprocessors.model_free import Slider
 
 WITH_WEIGHTS: dict[str, tuple[str, ...]] = {
     "depth_midas": ("dpt_hybrid-midas-501f0c75.pt",),
@@ -26,9 +30,25 @@ WITH_WEIGHTS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _openpose(image: np.ndarray, resolution, a, b, source) -> tuple[np.ndarray, dict]:
+    from lorastudio.generation.preprocessors.openpose_body import run_openpose
+
+    return run_openpose(image, int(resolution), source)
+
+
+_RES = Slider("Resolution", 512, 64, 2048)
+# name -> (detect(HWC uint8 RGB, resolution, threshold_a, threshold_b, AnnotatorSource) -> (map, extra
+# JSON or None), (resolution, threshold_a, threshold_b) sliders as the extension's): the ones that run.
+RUNNABLE = {
+    "openpose": (_openpose, (_RES, None, None)),
+}
+
+
 def missing_weights_error(name: str, files: tuple[str, ...], models_root) -> InvalidParameter:
     where = Path(models_root) / "ControlNetPreprocessor" if models_root else Path("models/ControlNetPreprocessor")
-    present = [f for f in files if (where / f).is_file() or (where / "lllyasviel" / "Annotators" / f).is_file()]
+    present = [f for f in files if (where / f).is_file() or (where / "lllyasviel" / "Annotators" / f).is_file()
+               or (where / (Path(f).stem + ".safetensors")).is_file()
+               or (where / "lllyasviel" / "Annotators" / (Path(f).stem + ".safetensors")).is_file()]
     if len(present) == len(files):
         why = (f"needs its detector network, which lorastudio does not run yet ({', '.join(files)} found in "
                f"{where}); preprocess the picture elsewhere and use module 'none'")
