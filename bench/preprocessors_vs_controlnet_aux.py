@@ -148,10 +148,16 @@ def write_openpose_inputs(work: Path, seed: int, resolution: int) -> dict:
 
     folder = work / "models" / "ControlNetPreprocessor"
     folder.mkdir(parents=True, exist_ok=True)
-    from lorastudio.testing.annotator_weights import random_body_pose_state
+    from lorastudio.generation.preprocessors.openpose_net import BodyPoseNet
 
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, t in BodyPoseNet().state_dict().items():
+        # He-scaled, so activations stay O(1) through 6 stages and the maps hold peaks to compare
+        std = (2.0 / t[0].numel()) ** 0.5 if t.ndim == 4 else 0.05
+        state[key] = torch.randn(t.shape, generator=gen) * std
     weights = folder / "body_pose_model.pth"
-    torch.save(random_body_pose_state(seed), weights)
+    torch.save(state, weights)
 
     rng = np.random.RandomState(seed)
     pictures = {}

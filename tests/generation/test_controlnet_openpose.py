@@ -49,13 +49,21 @@ STANDING = [(0.50, 0.15), (0.50, 0.25), (0.40, 0.25), (0.36, 0.40), (0.34, 0.55)
             (0.48, 0.13), (0.52, 0.13), (0.46, 0.15), (0.54, 0.15)]
 
 
+def random_body_pose_state(seed: int) -> dict[str, torch.Tensor]:
+    """Real-size random weights in the file's layout, He-scaled so six stages keep their maps in range."""
+    from lorastudio.generation.preprocessors.openpose_net import BodyPoseNet
+
+    gen = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(t.shape, generator=gen) * ((2.0 / t[0].numel()) ** 0.5 if t.ndim == 4 else 0.05)
+            for k, t in BodyPoseNet().state_dict().items()}
+
+
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory):
     """models roots: `st` (safetensors, controlnet_aux's Annotators folder, plus a tiny SD and ControlNet),
     `pth` (the pickle only), `both` (pickle and safetensors twin side by side), `empty`."""
     from safetensors.torch import save_file
 
-    from lorastudio.testing.annotator_weights import random_body_pose_state
     from lorastudio.testing.tiny_controlnet import save_controlnet_single_file, tiny_controlnet, tiny_sd1_x8_pipeline
     from lorastudio.testing.tiny_sd import save_sd1_single_file
 
