@@ -6,7 +6,8 @@ file, as a .pth pickle); lorastudio (this interpreter, PYTHONPATH = this checkou
 controlnet_aux's detector (run by --aux-python, a separate venv holding controlnet_aux; it is never
 imported here) load that same file and run on the same pictures. Pictures are sized so the two
 projects' resizes are both the identity (short side = the resolution, sides multiples of 64):
-controlnet_aux rounds sides to 64 where the A1111 extension pads, so other sizes differ by design.
+controlnet_aux rounds sides to 64 where the A1111 extension pads, so for other sizes the controlnet_aux
+side is given the extension's resize-and-pad first (and the padding cut after), as the extension runs it.
 
 Per module and picture it prints the max / mean absolute difference of the raw network outputs and
 of the final maps (0..255), and how many people / keypoints agree; the last line is one JSON object.
@@ -57,6 +58,11 @@ def aux_openpose(job: dict) -> dict:
             paf, heat = body.model(torch.from_numpy(x))
         out[f"{name}/paf"], out[f"{name}/heat"] = paf.numpy(), heat.numpy()
         out[f"{name}/keypoints"] = _aux_keypoints(det.detect_poses(rgb))
+    for name, (path, res) in job["padded_pictures"].items():
+        padded, (w, h) = _extension_resize_with_pad(np.load(path), res)
+        side = min(padded.shape[:2])  # controlnet_aux's own resize is then the identity
+        out[f"{name}/map"] = np.asarray(det(padded, detect_resolution=side, image_resolution=side,
+                                            output_type="np"))[:h, :w]
     # the known pose: the network replaced by one returning the synthetic maps
     fake = np.load(job["known_pose_maps"])
     body.model = _FixedOutput(fake["paf"], fake["heat"])
@@ -65,6 +71,18 @@ def aux_openpose(job: dict) -> dict:
                                            image_resolution=job["resolution"], output_type="np"))
     out["known_pose/keypoints"] = _aux_keypoints(det.detect_poses(rgb))
     return out
+
+
+def _extension_resize_with_pad(rgb: np.ndarray, resolution: int):
+    """What the A1111 extension does around its detectors: the short side to `resolution` (cubic when
+    enlarging, area when shrinking), then edge padding to multiples of 64; the padding is cut off after."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    k = resolution / min(h, w)
+    size = (int(np.round(w * k)), int(np.round(h * k)))
+    small = cv2.resize(rgb, size, interpolation=cv2.INTER_CUBIC if k > 1 else cv2.INTER_AREA)
+    return np.pad(small, ((0, -size[1] % 64), (0, -size[0] % 64), (0, 0)), mode="edge"), size
 
 
 def _aux_keypoints(poses) -> np.ndarray:
@@ -126,6 +144,9 @@ def ours_openpose(job: dict) -> dict:
             paf, heat = net(torch.from_numpy(_net_input(rgb[:, :, ::-1])))
         out[f"{name}/paf"], out[f"{name}/heat"] = paf.numpy(), heat.numpy()
         out[f"{name}/keypoints"] = _our_keypoints(detect_people(net, rgb))
+    for name, (path, res) in job["padded_pictures"].items():
+        out[f"{name}/map"] = detect("openpose", np.load(path), resolution=res, threshold_a=-1, threshold_b=-1,
+                                    models_root=root, allow_pickle=True)[0]
     fake = np.load(job["known_pose_maps"])
     rgb = np.load(job["known_pose_picture"])
     people = detect_people(_FixedOutput(fake["paf"], fake["heat"]), rgb)
@@ -175,6 +196,16 @@ def write_openpose_inputs(work: Path, seed: int, resolution: int) -> dict:
         np.save(path, im)
         pictures[name] = str(path)
 
+    # sizes the extension pads (the unit's resolution is not the short side, sides not multiples of 64)
+    padded = {}
+    for name, (h, w, res) in {"shapes_333x517_at_500": (333, 517, 500), "noise_100x70_at_64": (100, 70, 64),
+                              "shapes_600x450_at_384": (600, 450, 384)}.items():
+        im = cv2.resize(np.load(pictures["shapes_512x768" if name.startswith("shapes") else "noise_512x512"]), (w, h),
+                        interpolation=cv2.INTER_AREA)
+        path = work / f"{name}.npy"
+        np.save(path, im)
+        padded[name] = (str(path), res)
+
     # the known pose: a standing figure, its heatmaps (Gaussian per joint) and PAFs (unit vectors
     # along each limb) at the network's 1/8 resolution for a resolution x resolution picture
     from lorastudio.generation.preprocessors.openpose_body import LIMB_PAF, LIMBS
@@ -206,7 +237,7 @@ def write_openpose_inputs(work: Path, seed: int, resolution: int) -> dict:
     picture = np.full((side, side, 3), 90, np.uint8)
     np.save(work / "known_pose.npy", picture)
     return {"weights": str(weights), "models_root": str(work / "models"), "pictures": pictures,
-            "resolution": resolution, "known_pose_maps": str(work / "known_pose_maps.npz"),
+            "padded_pictures": padded, "resolution": resolution, "known_pose_maps": str(work / "known_pose_maps.npz"),
             "known_pose_picture": str(work / "known_pose.npy")}
 
 

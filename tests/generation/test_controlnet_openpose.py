@@ -86,6 +86,10 @@ def roots(tmp_path_factory):
     save_sd1_single_file(pipe, st / "Stable-diffusion" / "tiny-x8.safetensors")
     save_controlnet_single_file(tiny_controlnet(pipe.unet, seed=5), pipe.unet.config,
                                 st / "ControlNet" / "control_tiny_openpose.safetensors")
+    for d in ("Stable-diffusion", "Lora", "VAE", "ControlNet"):  # the pickle root generates too
+        (base / "pth" / d).mkdir()
+        for f in (st / d).iterdir():
+            (base / "pth" / d / f.name).symlink_to(f)
     (base / "empty").mkdir()
     return {"st": st, "pth": base / "pth", "both": base / "both", "empty": base / "empty", "state": state}
 
@@ -230,7 +234,7 @@ def b64(array: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def test_detect_route_returns_the_map_and_the_poses_and_a_txt2img_unit_uses_it(client):
+def test_detect_route_returns_the_map_and_the_poses(client):
     detail = client.get("/controlnet/module_list").json()["module_detail"]
     assert detail["openpose"]["runs"] is True and detail["openpose"]["model_free"] is False
     assert detail["openpose"]["sliders"][0]["value"] == 512
@@ -246,29 +250,32 @@ def test_detect_route_returns_the_map_and_the_poses_and_a_txt2img_unit_uses_it(c
     assert "poses" not in client.post("/controlnet/detect", json={
         "controlnet_module": "canny", "controlnet_input_images": [b64(picture())]}).json()
 
-    unit = {"module": "openpose", "model": "control_tiny_openpose", "image": b64(picture(64, 64)),
-            "processor_res": 64, "resize_mode": "Just Resize"}
-    r = client.post("/sdapi/v1/txt2img", json={"prompt": "a pose", "seed": 3, "steps": 2, "width": 64, "height": 64,
-                                               "sampler_name": "Euler",
-                                               "alwayson_scripts": {"controlnet": {"args": [unit]}}})
-    assert r.status_code == 200, r.text
-    text = json.loads(r.json()["info"])["infotexts"][0]
-    assert 'ControlNet 0: "Module: openpose, Model: control_tiny_openpose [' in text and "Processor Res: 64," in text
 
 
-def test_pickles_reach_the_api_only_with_the_studios_permission(roots, tmp_path):
+def test_pickles_reach_the_api_and_txt2img_only_with_the_studios_permission(roots, tmp_path):
     from fastapi.testclient import TestClient
 
     from lorastudio.core.settings import StudioSettings
     from lorastudio.interfaces.api.server import create_app
 
-    req = {"controlnet_module": "openpose", "controlnet_input_images": [b64(picture())], "controlnet_processor_res": 64}
+    detect_req = {"controlnet_module": "openpose", "controlnet_input_images": [b64(picture())],
+                  "controlnet_processor_res": 64}
+    unit = {"module": "openpose", "model": "control_tiny_openpose", "image": b64(picture(64, 64)), "processor_res": 64}
+    txt2img_req = {"prompt": "a pose", "seed": 3, "steps": 1, "width": 64, "height": 64, "sampler_name": "Euler",
+                   "alwayson_scripts": {"controlnet": {"args": [unit]}}}
     for allow in (False, True):
         settings = StudioSettings(models_dir=roots["pth"], outdir=tmp_path / "o", projects_dir=tmp_path / "p",
                                   device="cpu", include_bundled=False, allow_pickle=allow)
         with TestClient(create_app(settings, poll_interval_s=0.05), base_url="http://127.0.0.1:7860") as c:
-            r = c.post("/controlnet/detect", json=req)
+            detected = c.post("/controlnet/detect", json=detect_req)
+            generated = c.post("/sdapi/v1/txt2img", json=txt2img_req)
+        for r in (detected, generated):
+            if allow:
+                assert r.status_code == 200, r.text
+            else:
+                assert r.status_code in (400, 422) and "body_pose_model.pth" in r.text and "allow" in r.text, r.text
         if allow:
-            assert r.status_code == 200 and r.json()["poses"][0]["canvas_height"] == 128, r.text
-        else:
-            assert r.status_code in (400, 422) and "body_pose_model.pth" in r.text and "allow" in r.text, r.text
+            assert detected.json()["poses"][0]["canvas_height"] == 128
+            text = json.loads(generated.json()["info"])["infotexts"][0]
+            assert 'ControlNet 0: "Module: openpose, Model: control_tiny_openpose [' in text
+            assert "Processor Res: 64," in text
