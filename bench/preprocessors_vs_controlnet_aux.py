@@ -241,7 +241,71 @@ def write_openpose_inputs(work: Path, seed: int, resolution: int) -> dict:
             "known_pose_picture": str(work / "known_pose.npy")}
 
 
-MODULES = {"openpose": (write_openpose_inputs, ours_openpose, aux_openpose)}
+# --- openpose_full: hands and face on the known pose's person (the body network replaced, as above,
+# so that one person with arms and a head is found; the hand and face networks are the files')
+
+def write_openpose_full_inputs(work: Path, seed: int, resolution: int) -> dict:
+    import torch
+
+    from lorastudio.generation.preprocessors.openpose_hand_face_net import FACE_MAPS, HAND_MAPS, KeypointHeatmapNet
+
+    job = write_openpose_inputs(work, seed, resolution)
+    folder = Path(job["models_root"]) / "ControlNetPreprocessor"
+    for i, (name, maps) in enumerate((("hand_pose_model.pth", HAND_MAPS), ("facenet.pth", FACE_MAPS))):
+        gen = torch.Generator().manual_seed(seed + 1 + i)
+        state = {k: torch.randn(t.shape, generator=gen) * ((2.0 / t[0].numel()) ** 0.5 if t.ndim == 4 else 0.05)
+                 for k, t in KeypointHeatmapNet(maps).state_dict().items()}
+        torch.save(state, folder / name)
+        job[name] = str(folder / name)
+    # a picture with something in it where the hands and the face are
+    job["full_picture"] = job["pictures"]["shapes_512x768"].replace("512x768", "512x512_full")
+    np.save(job["full_picture"], np.load(job["pictures"]["shapes_512x768"])[:resolution, :resolution])
+    return job
+
+
+def aux_openpose_full(job: dict) -> dict:
+    from controlnet_aux.open_pose import OpenposeDetector
+    from controlnet_aux.open_pose.body import Body
+    from controlnet_aux.open_pose.face import Face
+    from controlnet_aux.open_pose.hand import Hand
+
+    body = Body(job["weights"])
+    fake = np.load(job["known_pose_maps"])
+    body.model = _FixedOutput(fake["paf"], fake["heat"])
+    det = OpenposeDetector(body, Hand(job["hand_pose_model.pth"]), Face(job["facenet.pth"]))
+    rgb = np.load(job["full_picture"])
+    poses = det.detect_poses(rgb, include_hand=True, include_face=True)
+    out = {"full/map": np.asarray(det(rgb, detect_resolution=job["resolution"], image_resolution=job["resolution"],
+                                      include_hand=True, include_face=True, output_type="np"))}
+    for part in ("left_hand", "right_hand", "face"):
+        points = [getattr(p, part) for p in poses]
+        out[f"full/{part}/keypoints"] = np.array([[(k.x, k.y) for k in pts] if pts else [] for pts in points],
+                                                 dtype=np.float64).reshape(len(points), -1, 2)
+    return out
+
+
+def ours_openpose_full(job: dict) -> dict:
+    from lorastudio.generation.preprocessors.annotator_weights import AnnotatorSource, load_network
+    from lorastudio.generation.preprocessors.openpose_body import openpose_map
+    from lorastudio.generation.preprocessors.openpose_hand_face_net import FACE_MAPS, HAND_MAPS, KeypointHeatmapNet
+
+    source = AnnotatorSource(Path(job["models_root"]), allow_pickle=True)
+    hand = load_network(KeypointHeatmapNet(HAND_MAPS), source.find("hand_pose_model.pth"), source)
+    face = load_network(KeypointHeatmapNet(FACE_MAPS), source.find("facenet.pth"), source)
+    fake = np.load(job["known_pose_maps"])
+    rgb = np.load(job["full_picture"])
+    pose_map, poses = openpose_map(rgb, job["resolution"], _FixedOutput(fake["paf"], fake["heat"]), hand, face)
+    out = {"full/map": pose_map}
+    for part, key in (("left_hand", "hand_left_keypoints_2d"), ("right_hand", "hand_right_keypoints_2d"),
+                      ("face", "face_keypoints_2d")):
+        points = [p[key] for p in poses["people"]]
+        out[f"full/{part}/keypoints"] = np.array([np.array(pts).reshape(-1, 3)[:, :2] if pts else [] for pts in points],
+                                                 dtype=np.float64).reshape(len(points), -1, 2)
+    return out
+
+
+MODULES = {"openpose": (write_openpose_inputs, ours_openpose, aux_openpose),
+           "openpose_full": (write_openpose_full_inputs, ours_openpose_full, aux_openpose_full)}
 
 
 def compare(ours: dict, theirs: dict) -> dict:

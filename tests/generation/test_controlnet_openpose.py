@@ -141,7 +141,7 @@ def test_openpose_runs_with_the_file_and_names_it_without(roots):
     with pytest.raises(InvalidParameter) as e:
         detect("openpose", im, models_root=roots["empty"], **kw)
     assert "body_pose_model.pth" in str(e.value) and str(roots["empty"] / "ControlNetPreprocessor") in str(e.value)
-    with pytest.raises(InvalidParameter) as e:  # hands and face still need their own networks
+    with pytest.raises(InvalidParameter) as e:  # hands and face need their own networks
         detect("openpose_full", im, models_root=roots["st"], **kw)
     assert "hand_pose_model.pth" in str(e.value) and "facenet.pth" in str(e.value)
 
@@ -167,16 +167,19 @@ def test_pickle_needs_permission_and_the_safetensors_twin_does_not(roots):
     assert torch.equal(net.state_dict()["Mconv7_stage6_L2.weight"], roots["state"]["Mconv7_stage6_L2.weight"])
 
 
-def _known_pose_net(cells: int):
+def _known_pose_net(cells: int, joints=range(18)):
     """Stands in for the network: one standing person's heatmaps and PAFs at 1/8 of the input."""
     yy, xx = np.mgrid[0:cells, 0:cells].astype(np.float32)
     # cell c covers input pixels 8c..8c+7: a joint at fraction f of the picture sits at cell f * cells - 0.5
     pts = np.array(STANDING) * cells - 0.5
     heat = np.zeros((1, 19, cells, cells), np.float32)
     for j, (x, y) in enumerate(pts):
-        heat[0, j] = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 0.8 ** 2))
+        if j in joints:
+            heat[0, j] = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 0.8 ** 2))
     paf = np.zeros((1, 38, cells, cells), np.float32)
     for (a, b), (cx, cy) in zip(LIMBS, PAF):
+        if a - 1 not in joints or b - 1 not in joints:
+            continue
         p, v = pts[a - 1], pts[b - 1] - pts[a - 1]
         u = v / np.hypot(*v)
         t = (xx - p[0]) * u[0] + (yy - p[1]) * u[1]
@@ -279,3 +282,70 @@ def test_pickles_reach_the_api_and_txt2img_only_with_the_studios_permission(root
             text = json.loads(generated.json()["info"])["infotexts"][0]
             assert 'ControlNet 0: "Module: openpose, Model: control_tiny_openpose [' in text
             assert "Processor Res: 64," in text
+
+
+# --- openpose_full: hands and face ---------------------------------------------------------------
+
+# From the published hand (22 maps) and face (71 maps) networks: a VGG-19 front to conv5_3_CPM,
+# conv6_1/6_2_CPM, then Mconv1..7 for stages 2-6 reading maps + 128 features.
+HAND_SHAPES = {"conv4_4.weight": (512, 512, 3, 3), "conv5_3_CPM.weight": (128, 512, 3, 3),
+               "conv6_2_CPM.weight": (22, 512, 1, 1), "Mconv1_stage2.weight": (128, 150, 7, 7),
+               "Mconv7_stage6.bias": (22,)}
+FACE_SHAPES = {"conv6_1_CPM.weight": (512, 128, 1, 1), "conv6_2_CPM.weight": (71, 512, 1, 1),
+               "Mconv1_stage6.weight": (128, 199, 7, 7), "Mconv7_stage6.weight": (71, 128, 1, 1)}
+
+
+def test_hand_and_face_boxes_follow_the_body():
+    from lorastudio.generation.preprocessors.openpose_hand_face import face_box, hand_boxes
+
+    body = [None] * 18
+    body[5], body[6], body[7] = (100.0, 100.0), (100.0, 160.0), (100.0, 220.0)  # left shoulder, elbow, wrist
+    # centre a third of the forearm past the wrist (100, 239.8), side 1.5 x max(60, 0.9 x 60) = 90
+    assert hand_boxes(body, 512, 512) == [(55, 194, 90, True)]
+    assert hand_boxes(body, 512, 250) == [(55, 194, 55, True)]  # clipped by the picture's bottom
+    body[2], body[3], body[4] = (300.0, 100.0), (310.0, 105.0), (312.0, 108.0)  # a right forearm too short
+    assert len(hand_boxes(body, 512, 512)) == 1
+    assert face_box(body, 512, 512) is None  # no nose
+    body[0], body[14], body[16] = (200.0, 100.0), (190.0, 95.0), (180.0, 100.0)  # nose, right eye, right ear
+    assert face_box(body, 512, 512) == (170, 70, 60)  # half side max(10 x 3, 20 x 1.5) = 30
+
+
+def test_openpose_full_finds_a_face_and_draws_it(roots, tmp_path):
+    from safetensors.torch import save_file
+
+    from lorastudio.generation.preprocessors import detect
+    from lorastudio.generation.preprocessors.annotator_weights import AnnotatorSource, load_network
+    from lorastudio.generation.preprocessors.openpose_body import openpose_map
+    from lorastudio.generation.preprocessors.openpose_hand_face_net import KeypointHeatmapNet
+
+    folder = tmp_path / "ControlNetPreprocessor"
+    folder.mkdir()
+    for name, maps, shapes, seed in (("hand_pose_model", 22, HAND_SHAPES, 1), ("facenet", 71, FACE_SHAPES, 2)):
+        sd = KeypointHeatmapNet(maps).state_dict()
+        assert len(sd) == 104 and {k: tuple(sd[k].shape) for k in shapes} == shapes
+        gen = torch.Generator().manual_seed(seed)
+        save_file({k: torch.randn(t.shape, generator=gen) * ((2.0 / t[0].numel()) ** 0.5 if t.ndim == 4 else 0.05)
+                   for k, t in sd.items()}, folder / f"{name}.safetensors")
+    # a body network that finds nobody (zero weights: flat maps), so only the loading is exercised here
+    save_file({k: torch.zeros_like(v) for k, v in roots["state"].items()}, folder / "body_pose_model.safetensors")
+    kw = dict(resolution=64, threshold_a=-1, threshold_b=-1)
+    empty_map, poses = detect("openpose_full", picture(), models_root=tmp_path, **kw)
+    assert poses["people"] == [] and not empty_map.any() and empty_map.shape == (91, 64, 3)
+
+    # a head without arms (the hands' 4-scale network is measured by the bench): the face network runs
+    source = AnnotatorSource(tmp_path)
+    hand = load_network(KeypointHeatmapNet(22), folder / "hand_pose_model.safetensors", source)
+    face = load_network(KeypointHeatmapNet(71), folder / "facenet.safetensors", source)
+    head = _known_pose_net(23, joints=(0, 1, 14, 15, 16, 17))
+    rng = np.random.RandomState(3)
+    pose_map, poses = openpose_map((rng.rand(512, 512, 3) * 255).astype(np.uint8), 512, head, hand, face)
+    (person,) = poses["people"]
+    assert person["hand_left_keypoints_2d"] is None and person["hand_right_keypoints_2d"] is None
+    points = np.array(person["face_keypoints_2d"]).reshape(-1, 3)
+    assert 0 < len(points) <= 71 and set(points[:, 2]) == {1.0}
+    # the face box: nose (256, 76.8) +- 3 x the nose-eye distance, so every point lies within ~0.1 of the nose
+    inside = points[(points[:, 0] >= 0) & (points[:, 1] >= 0)]
+    assert len(inside) and np.abs(inside[:, :2] - np.array(STANDING[0])).max() < 0.1
+    white = (pose_map == 255).all(axis=2)
+    assert white.any()  # face points: white dots of radius 3
+    assert len(np.array(person["pose_keypoints_2d"]).reshape(18, 3)) == 18

@@ -41,6 +41,10 @@ class Person:
     keypoints: tuple[tuple[float, float] | None, ...]  # 18 (x, y) in 0..1 of the picture, None where not found
     score: float
     parts: int
+    pixels: tuple[tuple[float, float] | None, ...] = ()  # the same keypoints in pixels (hand and face boxes)
+    left_hand: list | None = None  # openpose_full: 21 (x, y) in 0..1, negative where not found
+    right_hand: list | None = None
+    face: list | None = None  # openpose_full: up to 71 (x, y) in 0..1
 
 
 def _resize(x: np.ndarray, width: int, height: int, k: float | None = None) -> np.ndarray:
@@ -179,7 +183,9 @@ def detect_people(net, rgb: np.ndarray) -> list[Person]:
     peaks = find_peaks(heatmaps)
     candidates, people = assemble_people(peaks, connect_limbs(peaks, pafs, h))
     return [Person(tuple((candidates[int(c)][0] / float(w), candidates[int(c)][1] / float(h)) if c != -1 else None
-                         for c in row[:PARTS]), float(row[-2]), int(row[-1])) for row in people]
+                         for c in row[:PARTS]), float(row[-2]), int(row[-1]),
+                   tuple((candidates[int(c)][0], candidates[int(c)][1]) if c != -1 else None for c in row[:PARTS]))
+            for row in people]
 
 
 def draw_people(people: list[Person], height: int, width: int) -> np.ndarray:
@@ -202,36 +208,68 @@ def draw_people(people: list[Person], height: int, width: int) -> np.ndarray:
         for point, color in zip(kp, COLORS):
             if point is not None:
                 cv2.circle(canvas, (int(point[0] * width), int(point[1] * height)), JOINT_RADIUS, color, thickness=-1)
+        if person.left_hand or person.right_hand or person.face:
+            from lorastudio.generation.preprocessors.openpose_hand_face import draw_face, draw_hand
+
+            draw_hand(canvas, person.left_hand)
+            draw_hand(canvas, person.right_hand)
+            draw_face(canvas, person.face)
     return canvas
 
 
 def poses_json(people: list[Person], height: int, width: int) -> dict:
     """The OpenPose JSON the extension returns (keypoints as x, y, confidence 1 in 0..1; 0, 0, 0 where absent)."""
     def flat(points):
+        if not points:
+            return None
         return [v for p in points for v in ((float(p[0]), float(p[1]), 1.0) if p is not None else (0.0, 0.0, 0.0))]
 
-    return {"people": [{"pose_keypoints_2d": flat(p.keypoints), "face_keypoints_2d": None,
-                        "hand_left_keypoints_2d": None, "hand_right_keypoints_2d": None} for p in people],
+    return {"people": [{"pose_keypoints_2d": flat(p.keypoints), "face_keypoints_2d": flat(p.face),
+                        "hand_left_keypoints_2d": flat(p.left_hand), "hand_right_keypoints_2d": flat(p.right_hand)}
+                       for p in people],
             "animals": [], "canvas_height": height, "canvas_width": width}
 
 
 BODY_FILE = "body_pose_model.pth"
+HAND_FILE = "hand_pose_model.pth"
+FACE_FILE = "facenet.pth"
 
 
-def run_openpose(image: np.ndarray, resolution: int, source) -> tuple[np.ndarray, dict]:
-    """RGB uint8 picture -> (the pose map, the OpenPose JSON), the extension's `openpose` module.
-
-    As the extension: the short side goes to `resolution`, the picture is padded (edge pixels) to
-    multiples of 64, detected and drawn at that size, and the padding is cut from the map (the JSON
-    keeps the padded canvas size, as the extension's does)."""
+def run_openpose(image: np.ndarray, resolution: int, source, *, hands_and_face: bool = False) -> tuple[np.ndarray, dict]:
+    """RGB uint8 picture -> (the pose map, the OpenPose JSON), the extension's `openpose` module
+    (`openpose_full` with hands_and_face), the networks read from `source`."""
     from lorastudio.generation.preprocessors.annotator_weights import load_network
-    from lorastudio.generation.preprocessors.model_free import resize_short_side
     from lorastudio.generation.preprocessors.openpose_net import BodyPoseNet
 
-    net = load_network(BodyPoseNet(), source.find(BODY_FILE), source)
+    body = load_network(BodyPoseNet(), source.find(BODY_FILE), source)
+    hand = face = None
+    if hands_and_face:
+        from lorastudio.generation.preprocessors.openpose_hand_face_net import FACE_MAPS, HAND_MAPS, KeypointHeatmapNet
+
+        hand = load_network(KeypointHeatmapNet(HAND_MAPS), source.find(HAND_FILE), source)
+        face = load_network(KeypointHeatmapNet(FACE_MAPS), source.find(FACE_FILE), source)
+    return openpose_map(image, resolution, body, hand, face)
+
+
+def openpose_map(image: np.ndarray, resolution: int, body, hand=None, face=None) -> tuple[np.ndarray, dict]:
+    """As the extension: the short side goes to `resolution`, the picture is padded (edge pixels) to
+    multiples of 64, detected (hands and face too when their networks are given) and drawn at that
+    size, and the padding is cut from the map (the JSON keeps the padded canvas size, as the
+    extension's does)."""
+    from lorastudio.generation.preprocessors.model_free import resize_short_side
+
     small = resize_short_side(image, resolution)
     h, w = small.shape[:2]
     padded = np.pad(small, ((0, -h % 64), (0, -w % 64), (0, 0)), mode="edge")
-    people = detect_people(net, padded)
+    people = detect_people(body, padded)
+    if hand is not None and face is not None:
+        import dataclasses
+
+        from lorastudio.generation.preprocessors.openpose_hand_face import detect_hands_and_face
+
+        bgr = np.ascontiguousarray(padded[:, :, ::-1])
+        people = [dataclasses.replace(p, **dict(zip(("left_hand", "right_hand", "face"),
+                                                    detect_hands_and_face(hand, face, bgr, p.pixels))))
+                  for p in people]
     ph, pw = padded.shape[:2]
     return np.ascontiguousarray(draw_people(people, ph, pw)[:h, :w]), poses_json(people, ph, pw)

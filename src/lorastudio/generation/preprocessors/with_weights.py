@@ -36,11 +36,18 @@ def _openpose(image: np.ndarray, resolution, a, b, source) -> tuple[np.ndarray, 
     return run_openpose(image, int(resolution), source)
 
 
+def _openpose_full(image: np.ndarray, resolution, a, b, source) -> tuple[np.ndarray, dict]:
+    from lorastudio.generation.preprocessors.openpose_body import run_openpose
+
+    return run_openpose(image, int(resolution), source, hands_and_face=True)
+
+
 _RES = Slider("Resolution", 512, 64, 2048)
 # name -> (detect(HWC uint8 RGB, resolution, threshold_a, threshold_b, AnnotatorSource) -> (map, extra
 # JSON or None), (resolution, threshold_a, threshold_b) sliders as the extension's): the ones that run.
 RUNNABLE = {
     "openpose": (_openpose, (_RES, None, None)),
+    "openpose_full": (_openpose_full, (_RES, None, None)),
 }
 
 
