@@ -315,6 +315,8 @@ def compare(ours: dict, theirs: dict) -> dict:
         if key.endswith("/keypoints"):
             same = a.shape == b.shape
             rows[key] = {"people_ours": int(a.shape[0]), "people_aux": int(b.shape[0]),
+                         "points_ours": int(a.shape[0] and a.shape[1]), "points_aux": int(b.shape[0] and b.shape[1]),
+                         "found_aux": int((b >= 0).all(axis=-1).sum()),  # points inside the picture
                          "max_abs": float(np.abs(a - b).max()) if same and a.size else (0.0 if same else None)}
             continue
         a, b = a.astype(np.float64), b.astype(np.float64)
