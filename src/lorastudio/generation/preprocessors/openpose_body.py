@@ -47,7 +47,7 @@ class Person:
     face: list | None = None  # openpose_full: up to 71 (x, y) in 0..1
 
 
-def _resize(x: np.ndarray, width: int, height: int, k: float | None = None) -> np.ndarray:
+def annotator_resize(x: np.ndarray, width: int, height: int, k: float | None = None) -> np.ndarray:
     """cv2.resize channel by channel (area when shrinking by `k`, Lanczos when enlarging), as the annotator does."""
     import cv2
 
@@ -65,7 +65,7 @@ def network_maps(net, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     h, w = bgr.shape[:2]
     k = SCALE * BOX_SIZE / h
-    small = _resize(bgr, int(w * k), int(h * k), (h * k + w * k) / (h + w))
+    small = annotator_resize(bgr, int(w * k), int(h * k), (h * k + w * k) / (h + w))
     sh, sw = small.shape[:2]
     pad_h, pad_w = -sh % STRIDE, -sw % STRIDE
     padded = np.pad(small, ((0, pad_h), (0, pad_w), (0, 0)), constant_values=PAD_VALUE)
@@ -76,8 +76,8 @@ def network_maps(net, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     def full_size(t) -> np.ndarray:
         m = t[0].float().cpu().numpy().transpose(1, 2, 0)
-        m = _resize(m, m.shape[1] * STRIDE, m.shape[0] * STRIDE, float(STRIDE))[:sh, :sw]
-        return _resize(m, w, h).astype(np.float64)
+        m = annotator_resize(m, m.shape[1] * STRIDE, m.shape[0] * STRIDE, float(STRIDE))[:sh, :sw]
+        return annotator_resize(m, w, h).astype(np.float64)
 
     return full_size(heat), full_size(paf)
 

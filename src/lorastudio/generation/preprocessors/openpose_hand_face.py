@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from lorastudio.generation.preprocessors.openpose_body import PAD_VALUE, STRIDE, _resize
+from lorastudio.generation.preprocessors.openpose_body import PAD_VALUE, STRIDE, annotator_resize
 
 HAND_SCALES = (0.5, 1.0, 1.5, 2.0)
 BOX = 368
@@ -79,14 +79,14 @@ def hand_peaks(net, crop_bgr: np.ndarray) -> np.ndarray:
     param = next(net.parameters())
     for scale in HAND_SCALES:
         size = int(scale * BOX)
-        im = _resize(blurred, size, size)
+        im = annotator_resize(blurred, size, size)
         pad_h, pad_w = -im.shape[0] % STRIDE, -im.shape[1] % STRIDE
         padded = np.pad(im, ((0, pad_h), (0, pad_w), (0, 0)), constant_values=PAD_VALUE)
         x = torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)[None], dtype=np.float32) / 256 - 0.5)
         with torch.no_grad():
             out = net(x.to(param.device, param.dtype))[0].float().cpu().numpy().transpose(1, 2, 0)
-        out = _resize(out, out.shape[1] * STRIDE, out.shape[0] * STRIDE, float(STRIDE))[:im.shape[0], :im.shape[1]]
-        avg += _resize(out, HAND_MAP_SIZE, HAND_MAP_SIZE) / len(HAND_SCALES)
+        out = annotator_resize(out, out.shape[1] * STRIDE, out.shape[0] * STRIDE, float(STRIDE))[:im.shape[0], :im.shape[1]]
+        avg += annotator_resize(out, HAND_MAP_SIZE, HAND_MAP_SIZE) / len(HAND_SCALES)
     peaks = []
     for part in range(21):
         raw = avg[:, :, part]
@@ -110,7 +110,7 @@ def face_peaks(net, crop_bgr: np.ndarray) -> np.ndarray:
 
     h, w = crop_bgr.shape[:2]
     param = next(net.parameters())
-    x = torch.from_numpy(_resize(crop_bgr, FACE_INPUT, FACE_INPUT)).permute(2, 0, 1) / 256.0 - 0.5
+    x = torch.from_numpy(annotator_resize(crop_bgr, FACE_INPUT, FACE_INPUT)).permute(2, 0, 1) / 256.0 - 0.5
     with torch.no_grad():
         maps = net(x[None].to(param.device, param.dtype)).float()
         maps = F.interpolate(maps, (h, w), mode="bilinear", align_corners=True).cpu().numpy()[0]
