@@ -1,6 +1,6 @@
 """lineart_realistic / lineart_coarse / softedge_hed / softedge_hedsafe: the Annotators files' layouts,
 the extension's pre/post-processing, and the pickle rule. (Agreement with controlnet_aux's own
-detectors on the same weights: bench/preprocessors_vs_controlnet_aux.py.)"""
+detectors on the same weights: bench/lineart_vs_controlnet_aux.py.)"""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def test_maps_follow_the_extensions_processing(pth_root, states, tmp_path):
     assert (safe[away] == level[away]).all() and len(np.unique(level)) >= 2
     assert (maps["softedge_hed"] != maps["softedge_hedsafe"]).any()
     detail = preprocessors()
-    assert all(detail[m].run is not None and detail[m].resolution.value == 512 for m in MODULES)
+    assert all(detail[m].runs and detail[m].resolution.value == 512 for m in MODULES)
 
 
 def test_pickle_rule_and_safetensors_twin(pth_root, states, tmp_path):

@@ -1,7 +1,8 @@
 """ControlNet preprocessors ("modules" in the A1111 extension): a picture -> the control map.
 
-Those that need no weights run here (OpenCV, NumPy); those that need a detector's weights name
-the file to put in `models/ControlNetPreprocessor` and never download it.
+Those that need no weights run here (OpenCV, NumPy); those that need a detector's weights run when
+its file is in `models/ControlNetPreprocessor` (with_weights.RUNNABLE), otherwise they name the file to
+put there; nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -12,26 +13,31 @@ from typing import Callable
 import numpy as np
 
 from lorastudio.generation.preprocessors.annotator_weights import AnnotatorFiles
-from lorastudio.generation.preprocessors.model_free import MODEL_FREE, Slider, _RES
-from lorastudio.generation.preprocessors.with_weights import RUNS_WITH_WEIGHTS, WITH_WEIGHTS, missing_weights_error
+from lorastudio.generation.preprocessors.model_free import MODEL_FREE, Slider
+from lorastudio.generation.preprocessors.with_weights import RUNNABLE, WITH_WEIGHTS, missing_weights_error
 
 
 @dataclass(frozen=True)
 class Preprocessor:
     name: str
-    # (HWC uint8 RGB, resolution, threshold_a, threshold_b) -> HWC uint8; those with weights also take
-    # files=AnnotatorFiles; None: lorastudio does not run it
-    run: Callable[..., np.ndarray] | None
+    run: Callable[..., np.ndarray] | None  # (HWC uint8 RGB, resolution, threshold_a, threshold_b) -> HWC uint8
     resolution: Slider | None = None
     threshold_a: Slider | None = None
     threshold_b: Slider | None = None
     weights: tuple[str, ...] = ()  # files it needs in models/ControlNetPreprocessor
+    # (HWC uint8 RGB, resolution, threshold_a, threshold_b, AnnotatorFiles) -> (HWC uint8, extra JSON or None)
+    detect: Callable[..., tuple[np.ndarray, dict | None]] | None = None
+
+    @property
+    def runs(self) -> bool:
+        return self.run is not None or self.detect is not None
 
 
 def preprocessors() -> dict[str, Preprocessor]:
     table = {name: Preprocessor(name, run, *sliders) for name, (run, sliders) in MODEL_FREE.items()}
-    table.update({name: Preprocessor(name, RUNS_WITH_WEIGHTS.get(name), _RES if name in RUNS_WITH_WEIGHTS else None,
-                                     weights=files) for name, files in WITH_WEIGHTS.items()})
+    for name, files in WITH_WEIGHTS.items():
+        detect, sliders = RUNNABLE.get(name, (None, (None, None, None)))
+        table[name] = Preprocessor(name, None, *sliders, weights=files, detect=detect)
     return table
 
 
@@ -51,13 +57,20 @@ def find_preprocessor(name: str) -> Preprocessor:
 
 def run_preprocessor(name: str, image: np.ndarray, *, resolution: int, threshold_a: float, threshold_b: float,
                      models_root=None, allow_pickle: bool = False) -> np.ndarray:
-    """HWC uint8 RGB -> the control map (HWC uint8 RGB).
+    """HWC uint8 RGB -> the control map (HWC uint8 RGB)."""
+    return detect(name, image, resolution=resolution, threshold_a=threshold_a, threshold_b=threshold_b,
+                  models_root=models_root, allow_pickle=allow_pickle)[0]
 
-    Detectors read their weights from `models_root`; `.pth` files only when `allow_pickle`."""
+
+def detect(name: str, image: np.ndarray, *, resolution: int, threshold_a: float, threshold_b: float,
+           models_root=None, allow_pickle: bool = False) -> tuple[np.ndarray, dict | None]:
+    """HWC uint8 RGB -> (the control map, what else the module reports: the OpenPose JSON of openpose).
+
+    Detector weights come from `models_root`; pickles are read only with `allow_pickle` (the studio's)."""
     pre = find_preprocessor(name)
-    if pre.weights:
-        files = AnnotatorFiles(models_root, allow_pickle)
-        if pre.run is None or any(files.find(f) is None for f in pre.weights):
-            raise missing_weights_error(pre.name, pre.weights, models_root)
-        return pre.run(image, resolution, threshold_a, threshold_b, files=files)
-    return pre.run(image, resolution, threshold_a, threshold_b)
+    if pre.run is not None:
+        return pre.run(image, resolution, threshold_a, threshold_b), None
+    files = AnnotatorFiles(models_root, allow_pickle)
+    if pre.detect is None or any(files.find(f) is None for f in pre.weights):
+        raise missing_weights_error(pre.name, pre.weights, models_root)
+    return pre.detect(image, resolution, threshold_a, threshold_b, files)

@@ -1,9 +1,11 @@
 """Where a preprocessor's detector weights are, and reading them under the project's pickle rule.
 
-The annotator files of lllyasviel/Annotators are `.pth` pickles. A pickle is read only when the
-user allows pickles (the studio's `allow_pickle`, passed down here, never a global), and then
-only with torch.load(weights_only=True). A `.safetensors` file of the same stem beside it is
-preferred and needs no permission. Nothing is ever downloaded.
+The folders are those the A1111 / Forge extension and controlnet_aux fill: `models/ControlNetPreprocessor`
+(Forge), its `lllyasviel/Annotators` folder (the hub layout), and, for some detectors, a per-detector
+sub-folder (the extension's `annotator/downloads/<detector>`). The annotator files are mostly `.pth`
+pickles: a pickle is read only when the user allows pickles (the studio's `allow_pickle`, passed down
+here, never a global), and then only with torch.load(weights_only=True). A `.safetensors` file of the
+same stem beside it is preferred and needs no permission. Nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -36,25 +38,55 @@ def find_annotator_file(models_root, filename: str) -> Path | None:
 class AnnotatorFiles:
     """What a detector needs to find and read its weights: the models folder and the pickle permission."""
 
-    models_root: Path | None
+    models_root: Path | None = None
     allow_pickle: bool = False
+
+    @property
+    def folder(self) -> Path:
+        """The folder a missing file is asked for in."""
+        return annotator_dirs(self.models_root)[0]
 
     def find(self, filename: str) -> Path | None:
         return find_annotator_file(self.models_root, filename)
 
-    def state_dict(self, filename: str) -> dict:
+    def find_first(self, names: tuple[str, ...], subfolders: tuple[str, ...] = ()) -> Path | None:
+        """The first of `names` (files or folders) present, in the order given, in the preprocessor folder,
+        its `subfolders`, then the Annotators layout."""
+        if self.models_root is None:
+            return None
+        top, annotators = annotator_dirs(self.models_root)
+        places = [top, *(top / s for s in subfolders), annotators]
+        for name in names:
+            for place in places:
+                if (place / name).exists():
+                    return place / name
+        return None
+
+    def read(self, path: Path) -> dict:
+        """name -> tensor of one detector file; a pickle's `.safetensors` twin is read instead when present."""
         from lorastudio.core.errors import ModelFileError
+        from lorastudio.core.paths import PICKLE_EXTENSIONS
         from lorastudio.models.loader import read_tensors
+
+        path = Path(path)
+        if path.suffix.lower() in PICKLE_EXTENSIONS:
+            twin = path.with_suffix(".safetensors")
+            if not twin.is_file():
+                if not path.is_file():
+                    raise ModelFileError(path, "file not found")
+                return self._pickled(path)
+            path = twin
+        return read_tensors(path, allow_pickle=False)[0]
+
+    def state_dict(self, filename: str) -> dict:
+        """The tensors of `filename` found in the preprocessor folders."""
+        from lorastudio.core.errors import ModelFileError
 
         path = self.find(filename)
         if path is None:
-            raise ModelFileError(annotator_dirs(self.models_root)[0] / filename, "file not found")
-        if path.suffix == ".safetensors":
-            state = read_tensors(path, allow_pickle=False)[0]
-        else:
-            state = self._pickled(path)
+            raise ModelFileError(self.folder / filename, "file not found")
         # files saved from a DataParallel model (netG.pth among them) prefix every key with "module."
-        return {k.removeprefix("module."): v for k, v in state.items()}
+        return {k.removeprefix("module."): v for k, v in self.read(path).items()}
 
     def _pickled(self, path: Path) -> dict:
         import torch
@@ -78,15 +110,26 @@ class AnnotatorFiles:
         that the weights replace (netG.pth holds 54 M parameters)."""
         import torch
 
-        from lorastudio.core.errors import ModelFileError
-
         state = self.state_dict(filename)
         with torch.device("meta"):
             net = net_class()
-        try:
-            net.load_state_dict(state, strict=True, assign=True)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()
-            raise ModelFileError(self.find(filename), f"not the {net_class.__name__} weights expected in "
-                                                      f"{filename}: {' '.join(first[:3])[:400]}") from None
+        _load_strictly(net, state, self.find(filename), assign=True)
         return net.float().eval()
+
+
+def load_network(net, path: Path, files: AnnotatorFiles):
+    """`net` (built by the caller: its class takes arguments) with the weights of `path`, loaded strictly
+    (a file of another network is refused by name, not half-loaded), in eval mode."""
+    _load_strictly(net, files.read(path), path)
+    return net.eval()
+
+
+def _load_strictly(net, state: dict, path: Path, *, assign: bool = False) -> None:
+    from lorastudio.core.errors import ModelFileError
+
+    try:
+        net.load_state_dict(state, strict=True, assign=assign)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise ModelFileError(path, f"not the {type(net).__name__} weights it should hold: "
+                                   f"{' '.join(first[:3])[:400]}") from None

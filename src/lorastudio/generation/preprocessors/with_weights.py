@@ -1,4 +1,5 @@
-"""Preprocessors that need a detector's weights: what each needs, and the message when it is absent.
+"""Preprocessors that need a detector's weights: what each needs, those that run, and the message
+when a file is absent.
 
 The file names are those of lllyasviel/Annotators, which the A1111 extension and controlnet_aux
 download into `.../ControlNetPreprocessor` or `.../lllyasviel/Annotators`; lorastudio never downloads.
@@ -8,9 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from lorastudio.core.errors import InvalidParameter
-from lorastudio.generation.preprocessors.annotator_weights import find_annotator_file
+from lorastudio.generation.preprocessors.annotator_weights import AnnotatorFiles, find_annotator_file
 from lorastudio.generation.preprocessors.line_detectors import LINE_DETECTORS
+from lorastudio.generation.preprocessors.model_free import _RES
 
 WITH_WEIGHTS: dict[str, tuple[str, ...]] = {
     "depth_midas": ("dpt_hybrid-midas-501f0c75.pt",),
@@ -28,8 +32,35 @@ WITH_WEIGHTS: dict[str, tuple[str, ...]] = {
     "seg_ofade20k": ("250_16_swin_l_oneformer_ade20k_160k.pth",),
 }
 
-# The modules lorastudio runs when their files are present: name -> run(image, resolution, a, b, *, files).
-RUNS_WITH_WEIGHTS = {**LINE_DETECTORS}
+
+
+def _openpose(image: np.ndarray, resolution, a, b, files: AnnotatorFiles) -> tuple[np.ndarray, dict]:
+    from lorastudio.generation.preprocessors.openpose_body import run_openpose
+
+    return run_openpose(image, int(resolution), files)
+
+
+def _openpose_full(image: np.ndarray, resolution, a, b, files: AnnotatorFiles) -> tuple[np.ndarray, dict]:
+    from lorastudio.generation.preprocessors.openpose_body import run_openpose
+
+    return run_openpose(image, int(resolution), files, hands_and_face=True)
+
+
+def _map_only(run):
+    """A detector that reports only its map, in the (map, extra) shape of the table below."""
+    def detect(image: np.ndarray, resolution, a, b, files: AnnotatorFiles) -> tuple[np.ndarray, None]:
+        return run(image, resolution, a, b, files=files), None
+    return detect
+
+
+# The modules lorastudio runs when their files are present: name -> (detect(HWC uint8 RGB, resolution,
+# threshold_a, threshold_b, AnnotatorFiles) -> (map, extra JSON or None), (resolution, threshold_a,
+# threshold_b) sliders as the extension's).
+RUNNABLE = {
+    **{name: (_map_only(run), (_RES, None, None)) for name, run in LINE_DETECTORS.items()},
+    "openpose": (_openpose, (_RES, None, None)),
+    "openpose_full": (_openpose_full, (_RES, None, None)),
+}
 
 
 def missing_weights_error(name: str, files: tuple[str, ...], models_root) -> InvalidParameter:

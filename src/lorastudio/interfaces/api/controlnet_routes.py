@@ -53,9 +53,10 @@ async def module_list(alias_names: bool = False) -> dict:
     for name, pre in table.items():
         sliders = [{"name": s.label, "value": s.value, "min": s.minimum, "max": s.maximum}
                    for s in (pre.resolution, pre.threshold_a, pre.threshold_b) if s is not None]
-        # lorastudio's own fields: the detector files a module reads, and whether lorastudio runs it
+        # model_free as the extension reports it; lorastudio's own fields: the detector files a module
+        # reads, and whether lorastudio runs it ("runs": false where it lacks the detector)
         detail[name] = {"model_free": pre.run is not None and not pre.weights, "sliders": sliders,
-                        "weights": list(pre.weights), "runs": pre.run is not None}
+                        "weights": list(pre.weights), "runs": pre.runs}
     return {"module_list": list(table), "module_detail": detail}
 
 
@@ -72,12 +73,13 @@ class DetectRequest(BaseModel):
 @router.post("/detect")
 async def detect(request: Request, body: DetectRequest) -> dict:
     """Run a preprocessor on pictures: {controlnet_module, controlnet_input_images, controlnet_processor_res,
-    controlnet_threshold_a, controlnet_threshold_b} -> {images, info}."""
+    controlnet_threshold_a, controlnet_threshold_b} -> {images, info}, and `poses` (OpenPose JSON, one per
+    picture) for the openpose modules, as the extension returns them."""
     import numpy as np
     from PIL import Image
 
     from lorastudio.generation.controlnet_units import ControlNetUnit
-    from lorastudio.generation.preprocessors import run_preprocessor
+    from lorastudio.generation.preprocessors import detect as run_detector
     from lorastudio.interfaces.api.images import decode_image, encode_png
 
     state = _state(request)
@@ -91,16 +93,22 @@ async def detect(request: Request, body: DetectRequest) -> dict:
                           threshold_a=body.controlnet_threshold_a,
                           threshold_b=body.controlnet_threshold_b).with_slider_defaults()
 
-    def run() -> list[str]:
-        out = []
+    def run() -> tuple[list[str], list[dict]]:
+        out, poses = [], []
         for i, data in enumerate(images):
             im = decode_image(data, f"controlnet_input_images.{i}", max_bytes=limits.max_image_bytes,
                               max_pixels=limits.max_image_pixels)
-            detected = run_preprocessor(unit.module, np.asarray(im.convert("RGB")), resolution=unit.processor_res,
-                                        threshold_a=unit.threshold_a, threshold_b=unit.threshold_b,
-                                        models_root=state.catalog.root.root,
-                                        allow_pickle=state.settings.allow_pickle)
+            detected, extra = run_detector(unit.module, np.asarray(im.convert("RGB")), resolution=unit.processor_res,
+                                           threshold_a=unit.threshold_a, threshold_b=unit.threshold_b,
+                                           models_root=state.catalog.root.root,
+                                           allow_pickle=state.settings.allow_pickle)
             out.append(encode_png(Image.fromarray(detected), None))
-        return out
+            if extra is not None and "openpose" in unit.module:
+                poses.append(extra)
+        return out, poses
 
-    return {"images": await run_in_threadpool(run), "info": "Success"}
+    images_out, poses = await run_in_threadpool(run)
+    response: dict[str, Any] = {"info": "Success", "images": images_out}
+    if poses:
+        response["poses"] = poses
+    return response

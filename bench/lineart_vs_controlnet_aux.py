@@ -16,7 +16,7 @@ which lorastudio does not depend on), loads the files with controlnet_aux's own 
 
 Prints per-module max/mean abs differences and timings; the last line is one JSON object.
 
-    .venv/bin/python bench/preprocessors_vs_controlnet_aux.py --aux-python /path/to/venv/bin/python
+    .venv/bin/python bench/lineart_vs_controlnet_aux.py --aux-python /path/to/venv/bin/python
 """
 
 from __future__ import annotations
