@@ -122,7 +122,7 @@ def pixel_perfect_resolution(image_hw: tuple[int, int], width: int, height: int,
     return int(np.round(k * min(raw_h, raw_w)))
 
 
-def control_map(unit: ControlNetUnit, image, width: int, height: int, models_root=None):
+def control_map(unit: ControlNetUnit, image, width: int, height: int, models_root=None, allow_pickle: bool = False):
     """The unit's picture preprocessed and fitted to width x height (a PIL RGB image)."""
     from PIL import Image
 
@@ -132,7 +132,7 @@ def control_map(unit: ControlNetUnit, image, width: int, height: int, models_roo
     rgb = np.asarray(image.convert("RGB"))
     res = unit.processor_res
     detected = run_preprocessor(unit.module, rgb, resolution=res, threshold_a=unit.threshold_a,
-                                threshold_b=unit.threshold_b, models_root=models_root)
+                                threshold_b=unit.threshold_b, models_root=models_root, allow_pickle=allow_pickle)
     mode = {ResizeMode.JUST_RESIZE: 0, ResizeMode.CROP_AND_RESIZE: 1, ResizeMode.RESIZE_AND_FILL: 2}[unit.resize_mode]
     return resize_image(mode, Image.fromarray(detected), width, height)
 
@@ -149,6 +149,7 @@ class ControlPlan:
     inpaint_masks: list[Any] = field(default_factory=list)  # per unit: mask (L) for inpaint_only, or None
     sources: list[Any] = field(default_factory=list)  # per unit: the picture its map was made from
     models_root: Any = None  # where preprocessors find their weights
+    allow_pickle: bool = False  # whether a preprocessor may read its .pth (weights-only)
 
     def for_pass(self, which: str, width: int, height: int) -> "ControlPlan | None":
         """The units acting in one pass of the hires fix ("low": the first, "high": the second, its maps
@@ -157,10 +158,10 @@ class ControlPlan:
         if not keep:
             return None
         maps = [self.maps[i] if which == "low" else control_map(self.units[i], self.sources[i], width, height,
-                                                                  self.models_root) for i in keep]
+                                                                  self.models_root, self.allow_pickle) for i in keep]
         return ControlPlan([self.units[i] for i in keep], [self.controlnets[i] for i in keep], maps,
                            [self.titles[i] for i in keep], cfg=self.cfg, sources=[self.sources[i] for i in keep],
-                           models_root=self.models_root)
+                           models_root=self.models_root, allow_pickle=self.allow_pickle)
 
     @property
     def acting(self) -> list[int]:
@@ -306,7 +307,7 @@ def controlnet_title(path) -> str:
 
 def prepare_control(units: list[ControlNetUnit], *, width: int, height: int, cfg: bool,
                     load: Callable[[str], tuple[Any, str]], models_root=None, init_image=None,
-                    mask=None) -> ControlPlan | None:
+                    mask=None, allow_pickle: bool = False) -> ControlPlan | None:
     """The plan for the enabled units (None when there are none).
 
     `load(model name) -> (ControlNetModel, title)`; a unit without a picture uses the img2img init
@@ -330,7 +331,7 @@ def prepare_control(units: list[ControlNetUnit], *, width: int, height: int, cfg
         module, title = load(unit.model)
         modules.append(module)
         titles.append(title)
-        maps.append(control_map(unit, image, width, height, models_root))
+        maps.append(control_map(unit, image, width, height, models_root, allow_pickle))
         sources.append(image)
         unit_mask = unit.mask if unit.mask is not None else mask
         if unit.module == "inpaint_only":
@@ -345,4 +346,4 @@ def prepare_control(units: list[ControlNetUnit], *, width: int, height: int, cfg
             masks.append(None)
     return ControlPlan(active, modules, maps, titles, cfg=cfg,
                        inpaint_masks=masks if any(m is not None for m in masks) else [], sources=sources,
-                       models_root=models_root)
+                       models_root=models_root, allow_pickle=allow_pickle)

@@ -171,7 +171,7 @@ class GenerationEngine:
         units = [u if isinstance(u, ControlNetUnit) else ControlNetUnit.model_validate(u) for u in units]
         return prepare_control(units, width=params.width, height=params.height, cfg=params.cfg_scale > 1,
                                load=self._load_controlnet, models_root=self.root.root, init_image=init_image,
-                               mask=mask)
+                               mask=mask, allow_pickle=self.settings.allow_pickle)
 
     def _load_controlnet(self, ref: str):
         """(ControlNetModel, "name [hash]") for the loaded model; kept while that model stays loaded."""

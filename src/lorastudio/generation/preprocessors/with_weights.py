@@ -23,7 +23,22 @@ WITH_WEIGHTS: dict[str, tuple[str, ...]] = {
     "softedge_pidinet": ("table5_pidinet.pth",),
     "mlsd": ("mlsd_large_512_fp32.pth",),
     "seg_ofade20k": ("250_16_swin_l_oneformer_ade20k_160k.pth",),
+    "depth_anything": ("depth_anything_vitl14.pth",),
+    "depth_anything_v2": ("depth_anything_v2_vitl.safetensors",),
 }
+
+
+def _depth_anything(name: str):
+    def run(image, resolution, a, b, files):
+        from lorastudio.generation.preprocessors import depth_anything
+
+        return depth_anything.run(name, image, resolution, files)
+    return run
+
+
+# Those that run here when their weights are present: name -> run(image, resolution, a, b, AnnotatorFiles);
+# each raises the missing-weights message itself, naming the file, when they are absent.
+RUNS_WITH_WEIGHTS = {name: _depth_anything(name) for name in ("depth_anything", "depth_anything_v2")}
 
 
 def missing_weights_error(name: str, files: tuple[str, ...], models_root) -> InvalidParameter:

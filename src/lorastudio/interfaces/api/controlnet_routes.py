@@ -53,7 +53,9 @@ async def module_list(alias_names: bool = False) -> dict:
     for name, pre in table.items():
         sliders = [{"name": s.label, "value": s.value, "min": s.minimum, "max": s.maximum}
                    for s in (pre.resolution, pre.threshold_a, pre.threshold_b) if s is not None]
-        detail[name] = {"model_free": pre.run is not None and not pre.weights, "sliders": sliders}
+        # "runs_here": lorastudio runs it (a module with weights runs once its file is in models/ControlNetPreprocessor)
+        detail[name] = {"model_free": pre.run is not None and not pre.weights, "runs_here": pre.run is not None,
+                        "sliders": sliders}
     return {"module_list": list(table), "module_detail": detail}
 
 
@@ -96,7 +98,8 @@ async def detect(request: Request, body: DetectRequest) -> dict:
                               max_pixels=limits.max_image_pixels)
             detected = run_preprocessor(unit.module, np.asarray(im.convert("RGB")), resolution=unit.processor_res,
                                         threshold_a=unit.threshold_a, threshold_b=unit.threshold_b,
-                                        models_root=state.catalog.root.root)
+                                        models_root=state.catalog.root.root,
+                                        allow_pickle=state.settings.allow_pickle)
             out.append(encode_png(Image.fromarray(detected), None))
         return out
 
