@@ -258,8 +258,8 @@ def test_detect_route_and_a_txt2img_unit_with_depth_anything(tmp_path):
         r = c.post("/controlnet/detect", json=detect)
         assert r.status_code >= 400 and "depth_anything_vits14.pth" in r.text and "allow-pickle" in r.text, r.text
         detail = c.get("/controlnet/module_list").json()["module_detail"]
-        assert detail["depth_anything"]["runs_here"] and not detail["depth_anything"]["model_free"]
-        assert not detail["depth_leres"]["runs_here"] and detail["canny"]["runs_here"]
+        assert detail["depth_anything"]["runs"] and not detail["depth_anything"]["model_free"]
+        assert not detail["depth_leres"]["runs"] and detail["canny"]["runs"]
     with client(True) as c:
         r = c.post("/controlnet/detect", json=detect)
         assert r.status_code == 200, r.text

@@ -53,8 +53,8 @@ async def module_list(alias_names: bool = False) -> dict:
     for name, pre in table.items():
         sliders = [{"name": s.label, "value": s.value, "min": s.minimum, "max": s.maximum}
                    for s in (pre.resolution, pre.threshold_a, pre.threshold_b) if s is not None]
-        # "runs_here": lorastudio runs it (a module with weights runs once its file is in models/ControlNetPreprocessor)
-        detail[name] = {"model_free": pre.run is not None and not pre.weights, "runs_here": pre.run is not None,
+        # "runs": lorastudio runs it (a module with weights runs once its file is in models/ControlNetPreprocessor)
+        detail[name] = {"model_free": pre.run is not None and not pre.weights, "runs": pre.run is not None,
                         "sliders": sliders}
     return {"module_list": list(table), "module_detail": detail}
 
