@@ -14,7 +14,8 @@ import numpy as np
 
 from lorastudio.generation.preprocessors.annotator_weights import AnnotatorFiles
 from lorastudio.generation.preprocessors.model_free import MODEL_FREE, Slider
-from lorastudio.generation.preprocessors.with_weights import RUNNABLE, WITH_WEIGHTS, missing_weights_error
+from lorastudio.generation.preprocessors.with_weights import (FINDS_OWN_FILES, RUNNABLE, WITH_WEIGHTS,
+                                                               missing_weights_error)
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Preprocessor:
     weights: tuple[str, ...] = ()  # files it needs in models/ControlNetPreprocessor
     # (HWC uint8 RGB, resolution, threshold_a, threshold_b, AnnotatorFiles) -> (HWC uint8, extra JSON or None)
     detect: Callable[..., tuple[np.ndarray, dict | None]] | None = None
+    finds_weights: bool = False  # detect looks for its files itself (several names accepted) and names them
 
     @property
     def runs(self) -> bool:
@@ -37,7 +39,8 @@ def preprocessors() -> dict[str, Preprocessor]:
     table = {name: Preprocessor(name, run, *sliders) for name, (run, sliders) in MODEL_FREE.items()}
     for name, files in WITH_WEIGHTS.items():
         detect, sliders = RUNNABLE.get(name, (None, (None, None, None)))
-        table[name] = Preprocessor(name, None, *sliders, weights=files, detect=detect)
+        table[name] = Preprocessor(name, None, *sliders, weights=files, detect=detect,
+                                   finds_weights=name in FINDS_OWN_FILES)
     return table
 
 
@@ -71,6 +74,6 @@ def detect(name: str, image: np.ndarray, *, resolution: int, threshold_a: float,
     if pre.run is not None:
         return pre.run(image, resolution, threshold_a, threshold_b), None
     files = AnnotatorFiles(models_root, allow_pickle)
-    if pre.detect is None or any(files.find(f) is None for f in pre.weights):
+    if pre.detect is None or (not pre.finds_weights and any(files.find(f) is None for f in pre.weights)):
         raise missing_weights_error(pre.name, pre.weights, models_root)
     return pre.detect(image, resolution, threshold_a, threshold_b, files)

@@ -30,6 +30,8 @@ WITH_WEIGHTS: dict[str, tuple[str, ...]] = {
     "softedge_pidinet": ("table5_pidinet.pth",),
     "mlsd": ("mlsd_large_512_fp32.pth",),
     "seg_ofade20k": ("250_16_swin_l_oneformer_ade20k_160k.pth",),
+    "depth_anything": ("depth_anything_vitl14.pth",),
+    "depth_anything_v2": ("depth_anything_v2_vitl.safetensors",),
 }
 
 
@@ -46,6 +48,14 @@ def _openpose_full(image: np.ndarray, resolution, a, b, files: AnnotatorFiles) -
     return run_openpose(image, int(resolution), files, hands_and_face=True)
 
 
+def _depth_anything(name: str):
+    def detect(image: np.ndarray, resolution, a, b, files: AnnotatorFiles) -> tuple[np.ndarray, None]:
+        from lorastudio.generation.preprocessors import depth_anything
+
+        return depth_anything.run(name, image, int(resolution), files), None
+    return detect
+
+
 def _map_only(run):
     """A detector that reports only its map, in the (map, extra) shape of the table below."""
     def detect(image: np.ndarray, resolution, a, b, files: AnnotatorFiles) -> tuple[np.ndarray, None]:
@@ -60,7 +70,12 @@ RUNNABLE = {
     **{name: (_map_only(run), (_RES, None, None)) for name, run in LINE_DETECTORS.items()},
     "openpose": (_openpose, (_RES, None, None)),
     "openpose_full": (_openpose_full, (_RES, None, None)),
+    "depth_anything": (_depth_anything("depth_anything"), (_RES, None, None)),
+    "depth_anything_v2": (_depth_anything("depth_anything_v2"), (_RES, None, None)),
 }
+# Those that accept several file names or a transformers folder: they look for their weights themselves
+# and name what to put where when none is there.
+FINDS_OWN_FILES = frozenset({"depth_anything", "depth_anything_v2"})
 
 
 def missing_weights_error(name: str, files: tuple[str, ...], models_root) -> InvalidParameter:
