@@ -48,6 +48,20 @@ def test_extras_single_and_batch(client):
     assert np.array_equal(np.asarray(outs[0]), np.asarray(want))
 
 
+def test_extras_keep_a_stickers_transparency(client):
+    rgba = np.asarray(picture(40, 30, seed=4).convert("RGBA")).copy()
+    rgba[:, :12, 3] = 0  # clear on the left, half-clear in the middle
+    rgba[:, 12:24, 3] = 128
+    sticker = Image.fromarray(rgba, "RGBA")
+    r = client.post("/sdapi/v1/extra-single-image", json={"image": b64(sticker), "upscaler_1": "Lanczos",
+                                                          "upscaling_resize": 2})
+    assert r.status_code == 200, r.text
+    out = Image.open(io.BytesIO(base64.b64decode(r.json()["image"])))
+    assert out.mode == "RGBA" and out.size == (80, 60)
+    want = sticker.getchannel("A").resize((80, 60), Image.Resampling.LANCZOS)
+    assert np.array_equal(np.asarray(out.getchannel("A")), np.asarray(want))
+
+
 @pytest.mark.parametrize("body,field", [({"upscaler_1": "4x-Nothing"}, "4x-Nothing"),
                                         ({"upscaler_1": "Lanczos", "gfpgan_visibility": 0.5}, "gfpgan_visibility"),
                                         ({"upscaler_1": "Lanczos", "upscaling_resize": 50}, "upscaling_resize")])

@@ -93,3 +93,50 @@ def test_upscale_command(tmp_path):
     r = CliRunner().invoke(app, args[:3] + ["4x-Missing"] + args[4:])
     assert r.exit_code != 0 and "4x-Missing" in r.output
     assert len(list((tmp_path / "out").rglob("*.png"))) == 1
+
+
+def sticker(w=40, h=30, seed=2) -> Image.Image:
+    """A transparent PNG as LINE stickers are: a coloured shape, clear around it, a soft edge between."""
+    rng = np.random.RandomState(seed)
+    rgba = np.zeros((h, w, 4), np.uint8)
+    rgba[..., :3] = rng.rand(h, w, 3) * 255
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgba[..., 3] = np.clip((10 - np.hypot(yy - h / 2, xx - w / 2)) * 60, 0, 255).astype(np.uint8)
+    return Image.fromarray(rgba, "RGBA")
+
+
+def test_transparency_goes_through_the_same_upscaler():
+    """Extras keeps a sticker's alpha (A1111's drops it): colours and alpha each through the model."""
+    from lorastudio.generation.upscalers import ImageUpscalers
+
+    net = SubPixelNet().eval()
+    upscalers = ImageUpscalers(extra={"Sub": lambda image, scale: upscale_tiled(net, image, 4, tile=0)})
+    im = sticker()
+    out = upscalers.to_size("Sub")(im, 160, 120)
+    assert out.mode == "RGBA" and out.size == (160, 120)
+    colours = upscale_tiled(net, im.convert("RGB"), 4, tile=0)
+    alpha = upscale_tiled(net, Image.merge("RGB", [im.getchannel("A")] * 3), 4, tile=0).convert("L")
+    assert np.array_equal(np.asarray(out)[..., :3], np.asarray(colours))
+    assert np.array_equal(np.asarray(out)[..., 3], np.asarray(alpha))
+    # a palette picture with a transparent colour keeps it too; an opaque one stays RGB
+    palette = im.convert("RGB").quantize(8)
+    palette.info["transparency"] = 0
+    assert upscalers.to_size("Lanczos")(palette, 80, 60).mode == "RGBA"
+    assert upscalers.to_size("Lanczos")(im.convert("RGB"), 80, 60).mode == "RGB"
+
+
+def test_upscale_command_keeps_transparency(tmp_path):
+    from typer.testing import CliRunner
+
+    from lorastudio.interfaces.cli.app import app
+
+    sticker().save(tmp_path / "sticker.png")
+    r = CliRunner().invoke(app, ["upscale", str(tmp_path / "sticker.png"), "--upscaler", "Lanczos", "--scale", "2",
+                                 "--models-dir", str(tmp_path / "models"), "--outdir", str(tmp_path / "out"),
+                                 "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    (path,) = (tmp_path / "out").glob("extras-images/*/*.png")
+    with Image.open(path) as out:
+        assert out.mode == "RGBA" and out.size == (80, 60)
+        want = sticker().getchannel("A").resize((80, 60), Image.Resampling.LANCZOS)
+        assert np.array_equal(np.asarray(out.getchannel("A")), np.asarray(want))

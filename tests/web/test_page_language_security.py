@@ -12,7 +12,7 @@ import httpx
 from playwright.sync_api import expect
 
 TIMEOUT = 120_000
-TABS = ("generate", "train", "loras", "pnginfo")
+TABS = ("generate", "train", "loras", "extras", "pnginfo")
 STATIC = Path(__file__).resolve().parents[2] / "src" / "lorastudio" / "interfaces" / "web" / "static"
 
 

@@ -100,7 +100,7 @@ class ImageUpscalers:
             raise InvalidParameter("upscaler", name, "'None' does not upscale")
         resample = BUILTIN.get(label)
 
-        def run(image, width: int, height: int):
+        def run_rgb(image, width: int, height: int):
             from PIL import Image
 
             if resample is not None:
@@ -112,7 +112,25 @@ class ImageUpscalers:
                 image = do_upscale(image, scale)
             return image if image.size == (width, height) else image.resize((width, height), Image.Resampling.LANCZOS)
 
+        def run(image, width: int, height: int):
+            # A1111's Extras drops transparency; stickers need it kept. A filter resizes RGBA itself
+            # (PIL weighs colours by alpha); a model sees colours only, so the alpha channel goes through
+            # it again as a grey picture (the outline stays as sharp as the colours).
+            if not has_alpha(image):
+                return run_rgb(image.convert("RGB"), width, height)
+            rgba = image.convert("RGBA")
+            if resample is not None:
+                return run_rgb(rgba, width, height)
+            out = run_rgb(rgba.convert("RGB"), width, height).convert("RGBA")
+            out.putalpha(run_rgb(rgba.getchannel("A").convert("RGB"), width, height).convert("L"))
+            return out
+
         return run
+
+
+def has_alpha(image) -> bool:
+    """Whether a PIL picture carries transparency (an alpha channel or a transparent palette colour)."""
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
 
 
 def upscaler_function(name: str, models_root: Path | None, *, allow_pickle: bool, device: str = "cpu",

@@ -58,11 +58,13 @@ def upscale_extras(image, opts: ExtrasOptions, upscaler_for, max_pixels: int = 8
     """One picture through upscaler 1 (and 2, blended), to the asked size; (picture, infotext)."""
     from PIL import Image
 
+    from lorastudio.generation.upscalers import has_alpha
+
     if opts.gfpgan_visibility or opts.codeformer_visibility:
         raise InvalidParameter("gfpgan_visibility" if opts.gfpgan_visibility else "codeformer_visibility",
                                opts.gfpgan_visibility or opts.codeformer_visibility,
                                "face restoration is not available; leave it at 0")
-    image = image.convert("RGB")
+    image = image.convert("RGBA" if has_alpha(image) else "RGB")  # transparency kept (see upscalers.to_size)
     if opts.resize_mode == 1:
         w, h = opts.upscaling_resize_w, opts.upscaling_resize_h
         k = max(w / image.width, h / image.height) if opts.upscaling_crop else min(w / image.width, h / image.height)

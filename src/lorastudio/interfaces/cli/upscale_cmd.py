@@ -51,7 +51,7 @@ def _upscale_all(images: list[Path], upscaler: str, scale: float, settings, tile
     for p in images:  # every input is checked before anything is computed or written
         try:
             with Image.open(p) as im:
-                pictures.append((p, im.convert("RGB")))
+                pictures.append((p, im.copy()))  # the upscaler keeps transparency
         except (OSError, UnidentifiedImageError) as exc:
             raise InvalidParameter("IMG", str(p), f"not a readable picture: {exc}") from None
     run = upscaler_function(upscaler, ModelsRoot.at(settings.models_dir).root, allow_pickle=settings.allow_pickle,

@@ -359,7 +359,7 @@ export async function initGenerate(app) {
     }
   }
 
-  return { fill, insertPrompt, setMode, sweep };
+  return { fill, insertPrompt, setMode, sendTo, sweep };
 }
 
 export function setBar(box, fraction, label) {

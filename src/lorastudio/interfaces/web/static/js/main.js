@@ -1,10 +1,11 @@
-// The page: tabs, language, and the four panels wired to one another.
+// The page: tabs, language, and the five panels wired to one another.
 import { $, $$ } from "./dom.js";
 import { initialLanguage, setLanguage } from "./i18n.js";
 import { initGenerate } from "./generate.js";
 import { initTrain } from "./train.js";
 import { initLoras } from "./loras.js";
 import { initPngInfo } from "./pnginfo.js";
+import { initExtras } from "./extras.js";
 
 const TAB_KEY = "lorastudio.tab";
 
@@ -27,9 +28,10 @@ async function main() {
   app.generate = await initGenerate(app);
   app.train = await initTrain(app);
   app.loras = await initLoras(app);
+  app.extras = await initExtras(app);
   app.pnginfo = initPngInfo(app);
   const hashTab = location.hash.replace("#", "");
-  showTab(["generate", "train", "loras", "pnginfo"].includes(hashTab) ? hashTab
+  showTab(["generate", "train", "loras", "extras", "pnginfo"].includes(hashTab) ? hashTab
     : localStorage.getItem(TAB_KEY) || "generate");
   document.body.dataset.ready = "1";
 }
