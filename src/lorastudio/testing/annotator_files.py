@@ -111,3 +111,36 @@ def edge_picture(h: int = 96, w: int = 128, seed: int = 0):
     cv2.rectangle(im, (w // 2, h // 5), (w - w // 8, h - h // 4), (40, 120, 180), -1)
     cv2.line(im, (0, h - 5), (w - 1, h // 3), (10, 10, 10), 2)
     return np.clip(im.astype(int) + rng.randint(-12, 13, im.shape), 0, 255).astype(np.uint8)
+
+
+def pidinet_state_dict(seed: int = 0) -> dict:
+    """table5_pidinet.pth (PiDiNet "carv4", 60 channels, dilation modules of 24, attention), keys without
+    the file's `module.` prefix: `init_block.weight` (60,3,3,3); blocks 1_1..1_3 at 60 channels, 2_1..2_4
+    at 120, 3_1..3_4 and 4_1..4_4 at 240, each a depthwise `conv1` (C_in,1,3,3) and a 1x1 `conv2`
+    (C_out,C_in,1,1) without bias, the first block of stages 2-4 also a 1x1 `shortcut` with bias; per
+    stage i: `dilations.i.conv1` (24,C,1,1)+bias and `conv2_1..4` (24,24,3,3), `attentions.i.conv1`
+    (4,24,1,1)+bias and `conv2` (1,4,3,3), `conv_reduces.i.conv` (1,24,1,1)+bias; `classifier` (1,4,1,1)+bias.
+    The pixel-difference kernels are stored raw (3x3 for every kind)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    sd: dict = {"init_block.weight": _uniform(g, (60, 3, 3, 3), 2.0)}
+    channels = {1: (60, 60), 2: (60, 120), 3: (120, 240), 4: (240, 240)}
+    for s, n in ((1, 3), (2, 4), (3, 4), (4, 4)):
+        cin, cout = channels[s]
+        for i in range(1, n + 1):
+            c = cin if i == 1 else cout
+            key = f"block{s}_{i}"
+            if i == 1 and s > 1:
+                _conv(sd, g, f"{key}.shortcut", cout, cin, 1, gain=1.0)
+            sd[f"{key}.conv1.weight"] = _uniform(g, (c, 1, 3, 3), 0.8)
+            sd[f"{key}.conv2.weight"] = _uniform(g, (cout, c, 1, 1), 1.2 / c ** 0.5)
+    for i, c in enumerate((60, 120, 240, 240)):
+        _conv(sd, g, f"dilations.{i}.conv1", 24, c, 1, gain=1.7)
+        for j in range(1, 5):
+            sd[f"dilations.{i}.conv2_{j}.weight"] = _uniform(g, (24, 24, 3, 3), 0.9 / (24 * 9) ** 0.5)
+        _conv(sd, g, f"attentions.{i}.conv1", 4, 24, 1)
+        sd[f"attentions.{i}.conv2.weight"] = _uniform(g, (1, 4, 3, 3), 0.8)
+        _conv(sd, g, f"conv_reduces.{i}.conv", 1, 24, 1, gain=4.0)
+    _conv(sd, g, "classifier", 1, 4, 1, gain=2.0)
+    return sd

@@ -15,6 +15,7 @@ from lorastudio.core.errors import InvalidParameter
 from lorastudio.generation.preprocessors.annotator_weights import AnnotatorFiles, find_annotator_file
 from lorastudio.generation.preprocessors.line_detectors import LINE_DETECTORS
 from lorastudio.generation.preprocessors.model_free import _RES
+from lorastudio.generation.preprocessors.pidinet import PIDINET_DETECTORS
 
 WITH_WEIGHTS: dict[str, tuple[str, ...]] = {
     "depth_midas": ("dpt_hybrid-midas-501f0c75.pt",),
@@ -28,6 +29,8 @@ WITH_WEIGHTS: dict[str, tuple[str, ...]] = {
     "softedge_hed": ("ControlNetHED.pth",),
     "softedge_hedsafe": ("ControlNetHED.pth",),
     "softedge_pidinet": ("table5_pidinet.pth",),
+    "softedge_pidisafe": ("table5_pidinet.pth",),
+    "scribble_pidinet": ("table5_pidinet.pth",),
     "mlsd": ("mlsd_large_512_fp32.pth",),
     "seg_ofade20k": ("250_16_swin_l_oneformer_ade20k_160k.pth",),
     "depth_anything": ("depth_anything_vitl14.pth",),
@@ -68,6 +71,7 @@ def _map_only(run):
 # threshold_b) sliders as the extension's).
 RUNNABLE = {
     **{name: (_map_only(run), (_RES, None, None)) for name, run in LINE_DETECTORS.items()},
+    **{name: (_map_only(run), (_RES, None, None)) for name, run in PIDINET_DETECTORS.items()},
     "openpose": (_openpose, (_RES, None, None)),
     "openpose_full": (_openpose_full, (_RES, None, None)),
     "depth_anything": (_depth_anything("depth_anything"), (_RES, None, None)),
