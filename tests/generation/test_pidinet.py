@@ -46,9 +46,11 @@ def test_network_has_the_files_keys_and_shapes(state):
     assert shapes["block1_2.conv1.weight"] == (60, 1, 3, 3) and shapes["block1_3.conv2.weight"] == (60, 60, 1, 1)
     assert shapes["block2_1.shortcut.weight"] == (120, 60, 1, 1) and shapes["block2_1.shortcut.bias"] == (120,)
     assert shapes["block2_1.conv1.weight"] == (60, 1, 3, 3) and shapes["block2_1.conv2.weight"] == (120, 60, 1, 1)
-    assert shapes["block3_1.conv2.weight"] == (240, 120, 1, 1) and shapes["block4_1.shortcut.weight"] == (240, 240, 1, 1)
+    assert shapes["block3_1.conv2.weight"] == (240, 120, 1, 1)
+    assert shapes["block4_1.shortcut.weight"] == (240, 240, 1, 1)
     assert "block1_1.shortcut.weight" not in shapes and "block4_5.conv1.weight" not in shapes
-    assert shapes["dilations.0.conv1.weight"] == (24, 60, 1, 1) and shapes["dilations.3.conv1.weight"] == (24, 240, 1, 1)
+    assert shapes["dilations.0.conv1.weight"] == (24, 60, 1, 1)
+    assert shapes["dilations.3.conv1.weight"] == (24, 240, 1, 1)
     assert shapes["dilations.2.conv2_4.weight"] == (24, 24, 3, 3) and "dilations.2.conv2_4.bias" not in shapes
     assert shapes["attentions.1.conv1.weight"] == (4, 24, 1, 1) and shapes["attentions.1.conv2.weight"] == (1, 4, 3, 3)
     assert shapes["conv_reduces.3.conv.weight"] == (1, 24, 1, 1) and shapes["conv_reduces.3.conv.bias"] == (1,)
