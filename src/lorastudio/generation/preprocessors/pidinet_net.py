@@ -27,11 +27,12 @@ BASE = 60  # channels of the first stage; the second has 120, the third and four
 DIL = 24  # channels of each compact dilation module
 # the "carv4" pattern: the pixel-difference kind of layer 0 (init_block) and of each block's conv1, in order
 CARV4 = ("cd", "ad", "rd", "cv") * 4
+# Tap indices, as tuples so they stay constant; they index as list(...), since a tuple would index several dims.
 # the angular difference pairs each tap of the 3x3 kernel with its clockwise neighbour
-_CLOCKWISE = [3, 0, 1, 6, 4, 2, 7, 8, 5]
+_CLOCKWISE = (3, 0, 1, 6, 4, 2, 7, 8, 5)
 # the radial difference spreads the 8 outer taps to the 5x5 ring (+) and the 3x3 ring (-)
-_OUTER = [0, 2, 4, 10, 14, 20, 22, 24]
-_INNER = [6, 7, 8, 11, 13, 16, 17, 18]
+_OUTER = (0, 2, 4, 10, 14, 20, 22, 24)
+_INNER = (6, 7, 8, 11, 13, 16, 17, 18)
 
 
 class PixelDifferenceConv(nn.Module):
@@ -54,10 +55,10 @@ class PixelDifferenceConv(nn.Module):
             return F.conv2d(x, w, padding=1, groups=g) - centre
         flat = w.view(w.shape[0], w.shape[1], 9)
         if self.kind == "ad":
-            return F.conv2d(x, (flat - flat[:, :, _CLOCKWISE]).view(w.shape), padding=1, groups=g)
+            return F.conv2d(x, (flat - flat[:, :, list(_CLOCKWISE)]).view(w.shape), padding=1, groups=g)
         ring = torch.zeros(w.shape[0], w.shape[1], 25, dtype=w.dtype, device=w.device)
-        ring[:, :, _OUTER] = flat[:, :, 1:]
-        ring[:, :, _INNER] = -flat[:, :, 1:]
+        ring[:, :, list(_OUTER)] = flat[:, :, 1:]
+        ring[:, :, list(_INNER)] = -flat[:, :, 1:]
         return F.conv2d(x, ring.view(w.shape[0], w.shape[1], 5, 5), padding=2, groups=g)
 
 
