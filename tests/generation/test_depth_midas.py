@@ -62,7 +62,8 @@ def original_layout(hidden, layers, grid, stem, widths, depths, neck, features) 
         b = f"{p}blocks.{i}."
         s.update({b + "norm1.weight": (hidden,), b + "norm1.bias": (hidden,),
                   b + "attn.qkv.weight": (3 * hidden, hidden), b + "attn.qkv.bias": (3 * hidden,),
-                  b + "attn.proj.weight": (hidden, hidden), b + "attn.proj.bias": (hidden,), b + "norm2.weight": (hidden,), b + "norm2.bias": (hidden,),
+                  b + "attn.proj.weight": (hidden, hidden), b + "attn.proj.bias": (hidden,),
+                  b + "norm2.weight": (hidden,), b + "norm2.bias": (hidden,),
                   b + "mlp.fc1.weight": (4 * hidden, hidden), b + "mlp.fc1.bias": (4 * hidden,),
                   b + "mlp.fc2.weight": (hidden, 4 * hidden), b + "mlp.fc2.bias": (hidden,)})
     for n in (3, 4):
