@@ -225,7 +225,7 @@ def test_pickle_policy_and_the_missing_file_message(tmp_path):
     assert run_preprocessor("depth_anything_v2", photo(), **args).shape == (64, 107, 3)
 
     table = preprocessors()
-    assert table["depth_anything"].runs and not table["depth_midas"].runs
+    assert table["depth_anything"].runs and not table["depth_leres"].runs
 
 
 def test_detect_route_and_a_txt2img_unit_with_depth_anything(tmp_path):

@@ -59,6 +59,12 @@ def _depth_anything(name: str):
     return detect
 
 
+def _depth_midas(image: np.ndarray, resolution, a, b, files: AnnotatorFiles) -> tuple[np.ndarray, None]:
+    from lorastudio.generation.preprocessors import depth_midas
+
+    return depth_midas.run(image, int(resolution), files), None
+
+
 def _map_only(run):
     """A detector that reports only its map, in the (map, extra) shape of the table below."""
     def detect(image: np.ndarray, resolution, a, b, files: AnnotatorFiles) -> tuple[np.ndarray, None]:
@@ -76,10 +82,11 @@ RUNNABLE = {
     "openpose_full": (_openpose_full, (_RES, None, None)),
     "depth_anything": (_depth_anything("depth_anything"), (_RES, None, None)),
     "depth_anything_v2": (_depth_anything("depth_anything_v2"), (_RES, None, None)),
+    "depth_midas": (_depth_midas, (_RES, None, None)),  # the extension's "depth": resolution only
 }
 # Those that accept several file names or a transformers folder: they look for their weights themselves
 # and name what to put where when none is there.
-FINDS_OWN_FILES = frozenset({"depth_anything", "depth_anything_v2"})
+FINDS_OWN_FILES = frozenset({"depth_anything", "depth_anything_v2", "depth_midas"})
 
 
 def missing_weights_error(name: str, files: tuple[str, ...], models_root) -> InvalidParameter:
