@@ -14,7 +14,8 @@ import numpy as np
 from lorastudio.core.errors import InvalidParameter
 from lorastudio.generation.preprocessors.annotator_weights import AnnotatorFiles, find_annotator_file
 from lorastudio.generation.preprocessors.line_detectors import LINE_DETECTORS
-from lorastudio.generation.preprocessors.model_free import _RES
+from lorastudio.generation.preprocessors.mlsd import mlsd
+from lorastudio.generation.preprocessors.model_free import _RES, Slider
 
 WITH_WEIGHTS: dict[str, tuple[str, ...]] = {
     "depth_midas": ("dpt_hybrid-midas-501f0c75.pt",),
@@ -72,6 +73,8 @@ RUNNABLE = {
     "openpose_full": (_openpose_full, (_RES, None, None)),
     "depth_anything": (_depth_anything("depth_anything"), (_RES, None, None)),
     "depth_anything_v2": (_depth_anything("depth_anything_v2"), (_RES, None, None)),
+    "mlsd": (_map_only(mlsd), (_RES, Slider("MLSD Value Threshold", 0.1, 0.01, 2.0),
+                               Slider("MLSD Distance Threshold", 0.1, 0.01, 20.0))),
 }
 # Those that accept several file names or a transformers folder: they look for their weights themselves
 # and name what to put where when none is there.
