@@ -82,6 +82,72 @@ def lineart_anime_state_dict(seed: int = 0) -> dict:
     return sd
 
 
+def _batch_norm(sd, g, key, ch, *, batches_tracked: bool):
+    import torch
+
+    sd[f"{key}.weight"] = 0.8 + 0.4 * torch.rand((ch,), generator=g)
+    sd[f"{key}.bias"] = _uniform(g, (ch,), 0.1)
+    sd[f"{key}.running_mean"] = _uniform(g, (ch,), 0.1)
+    sd[f"{key}.running_var"] = 0.75 + 0.5 * torch.rand((ch,), generator=g)
+    if batches_tracked:
+        sd[f"{key}.num_batches_tracked"] = torch.tensor(1000, dtype=torch.long)
+
+
+def mlsd_state_dict(seed: int = 0, *, batches_tracked: bool = True) -> dict:
+    """mlsd_large_512_fp32.pth (M-LSD large): every conv followed by a batch norm (weight, bias,
+    running_mean, running_var and, unless `batches_tracked` is off, num_batches_tracked).
+
+    `backbone.features`: `0` a 3x3 conv 4->32 (key 0.0, no bias; BN 0.1); then 13 MobileNetV2 inverted
+    residuals (expansion, out channels, repeats) (1, 16, 1), (6, 24, 2), (6, 32, 3), (6, 64, 4),
+    (6, 96, 3), each `conv` a Sequential: with expansion 6, `0.0` the 1x1 expand conv (hidden = 6 x in),
+    `1.0` the 3x3 depthwise conv (hidden, 1, 3, 3), `2` the 1x1 projection, `3` its BN; with
+    expansion 1 the expand conv is absent (`0.0` depthwise, `1` projection, `2` BN). No backbone bias.
+    Decoder (convs with bias, BN at `.1` after the conv at `.0`): blocks 15/17/19/21 `conv1` a 1x1 conv
+    of the deeper input (96, 64, 64, 64 -> 64) and `conv2` of the shallower (64, 32, 24, 16 -> 64);
+    blocks 16/18/20/22 `conv1` 3x3 128->128, `conv2` 3x3 128->64; block 23 `conv1` and `conv2` 3x3
+    64->64 and `conv3` a 1x1 conv 64->16 (no BN).
+
+    The head is scaled so random weights draw lines: its output channel 7 (the line-centre logit)
+    has a negative bias, so only some centres score above 0.1, and channels 8..11 (the displacements
+    to the ends) are enlarged so the segments are several pixels long."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    sd: dict = {}
+
+    def conv_bn(key, cout, cin, k, *, groups=1, bias=False, gain=2.45):
+        sd[f"{key}.0.weight"] = _uniform(g, (cout, cin // groups, k, k), gain / (cin // groups * k * k) ** 0.5)
+        if bias:
+            sd[f"{key}.0.bias"] = _uniform(g, (cout,), 0.1)
+        _batch_norm(sd, g, f"{key}.1", cout, batches_tracked=batches_tracked)
+
+    conv_bn("backbone.features.0", 32, 4, 3)
+    cin, index = 32, 1
+    for t, cout, n in ((1, 16, 1), (6, 24, 2), (6, 32, 3), (6, 64, 4), (6, 96, 3)):
+        for _ in range(n):
+            key, hidden, i = f"backbone.features.{index}.conv", cin * t, 0
+            if t != 1:
+                conv_bn(f"{key}.0", hidden, cin, 1)
+                i = 1
+            conv_bn(f"{key}.{i}", hidden, hidden, 3, groups=hidden)
+            sd[f"{key}.{i + 1}.weight"] = _uniform(g, (cout, hidden, 1, 1), 1.7 / hidden ** 0.5)
+            _batch_norm(sd, g, f"{key}.{i + 2}", cout, batches_tracked=batches_tracked)
+            cin, index = cout, index + 1
+    for block, deep, shallow in ((15, 96, 64), (17, 64, 32), (19, 64, 24), (21, 64, 16)):
+        conv_bn(f"block{block}.conv1", 64, deep, 1, bias=True)
+        conv_bn(f"block{block}.conv2", 64, shallow, 1, bias=True)
+        conv_bn(f"block{block + 1}.conv1", 128, 128, 3, bias=True, gain=1.2)
+        conv_bn(f"block{block + 1}.conv2", 64, 128, 3, bias=True)
+    conv_bn("block23.conv1", 64, 64, 3, bias=True)
+    conv_bn("block23.conv2", 64, 64, 3, bias=True)
+    head = _uniform(g, (16, 64, 1, 1), 1.7 / 8)
+    head[8:12] *= 3.0
+    sd["block23.conv3.weight"] = head
+    sd["block23.conv3.bias"] = _uniform(g, (16,), 0.1)
+    sd["block23.conv3.bias"][7] = -3.0
+    return sd
+
+
 def write_annotator_file(folder: Path, filename: str, state: dict, *, safetensors: bool = False) -> Path:
     """`state` saved as folder/filename (a torch pickle, as the Annotators files are) or as its
     `.safetensors` twin."""

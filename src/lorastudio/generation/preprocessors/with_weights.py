@@ -14,7 +14,8 @@ import numpy as np
 from lorastudio.core.errors import InvalidParameter
 from lorastudio.generation.preprocessors.annotator_weights import AnnotatorFiles, find_annotator_file
 from lorastudio.generation.preprocessors.line_detectors import LINE_DETECTORS
-from lorastudio.generation.preprocessors.model_free import _RES
+from lorastudio.generation.preprocessors.mlsd import mlsd
+from lorastudio.generation.preprocessors.model_free import _RES, Slider
 from lorastudio.generation.preprocessors.pidinet import PIDINET_DETECTORS
 
 WITH_WEIGHTS: dict[str, tuple[str, ...]] = {
@@ -83,6 +84,8 @@ RUNNABLE = {
     "depth_anything": (_depth_anything("depth_anything"), (_RES, None, None)),
     "depth_anything_v2": (_depth_anything("depth_anything_v2"), (_RES, None, None)),
     "depth_midas": (_depth_midas, (_RES, None, None)),  # the extension's "depth": resolution only
+    "mlsd": (_map_only(mlsd), (_RES, Slider("MLSD Value Threshold", 0.1, 0.01, 2.0),
+                               Slider("MLSD Distance Threshold", 0.1, 0.01, 20.0))),
 }
 # Those that accept several file names or a transformers folder: they look for their weights themselves
 # and name what to put where when none is there.
