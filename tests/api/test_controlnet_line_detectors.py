@@ -63,7 +63,7 @@ def test_detect_and_txt2img_unit(root, tmp_path):
         detail = c.get("/controlnet/module_list").json()["module_detail"]
         for m in ("lineart_realistic", "lineart_coarse", "lineart_anime", "softedge_hed", "softedge_hedsafe"):
             assert detail[m]["runs"] is True and detail[m]["sliders"][0]["name"] == "Resolution", m
-        assert detail["softedge_hed"]["weights"] == ["ControlNetHED.pth"] and detail["depth_leres"]["runs"] is False
+        assert detail["softedge_hed"]["weights"] == ["ControlNetHED.pth"] and detail["seg_ofade20k"]["runs"] is False
         r = c.post("/controlnet/detect", json={"controlnet_module": "softedge_hed", **detect})
         assert r.status_code == 200, r.text
         want = run_preprocessor("softedge_hed", pic, resolution=64, threshold_a=-1, threshold_b=-1, models_root=root)

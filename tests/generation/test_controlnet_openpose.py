@@ -241,7 +241,7 @@ def test_detect_route_returns_the_map_and_the_poses(client):
     detail = client.get("/controlnet/module_list").json()["module_detail"]
     assert detail["openpose"]["runs"] is True and detail["openpose"]["model_free"] is False
     assert detail["openpose"]["sliders"][0]["value"] == 512
-    assert detail["depth_leres"]["runs"] is False and detail["canny"]["runs"] is True
+    assert detail["seg_ofade20k"]["runs"] is False and detail["canny"]["runs"] is True
 
     r = client.post("/controlnet/detect", json={"controlnet_module": "openpose", "controlnet_input_images":
                                                 [b64(picture())], "controlnet_processor_res": 64})

@@ -225,7 +225,7 @@ def test_pickle_policy_and_the_missing_file_message(tmp_path):
     assert run_preprocessor("depth_anything_v2", photo(), **args).shape == (64, 107, 3)
 
     table = preprocessors()
-    assert table["depth_anything"].runs and not table["depth_leres"].runs
+    assert table["depth_anything"].runs and not table["seg_ofade20k"].runs
 
 
 def test_detect_route_and_a_txt2img_unit_with_depth_anything(tmp_path):
@@ -259,7 +259,7 @@ def test_detect_route_and_a_txt2img_unit_with_depth_anything(tmp_path):
         assert r.status_code >= 400 and "depth_anything_vits14.pth" in r.text and "allow-pickle" in r.text, r.text
         detail = c.get("/controlnet/module_list").json()["module_detail"]
         assert detail["depth_anything"]["runs"] and not detail["depth_anything"]["model_free"]
-        assert not detail["depth_leres"]["runs"] and detail["canny"]["runs"]
+        assert not detail["seg_ofade20k"]["runs"] and detail["canny"]["runs"]
     with client(True) as c:
         r = c.post("/controlnet/detect", json=detect)
         assert r.status_code == 200, r.text

@@ -210,3 +210,61 @@ def pidinet_state_dict(seed: int = 0) -> dict:
         _conv(sd, g, f"conv_reduces.{i}.conv", 1, 24, 1, gain=4.0)
     _conv(sd, g, "classifier", 1, 4, 1, gain=2.0)
     return sd
+
+
+def leres_state_dict(seed: int = 0, *, stem: int = 64, widths=(256, 512, 1024, 2048), groups: int = 32,
+                     blocks=(3, 4, 23, 3), mids=(256, 256, 256, 512)) -> dict:
+    """res101.pth's `depth_model` entry (LeReS, ResNeXt-101 32x8d), keys with the file's `module.` prefix; the
+    defaults are the real sizes (115.6 M parameters), smaller ones keep the layout.
+
+    Encoder `module.depth_model.encoder_modules.encoder.`: `conv1` 7x7 3->stem (no bias), `bn1`; stages
+    `layer1..4` of `blocks` bottlenecks whose width is the stage's output (32x8d: 256..2048): `conv1` 1x1,
+    `conv2` 3x3 with `groups` groups (weight (w, w / groups, 3, 3)), `conv3` 1x1, each with its BN
+    (`bn1..3`), no conv bias; block 0 of each stage also `downsample.0` 1x1 conv and `downsample.1` BN.
+    Decoder `module.depth_model.decoder_modules.`: FTBs (`conv1` 3x3 in->mid with bias, `conv_branch.1` and
+    `.4` 3x3 mid->mid with bias, `conv_branch.2` BN): `conv` (widths[3] -> mids[3]); `conv1` 3x3 mids[3] ->
+    mids[2] with bias; `ffm2/1/0` with `ftb1` (widths[i] -> mids[i]) and `ftb2` (mids[i] -> mids[i]);
+    `outconv.adapt_conv.0` 3x3 mids[0] -> mids[0] / 2, `.1` BN, `.3` 3x3 -> 1 channel, with biases.
+    Every BN has weight, bias, running_mean, running_var, num_batches_tracked."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    sd: dict = {}
+    enc, dec = "module.depth_model.encoder_modules.encoder", "module.depth_model.decoder_modules"
+
+    def conv(key, cout, cin, k, *, bias=False, gain=2.45):
+        sd[f"{key}.weight"] = _uniform(g, (cout, cin, k, k), gain / (cin * k * k) ** 0.5)
+        if bias:
+            sd[f"{key}.bias"] = _uniform(g, (cout,), 0.1)
+
+    conv(f"{enc}.conv1", stem, 3, 7, gain=2.45 / 300)  # the stem sees ImageNet-normalised 0..255 values
+    _batch_norm(sd, g, f"{enc}.bn1", stem, batches_tracked=True)
+    cin = stem
+    for i, (w, n) in enumerate(zip(widths, blocks), start=1):
+        for b in range(n):
+            key = f"{enc}.layer{i}.{b}"
+            conv(f"{key}.conv1", w, cin if b == 0 else w, 1)
+            conv(f"{key}.conv2", w, w // groups, 3)
+            conv(f"{key}.conv3", w, w, 1, gain=0.8)  # a modest residual branch: the 33 blocks stay finite
+            for j in (1, 2, 3):
+                _batch_norm(sd, g, f"{key}.bn{j}", w, batches_tracked=True)
+            if b == 0:
+                conv(f"{key}.downsample.0", w, cin, 1)
+                _batch_norm(sd, g, f"{key}.downsample.1", w, batches_tracked=True)
+        cin = w
+
+    def ftb(key, cin, mid):
+        conv(f"{key}.conv1", mid, cin, 3, bias=True)
+        conv(f"{key}.conv_branch.1", mid, mid, 3, bias=True)
+        _batch_norm(sd, g, f"{key}.conv_branch.2", mid, batches_tracked=True)
+        conv(f"{key}.conv_branch.4", mid, mid, 3, bias=True, gain=0.8)
+
+    ftb(f"{dec}.conv", widths[3], mids[3])
+    conv(f"{dec}.conv1", mids[2], mids[3], 3, bias=True)
+    for i in (2, 1, 0):
+        ftb(f"{dec}.ffm{i}.ftb1", widths[i], mids[i])
+        ftb(f"{dec}.ffm{i}.ftb2", mids[i], mids[i])
+    conv(f"{dec}.outconv.adapt_conv.0", mids[0] // 2, mids[0], 3, bias=True)
+    _batch_norm(sd, g, f"{dec}.outconv.adapt_conv.1", mids[0] // 2, batches_tracked=True)
+    conv(f"{dec}.outconv.adapt_conv.3", 1, mids[0] // 2, 3, bias=True)
+    return sd

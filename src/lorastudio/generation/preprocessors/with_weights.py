@@ -66,6 +66,12 @@ def _depth_midas(image: np.ndarray, resolution, a, b, files: AnnotatorFiles) -> 
     return depth_midas.run(image, int(resolution), files), None
 
 
+def _depth_leres(image: np.ndarray, resolution, a, b, files: AnnotatorFiles) -> tuple[np.ndarray, None]:
+    from lorastudio.generation.preprocessors import depth_leres
+
+    return depth_leres.run(image, int(resolution), a, b, files), None
+
+
 def _map_only(run):
     """A detector that reports only its map, in the (map, extra) shape of the table below."""
     def detect(image: np.ndarray, resolution, a, b, files: AnnotatorFiles) -> tuple[np.ndarray, None]:
@@ -84,12 +90,14 @@ RUNNABLE = {
     "depth_anything": (_depth_anything("depth_anything"), (_RES, None, None)),
     "depth_anything_v2": (_depth_anything("depth_anything_v2"), (_RES, None, None)),
     "depth_midas": (_depth_midas, (_RES, None, None)),  # the extension's "depth": resolution only
+    "depth_leres": (_depth_leres, (_RES, Slider("Remove Near %", 0, 0, 100),
+                                   Slider("Remove Background %", 0, 0, 100))),
     "mlsd": (_map_only(mlsd), (_RES, Slider("MLSD Value Threshold", 0.1, 0.01, 2.0),
                                Slider("MLSD Distance Threshold", 0.1, 0.01, 20.0))),
 }
 # Those that accept several file names or a transformers folder: they look for their weights themselves
 # and name what to put where when none is there.
-FINDS_OWN_FILES = frozenset({"depth_anything", "depth_anything_v2", "depth_midas"})
+FINDS_OWN_FILES = frozenset({"depth_anything", "depth_anything_v2", "depth_midas", "depth_leres"})
 
 
 def missing_weights_error(name: str, files: tuple[str, ...], models_root) -> InvalidParameter:

@@ -1,0 +1,251 @@
+#!/usr/bin/env python
+"""The depth_leres preprocessor: lorastudio's against controlnet_aux's LeresDetector on the same pictures and weights.
+
+Random weights of the real size are written in the real file layout (res101.pth: a checkpoint whose
+`depth_model` entry holds the ResNeXt-101 LeReS network, keys prefixed `module.`, 115.6 M parameters;
+`lorastudio.testing.annotator_files.leres_state_dict`), plus small `shift_model` / `focal_model` entries as
+the published checkpoint has. lorastudio (this interpreter, PYTHONPATH = this checkout's src) and
+controlnet_aux (run by --aux-python, a separate venv holding controlnet_aux; never imported here) load that
+same file: controlnet_aux with its own RelDepthModel, strip_prefix_if_present and a strict load (its
+from_pretrained also insists on the pix2pix file of depth_leres++, which this bench does not compare).
+
+controlnet_aux's LeresDetector runs the network and the normalisation / thresholds / inversion exactly as the
+A1111 extension's apply_leres (the same estimateleres); only the resize around it differs (controlnet_aux
+rounds sides to multiples of 64, the extension pads), so the controlnet_aux side is given the extension's
+resize-and-pad first (its own resize is then the identity) and the padding is cut after.
+
+Compared per picture: `input` the network input tensors (controlnet_aux's scale_torch of the flipped
+picture vs ours), `net` both networks' raw predictions on the same input, `map` the final uint8 maps for the
+default sliders and one other (Remove Near %, Remove Background %) pair. A `known` case replaces the network
+on both sides by one returning a constructed prediction (a ramp with noise and ties; a flat one), so the
+normalisation and the thresholds are compared on more than what random weights give.
+
+    PYTHONPATH=src /work/main/.venv/bin/python bench/depth_leres_vs_controlnet_aux.py \
+        --aux-python /work/kohya/venv/bin/python [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+AUX_SIDE = "--aux-side"
+# (height, width, detect resolution, (remove near %, remove background %) besides the defaults 0, 0)
+PICTURES = ((512, 512, 512, (20.0, 0.0)), (333, 517, 320, (0.0, 35.0)), (600, 450, 384, (12.5, 60.0)),
+            (100, 70, 64, (50.0, 50.0)))
+KNOWN_SLIDERS = ((0.0, 0.0), (20.0, 0.0), (0.0, 35.0), (33.3, 66.6), (100.0, 0.0))
+
+
+def _extension_resize_with_pad(rgb: np.ndarray, resolution: int):
+    """The extension's resize_image_with_pad: short side to `resolution` (cubic up, area down), edge
+    padding to multiples of 64; returns the padded picture and the (w, h) before padding."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    k = resolution / min(h, w)
+    size = (int(np.round(w * k)), int(np.round(h * k)))
+    small = cv2.resize(rgb, size, interpolation=cv2.INTER_CUBIC if k > 1 else cv2.INTER_AREA)
+    return np.pad(small, ((0, -size[1] % 64), (0, -size[0] % 64), (0, 0)), mode="edge"), size
+
+
+def known_predictions() -> dict:
+    """Constructed (1, 1, H, W) predictions: a ramp with noise and repeated values, and a flat one."""
+    rng = np.random.RandomState(3)
+    yy, xx = np.mgrid[:128, :192].astype(np.float32)
+    ramp = (xx / 191 - 0.3 * yy / 127 + 0.05 * rng.randn(128, 192)).astype(np.float32)
+    ramp[40:60, 50:90] = 0.25  # ties
+    return {"ramp": ramp[None, None], "flat": np.full((1, 1, 64, 64), 0.7, np.float32)}
+
+
+def _sliders(key: str) -> tuple[float, float]:
+    a, b = key.split("/")[-2].removeprefix("t").split("_")
+    return float(a), float(b)
+
+
+# ---------------------------------------------------------------------------------------------
+# The controlnet_aux side: this same file run by --aux-python with AUX_SIDE; it imports only
+# controlnet_aux, torch, numpy, cv2.
+
+class _FixedDepth:
+    """Stands in for RelDepthModel on the controlnet_aux side: its depth_model returns the given prediction."""
+
+    def __init__(self, out):
+        import torch
+
+        self._p = torch.nn.Parameter(torch.zeros(1))
+        self.depth_model = lambda x: torch.from_numpy(out)
+
+    def parameters(self):
+        return iter([self._p])
+
+
+def aux_side(job: dict) -> dict:
+    import torch
+    from controlnet_aux.leres import LeresDetector
+    from controlnet_aux.leres.leres.depthmap import scale_torch
+    from controlnet_aux.leres.leres.multi_depth_model_woauxi import RelDepthModel
+    from controlnet_aux.leres.leres.net_tools import strip_prefix_if_present
+
+    checkpoint = torch.load(job["file"], map_location="cpu")  # as LeresDetector.from_pretrained loads it
+    model = RelDepthModel(backbone="resnext101")
+    model.load_state_dict(strip_prefix_if_present(checkpoint["depth_model"], "module."), strict=True)
+    model.eval()
+    del checkpoint
+    det = LeresDetector(model, None)
+    out: dict = {}
+    for name, (path, res, sliders) in job["pictures"].items():
+        padded, (w, h) = _extension_resize_with_pad(np.load(path), res)
+        x = scale_torch(padded[:, :, ::-1].copy())[None]  # estimateleres's input
+        out[f"{name}/input"] = x.numpy()
+        with torch.no_grad():
+            out[f"{name}/net"] = model.depth_model(torch.from_numpy(np.load(job["inputs"][name]))).numpy()
+        side = min(padded.shape[:2])
+        for a, b in ((0.0, 0.0), tuple(sliders)):
+            t = time.perf_counter()
+            m = np.asarray(det(padded, thr_a=a, thr_b=b, boost=False, detect_resolution=side, image_resolution=side,
+                               output_type="np"))
+            out[f"{name}/t{a}_{b}/seconds"] = np.array(time.perf_counter() - t)
+            out[f"{name}/t{a}_{b}/map"] = m[:h, :w]
+    for kind, path in job["known"].items():
+        pred = np.load(path)
+        det.model = _FixedDepth(pred)
+        picture = np.zeros(pred.shape[2:] + (3,), np.uint8)
+        for a, b in KNOWN_SLIDERS:
+            out[f"known_{kind}/t{a}_{b}/map"] = np.asarray(det(picture, thr_a=a, thr_b=b, detect_resolution=min(
+                picture.shape[:2]), image_resolution=min(picture.shape[:2]), output_type="np"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The lorastudio side.
+
+def write_inputs(work: Path, seed: int) -> dict:
+    import torch
+
+    from lorastudio.generation.preprocessors.depth_leres import network_input
+    from lorastudio.generation.preprocessors.line_detectors import pad_to_64
+    from lorastudio.testing.annotator_files import edge_picture, leres_state_dict
+
+    folder = work / "models" / "ControlNetPreprocessor"
+    folder.mkdir(parents=True)
+    g = torch.Generator().manual_seed(seed + 1)
+    extra = {"module.fc.weight": torch.randn(8, 4, generator=g)}  # the checkpoint's other entries: not read
+    torch.save({"depth_model": leres_state_dict(seed), "shift_model": extra, "focal_model": extra},
+               folder / "res101.pth")
+    pictures, inputs = {}, {}
+    for i, (h, w, res, sliders) in enumerate(PICTURES):
+        name = f"{h}x{w}@{res}"
+        rgb = edge_picture(h, w, seed=seed + i)
+        if i % 2:  # and some noise pictures
+            rgb = (np.random.RandomState(seed + i).rand(h, w, 3) * 255).astype(np.uint8)
+        np.save(work / f"{name}.npy", rgb)
+        np.save(work / f"{name}_input.npy", network_input(pad_to_64(rgb, res)[0]).numpy())
+        pictures[name], inputs[name] = (str(work / f"{name}.npy"), res, sliders), str(work / f"{name}_input.npy")
+    known = {}
+    for kind, pred in known_predictions().items():
+        np.save(work / f"known_{kind}.npy", pred)
+        known[kind] = str(work / f"known_{kind}.npy")
+    return {"file": str(folder / "res101.pth"), "models_root": str(work / "models"), "pictures": pictures,
+            "inputs": inputs, "known": known}
+
+
+def ours(job: dict) -> dict:
+    import torch
+
+    from lorastudio.generation.preprocessors import run_preprocessor
+    from lorastudio.generation.preprocessors.annotator_weights import AnnotatorFiles
+    from lorastudio.generation.preprocessors.depth_leres import leres_map, load_network, network_input
+    from lorastudio.generation.preprocessors.line_detectors import pad_to_64
+
+    files = AnnotatorFiles(Path(job["models_root"]), allow_pickle=True)
+    net = load_network(Path(job["file"]), files)
+    out: dict = {}
+    for name, (path, res, sliders) in job["pictures"].items():
+        rgb = np.load(path)
+        out[f"{name}/input"] = network_input(pad_to_64(rgb, res)[0]).numpy()
+        with torch.no_grad():
+            out[f"{name}/net"] = net(torch.from_numpy(np.load(job["inputs"][name]))).numpy()
+        for a, b in ((0.0, 0.0), tuple(sliders)):
+            t = time.perf_counter()
+            out[f"{name}/t{a}_{b}/map"] = run_preprocessor("depth_leres", rgb, resolution=res, threshold_a=a,
+                                                           threshold_b=b, models_root=job["models_root"],
+                                                           allow_pickle=True)
+            out[f"{name}/t{a}_{b}/seconds"] = np.array(time.perf_counter() - t)
+    for kind, path in job["known"].items():
+        pred = torch.from_numpy(np.load(path))
+        picture = np.zeros(tuple(pred.shape[2:]) + (3,), np.uint8)
+        for a, b in KNOWN_SLIDERS:
+            out[f"known_{kind}/t{a}_{b}/map"] = leres_map(picture, min(picture.shape[:2]), a, b, lambda x: pred)
+    return out
+
+
+def compare(mine: dict, theirs: dict) -> dict:
+    rows = {}
+    for key in sorted(theirs):
+        if key.endswith("/seconds"):
+            continue
+        a, b = mine[key].astype(np.float64), theirs[key].astype(np.float64)
+        if a.shape != b.shape:
+            rows[key] = {"shape_ours": list(a.shape), "shape_aux": list(b.shape)}
+            continue
+        diff = np.abs(a - b)
+        row = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean())}
+        if key.endswith("/map"):
+            row["differing_pixels"] = float((diff > 0).mean())
+            row["mean_value_aux"] = float(b.mean())
+            seconds = key.replace("/map", "/seconds")
+            if seconds in theirs:  # ours includes reading the 460 MB file: lorastudio reads it for each map
+                row["seconds_ours"], row["seconds_aux"] = float(mine[seconds]), float(theirs[seconds])
+        elif key.endswith("/net"):
+            row["range_aux"] = float(b.max() - b.min())
+        rows[key] = row
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--aux-python", required=True, help="a python whose environment holds controlnet_aux")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    with tempfile.TemporaryDirectory(prefix="leres-vs-aux-") as tmp:
+        work = Path(tmp)
+        job = write_inputs(work, args.seed)
+        (work / "job.json").write_text(json.dumps(job))
+        subprocess.run([args.aux_python, __file__, AUX_SIDE, str(work / "job.json"), str(work / "aux.npz"),
+                        str(args.threads)], check=True, env=env)
+        theirs = dict(np.load(work / "aux.npz"))
+        rows = compare(ours(job), theirs)
+    for key, row in rows.items():
+        print(f"{key:34s} " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    maps = [r.get("max_abs", float("inf")) for k, r in rows.items() if k.endswith("/map")]
+    print(json.dumps({"bench": "depth_leres_vs_controlnet_aux", "seed": args.seed, "maps_max_abs": max(maps),
+                      "input_max_abs": max(r.get("max_abs", float("inf")) for k, r in rows.items()
+                                           if k.endswith("/input")),
+                      "net_max_abs": max(r.get("max_abs", float("inf")) for k, r in rows.items()
+                                         if k.endswith("/net")),
+                      "rows": rows}))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == AUX_SIDE:
+        job_path, out_path, threads = sys.argv[2:5]
+        import torch
+
+        torch.set_num_threads(int(threads))
+        np.savez(out_path, **aux_side(json.loads(Path(job_path).read_text())))
+    else:
+        main()
