@@ -230,6 +230,15 @@ def test_pickle_rule_safetensors_twin_and_absent_file(pth_root, small, tmp_path)
     with pytest.raises(InvalidParameter) as e:
         run(im, tmp_path / "empty")
     assert FILE in str(e.value) and "never downloads" in str(e.value) and "leres" in str(e.value)
+    # depth_leres++ (the boost) is listed and names the merging network's file, but does not run
+    args = dict(resolution=64, threshold_a=0, threshold_b=0, allow_pickle=True)
+    with pytest.raises(InvalidParameter, match="needs latest_net_G.pth in"):
+        run_preprocessor("depth_leres++", im, models_root=pth_root, **args)
+    write_annotator_file(twin / "ControlNetPreprocessor", "latest_net_G.pth", {"w": torch.zeros(1)}, safetensors=True)
+    write_annotator_file(twin / "ControlNetPreprocessor", FILE, small, safetensors=True)
+    with pytest.raises(InvalidParameter, match="does not run yet"):
+        run_preprocessor("depth_leres++", im, models_root=twin, **args)
+    assert not preprocessors()["depth_leres++"].runs
 
 
 def _b64(arr) -> str:

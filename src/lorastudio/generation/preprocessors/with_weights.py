@@ -21,6 +21,7 @@ from lorastudio.generation.preprocessors.pidinet import PIDINET_DETECTORS
 WITH_WEIGHTS: dict[str, tuple[str, ...]] = {
     "depth_midas": ("dpt_hybrid-midas-501f0c75.pt",),
     "depth_leres": ("res101.pth",),
+    "depth_leres++": ("res101.pth", "latest_net_G.pth"),  # LeReS with the pix2pix merging network (boost)
     "normal_bae": ("scannet.pt",),
     "openpose": ("body_pose_model.pth",),
     "openpose_full": ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
