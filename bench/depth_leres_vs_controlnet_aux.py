@@ -22,6 +22,11 @@ normalisation and the thresholds are compared on more than what random weights g
 
     PYTHONPATH=src /work/main/.venv/bin/python bench/depth_leres_vs_controlnet_aux.py \
         --aux-python /work/kohya/venv/bin/python [--threads 2]
+
+`--golden FILE` writes instead the fixture of tests/generation/test_depth_leres.py: controlnet_aux's own
+blocks (its Bottleneck, FTB, FFM, AO and the forwards of its ResNet, Decoder, DepthNet, DepthModel) assembled
+at the test's small size (GOLDEN_SIZES), loading strictly the test's small file (`leres_state_dict(0, **sizes)`,
+written by this side), run by its LeresDetector on the extension's padded picture: the prediction and the maps.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ AUX_SIDE = "--aux-side"
 # (height, width, detect resolution, (remove near %, remove background %) besides the defaults 0, 0)
 PICTURES = ((512, 512, 512, (20.0, 0.0)), (333, 517, 320, (0.0, 35.0)), (600, 450, 384, (12.5, 60.0)),
             (100, 70, 64, (50.0, 50.0)))
+# the test's small network: the stem, the stages' widths (= their outputs), groups, blocks, decoder widths
+GOLDEN_SIZES = dict(stem=16, widths=(32, 64, 128, 256), groups=4, blocks=(1, 1, 2, 1), mids=(32, 32, 32, 64))
+GOLDEN_SLIDERS = ((0.0, 0.0), (20.0, 30.0))
 KNOWN_SLIDERS = ((0.0, 0.0), (20.0, 0.0), (0.0, 35.0), (33.3, 66.6), (100.0, 0.0))
 
 
@@ -122,6 +130,92 @@ def aux_side(job: dict) -> dict:
             out[f"known_{kind}/t{a}_{b}/map"] = np.asarray(det(picture, thr_a=a, thr_b=b, detect_resolution=min(
                 picture.shape[:2]), image_resolution=min(picture.shape[:2]), output_type="np"))
     return out
+
+
+def _aux_small_model(sizes: dict):
+    """controlnet_aux's RelDepthModel at other sizes, built from its own modules (its constructors fix the
+    ResNeXt-101 sizes); the forwards are all controlnet_aux's."""
+    from torch import nn
+    from controlnet_aux.leres.leres import Resnext_torch as R
+    from controlnet_aux.leres.leres import network_auxi as N
+    from controlnet_aux.leres.leres.multi_depth_model_woauxi import DepthModel, RelDepthModel
+
+    enc = R.ResNet.__new__(R.ResNet)
+    nn.Module.__init__(enc)
+    enc.conv1 = nn.Conv2d(3, sizes["stem"], kernel_size=7, stride=2, padding=3, bias=False)
+    enc.bn1, enc.relu = nn.BatchNorm2d(sizes["stem"]), nn.ReLU(inplace=True)
+    enc.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    cin = sizes["stem"]
+    for i, (w, n) in enumerate(zip(sizes["widths"], sizes["blocks"]), start=1):
+        planes, stride = w // 4, 1 if i == 1 else 2
+        base_width = 256 // sizes["groups"]  # the bottleneck's width is then its output (4 x planes), as in 32x8d
+        down = nn.Sequential(R.conv1x1(cin, w, stride), nn.BatchNorm2d(w))
+        blocks = [R.Bottleneck(cin, planes, stride, down, sizes["groups"], base_width)]
+        blocks += [R.Bottleneck(w, planes, groups=sizes["groups"], base_width=base_width) for _ in range(n - 1)]
+        setattr(enc, f"layer{i}", nn.Sequential(*blocks))
+        cin = w
+    net = N.DepthNet.__new__(N.DepthNet)
+    nn.Module.__init__(net)
+    net.encoder = enc
+    w, m = sizes["widths"], sizes["mids"]
+    dec = N.Decoder.__new__(N.Decoder)
+    nn.Module.__init__(dec)
+    dec.conv = N.FTB(inchannels=w[3], midchannels=m[3])
+    dec.conv1 = nn.Conv2d(m[3], m[2], kernel_size=3, padding=1, stride=1, bias=True)
+    dec.upsample = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+    for i in (2, 1, 0):
+        setattr(dec, f"ffm{i}", N.FFM(inchannels=w[i], midchannels=m[i], outchannels=m[i], upfactor=2))
+    dec.outconv = N.AO(inchannels=m[0], outchannels=1, upfactor=2)
+    depth = DepthModel.__new__(DepthModel)
+    nn.Module.__init__(depth)
+    depth.encoder_modules, depth.decoder_modules = net, dec
+    model = RelDepthModel.__new__(RelDepthModel)
+    nn.Module.__init__(model)
+    model.depth_model = depth
+    return model
+
+
+def aux_golden(job: dict) -> dict:
+    import torch
+    from controlnet_aux.leres import LeresDetector
+    from controlnet_aux.leres.leres.depthmap import estimateleres
+    from controlnet_aux.leres.leres.net_tools import strip_prefix_if_present
+
+    model = _aux_small_model(job["sizes"])
+    checkpoint = torch.load(job["file"], map_location="cpu")
+    model.load_state_dict(strip_prefix_if_present(checkpoint["depth_model"], "module."), strict=True)
+    model.eval()
+    det = LeresDetector(model, None)
+    picture = np.load(job["picture"])
+    padded, (w, h) = _extension_resize_with_pad(picture, job["resolution"])
+    side = min(padded.shape[:2])
+    out = {"picture": picture, "padded": padded}
+    with torch.no_grad():
+        out["prediction"] = estimateleres(padded, model, padded.shape[1], padded.shape[0])
+    for a, b in GOLDEN_SLIDERS:
+        m = np.asarray(det(padded, thr_a=a, thr_b=b, detect_resolution=side, image_resolution=side,
+                           output_type="np"))
+        out[f"map_{a}_{b}"] = m[:h, :w, 0]
+    return out
+
+
+def golden(path: Path, aux_python: str, env: dict) -> None:
+    import torch
+
+    from lorastudio.testing.annotator_files import edge_picture, leres_state_dict
+
+    with tempfile.TemporaryDirectory(prefix="leres-golden-") as tmp:
+        work = Path(tmp)
+        torch.save({"depth_model": leres_state_dict(0, **GOLDEN_SIZES)}, work / "res101.pth")
+        np.save(work / "picture.npy", edge_picture(48, 80))
+        job = {"file": str(work / "res101.pth"), "picture": str(work / "picture.npy"), "resolution": 64,
+               "sizes": GOLDEN_SIZES}
+        (work / "job.json").write_text(json.dumps(job))
+        subprocess.run([aux_python, __file__, AUX_SIDE, str(work / "job.json"), str(work / "aux.npz"), "1", "golden"],
+                       check=True, env=env)
+        got = dict(np.load(work / "aux.npz"))
+    np.savez_compressed(path, **got)
+    print(f"wrote {path}: " + ", ".join(f"{k} {v.shape} {v.dtype}" for k, v in got.items()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,12 +309,16 @@ def main() -> None:
     ap.add_argument("--aux-python", required=True, help="a python whose environment holds controlnet_aux")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--golden", type=Path, help="write the test's fixture there instead")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
     env.pop("PYTHONPATH", None)
+    if args.golden:
+        golden(args.golden, args.aux_python, env)
+        return
     with tempfile.TemporaryDirectory(prefix="leres-vs-aux-") as tmp:
         work = Path(tmp)
         job = write_inputs(work, args.seed)
@@ -246,6 +344,7 @@ if __name__ == "__main__":
         import torch
 
         torch.set_num_threads(int(threads))
-        np.savez(out_path, **aux_side(json.loads(Path(job_path).read_text())))
+        side = aux_golden if sys.argv[5:] == ["golden"] else aux_side
+        np.savez(out_path, **side(json.loads(Path(job_path).read_text())))
     else:
         main()

@@ -5,8 +5,9 @@ rule, and the module in /controlnet/detect and a txt2img ControlNet unit.
 The real res101.pth is ~530 MB (115.6 M parameters): its key names and shapes are checked as literals on the
 network built on the meta device; the runs use a smaller network of the same layout (1, 1, 2, 1 blocks, widths
 32..256 in 4 groups, decoder 32/64 wide) written in the file's format, which goes through the same code (the
-sizes are read from the file's shapes). Agreement with controlnet_aux's LeresDetector on real-size random
-weights: bench/depth_leres_vs_controlnet_aux.py (a separate venv, which the suite cannot use).
+sizes are read from the file's shapes). A fixture written by controlnet_aux's own LeReS modules at that small size
+(its prediction and maps) is matched; agreement with controlnet_aux's LeresDetector on real-size random weights:
+bench/depth_leres_vs_controlnet_aux.py (a separate venv, which the suite cannot use).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -58,6 +60,9 @@ REAL_SHAPES = {
     D + "outconv.adapt_conv.3.bias": (1,),
 }
 N_TENSORS, N_PARAMETERS = 712, 115_568_065  # the reference RelDepthModel's state dict: tensors, values
+# controlnet_aux's own LeReS modules at SMALL, loading strictly the small file of leres_state_dict(0, **SMALL), run
+# by its LeresDetector on the extension's padded picture (bench/depth_leres_vs_controlnet_aux.py --golden)
+GOLDEN = Path(__file__).parent / "data" / "depth_leres_aux_small.npz"
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +103,30 @@ def test_network_has_the_files_layout(small):
     with torch.no_grad():
         out = net.eval()(torch.zeros(1, 3, 64, 96))
     assert out.shape == (1, 1, 64, 96)  # the input's size
+
+
+def test_the_small_network_gives_controlnet_aux_map(pth_root):
+    g = np.load(GOLDEN)
+    picture = edge_picture(48, 80)
+    assert (g["picture"] == picture).all()
+    from lorastudio.generation.preprocessors.annotator_weights import AnnotatorFiles
+    from lorastudio.generation.preprocessors.depth_leres import load_network
+    from lorastudio.generation.preprocessors.line_detectors import pad_to_64
+
+    padded = pad_to_64(picture, 64)[0]
+    assert (padded == g["padded"]).all()  # cv2's cubic resize of uint8 is fixed-point: the same picture
+    net = load_network(pth_root / "ControlNetPreprocessor" / FILE, AnnotatorFiles(pth_root, allow_pickle=True))
+    with torch.no_grad():
+        depth = net(network_input(padded))[0, 0].numpy()
+    want = g["prediction"]
+    assert want.max() - want.min() > 1  # the fixture's prediction is not flat
+    # the same torch on both sides, but other builds may sum the convolutions in another order: float32 rounding
+    assert np.abs(depth - want).max() <= 1e-5 * (want.max() - want.min())
+    for a, b in ((0.0, 0.0), (20.0, 30.0)):
+        got = run(picture, pth_root, a=a, b=b)[..., 0]
+        d = np.abs(got.astype(int) - g[f"map_{a}_{b}"].astype(int))
+        assert got.shape == (64, 107) and d.max() <= 1 and (d > 0).mean() < 0.01  # a level may flip at a boundary
+    assert (g["map_20.0_30.0"] == 255).any() and (g["map_20.0_30.0"] == 0).any()  # both sliders acted
 
 
 def _fixed(pred: np.ndarray, seen: list | None = None):
@@ -206,9 +235,11 @@ def test_pickle_rule_safetensors_twin_and_absent_file(pth_root, small, tmp_path)
     assert str(pth_root / "ControlNetPreprocessor" / FILE) in str(e.value)
     assert "res101.safetensors" in str(e.value) and "--allow-pickle" in str(e.value)
     allowed = run(im, pth_root)
-    # a .safetensors twin (the depth_model entry's tensors, flat) in the extension's leres folder needs no permission
+    # a .safetensors twin (the depth_model entry's tensors, flat) in the extension's leres folder needs no permission;
+    # one without the batch norms' num_batches_tracked counters (unused in eval) loads the same
     twin = tmp_path / "twin"
-    write_annotator_file(twin / "ControlNetPreprocessor" / "leres", FILE, small, safetensors=True)
+    trimmed = {k: v for k, v in small.items() if not k.endswith("num_batches_tracked")}
+    write_annotator_file(twin / "ControlNetPreprocessor" / "leres", FILE, trimmed, safetensors=True)
     assert (run(im, twin, allow_pickle=False) == allowed).all()
     # a checkpoint holding the bare state dict (no 'depth_model' entry, no prefix), in the Annotators layout
     bare = tmp_path / "bare"
