@@ -99,6 +99,8 @@ class AnnotatorFiles:
             raise PickleRefused(path, f"{PICKLE_HELP} A copy saved as {twin} beside it is read without permission.")
         obj = load_pickle_weights_only(path, True)
         state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):  # scannet.pt: {"model": weights}
+            state = state["model"]
         if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
             raise ModelFileError(path, "the pickle does not hold a dict of tensors")
         return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}

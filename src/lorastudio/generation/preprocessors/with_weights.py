@@ -16,6 +16,7 @@ from lorastudio.generation.preprocessors.annotator_weights import AnnotatorFiles
 from lorastudio.generation.preprocessors.line_detectors import LINE_DETECTORS
 from lorastudio.generation.preprocessors.mlsd import mlsd
 from lorastudio.generation.preprocessors.model_free import _RES, Slider
+from lorastudio.generation.preprocessors.normal_bae import normal_bae
 from lorastudio.generation.preprocessors.pidinet import PIDINET_DETECTORS
 
 WITH_WEIGHTS: dict[str, tuple[str, ...]] = {
@@ -84,6 +85,7 @@ RUNNABLE = {
     "depth_anything": (_depth_anything("depth_anything"), (_RES, None, None)),
     "depth_anything_v2": (_depth_anything("depth_anything_v2"), (_RES, None, None)),
     "depth_midas": (_depth_midas, (_RES, None, None)),  # the extension's "depth": resolution only
+    "normal_bae": (_map_only(normal_bae), (_RES, None, None)),
     "mlsd": (_map_only(mlsd), (_RES, Slider("MLSD Value Threshold", 0.1, 0.01, 2.0),
                                Slider("MLSD Distance Threshold", 0.1, 0.01, 20.0))),
 }
