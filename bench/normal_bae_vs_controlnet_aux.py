@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The normal_bae preprocessor: lorastudio's against controlnet_aux's NormalBaeDetector on the same pictures and weights.
+"""The normal_bae preprocessor: lorastudio's against controlnet_aux's NormalBaeDetector, same pictures and weights.
 
 Random weights are written at real size in the real file layout (scannet.pt: a pickle of {"model": weights},
 keys prefixed "module.", 72.6 M parameters; `lorastudio.testing.annotator_files.normal_bae_state_dict`);

@@ -213,8 +213,8 @@ def test_detect_route_and_a_txt2img_unit(roots, tmp_path):
         detail = c.get("/controlnet/module_list").json()["module_detail"]["normal_bae"]
         assert detail["runs"] is True and detail["weights"] == [FILE]
         assert [s["name"] for s in detail["sliders"]] == ["Resolution"]
-        r = c.post("/controlnet/detect", json={"controlnet_module": "normal_bae", "controlnet_input_images": [_b64(pic)],
-                                               "controlnet_processor_res": 64})
+        r = c.post("/controlnet/detect", json={"controlnet_module": "normal_bae",
+                                               "controlnet_input_images": [_b64(pic)], "controlnet_processor_res": 64})
         assert r.status_code == 200, r.text
         got = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))))
         assert (got == run(pic, root, allow_pickle=False)).all() and got.std() > 10
