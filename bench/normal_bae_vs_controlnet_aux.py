@@ -104,9 +104,9 @@ def ours(job: dict) -> dict:
 
     from lorastudio.generation.preprocessors import run_preprocessor
     from lorastudio.generation.preprocessors.annotator_weights import AnnotatorFiles
-    from lorastudio.generation.preprocessors.normal_bae_net import NormalBaeNet
+    from lorastudio.generation.preprocessors.normal_bae import load_network
 
-    net = AnnotatorFiles(Path(job["models_root"]), allow_pickle=True).network(FILE, NormalBaeNet)
+    net = load_network(AnnotatorFiles(Path(job["models_root"]), allow_pickle=True))
     out: dict = {}
     for name, (path, res) in job["pictures"].items():
         with torch.inference_mode():

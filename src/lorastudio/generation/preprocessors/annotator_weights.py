@@ -62,8 +62,11 @@ class AnnotatorFiles:
                     return place / name
         return None
 
-    def read(self, path: Path) -> dict:
-        """name -> tensor of one detector file; a pickle's `.safetensors` twin is read instead when present."""
+    def read(self, path: Path, entry: str | None = None) -> dict:
+        """name -> tensor of one detector file; a pickle's `.safetensors` twin is read instead when present.
+
+        `entry`: a pickle that is a checkpoint dict keeps the network's tensors under that key (res101.pth:
+        'depth_model'); its `.safetensors` twin holds them flat."""
         from lorastudio.core.errors import ModelFileError
         from lorastudio.core.paths import PICKLE_EXTENSIONS
         from lorastudio.models.loader import read_tensors
@@ -74,7 +77,7 @@ class AnnotatorFiles:
             if not twin.is_file():
                 if not path.is_file():
                     raise ModelFileError(path, "file not found")
-                return self._pickled(path)
+                return self._pickled(path, entry)
             path = twin
         return read_tensors(path, allow_pickle=False)[0]
 
@@ -88,7 +91,7 @@ class AnnotatorFiles:
         # files saved from a DataParallel model (netG.pth among them) prefix every key with "module."
         return {k.removeprefix("module."): v for k, v in self.read(path).items()}
 
-    def _pickled(self, path: Path) -> dict:
+    def _pickled(self, path: Path, entry: str | None = None) -> dict:
         import torch
 
         from lorastudio.core.errors import ModelFileError, PickleRefused
@@ -98,9 +101,9 @@ class AnnotatorFiles:
             twin = path.with_suffix(".safetensors").name
             raise PickleRefused(path, f"{PICKLE_HELP} A copy saved as {twin} beside it is read without permission.")
         obj = load_pickle_weights_only(path, True)
+        if entry is not None and isinstance(obj, dict) and isinstance(obj.get(entry), dict):
+            obj = obj[entry]
         state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-        if isinstance(state, dict) and isinstance(state.get("model"), dict):  # scannet.pt: {"model": weights}
-            state = state["model"]
         if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
             raise ModelFileError(path, "the pickle does not hold a dict of tensors")
         return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}

@@ -21,6 +21,7 @@ import numpy as np
 from lorastudio.generation.preprocessors.annotator_weights import AnnotatorFiles
 
 WEIGHTS = "scannet.pt"
+ENTRY = "model"  # the checkpoint's entry holding the network
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -58,8 +59,24 @@ def normal_map(image: np.ndarray, resolution: int, net: Callable) -> np.ndarray:
     return np.ascontiguousarray(normals_to_rgb(predictions[-1])[:h, :w])
 
 
-def normal_bae(image, resolution, a=None, b=None, *, files: AnnotatorFiles) -> np.ndarray:
+def load_network(files: AnnotatorFiles):
+    """NormalBaeNet with the file's weights, loaded strictly, float32, eval mode; another network's file is named."""
+    import torch
+
+    from lorastudio.core.errors import ModelFileError
+    from lorastudio.generation.preprocessors.annotator_weights import _load_strictly
     from lorastudio.generation.preprocessors.normal_bae_net import NormalBaeNet
 
-    net = files.network(WEIGHTS, NormalBaeNet)
-    return normal_map(image, int(resolution), net)
+    path = files.find(WEIGHTS)
+    if path is None:
+        raise ModelFileError(files.folder / WEIGHTS, "file not found")
+    # the pickle keeps the network under "model" (its .safetensors twin flat), keys maybe with DataParallel's prefix
+    state = {k.removeprefix("module."): v for k, v in files.read(path, entry=ENTRY).items()}
+    with torch.device("meta"):  # no time spent initialising 72.6 M parameters that the file replaces
+        net = NormalBaeNet()
+    _load_strictly(net, state, path, assign=True)
+    return net.float().eval()
+
+
+def normal_bae(image, resolution, a=None, b=None, *, files: AnnotatorFiles) -> np.ndarray:
+    return normal_map(image, int(resolution), load_network(files))
