@@ -85,9 +85,9 @@ RUNNABLE = {
     "depth_anything": (_depth_anything("depth_anything"), (_RES, None, None)),
     "depth_anything_v2": (_depth_anything("depth_anything_v2"), (_RES, None, None)),
     "depth_midas": (_depth_midas, (_RES, None, None)),  # the extension's "depth": resolution only
-    "normal_bae": (_map_only(normal_bae), (_RES, None, None)),
     "mlsd": (_map_only(mlsd), (_RES, Slider("MLSD Value Threshold", 0.1, 0.01, 2.0),
                                Slider("MLSD Distance Threshold", 0.1, 0.01, 20.0))),
+    "normal_bae": (_map_only(normal_bae), (_RES, None, None)),  # resolution only
 }
 # Those that accept several file names or a transformers folder: they look for their weights themselves
 # and name what to put where when none is there.
