@@ -148,6 +148,69 @@ def mlsd_state_dict(seed: int = 0, *, batches_tracked: bool = True) -> dict:
     return sd
 
 
+def normal_bae_state_dict(seed: int = 0) -> dict:
+    """scannet.pt's `model` dict (Bae et al.'s NNET, 72.6 M parameters), keys without the `module.` prefix.
+
+    `encoder.original_model` (gen_efficientnet's tf_efficientnet_b5_ap, no conv bias, batch norms with
+    num_batches_tracked): `conv_stem` (48,3,3,3), `bn1`; `blocks.<s>.<b>` with (blocks, kernel, out
+    channels) per stage (3,3,24) (5,3,40) (5,5,64) (7,3,128) (7,5,176) (9,5,304) (3,3,512): stage 0
+    `conv_dw` (C,1,k,k), `bn1`, `se.conv_reduce` (C/4,C,1,1)+bias, `se.conv_expand` (C,C/4,1,1)+bias,
+    `conv_pw` (out,C,1,1), `bn2`; later stages `conv_pw` (6C,C,1,1), `bn1`, `conv_dw` (6C,1,k,k), `bn2`,
+    `se` reducing 6C to C/4 (C the block's input), `conv_pwl` (out,6C,1,1), `bn3`; `conv_head` (2048,512,1,1),
+    `bn2`. `decoder` (convs with bias): `conv2` (2048,2048,1,1); `up1..4._net.0` 3x3 (2048+176 -> 1024,
+    1024+64 -> 512, 512+40 -> 256, 256+24 -> 128), `_net.1` BN, `_net.3` 3x3 same width, `_net.4` BN;
+    `out_conv_res8` (4,512,3,3); `out_conv_res4/2/1` Conv1d `.0` (128, 516/260/132, 1), `.2` and `.4`
+    (128,128,1), `.6` (4,128,1)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    sd: dict = {}
+
+    def conv(key, cout, cin, k, *, bias=False, gain=2.45, conv1d=False):
+        shape = (cout, cin, k) if conv1d else (cout, cin, k, k)
+        sd[f"{key}.weight"] = _uniform(g, shape, gain / (cin * k * k) ** 0.5)
+        if bias:
+            sd[f"{key}.bias"] = _uniform(g, (cout,), 0.1)
+
+    def bn(key, ch):
+        _batch_norm(sd, g, key, ch, batches_tracked=True)
+
+    enc = "encoder.original_model"
+    conv(f"{enc}.conv_stem", 48, 3, 3, gain=1.0)
+    bn(f"{enc}.bn1", 48)
+    cin = 48
+    for s, (n, k, cout) in enumerate(((3, 3, 24), (5, 3, 40), (5, 5, 64), (7, 3, 128), (7, 5, 176),
+                                      (9, 5, 304), (3, 3, 512))):
+        for b in range(n):
+            key = f"{enc}.blocks.{s}.{b}"
+            mid = cin if s == 0 else 6 * cin
+            if s > 0:
+                conv(f"{key}.conv_pw", mid, cin, 1)
+                bn(f"{key}.bn1", mid)
+            sd[f"{key}.conv_dw.weight"] = _uniform(g, (mid, 1, k, k), 2.45 / k)
+            bn(f"{key}.{'bn1' if s == 0 else 'bn2'}", mid)
+            conv(f"{key}.se.conv_reduce", cin // 4, mid, 1, bias=True)
+            conv(f"{key}.se.conv_expand", mid, cin // 4, 1, bias=True)
+            conv(f"{key}.{'conv_pw' if s == 0 else 'conv_pwl'}", cout, mid, 1, gain=1.0)
+            bn(f"{key}.{'bn2' if s == 0 else 'bn3'}", cout)
+            cin = cout
+    conv(f"{enc}.conv_head", 2048, 512, 1)
+    bn(f"{enc}.bn2", 2048)
+    conv("decoder.conv2", 2048, 2048, 1, bias=True)
+    for i, (cin, cout) in enumerate(((2048 + 176, 1024), (1024 + 64, 512), (512 + 40, 256), (256 + 24, 128)), 1):
+        conv(f"decoder.up{i}._net.0", cout, cin, 3, bias=True)
+        bn(f"decoder.up{i}._net.1", cout)
+        conv(f"decoder.up{i}._net.3", cout, cout, 3, bias=True)
+        bn(f"decoder.up{i}._net.4", cout)
+    conv("decoder.out_conv_res8", 4, 512, 3, bias=True)
+    for name, cin in (("res4", 516), ("res2", 260), ("res1", 132)):
+        conv(f"decoder.out_conv_{name}.0", 128, cin, 1, bias=True, conv1d=True)
+        conv(f"decoder.out_conv_{name}.2", 128, 128, 1, bias=True, conv1d=True)
+        conv(f"decoder.out_conv_{name}.4", 128, 128, 1, bias=True, conv1d=True)
+        conv(f"decoder.out_conv_{name}.6", 4, 128, 1, bias=True, conv1d=True)
+    return sd
+
+
 def write_annotator_file(folder: Path, filename: str, state: dict, *, safetensors: bool = False) -> Path:
     """`state` saved as folder/filename (a torch pickle, as the Annotators files are) or as its
     `.safetensors` twin."""

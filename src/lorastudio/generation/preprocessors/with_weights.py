@@ -16,6 +16,7 @@ from lorastudio.generation.preprocessors.annotator_weights import AnnotatorFiles
 from lorastudio.generation.preprocessors.line_detectors import LINE_DETECTORS
 from lorastudio.generation.preprocessors.mlsd import mlsd
 from lorastudio.generation.preprocessors.model_free import _RES, Slider
+from lorastudio.generation.preprocessors.normal_bae import normal_bae
 from lorastudio.generation.preprocessors.pidinet import PIDINET_DETECTORS
 
 WITH_WEIGHTS: dict[str, tuple[str, ...]] = {
@@ -95,6 +96,7 @@ RUNNABLE = {
                                    Slider("Remove Background %", 0, 0, 100))),
     "mlsd": (_map_only(mlsd), (_RES, Slider("MLSD Value Threshold", 0.1, 0.01, 2.0),
                                Slider("MLSD Distance Threshold", 0.1, 0.01, 20.0))),
+    "normal_bae": (_map_only(normal_bae), (_RES, None, None)),  # resolution only
 }
 # Those that accept several file names or a transformers folder: they look for their weights themselves
 # and name what to put where when none is there.
