@@ -118,18 +118,20 @@ class AnnotatorFiles:
         state = self.state_dict(filename)
         with torch.device("meta"):
             net = net_class()
-        _load_strictly(net, state, self.find(filename), assign=True)
+        load_state_strictly(net, state, self.find(filename), assign=True)
         return net.float().eval()
 
 
 def load_network(net, path: Path, files: AnnotatorFiles):
     """`net` (built by the caller: its class takes arguments) with the weights of `path`, loaded strictly
     (a file of another network is refused by name, not half-loaded), in eval mode."""
-    _load_strictly(net, files.read(path), path)
+    load_state_strictly(net, files.read(path), path)
     return net.eval()
 
 
-def _load_strictly(net, state: dict, path: Path, *, assign: bool = False) -> None:
+def load_state_strictly(net, state: dict, path: Path, *, assign: bool = False) -> None:
+    """Loads `state` into `net` with every key and shape checked; a mismatch names the file and the first
+    differences (a file of another network is refused, never half-loaded)."""
     from lorastudio.core.errors import ModelFileError
 
     try:

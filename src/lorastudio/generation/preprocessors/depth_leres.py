@@ -91,7 +91,7 @@ def load_network(path: Path, files: AnnotatorFiles):
     import torch
 
     from lorastudio.core.errors import ModelFileError
-    from lorastudio.generation.preprocessors.annotator_weights import _load_strictly
+    from lorastudio.generation.preprocessors.annotator_weights import load_state_strictly
     from lorastudio.generation.preprocessors.leres_net import LeresConfig, LeresNet
 
     # res101.pth was saved from a DataParallel model: every key starts with "module."
@@ -102,7 +102,7 @@ def load_network(path: Path, files: AnnotatorFiles):
         raise ModelFileError(path, f"not the LeReS depth network (res101.pth's '{ENTRY}'): no {exc}") from None
     with torch.device("meta"):
         net = LeresNet(cfg)
-    _load_strictly(net, state, path, assign=True)
+    load_state_strictly(net, state, path, assign=True)
     return net.float().eval()
 
 

@@ -64,7 +64,7 @@ def load_network(files: AnnotatorFiles):
     import torch
 
     from lorastudio.core.errors import ModelFileError
-    from lorastudio.generation.preprocessors.annotator_weights import _load_strictly
+    from lorastudio.generation.preprocessors.annotator_weights import load_state_strictly
     from lorastudio.generation.preprocessors.normal_bae_net import NormalBaeNet
 
     path = files.find(WEIGHTS)
@@ -74,7 +74,7 @@ def load_network(files: AnnotatorFiles):
     state = {k.removeprefix("module."): v for k, v in files.read(path, entry=ENTRY).items()}
     with torch.device("meta"):  # no time spent initialising 72.6 M parameters that the file replaces
         net = NormalBaeNet()
-    _load_strictly(net, state, path, assign=True)
+    load_state_strictly(net, state, path, assign=True)
     return net.float().eval()
 
 

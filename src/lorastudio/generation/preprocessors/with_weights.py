@@ -41,7 +41,6 @@ WITH_WEIGHTS: dict[str, tuple[str, ...]] = {
 }
 
 
-
 def _openpose(image: np.ndarray, resolution, a, b, files: AnnotatorFiles) -> tuple[np.ndarray, dict]:
     from lorastudio.generation.preprocessors.openpose_body import run_openpose
 
