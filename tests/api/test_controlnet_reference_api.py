@@ -38,4 +38,5 @@ def test_webuiapi_reference_only_unit_against_a_real_server(server_process, tmp_
     i2i = api.img2img(images=[r.image], prompt="a square", seed=3, width=32, height=32, denoising_strength=0.5,
                       controlnet_units=[webuiapi.ControlNetUnit(module="reference_adain", model="None")],
                       alwayson_scripts={})  # the init image is the reference
-    assert i2i.image.size == (32, 32) and 'ControlNet 0: "Module: reference_adain, Model: None' in i2i.info["infotexts"][0]
+    assert i2i.image.size == (32, 32)
+    assert 'ControlNet 0: "Module: reference_adain, Model: None' in i2i.info["infotexts"][0]

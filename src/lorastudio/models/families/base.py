@@ -218,7 +218,8 @@ class ModelFamily(ABC):
         reference_adain) uses on this family's denoiser; families without such a UNet refuse it by name."""
         from lorastudio.core.errors import InvalidParameter
 
-        raise InvalidParameter("controlnet.module", module, f"reference units are not available for {self.title} models")
+        raise InvalidParameter("controlnet.module", module,
+                               f"reference units are not available for {self.title} models")
 
     def textual_inversion_targets(self, pipe: "DiffusionPipeline") -> list[tuple[str | None, Any, Any]]:
         """(key in an embedding file, tokenizer, text encoder) per encoder that takes A1111 embeddings.
