@@ -62,6 +62,9 @@ def test_reference_only_acts_repeats_and_leaves_nothing_behind(family_engine, tm
     units = controlnet_units(None, [tmp_path / "ref.png"], None, None, from_png=first.path)
     assert [(u.module, u.model, u.threshold_a) for u in units] == [("reference_only", "None", 0.5)]
     assert same(first.image, engine.txt2img(P, save=False, controlnet=units).images[0].image)
+    # the CLI's flags: --controlnet None --control-module reference_only --control-image ref.png
+    flags = controlnet_units(["None"], [tmp_path / "ref.png"], ["reference_only"], None)
+    assert same(first.image, engine.txt2img(P, save=False, controlnet=flags).images[0].image)
 
 
 class _CommunityReference:
@@ -214,6 +217,11 @@ def test_img2img_and_hires(family_engine):
     plain = engine.img2img(i2i, [picture(4)], save=False).images[0].image
     ref = engine.img2img(i2i, [picture(4)], save=False, controlnet=[ref_unit(image=None)]).images[0]  # the init picture
     assert max_level_difference(plain, ref.image) > 0 and "Module: reference_only, Model: None" in ref.infotext
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (8, 8, 24, 24))
+    plain_inpaint = engine.img2img(i2i, [picture(4)], mask=mask, save=False).images[0].image
+    inpaint = engine.img2img(i2i, [picture(4)], mask=mask, save=False, controlnet=[ref_unit()]).images[0].image
+    assert max_level_difference(plain_inpaint, inpaint) > 0
     hires = dict(P, enable_hr=True, hr_upscaler="Lanczos", hr_scale=1.5, denoising_strength=0.5)
     plain_hr = engine.txt2img(hires, save=False).images[0].image
     ref_hr = engine.txt2img(hires, save=False, controlnet=[ref_unit()]).images[0].image
