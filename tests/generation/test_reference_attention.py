@@ -222,6 +222,17 @@ def test_img2img_and_hires(family_engine):
     plain_inpaint = engine.img2img(i2i, [picture(4)], mask=mask, save=False).images[0].image
     inpaint = engine.img2img(i2i, [picture(4)], mask=mask, save=False, controlnet=[ref_unit()]).images[0].image
     assert max_level_difference(plain_inpaint, inpaint) > 0
+    # "only masked": the reference picture goes through ControlPlan.for_masked_region as a ControlNet unit's
+    # does (cropped like the init image, as the extension does; held in test_controlnet.py); pasted back
+    opts = {"mask_blur": 0, "inpainting_fill": 1, "inpaint_full_res": True, "inpaint_full_res_padding": 0}
+    big = picture(6, (64, 64))
+    big_mask = Image.new("L", (64, 64), 0)
+    big_mask.paste(255, (32, 16, 48, 32))
+    region = engine.img2img(i2i, [big], big_mask, options=opts, save=False,
+                            controlnet=[ref_unit(image=picture(7, (64, 64)))]).images[0]
+    outside = np.ones((64, 64), bool)
+    outside[16:32, 32:48] = False
+    assert region.image.size == (64, 64) and np.array_equal(np.asarray(region.image)[outside], np.asarray(big)[outside])
     hires = dict(P, enable_hr=True, hr_upscaler="Lanczos", hr_scale=1.5, denoising_strength=0.5)
     plain_hr = engine.txt2img(hires, save=False).images[0].image
     ref_hr = engine.txt2img(hires, save=False, controlnet=[ref_unit()]).images[0].image

@@ -196,7 +196,7 @@ class ControlPlan:
         return ControlPlan(units, self.controlnets, maps, self.titles, cfg=self.cfg,
                            inpaint_masks=masks if any(m is not None for m in masks) else [], sources=sources,
                            models_root=self.models_root, mask_sources=self.mask_sources,
-                           allow_pickle=self.allow_pickle)
+                           allow_pickle=self.allow_pickle, second_pass=self.second_pass)
 
     @property
     def acting(self) -> list[int]:
@@ -205,6 +205,11 @@ class ControlPlan:
         # units act through `hooks`, not through a ControlNet pipeline.
         return [i for i, u in enumerate(self.units)
                 if u.guidance_end > u.guidance_start and self.controlnets[i] is not None]
+
+    @property
+    def references(self) -> list[int]:
+        """The reference units (no ControlNet model; they act through `hooks`)."""
+        return [i for i, u in enumerate(self.units) if is_reference(u.module)]
 
     def pipeline(self, family, pipe, mode: str):
         for unit in self.units:
@@ -267,7 +272,7 @@ class ControlPlan:
     def _references(self, pipe, family, seed: int):
         from lorastudio.generation.reference_attention import ReferenceUnit, installed
 
-        refs = [i for i, u in enumerate(self.units) if is_reference(u.module)]
+        refs = self.references
         if not refs:
             return contextlib.nullcontext()
         if pipe is None or family is None:

@@ -163,7 +163,8 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
         prompt_text, negative, extra = prepare_prompts(prompt_text, negative)
     # A ControlNet inpaint pipeline runs when a unit acts (a unit with an empty guidance range does not)
     control_inpaint = control is not None and mask is not None and bool(control.acting)
-    if control_inpaint and inputs.paste_to is not None:
+    if (control_inpaint or (control is not None and mask is not None and control.references)) \
+            and inputs.paste_to is not None:
         # "Only masked": the units see the same region of their pictures as the denoiser of the init image.
         x, y, w, h = inputs.paste_to
         control = control.for_masked_region((x, y, x + w, y + h), mask.size, params.width, params.height)
