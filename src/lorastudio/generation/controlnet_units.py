@@ -11,6 +11,10 @@ Control modes follow the extension (hook.py): "My prompt is more important" scal
 ControlNet outputs by 0.825 ** (12 - i) (the deepest kept whole, the shallowest ~0.1);
 "ControlNet is more important" does that too and gives the control to the conditional half of the
 CFG batch only. Both are forward hooks on the ControlNet module, removed after the call.
+
+The reference units (reference_only, reference_adain, reference_adain+attn) have no ControlNet model:
+their picture steers the UNet's own attention and statistics (generation/reference_attention.py),
+installed by `hooks` for the call, like the control modes.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lorastudio.core.errors import InvalidParameter
+from lorastudio.generation.reference_attention import is_reference
 
 
 class ResizeMode(str, Enum):
@@ -150,6 +155,7 @@ class ControlPlan:
     models_root: Any = None  # where preprocessors find their weights
     mask_sources: list[Any] = field(default_factory=list)  # per unit: inpaint_only's mask as given, or None
     allow_pickle: bool = False  # whether they may read .pth weights (weights-only)
+    second_pass: bool = False  # the units of the hires fix's second pass (reference units: fidelity 0 there)
 
     def for_pass(self, which: str, width: int, height: int) -> "ControlPlan | None":
         """The units acting in one pass of the hires fix ("low": the first, "high": the second, its maps
@@ -161,7 +167,8 @@ class ControlPlan:
                                                                   self.models_root, self.allow_pickle) for i in keep]
         return ControlPlan([self.units[i] for i in keep], [self.controlnets[i] for i in keep], maps,
                            [self.titles[i] for i in keep], cfg=self.cfg, sources=[self.sources[i] for i in keep],
-                           models_root=self.models_root, allow_pickle=self.allow_pickle)
+                           models_root=self.models_root, allow_pickle=self.allow_pickle,
+                           second_pass=which == "high")
 
     def for_masked_region(self, region: tuple[int, int, int, int], frame: tuple[int, int], width: int,
                           height: int) -> "ControlPlan":
@@ -189,15 +196,25 @@ class ControlPlan:
         return ControlPlan(units, self.controlnets, maps, self.titles, cfg=self.cfg,
                            inpaint_masks=masks if any(m is not None for m in masks) else [], sources=sources,
                            models_root=self.models_root, mask_sources=self.mask_sources,
-                           allow_pickle=self.allow_pickle)
+                           allow_pickle=self.allow_pickle, second_pass=self.second_pass)
 
     @property
     def acting(self) -> list[int]:
         # A unit whose guidance range is empty never acts (the extension allows start == end;
-        # diffusers refuses it), so it is left out of the call and kept in the infotext.
-        return [i for i, u in enumerate(self.units) if u.guidance_end > u.guidance_start]
+        # diffusers refuses it), so it is left out of the call and kept in the infotext. The reference
+        # units act through `hooks`, not through a ControlNet pipeline.
+        return [i for i, u in enumerate(self.units)
+                if u.guidance_end > u.guidance_start and self.controlnets[i] is not None]
+
+    @property
+    def references(self) -> list[int]:
+        """The reference units (no ControlNet model; they act through `hooks`)."""
+        return [i for i, u in enumerate(self.units) if is_reference(u.module)]
 
     def pipeline(self, family, pipe, mode: str):
+        for unit in self.units:
+            if is_reference(unit.module):
+                family.reference_style_fidelity(unit.module, unit.threshold_a)  # refused by name where unavailable
         if not family.controlnet_control_modes:
             for i, u in enumerate(self.units):
                 if u.control_mode != ControlMode.BALANCED:
@@ -237,17 +254,45 @@ class ControlPlan:
         return pixels.permute(2, 0, 1)[None]
 
     @contextlib.contextmanager
-    def hooks(self):
+    def hooks(self, pipe=None, family=None, seed: int = 0):
+        """The control modes' hooks and the reference units (which need the running `pipe`, its `family`
+        and the seed of the batch's first image), for the denoising call made inside the block."""
         handles = []
         try:
             for unit, cn in zip(self.units, self.controlnets):
-                if unit.control_mode != ControlMode.BALANCED:
+                if cn is not None and unit.control_mode != ControlMode.BALANCED:
                     handles.append(cn.register_forward_hook(_soft_injection(unit.control_mode == ControlMode.CONTROL
                                                                              and self.cfg)))
-            yield
+            with self._references(pipe, family, seed):
+                yield
         finally:
             for h in handles:
                 h.remove()
+
+    def _references(self, pipe, family, seed: int):
+        from lorastudio.generation.reference_attention import ReferenceUnit, installed
+
+        refs = self.references
+        if not refs:
+            return contextlib.nullcontext()
+        if pipe is None or family is None:
+            raise ValueError("reference units need the pipeline and its family in ControlPlan.hooks")
+        import torch
+
+        units = []
+        for i in refs:
+            unit = self.units[i]
+            fidelity = family.reference_style_fidelity(unit.module, unit.threshold_a)
+            if unit.control_mode == ControlMode.CONTROL:
+                fidelity = 1.0  # the extension's cfg_injection
+            elif unit.control_mode == ControlMode.PROMPT or self.second_pass:
+                fidelity = 0.0  # soft injection, and the hires fix's second pass
+            pixels = torch.from_numpy(np.asarray(self.maps[i].convert("RGB"), dtype=np.float32) / 127.5 - 1.0)
+            with torch.inference_mode():
+                latent = family.encode_images(pipe, pixels.permute(2, 0, 1)[None])
+            units.append(ReferenceUnit(unit.module, latent, unit.weight, unit.guidance_start, unit.guidance_end,
+                                       fidelity))
+        return installed(pipe, family.denoiser(pipe), units, seed=seed, cfg=self.cfg)
 
     def infotext(self) -> dict[str, str]:
         return {f"ControlNet {i}": serialize_unit(u, t) for i, (u, t) in enumerate(zip(self.units, self.titles))}
@@ -346,6 +391,18 @@ def prepare_control(units: list[ControlNetUnit], *, width: int, height: int, cfg
         return None
     modules, titles, maps, masks, sources, mask_sources = [], [], [], [], [], []
     for i, unit in enumerate(active):
+        if is_reference(unit.module):
+            # no ControlNet model (the extension ignores the unit's model); the map is the picture itself
+            image = unit.image if unit.image is not None else init_image
+            if image is None:
+                raise InvalidParameter(f"controlnet[{i}].image", None, "a reference unit needs a picture in txt2img")
+            modules.append(None)
+            titles.append("None")
+            maps.append(control_map(unit, image, width, height, models_root, allow_pickle))
+            sources.append(image)
+            masks.append(None)
+            mask_sources.append(None)
+            continue
         if unit.model in (None, "", "None"):
             raise InvalidParameter(f"controlnet[{i}].model", unit.model, "each unit needs a ControlNet model")
         image = unit.image if unit.image is not None else init_image

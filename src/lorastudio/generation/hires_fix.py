@@ -275,6 +275,6 @@ def run_second_pass(model, plan: HiresPlan, first, seeds: list[int], batch_index
     if plan.control is not None:
         cond = {**cond, **plan.control.call_kwargs("img2img", model.family)}
     with given_noise(plan.pipe, noise), guidance_hooks(plan.composable, plan.pipe), \
-            plan.control.hooks() if plan.control is not None else contextlib.nullcontext():
+            plan.control.hooks(plan.pipe, model.family, seeds[0]) if plan.control is not None else contextlib.nullcontext():
         return _denoise(plan.pipe, cond, plan.params, latents, plan.strength, plan.run, None, gens, batch_index,
                         on_progress, should_stop, step_cond=plan.step_cond)

@@ -163,7 +163,8 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
         prompt_text, negative, extra = prepare_prompts(prompt_text, negative)
     # A ControlNet inpaint pipeline runs when a unit acts (a unit with an empty guidance range does not)
     control_inpaint = control is not None and mask is not None and bool(control.acting)
-    if control_inpaint and inputs.paste_to is not None:
+    if (control_inpaint or (control is not None and mask is not None and control.references)) \
+            and inputs.paste_to is not None:
         # "Only masked": the units see the same region of their pictures as the denoiser of the init image.
         x, y, w, h = inputs.paste_to
         control = control.for_masked_region((x, y, x + w, y + h), mask.size, params.width, params.height)
@@ -234,6 +235,10 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
         with contextlib.ExitStack() as stack:
             if fast is not None:
                 stack.enter_context(fast.denoising(family, [pipe], loras, params.width * params.height))
+            def hooks():
+                return (control.hooks(pipe, family, batch_seeds[0]) if control is not None
+                        else contextlib.nullcontext())
+
             with given_noise(pipe, noise), guidance_hooks(composable, pipe):
                 given = given_latents(pipe, noise, strength, latents)
                 if control_inpaint:
@@ -242,18 +247,19 @@ def run_img2img(model: LoadedModel, params: GenerationParams, init_images: list,
                     pictures = inputs.images if len(inputs.images) > 1 else inputs.images * len(batch_seeds)
                     pipe_mask = (conditioning_mask(inputs.image_mask, options.mask_round) if channels is not None
                                  else inputs.pipeline_mask)
-                    with control.hooks():
+                    with hooks():
                         images = _denoise(pipe, {**step_cond.kwargs_at(0), **cond_extra}, params, pictures, strength,
                                           run, pipe_mask, gens, b, on_progress, should_stop, step_cond=step_cond,
                                           extra_kwargs=given, pixels_in=True)
                 elif channels is not None:
                     cond_mask, masked = channels
                     masked = masked.expand(len(batch_seeds), *masked.shape[1:]) if len(masked) == 1 else masked
-                    images = _denoise(pipe, step_cond.kwargs_at(0), params, latents, strength, run, cond_mask, gens, b,
-                                      on_progress, should_stop, masked_latents=masked, step_cond=step_cond,
-                                      extra_kwargs=given)
+                    with hooks():  # reference units may act on an inpainting model
+                        images = _denoise(pipe, step_cond.kwargs_at(0), params, latents, strength, run, cond_mask,
+                                          gens, b, on_progress, should_stop, masked_latents=masked,
+                                          step_cond=step_cond, extra_kwargs=given)
                 else:
-                    with control.hooks() if control is not None else contextlib.nullcontext():
+                    with hooks():
                         images = _denoise(pipe, {**step_cond.kwargs_at(0), **cond_extra}, params, latents, strength,
                                           run, inputs.pipeline_mask, gens, b, on_progress, should_stop,
                                           step_cond=step_cond, extra_kwargs=given)

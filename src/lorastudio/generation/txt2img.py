@@ -146,7 +146,7 @@ def run_txt2img(model: LoadedModel, params: GenerationParams, *, activate_loras:
             if fast is not None:
                 stack.enter_context(fast.denoising(family, [pipe, *([hires.pipe] if hires else [])], loras,
                                                    _largest_pixels(params, hires)))
-            with first_control.hooks() if first_control is not None else contextlib.nullcontext(), \
+            with first_control.hooks(pipe, family, batch_seeds[0]) if first_control is not None else contextlib.nullcontext(), \
                     guidance_hooks(composable, pipe):
                 images = _denoise(pipe, {**step_cond.kwargs_at(0), **control_kwargs}, params, latents, gens, b,
                                   on_progress, should_stop, output_type=hires.first_pass_output if hires else "np",

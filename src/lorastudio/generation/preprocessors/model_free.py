@@ -79,4 +79,7 @@ MODEL_FREE = {
     "threshold": (threshold, (_RES, Slider("Binarization Threshold", 127, 0, 255), None)),
     "tile_resample": (tile_resample, (None, Slider("Down Sampling Rate", 1.0, 1.0, 8.0), None)),
     "inpaint_only": (inpaint_only, (None, None, None)),
+    # the reference units use the picture itself (generation/reference_attention.py) and no ControlNet model
+    **{name: (none, (None, Slider("Style Fidelity (only for Balanced mode)", 0.5, 0.0, 1.0), None))
+       for name in ("reference_only", "reference_adain", "reference_adain+attn")},
 }

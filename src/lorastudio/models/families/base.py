@@ -213,6 +213,14 @@ class ModelFamily(ABC):
 
         raise InvalidParameter("controlnet", "<unit>", f"ControlNet is not available for {self.title} models")
 
+    def reference_style_fidelity(self, module: str, style_fidelity: float) -> float:
+        """The style fidelity a reference unit (the extension's attention injection into a UNet: reference_only,
+        reference_adain) uses on this family's denoiser; families without such a UNet refuse it by name."""
+        from lorastudio.core.errors import InvalidParameter
+
+        raise InvalidParameter("controlnet.module", module,
+                               f"reference units are not available for {self.title} models")
+
     def textual_inversion_targets(self, pipe: "DiffusionPipeline") -> list[tuple[str | None, Any, Any]]:
         """(key in an embedding file, tokenizer, text encoder) per encoder that takes A1111 embeddings.
 

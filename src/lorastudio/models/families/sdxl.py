@@ -28,6 +28,7 @@ class SDXLFamily(StableDiffusionFamily):
                                  "inpaint": "StableDiffusionXLControlNetInpaintPipeline"}
     default_size = 1024
     default_cfg = 7.0
+    reference_fidelity_power = 3.0  # the extension's style_fidelity ** 3 for SDXL reference units
     text_encoder_names = ("text_encoder", "text_encoder_2")
     pipeline_names = frozenset({"StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline",
                                 "StableDiffusionXLInpaintPipeline"})

@@ -65,6 +65,12 @@ class StableDiffusionFamily(ModelFamily, TrainableFamily):
     def encode_images(self, pipe, pixels):
         return encode_sd_latents(pipe, pixels)
 
+    # The extension reduces SDXL's reference style fidelity (0.5 -> 0.125): its attention injection is unstable there.
+    reference_fidelity_power: ClassVar[float] = 1.0
+
+    def reference_style_fidelity(self, module: str, style_fidelity: float) -> float:
+        return max(0.0, min(1.0, float(style_fidelity))) ** self.reference_fidelity_power
+
     def is_inpainting_model(self, pipe) -> bool:
         return is_sd_inpainting_unet(pipe)
 
