@@ -49,8 +49,13 @@ def test_controlnet_unit_preview_and_generation(open_page, helpers, tmp_path, sh
         page.fill(f"#gen-form [name={name}]", value)
     page.click("#gen-controlnet summary")
     # The extension's lists: the model with its hash, the preprocessors (weight-free ones among them).
-    model = page.locator("#gen-form [name=cn_model] option").first
-    expect(model).to_have_text(__import__("re").compile(r"^control_tiny_canny \[[0-9a-f]{8}\]$"))
+    models = page.locator("#gen-form [name=cn_model] option")
+    expect(models.first).to_have_text("None")  # the reference units' model, first as in the extension
+    expect(models.nth(1)).to_have_text(__import__("re").compile(r"^control_tiny_canny \[[0-9a-f]{8}\]$"))
+    expect(page.locator("#gen-form [name=cn_model]")).to_have_value(models.nth(1).get_attribute("value"))
+    # a reference module needs no model: choosing one selects None, and another module the file again
+    page.select_option("#gen-form [name=cn_module]", "reference_only")
+    expect(page.locator("#gen-form [name=cn_model]")).to_have_value("None")
     assert "canny" in page.locator("#gen-form [name=cn_module] option").all_inner_texts()
 
     control = tmp_path / "pose.png"

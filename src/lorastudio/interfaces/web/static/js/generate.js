@@ -49,12 +49,14 @@ export async function initGenerate(app) {
   }
   form.hr_upscaler.value = "Latent";
   for (const name of cnModules.module_list) form.cn_module.append(el("option", { value: name, text: name }));
-  for (const title of cnModels.model_list) form.cn_model.append(el("option", { value: title, text: title }));
-  if (!cnModels.model_list.length) {
-    const none = el("option", { value: "", dataset: { i18n: "gen.cn.no_model" } });
-    none.textContent = t("gen.cn.no_model");
-    form.cn_model.append(none);
-  }
+  // "None" first, as in the extension: the model of the reference units, which need none.
+  for (const title of ["None", ...cnModels.model_list]) form.cn_model.append(el("option", { value: title, text: title }));
+  form.cn_model.value = cnModels.model_list[0] || "None";
+  $("#cn-no-model").hidden = cnModels.model_list.length > 0;
+  form.cn_module.addEventListener("change", () => {
+    if (form.cn_module.value.startsWith("reference")) form.cn_model.value = "None";
+    else if (form.cn_model.value === "None" && cnModels.model_list.length) form.cn_model.value = cnModels.model_list[0];
+  });
   let cnImage = null; // base64 of the unit's own picture; null: img2img's init picture
   form.cn_file.addEventListener("change", async () => {
     const file = form.cn_file.files[0];
