@@ -127,8 +127,10 @@ def pixel_perfect_resolution(image_hw: tuple[int, int], width: int, height: int,
     return int(np.round(k * min(raw_h, raw_w)))
 
 
-def control_map(unit: ControlNetUnit, image, width: int, height: int, models_root=None, allow_pickle: bool = False):
-    """The unit's picture preprocessed and fitted to width x height (a PIL RGB image)."""
+def control_map(unit: ControlNetUnit, image, width: int, height: int, models_root=None, allow_pickle: bool = False,
+                device="cpu", cache=None):
+    """The unit's picture preprocessed and fitted to width x height (a PIL RGB image); a detector network runs
+    on `device`, its file read through `cache` (preprocessors.AnnotatorCache, or None: read every time)."""
     from PIL import Image
 
     from lorastudio.generation.img2img_inputs import resize_image
@@ -137,7 +139,8 @@ def control_map(unit: ControlNetUnit, image, width: int, height: int, models_roo
     rgb = np.asarray(image.convert("RGB"))
     res = unit.processor_res
     detected = run_preprocessor(unit.module, rgb, resolution=res, threshold_a=unit.threshold_a,
-                                threshold_b=unit.threshold_b, models_root=models_root, allow_pickle=allow_pickle)
+                                threshold_b=unit.threshold_b, models_root=models_root, allow_pickle=allow_pickle,
+                                device=device, cache=cache)
     return resize_image(_a1111_resize(unit.resize_mode), Image.fromarray(detected), width, height)
 
 
@@ -156,6 +159,12 @@ class ControlPlan:
     mask_sources: list[Any] = field(default_factory=list)  # per unit: inpaint_only's mask as given, or None
     allow_pickle: bool = False  # whether they may read .pth weights (weights-only)
     second_pass: bool = False  # the units of the hires fix's second pass (reference units: fidelity 0 there)
+    device: Any = "cpu"  # where detector networks run: the generation's device
+    annotator_cache: Any = None  # preprocessors.AnnotatorCache of the engine, or None (files read every time)
+
+    def _map(self, unit: ControlNetUnit, image, width: int, height: int):
+        return control_map(unit, image, width, height, self.models_root, self.allow_pickle, self.device,
+                           self.annotator_cache)
 
     def for_pass(self, which: str, width: int, height: int) -> "ControlPlan | None":
         """The units acting in one pass of the hires fix ("low": the first, "high": the second, its maps
@@ -163,12 +172,12 @@ class ControlPlan:
         keep = [i for i, u in enumerate(self.units) if which in HR_OPTIONS[u.hr_option]]
         if not keep:
             return None
-        maps = [self.maps[i] if which == "low" else control_map(self.units[i], self.sources[i], width, height,
-                                                                  self.models_root, self.allow_pickle) for i in keep]
+        maps = [self.maps[i] if which == "low" else self._map(self.units[i], self.sources[i], width, height)
+                for i in keep]
         return ControlPlan([self.units[i] for i in keep], [self.controlnets[i] for i in keep], maps,
                            [self.titles[i] for i in keep], cfg=self.cfg, sources=[self.sources[i] for i in keep],
                            models_root=self.models_root, allow_pickle=self.allow_pickle,
-                           second_pass=which == "high")
+                           second_pass=which == "high", device=self.device, annotator_cache=self.annotator_cache)
 
     def for_masked_region(self, region: tuple[int, int, int, int], frame: tuple[int, int], width: int,
                           height: int) -> "ControlPlan":
@@ -190,13 +199,14 @@ class ControlPlan:
                     (source.height, source.width), width, height, unit.resize_mode)})
             units.append(unit)
             sources.append(source)
-            maps.append(control_map(unit, source, width, height, self.models_root, self.allow_pickle))
+            maps.append(self._map(unit, source, width, height))
             given = self.mask_sources[i] if self.mask_sources else None
             masks.append(None if given is None else crop(given, unit, "L").convert("L"))
         return ControlPlan(units, self.controlnets, maps, self.titles, cfg=self.cfg,
                            inpaint_masks=masks if any(m is not None for m in masks) else [], sources=sources,
                            models_root=self.models_root, mask_sources=self.mask_sources,
-                           allow_pickle=self.allow_pickle, second_pass=self.second_pass)
+                           allow_pickle=self.allow_pickle, second_pass=self.second_pass, device=self.device,
+                           annotator_cache=self.annotator_cache)
 
     @property
     def acting(self) -> list[int]:
@@ -380,11 +390,12 @@ def controlnet_title(path) -> str:
 
 def prepare_control(units: list[ControlNetUnit], *, width: int, height: int, cfg: bool,
                     load: Callable[[str], tuple[Any, str]], models_root=None, init_image=None,
-                    mask=None, allow_pickle: bool = False) -> ControlPlan | None:
+                    mask=None, allow_pickle: bool = False, device="cpu", annotator_cache=None) -> ControlPlan | None:
     """The plan for the enabled units (None when there are none).
 
     `load(model name) -> (ControlNetModel, title)`; a unit without a picture uses the img2img init
-    image, as the extension does; `inpaint_only` marks the img2img mask on its map.
+    image, as the extension does; `inpaint_only` marks the img2img mask on its map. Detector networks run on
+    `device`, their files read through `annotator_cache` (or every time when None).
     """
     active = [u.with_slider_defaults() for u in units if u.enabled]
     if not active:
@@ -398,7 +409,7 @@ def prepare_control(units: list[ControlNetUnit], *, width: int, height: int, cfg
                 raise InvalidParameter(f"controlnet[{i}].image", None, "a reference unit needs a picture in txt2img")
             modules.append(None)
             titles.append("None")
-            maps.append(control_map(unit, image, width, height, models_root, allow_pickle))
+            maps.append(control_map(unit, image, width, height, models_root, allow_pickle, device, annotator_cache))
             sources.append(image)
             masks.append(None)
             mask_sources.append(None)
@@ -416,7 +427,7 @@ def prepare_control(units: list[ControlNetUnit], *, width: int, height: int, cfg
         module, title = load(unit.model)
         modules.append(module)
         titles.append(title)
-        maps.append(control_map(unit, image, width, height, models_root, allow_pickle))
+        maps.append(control_map(unit, image, width, height, models_root, allow_pickle, device, annotator_cache))
         sources.append(image)
         unit_mask = unit.mask if unit.mask is not None else mask
         if unit.module == "inpaint_only":
@@ -431,7 +442,8 @@ def prepare_control(units: list[ControlNetUnit], *, width: int, height: int, cfg
             mask_sources.append(None)
     return ControlPlan(active, modules, maps, titles, cfg=cfg,
                        inpaint_masks=masks if any(m is not None for m in masks) else [], sources=sources,
-                       models_root=models_root, mask_sources=mask_sources, allow_pickle=allow_pickle)
+                       models_root=models_root, mask_sources=mask_sources, allow_pickle=allow_pickle,
+                       device=device, annotator_cache=annotator_cache)
 
 
 def _a1111_resize(mode: ResizeMode) -> int:

@@ -42,6 +42,10 @@ class GenerationEngine:
         self._fast = None  # generation.fast_mode.FastMode of the loaded model, made at its first fast request
         self._controlnets: dict = {}  # (id of the loaded pipeline, file) -> (ControlNetModel, title)
         self._upscalers = None  # generation.upscalers.ImageUpscalers, made when first needed
+        from lorastudio.generation.preprocessors.annotator_weights import AnnotatorCache
+
+        # the tensors of the last ControlNet detector file read, shared by generations and /controlnet/detect
+        self.annotator_cache = AnnotatorCache()
         self._lock = threading.RLock()
         self.interrupt_flag = threading.Event()
 
@@ -171,7 +175,8 @@ class GenerationEngine:
         units = [u if isinstance(u, ControlNetUnit) else ControlNetUnit.model_validate(u) for u in units]
         return prepare_control(units, width=params.width, height=params.height, cfg=params.cfg_scale > 1,
                                load=self._load_controlnet, models_root=self.root.root, init_image=init_image,
-                               mask=mask, allow_pickle=self.settings.allow_pickle)
+                               mask=mask, allow_pickle=self.settings.allow_pickle, device=self.device,
+                               annotator_cache=self.annotator_cache)
 
     def _load_controlnet(self, ref: str):
         """(ControlNetModel, "name [hash]") for the loaded model; kept while that model stays loaded."""

@@ -41,7 +41,8 @@ def preview_control(model, config, pipe, size: int):
                                                                                dtype=dtype))
     unit = ControlNetUnit(model=entry.name, module=config.sample_control_module, image=picture)
     return prepare_control([unit], width=size, height=size, cfg=model.family.default_cfg > 1,
-                           load=lambda name: (controlnet, controlnet_title(entry.path)), models_root=root.root)
+                           load=lambda name: (controlnet, controlnet_title(entry.path)), models_root=root.root,
+                           device=pipe.device)  # the detector runs where the previews are made
 
 
 def make_sampler(model, config, vdir: VersionDir, pipe):

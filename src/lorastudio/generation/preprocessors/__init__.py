@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from lorastudio.generation.preprocessors.annotator_weights import AnnotatorFiles
+from lorastudio.generation.preprocessors.annotator_weights import AnnotatorCache, AnnotatorFiles
 from lorastudio.generation.preprocessors.model_free import MODEL_FREE, Slider
 from lorastudio.generation.preprocessors.with_weights import (FINDS_OWN_FILES, RUNNABLE, WITH_WEIGHTS,
                                                                missing_weights_error)
@@ -59,21 +59,24 @@ def find_preprocessor(name: str) -> Preprocessor:
 
 
 def run_preprocessor(name: str, image: np.ndarray, *, resolution: int, threshold_a: float, threshold_b: float,
-                     models_root=None, allow_pickle: bool = False) -> np.ndarray:
+                     models_root=None, allow_pickle: bool = False, device="cpu", cache=None) -> np.ndarray:
     """HWC uint8 RGB -> the control map (HWC uint8 RGB)."""
     return detect(name, image, resolution=resolution, threshold_a=threshold_a, threshold_b=threshold_b,
-                  models_root=models_root, allow_pickle=allow_pickle)[0]
+                  models_root=models_root, allow_pickle=allow_pickle, device=device, cache=cache)[0]
 
 
 def detect(name: str, image: np.ndarray, *, resolution: int, threshold_a: float, threshold_b: float,
-           models_root=None, allow_pickle: bool = False) -> tuple[np.ndarray, dict | None]:
+           models_root=None, allow_pickle: bool = False, device="cpu",
+           cache: AnnotatorCache | None = None) -> tuple[np.ndarray, dict | None]:
     """HWC uint8 RGB -> (the control map, what else the module reports: the OpenPose JSON of openpose).
 
-    Detector weights come from `models_root`; pickles are read only with `allow_pickle` (the studio's)."""
+    Detector weights come from `models_root`; pickles are read only with `allow_pickle` (the studio's). The
+    detector's network runs on `device` (the studio's generation device); `cache` (the engine's) keeps the
+    tensors of the last file read, None reads the file every time."""
     pre = find_preprocessor(name)
     if pre.run is not None:
         return pre.run(image, resolution, threshold_a, threshold_b), None
-    files = AnnotatorFiles(models_root, allow_pickle)
+    files = AnnotatorFiles(models_root, allow_pickle, device=device, cache=cache)
     if pre.detect is None or (not pre.finds_weights and any(files.find(f) is None for f in pre.weights)):
         raise missing_weights_error(pre.name, pre.weights, models_root)
     return pre.detect(image, resolution, threshold_a, threshold_b, files)

@@ -71,18 +71,19 @@ def network_input(image: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)).astype(np.float32))[None]
 
 
-def depth_map(model, image: np.ndarray, resolution: int) -> np.ndarray:
-    """HWC uint8 RGB -> the extension's depth map (HWC uint8, gray in all three channels, near = white)."""
+def depth_map(model, image: np.ndarray, resolution: int, device="cpu") -> np.ndarray:
+    """HWC uint8 RGB -> the extension's depth map (HWC uint8, gray in all three channels, near = white), the
+    network, the resize back and the 0..255 scaling run on `device`."""
     import torch
     import torch.nn.functional as F
 
     padded, (th, tw) = resize_with_pad(image, resolution)
     with torch.inference_mode():
-        depth = model(pixel_values=network_input(padded)).predicted_depth
+        depth = model(pixel_values=network_input(padded).to(device)).predicted_depth
         depth = F.interpolate(depth[None], padded.shape[:2], mode="bilinear", align_corners=False)[0, 0]
         span = depth.max() - depth.min()
         depth = (depth - depth.min()) / (span if span > 0 else 1) * 255.0
-    gray = depth.numpy().astype(np.uint8)[:th, :tw]
+    gray = depth.cpu().numpy().astype(np.uint8)[:th, :tw]
     return np.repeat(gray[:, :, None], 3, axis=2)
 
 
@@ -99,19 +100,21 @@ def find_weights(name: str, files: AnnotatorFiles) -> Path | None:
 
 
 def load_model(name: str, path: Path, files: AnnotatorFiles):
-    """transformers' DepthAnythingForDepthEstimation from an original file or a save_pretrained folder."""
+    """transformers' DepthAnythingForDepthEstimation from an original file or a save_pretrained folder, float32
+    on the detector's device."""
     from lorastudio.core.errors import ModelFileError
     from lorastudio.generation.preprocessors.depth_anything_net import build_from_original
 
     version = VERSIONS[name][0]
     if path.is_dir():
-        return load_folder(path, allow_pickle=files.allow_pickle)
+        return files.place(load_folder(path, allow_pickle=files.allow_pickle))
     sd = files.read(path)
     try:
-        return build_from_original(sd, version)
+        model = build_from_original(sd, version)
     except (KeyError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(path, f"not a Depth Anything{' V2' if version == 2 else ''} file: {first}") from None
+    return files.place(model)
 
 
 def load_folder(path: Path, *, allow_pickle: bool):
@@ -141,4 +144,4 @@ def run(name: str, image: np.ndarray, resolution: int, files: AnnotatorFiles) ->
     path = find_weights(name, files)
     if path is None:
         raise InvalidParameter("module", name, missing_message(name, files))
-    return depth_map(load_model(name, path, files), image, resolution)
+    return depth_map(load_model(name, path, files), image, resolution, files.device)

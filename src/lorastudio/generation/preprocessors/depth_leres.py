@@ -64,8 +64,9 @@ def depth_to_map(depth: np.ndarray, remove_near: float, remove_background: float
 
 
 def leres_map(image: np.ndarray, resolution: int, remove_near: float, remove_background: float,
-              net: Callable) -> np.ndarray:
-    """HWC uint8 RGB -> the extension's depth_leres map (HWC uint8, gray in all three channels)."""
+              net: Callable, device="cpu") -> np.ndarray:
+    """HWC uint8 RGB -> the extension's depth_leres map (HWC uint8, gray in all three channels), `net` run on
+    `device` (the normalisation and sliders run on the CPU)."""
     import cv2
     import torch
 
@@ -73,7 +74,7 @@ def leres_map(image: np.ndarray, resolution: int, remove_near: float, remove_bac
 
     padded, (h, w) = pad_to_64(image, resolution)
     with torch.inference_mode():
-        depth = net(network_input(padded)).squeeze().float().numpy()
+        depth = net(network_input(padded).to(device)).squeeze().float().cpu().numpy()
     if depth.shape != padded.shape[:2]:  # the extension brings the prediction to the picture's size (cubic)
         depth = cv2.resize(depth, (padded.shape[1], padded.shape[0]), interpolation=cv2.INTER_CUBIC)
     gray = depth_to_map(depth, float(remove_near), float(remove_background))[:h, :w]
@@ -87,7 +88,8 @@ def missing_message(files: AnnotatorFiles) -> str:
 
 
 def load_network(path: Path, files: AnnotatorFiles):
-    """LeresNet with the file's weights, loaded strictly, float32, eval mode; another network's file is named."""
+    """LeresNet with the file's weights, loaded strictly, float32, eval mode, on the detector's device; another
+    network's file is named."""
     import torch
 
     from lorastudio.core.errors import ModelFileError
@@ -103,7 +105,7 @@ def load_network(path: Path, files: AnnotatorFiles):
     with torch.device("meta"):
         net = LeresNet(cfg)
     load_state_strictly(net, state, path, assign=True)
-    return net.float().eval()
+    return files.place(net)
 
 
 def run(image: np.ndarray, resolution: int, remove_near: float, remove_background: float,
@@ -113,4 +115,5 @@ def run(image: np.ndarray, resolution: int, remove_near: float, remove_backgroun
     path = files.find_first(NAMES, SUBFOLDERS)
     if path is None:
         raise InvalidParameter("module", "depth_leres", missing_message(files))
-    return leres_map(image, int(resolution), remove_near, remove_background, load_network(path, files))
+    return leres_map(image, int(resolution), remove_near, remove_background, load_network(path, files),
+                     files.device)

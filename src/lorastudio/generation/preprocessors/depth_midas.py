@@ -33,8 +33,9 @@ def network_input(image: np.ndarray):
     return x.permute(2, 0, 1)[None].contiguous()
 
 
-def depth_map(model, image: np.ndarray, resolution: int) -> np.ndarray:
-    """HWC uint8 RGB -> the extension's depth map (HWC uint8, gray in all three channels, near = white)."""
+def depth_map(model, image: np.ndarray, resolution: int, device="cpu") -> np.ndarray:
+    """HWC uint8 RGB -> the extension's depth map (HWC uint8, gray in all three channels, near = white), the
+    network and the 0..1 scaling run on `device`."""
     import torch
 
     from lorastudio.generation.preprocessors.line_detectors import pad_to_64
@@ -42,12 +43,12 @@ def depth_map(model, image: np.ndarray, resolution: int) -> np.ndarray:
 
     padded, (th, tw) = pad_to_64(image, resolution)
     with torch.inference_mode():
-        depth = predict(model, network_input(padded))[0]
+        depth = predict(model, network_input(padded).to(device))[0]
         depth = depth - depth.min()
         top = depth.max()
         # a flat prediction is black (the extension divides 0 by 0 there and casts NaN to uint8)
         depth = depth / (top if top > 0 else 1)
-    gray = (depth.numpy() * 255.0).clip(0, 255).astype(np.uint8)[:th, :tw]
+    gray = (depth.cpu().numpy() * 255.0).clip(0, 255).astype(np.uint8)[:th, :tw]
     return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
 
 
@@ -62,16 +63,18 @@ def find_weights(files: AnnotatorFiles) -> Path | None:
 
 
 def load_model(path: Path, files: AnnotatorFiles):
-    """transformers' DPTForDepthEstimation (hybrid) from the original file; another network's file is refused."""
+    """transformers' DPTForDepthEstimation (hybrid) from the original file, float32 on the detector's device;
+    another network's file is refused."""
     from lorastudio.core.errors import ModelFileError
     from lorastudio.generation.preprocessors.midas_net import build_from_original
 
     sd = files.read(path)
     try:
-        return build_from_original(sd)
+        model = build_from_original(sd)
     except (KeyError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(path, f"not a MiDaS DPT-Hybrid file: {first[:400]}") from None
+    return files.place(model)
 
 
 def run(image: np.ndarray, resolution: int, files: AnnotatorFiles) -> np.ndarray:
@@ -80,4 +83,4 @@ def run(image: np.ndarray, resolution: int, files: AnnotatorFiles) -> np.ndarray
     path = find_weights(files)
     if path is None:
         raise InvalidParameter("module", "depth_midas", missing_message(files))
-    return depth_map(load_model(path, files), image, resolution)
+    return depth_map(load_model(path, files), image, resolution, files.device)

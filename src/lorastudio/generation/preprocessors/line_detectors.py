@@ -45,9 +45,9 @@ def hed_map(img: np.ndarray, files: AnnotatorFiles, *, safe: bool) -> np.ndarray
     net = files.network("ControlNetHED.pth", HedNet)
     h, w = img.shape[:2]
     with torch.inference_mode():
-        sides = net(_tensor(img, 1.0))
+        sides = net(_tensor(img, 1.0).to(files.device))
     # every side output brought to the picture's size (bilinear), averaged, then the sigmoid
-    sides = [cv2.resize(s[0, 0].numpy().astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) for s in sides]
+    sides = [cv2.resize(s[0, 0].cpu().numpy().astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) for s in sides]
     edge = 1 / (1 + np.exp(-np.mean(np.stack(sides, axis=2), axis=2).astype(np.float64)))
     if safe:
         # "safe" HED: quantised to 0, 0.5, 1 (x * 3 truncated, halved), which hides the network's noise
@@ -63,7 +63,7 @@ def lineart_map(img: np.ndarray, files: AnnotatorFiles, filename: str) -> np.nda
 
     net = files.network(filename, LineartNet)
     with torch.inference_mode():
-        line = net(_tensor(img, 255.0))[0, 0].numpy()
+        line = net(_tensor(img, 255.0).to(files.device))[0, 0].cpu().numpy()
     return (line * 255.0).clip(0, 255).astype(np.uint8)
 
 
@@ -81,7 +81,7 @@ def lineart_anime_map(img: np.ndarray, files: AnnotatorFiles) -> np.ndarray:
     feed = cv2.resize(img, (wn, hn), interpolation=cv2.INTER_CUBIC)
     with torch.inference_mode():
         x = torch.from_numpy(np.ascontiguousarray(feed)).float().div(127.5).sub(1.0).permute(2, 0, 1)[None]
-        line = (net(x)[0, 0] * 127.5 + 127.5).numpy()
+        line = (net(x.to(files.device))[0, 0] * 127.5 + 127.5).cpu().numpy()
     return cv2.resize(line, (w, h), interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(np.uint8)
 
 

@@ -93,15 +93,16 @@ def draw_lines(lines: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def mlsd_map(image: np.ndarray, resolution: int, value_threshold: float, distance_threshold: float,
-             net: Callable) -> np.ndarray:
-    """HWC uint8 RGB -> the extension's mlsd map (HWC uint8, white lines on black) with `net` as the network."""
+             net: Callable, device="cpu") -> np.ndarray:
+    """HWC uint8 RGB -> the extension's mlsd map (HWC uint8, white lines on black) with `net` as the network,
+    run on `device` (the decoding runs on the CPU)."""
     import torch
 
     from lorastudio.generation.preprocessors.line_detectors import pad_to_64
 
     padded, (h, w) = pad_to_64(image, resolution)
     with torch.inference_mode():
-        tp_map = net(network_input(padded))
+        tp_map = net(network_input(padded).to(device))
     lines = decode_lines(tp_map, value_threshold, distance_threshold)
     # the network ran at the padded picture's own size, so the lines are already in its pixels
     gray = draw_lines(lines, *padded.shape[:2])[:h, :w]
@@ -112,4 +113,4 @@ def mlsd(image, resolution, value_threshold, distance_threshold, *, files: Annot
     from lorastudio.generation.preprocessors.mlsd_net import MlsdNet
 
     net = files.network(WEIGHTS, MlsdNet)
-    return mlsd_map(image, int(resolution), value_threshold, distance_threshold, net)
+    return mlsd_map(image, int(resolution), value_threshold, distance_threshold, net, files.device)

@@ -46,21 +46,22 @@ def normals_to_rgb(normal) -> np.ndarray:
     return (n.permute(1, 2, 0).cpu().numpy() * 255.0).clip(0, 255).astype(np.uint8)
 
 
-def normal_map(image: np.ndarray, resolution: int, net: Callable) -> np.ndarray:
-    """HWC uint8 RGB -> the extension's normal_bae map (HWC uint8) with `net` as the network."""
+def normal_map(image: np.ndarray, resolution: int, net: Callable, device="cpu") -> np.ndarray:
+    """HWC uint8 RGB -> the extension's normal_bae map (HWC uint8) with `net` as the network, run on `device`."""
     import torch
 
     from lorastudio.generation.preprocessors.line_detectors import pad_to_64
 
     padded, (h, w) = pad_to_64(image, resolution)
     with torch.inference_mode():
-        predictions = net(network_input(padded))
+        predictions = net(network_input(padded).to(device))
     # the last prediction is the full-size one (the refinement at 1/1)
     return np.ascontiguousarray(normals_to_rgb(predictions[-1])[:h, :w])
 
 
 def load_network(files: AnnotatorFiles):
-    """NormalBaeNet with the file's weights, loaded strictly, float32, eval mode; another network's file is named."""
+    """NormalBaeNet with the file's weights, loaded strictly, float32, eval mode, on the detector's device;
+    another network's file is named."""
     import torch
 
     from lorastudio.core.errors import ModelFileError
@@ -75,8 +76,8 @@ def load_network(files: AnnotatorFiles):
     with torch.device("meta"):  # no time spent initialising 72.6 M parameters that the file replaces
         net = NormalBaeNet()
     load_state_strictly(net, state, path, assign=True)
-    return net.float().eval()
+    return files.place(net)
 
 
 def normal_bae(image, resolution, a=None, b=None, *, files: AnnotatorFiles) -> np.ndarray:
-    return normal_map(image, int(resolution), load_network(files))
+    return normal_map(image, int(resolution), load_network(files), files.device)

@@ -31,7 +31,8 @@ def pidinet_map(img: np.ndarray, files: AnnotatorFiles, *, safe: bool) -> np.nda
     # BGR, divided (not multiplied by 1/255): the same input, to the last bit, as the extension's
     bgr = np.ascontiguousarray(img[:, :, ::-1])
     with torch.inference_mode():
-        edge = net(torch.from_numpy(bgr).float().div(255.0).permute(2, 0, 1)[None])[0, 0].numpy()
+        x = torch.from_numpy(bgr).float().div(255.0).permute(2, 0, 1)[None]
+        edge = net(x.to(files.device))[0, 0].cpu().numpy()
     if safe:
         # "safe" step: x * 3 truncated, halved (0, 0.5, 1 and 1.5 for x = 1), which hides the network's noise
         edge = (edge.astype(np.float32) * 3.0).astype(np.int32).astype(np.float32) / 2.0

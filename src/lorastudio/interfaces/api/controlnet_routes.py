@@ -101,7 +101,10 @@ async def detect(request: Request, body: DetectRequest) -> dict:
             detected, extra = run_detector(unit.module, np.asarray(im.convert("RGB")), resolution=unit.processor_res,
                                            threshold_a=unit.threshold_a, threshold_b=unit.threshold_b,
                                            models_root=state.catalog.root.root,
-                                           allow_pickle=state.settings.allow_pickle)
+                                           allow_pickle=state.settings.allow_pickle,
+                                           # the engine's device and read cache: the web UI's preview and the
+                                           # next generation share one read of the detector file
+                                           device=state.engine.device, cache=state.engine.annotator_cache)
             out.append(encode_png(Image.fromarray(detected), None))
             if extra is not None and "openpose" in unit.module:
                 poses.append(extra)
