@@ -177,3 +177,37 @@ def test_detect_route_reads_through_the_engines_cache(tmp_path):
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
         third = c.post("/controlnet/detect", json=body)
         assert third.status_code != 200 and "table5_pidinet.safetensors" in third.text
+
+
+def test_a_control_plan_keeps_the_device_and_the_cache_in_its_second_pass_and_masked_region(tmp_path):
+    from lorastudio.generation.controlnet_units import ControlNetUnit, prepare_control
+
+    path = write_annotator_file(tmp_path / "ControlNetPreprocessor", "table5_pidinet.pth", pidinet_state_dict(3),
+                                safetensors=True)
+    picture = Image.fromarray(edge_picture(64, 64, seed=6))
+    unit = ControlNetUnit(module="softedge_pidinet", model="tiny", image=picture, processor_res=64)
+    cache = AnnotatorCache()
+    plan = prepare_control([unit], width=64, height=64, cfg=True, load=lambda name: (None, "tiny [0]"),
+                           models_root=tmp_path, device=torch.device("cpu"), annotator_cache=cache)
+    assert plan.device == torch.device("cpu") and plan.annotator_cache is cache
+    _same_size_garbage(path)  # the maps made again below can only come from the cache
+    high = plan.for_pass("high", 64, 64)
+    assert high.annotator_cache is cache and high.device == plan.device
+    assert np.array_equal(np.asarray(high.maps[0]), np.asarray(plan.maps[0]))
+    region = high.for_masked_region((0, 0, 64, 64), (64, 64), 64, 64)
+    assert region.annotator_cache is cache and region.device == plan.device
+    assert np.array_equal(np.asarray(region.maps[0]), np.asarray(plan.maps[0]))
+
+
+def test_the_engines_control_plan_carries_its_device_and_cache(tmp_path):
+    from lorastudio.core.params import GenerationParams
+    from lorastudio.core.settings import StudioSettings
+    from lorastudio.generation.engine import GenerationEngine
+
+    settings = StudioSettings(models_dir=tmp_path / "models", outdir=tmp_path / "o", projects_dir=tmp_path / "p",
+                              device="cpu", include_bundled=False)
+    engine = GenerationEngine(settings)
+    picture = Image.fromarray(edge_picture(64, 64, seed=7))
+    plan = engine._control_plan([{"module": "reference_only", "image": picture}],
+                                GenerationParams(prompt="x", width=64, height=64))
+    assert plan.annotator_cache is engine.annotator_cache and plan.device == engine.device
