@@ -54,7 +54,10 @@ class AnnotatorCache:
 
     def tensors(self, path: Path, entry: str | None, read: Callable[[], dict]) -> dict:
         """The tensors of `path` (`entry`), from `read()` unless they are those of the last file read."""
-        stat = path.stat()
+        try:
+            stat = path.stat()
+        except OSError:
+            return read()  # which names the file it cannot read
         key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, entry)
         with self._lock:  # held while reading: a second caller of the same file waits, it does not read it too
             if key != self._key:
@@ -120,7 +123,7 @@ class AnnotatorFiles:
             tensors = self._pickled(path, entry) if pickled else read_tensors(path, allow_pickle=False)[0]
             # copies in memory of their own: a .safetensors file's tensors lie at the file's offsets, which
             # need not be 64-byte aligned, and CPU convolutions round differently (last bit) on unaligned
-            # weights; fresh copies give the same map read or cached, and the cache holds no memory of the file
+            # weights; fresh copies give the same map read or cached, and the cache holds memory of its own
             return {k: v.clone() for k, v in tensors.items()}
 
         if self.cache is None:
@@ -184,8 +187,9 @@ class AnnotatorFiles:
 def load_network(net, path: Path, files: AnnotatorFiles):
     """`net` (built by the caller: its class takes arguments) with the weights of `path`, loaded strictly
     (a file of another network is refused by name, not half-loaded), in eval mode on the detector's device."""
+    net = net.to(files.device)  # first: the file's tensors are copied into it there (cached ones are there already)
     load_state_strictly(net, files.read(path), path)
-    return net.to(files.device).eval()
+    return net.eval()
 
 
 def load_state_strictly(net, state: dict, path: Path, *, assign: bool = False) -> None:
