@@ -14,16 +14,10 @@ from PIL import Image
 
 @pytest.fixture(scope="module")
 def cn_root(tmp_path_factory):
-    from lorastudio.testing.tiny_controlnet import save_controlnet_single_file, tiny_controlnet, tiny_sd1_x8_pipeline
-    from lorastudio.testing.tiny_sd import save_sd1_single_file
+    from lorastudio.testing.tiny_controlnet import write_controlnet_models_root
 
     root = tmp_path_factory.mktemp("cn-api") / "models"
-    for d in ("Stable-diffusion", "Lora", "VAE", "ControlNet"):
-        (root / d).mkdir(parents=True)
-    pipe = tiny_sd1_x8_pipeline(seed=0)
-    save_sd1_single_file(pipe, root / "Stable-diffusion" / "tiny-x8.safetensors")
-    save_controlnet_single_file(tiny_controlnet(pipe.unet, seed=5), pipe.unet.config,
-                                root / "ControlNet" / "control_tiny.safetensors")
+    write_controlnet_models_root(root, "control_tiny")
     return root
 
 

@@ -16,16 +16,10 @@ from lorastudio.testing.annotator_files import edge_picture, hed_state_dict, lin
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    from lorastudio.testing.tiny_controlnet import save_controlnet_single_file, tiny_controlnet, tiny_sd1_x8_pipeline
-    from lorastudio.testing.tiny_sd import save_sd1_single_file
+    from lorastudio.testing.tiny_controlnet import write_controlnet_models_root
 
     root = tmp_path_factory.mktemp("cn-lines") / "models"
-    for d in ("Stable-diffusion", "Lora", "VAE", "ControlNet"):
-        (root / d).mkdir(parents=True)
-    pipe = tiny_sd1_x8_pipeline(seed=0)
-    save_sd1_single_file(pipe, root / "Stable-diffusion" / "tiny-x8.safetensors")
-    save_controlnet_single_file(tiny_controlnet(pipe.unet, seed=5), pipe.unet.config,
-                                root / "ControlNet" / "control_tiny_lineart.safetensors")
+    write_controlnet_models_root(root, "control_tiny_lineart")
     # HED as a .safetensors twin (no permission needed), line art as the published .pth pickle
     write_annotator_file(root / "ControlNetPreprocessor", "ControlNetHED.pth", hed_state_dict(0), safetensors=True)
     write_annotator_file(root / "ControlNetPreprocessor" / "lllyasviel" / "Annotators", "sk_model.pth",

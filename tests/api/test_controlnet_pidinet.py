@@ -16,16 +16,10 @@ from lorastudio.testing.annotator_files import edge_picture, pidinet_state_dict,
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    from lorastudio.testing.tiny_controlnet import save_controlnet_single_file, tiny_controlnet, tiny_sd1_x8_pipeline
-    from lorastudio.testing.tiny_sd import save_sd1_single_file
+    from lorastudio.testing.tiny_controlnet import write_controlnet_models_root
 
     root = tmp_path_factory.mktemp("cn-pidi") / "models"
-    for d in ("Stable-diffusion", "Lora", "VAE", "ControlNet"):
-        (root / d).mkdir(parents=True)
-    pipe = tiny_sd1_x8_pipeline(seed=0)
-    save_sd1_single_file(pipe, root / "Stable-diffusion" / "tiny-x8.safetensors")
-    save_controlnet_single_file(tiny_controlnet(pipe.unet, seed=5), pipe.unet.config,
-                                root / "ControlNet" / "control_tiny_softedge.safetensors")
+    write_controlnet_models_root(root, "control_tiny_softedge")
     # as lllyasviel/Annotators publishes it: a pickle, `state_dict` keys prefixed with `module.`
     write_annotator_file(root / "ControlNetPreprocessor" / "lllyasviel" / "Annotators", "table5_pidinet.pth",
                          {"state_dict": {f"module.{k}": v for k, v in pidinet_state_dict(0).items()}})

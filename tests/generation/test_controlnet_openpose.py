@@ -64,8 +64,7 @@ def roots(tmp_path_factory):
     `pth` (the pickle only), `both` (pickle and safetensors twin side by side), `empty`."""
     from safetensors.torch import save_file
 
-    from lorastudio.testing.tiny_controlnet import save_controlnet_single_file, tiny_controlnet, tiny_sd1_x8_pipeline
-    from lorastudio.testing.tiny_sd import save_sd1_single_file
+    from lorastudio.testing.tiny_controlnet import write_controlnet_models_root
 
     base = tmp_path_factory.mktemp("openpose")
     state = random_body_pose_state(seed=0)
@@ -80,12 +79,7 @@ def roots(tmp_path_factory):
     both.mkdir(parents=True)
     (both / "body_pose_model.pth").symlink_to(pth / "body_pose_model.pth")
     (both / "body_pose_model.safetensors").symlink_to(annotators / "body_pose_model.safetensors")
-    for d in ("Stable-diffusion", "Lora", "VAE", "ControlNet"):
-        (st / d).mkdir()
-    pipe = tiny_sd1_x8_pipeline(seed=0)
-    save_sd1_single_file(pipe, st / "Stable-diffusion" / "tiny-x8.safetensors")
-    save_controlnet_single_file(tiny_controlnet(pipe.unet, seed=5), pipe.unet.config,
-                                st / "ControlNet" / "control_tiny_openpose.safetensors")
+    write_controlnet_models_root(st, "control_tiny_openpose")
     for d in ("Stable-diffusion", "Lora", "VAE", "ControlNet"):  # the pickle root generates too
         (base / "pth" / d).mkdir()
         for f in (st / d).iterdir():

@@ -233,16 +233,11 @@ def test_detect_route_and_a_txt2img_unit_with_depth_anything(tmp_path):
 
     from lorastudio.core.settings import StudioSettings
     from lorastudio.interfaces.api.server import create_app
-    from lorastudio.testing.tiny_controlnet import save_controlnet_single_file, tiny_controlnet, tiny_sd1_x8_pipeline
-    from lorastudio.testing.tiny_sd import save_sd1_single_file
+    from lorastudio.testing.tiny_controlnet import write_controlnet_models_root
 
     root = tmp_path / "models"
-    for d in ("Stable-diffusion", "ControlNet", "ControlNetPreprocessor"):
-        (root / d).mkdir(parents=True)
-    pipe = tiny_sd1_x8_pipeline(seed=0)
-    save_sd1_single_file(pipe, root / "Stable-diffusion" / "tiny-x8.safetensors")
-    save_controlnet_single_file(tiny_controlnet(pipe.unet, seed=5), pipe.unet.config,
-                                root / "ControlNet" / "control_tiny.safetensors")
+    (root / "ControlNetPreprocessor").mkdir(parents=True)
+    write_controlnet_models_root(root, "control_tiny")
     torch.save(tiny_original(seed=6), root / "ControlNetPreprocessor" / "depth_anything_vits14.pth")
     pic = io.BytesIO()
     Image.fromarray(photo(64, 64)).save(pic, format="PNG")

@@ -195,17 +195,11 @@ def test_detect_route_and_a_txt2img_unit(roots, tmp_path):
 
     from lorastudio.core.settings import StudioSettings
     from lorastudio.interfaces.api.server import create_app
-    from lorastudio.testing.tiny_controlnet import save_controlnet_single_file, tiny_controlnet, tiny_sd1_x8_pipeline
-    from lorastudio.testing.tiny_sd import save_sd1_single_file
+    from lorastudio.testing.tiny_controlnet import write_controlnet_models_root
 
     _, st_root = roots
     root = st_root  # scannet.safetensors: no pickle permission needed
-    for d in ("Stable-diffusion", "ControlNet"):
-        (root / d).mkdir(parents=True, exist_ok=True)
-    pipe = tiny_sd1_x8_pipeline(seed=0)
-    save_sd1_single_file(pipe, root / "Stable-diffusion" / "tiny-x8.safetensors")
-    save_controlnet_single_file(tiny_controlnet(pipe.unet, seed=5), pipe.unet.config,
-                                root / "ControlNet" / "control_tiny_normalbae.safetensors")
+    write_controlnet_models_root(root, "control_tiny_normalbae")
     pic = edge_picture(64, 64, seed=3)
     settings = StudioSettings(models_dir=root, outdir=tmp_path / "o", projects_dir=tmp_path / "p", device="cpu",
                               include_bundled=False, allow_pickle=False)

@@ -18,16 +18,10 @@ TIMEOUT = 120_000
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, helpers):
-    from lorastudio.testing.tiny_controlnet import save_controlnet_single_file, tiny_controlnet, tiny_sd1_x8_pipeline
-    from lorastudio.testing.tiny_sd import save_sd1_single_file
+    from lorastudio.testing.tiny_controlnet import write_controlnet_models_root
 
     root = tmp_path_factory.mktemp("webui-cn") / "models"
-    for sub in ("Stable-diffusion", "Lora", "VAE", "ControlNet"):
-        (root / sub).mkdir(parents=True)
-    pipe = tiny_sd1_x8_pipeline(seed=0)
-    save_sd1_single_file(pipe, root / "Stable-diffusion" / "tiny-x8.safetensors")
-    save_controlnet_single_file(tiny_controlnet(pipe.unet, seed=5), pipe.unet.config,
-                                root / "ControlNet" / "control_tiny_canny.safetensors")
+    write_controlnet_models_root(root, "control_tiny_canny")
     srv = helpers.Server(root, tmp_path_factory.mktemp("webui-cn-server"))
     try:
         srv.wait_up()

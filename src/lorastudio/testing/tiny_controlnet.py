@@ -120,9 +120,10 @@ def save_controlnet_single_file(cn, unet_config, path: str | Path, *, prefix: st
     return path
 
 
-def write_controlnet_models_root(root: str | Path) -> dict[str, Any]:
-    """An A1111 models folder with the tiny 8x SD 1.x checkpoint and a single-file ControlNet for it
-    (`ControlNet/control_tiny.safetensors`); returns the in-memory originals."""
+def write_controlnet_models_root(root: str | Path, controlnet: str = "control_tiny") -> dict[str, Any]:
+    """An A1111 models folder with the tiny 8x SD 1.x checkpoint (`Stable-diffusion/tiny-x8.safetensors`)
+    and a single-file ControlNet for it (`ControlNet/<controlnet>.safetensors`); returns the in-memory
+    originals. Folders already there are kept."""
     from lorastudio.testing.tiny_sd import save_sd1_single_file
 
     root = Path(root)
@@ -131,7 +132,7 @@ def write_controlnet_models_root(root: str | Path) -> dict[str, Any]:
     pipe = tiny_sd1_x8_pipeline(seed=0)
     save_sd1_single_file(pipe, root / "Stable-diffusion" / "tiny-x8.safetensors")
     cn = tiny_controlnet(pipe.unet, seed=5)
-    save_controlnet_single_file(cn, pipe.unet.config, root / "ControlNet" / "control_tiny.safetensors")
+    save_controlnet_single_file(cn, pipe.unet.config, root / "ControlNet" / f"{controlnet}.safetensors")
     return {"pipe": pipe, "controlnet": cn}
 
 
