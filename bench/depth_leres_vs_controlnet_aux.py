@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-AUX_SIDE = "--aux-side"
+from aux_side import AUX_SIDE, aux_env, print_rows, run_aux_side
 # (height, width, detect resolution, (remove near %, remove background %) besides the defaults 0, 0)
 PICTURES = ((512, 512, 512, (20.0, 0.0)), (333, 517, 320, (0.0, 35.0)), (600, 450, 384, (12.5, 60.0)),
             (100, 70, 64, (50.0, 50.0)))
@@ -314,21 +313,16 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
-    env.pop("PYTHONPATH", None)
+    env = aux_env(args.threads)
     if args.golden:
         golden(args.golden, args.aux_python, env)
         return
     with tempfile.TemporaryDirectory(prefix="leres-vs-aux-") as tmp:
         work = Path(tmp)
         job = write_inputs(work, args.seed)
-        (work / "job.json").write_text(json.dumps(job))
-        subprocess.run([args.aux_python, __file__, AUX_SIDE, str(work / "job.json"), str(work / "aux.npz"),
-                        str(args.threads)], check=True, env=env)
-        theirs = dict(np.load(work / "aux.npz"))
+        theirs = run_aux_side(args.aux_python, __file__, work, job, args.threads)
         rows = compare(ours(job), theirs)
-    for key, row in rows.items():
-        print(f"{key:34s} " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    print_rows(rows, 34)
     maps = [r.get("max_abs", float("inf")) for k, r in rows.items() if k.endswith("/map")]
     print(json.dumps({"bench": "depth_leres_vs_controlnet_aux", "seed": args.seed, "maps_max_abs": max(maps),
                       "input_max_abs": max(r.get("max_abs", float("inf")) for k, r in rows.items()

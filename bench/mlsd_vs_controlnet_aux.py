@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-AUX_SIDE = "--aux-side"
+from aux_side import AUX_SIDE, print_rows, run_aux_side
 # (height, width, detect resolution): square and not, the default 512, sizes the extension pads
 PICTURES = ((512, 512, 512), (512, 768, 512), (333, 517, 500), (600, 450, 384), (100, 70, 64))
 THRESHOLDS = ((0.1, 0.1), (0.2, 5.0), (0.01, 20.0))
@@ -233,18 +231,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
-    env.pop("PYTHONPATH", None)
     with tempfile.TemporaryDirectory(prefix="mlsd-vs-aux-") as tmp:
         work = Path(tmp)
         job = write_inputs(work, args.seed)
-        (work / "job.json").write_text(json.dumps(job))
-        subprocess.run([args.aux_python, __file__, AUX_SIDE, str(work / "job.json"), str(work / "aux.npz"),
-                        str(args.threads)], check=True, env=env)
-        theirs = dict(np.load(work / "aux.npz"))
+        theirs = run_aux_side(args.aux_python, __file__, work, job, args.threads)
         rows = compare(ours(job), theirs)
-    for key, row in rows.items():
-        print(f"{key:34s} " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    print_rows(rows, 34)
     worst = max((r.get("max_abs", 0.0) for k, r in rows.items() if not k.endswith("/net")), default=0.0)
     print(json.dumps({"bench": "mlsd_vs_controlnet_aux", "seed": args.seed, "lines_and_maps_max_abs": worst,
                       "net_max_abs": max(r.get("max_abs", 0.0) for k, r in rows.items() if k.endswith("/net")),

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-AUX_SIDE = "--aux-side"
+from aux_side import AUX_SIDE, print_rows, run_aux_side
 FILE = "scannet.pt"
 # (height, width, detect resolution): square and not, the default 512, sizes the extension pads
 PICTURES = ((512, 512, 512), (512, 768, 512), (333, 517, 500), (600, 450, 384), (100, 70, 64))
@@ -149,18 +147,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
-    env.pop("PYTHONPATH", None)
     with tempfile.TemporaryDirectory(prefix="normalbae-vs-aux-") as tmp:
         work = Path(tmp)
         job = write_inputs(work, args.seed)
-        (work / "job.json").write_text(json.dumps(job))
-        subprocess.run([args.aux_python, __file__, AUX_SIDE, str(work / "job.json"), str(work / "aux.npz"),
-                        str(args.threads)], check=True, env=env)
-        theirs = dict(np.load(work / "aux.npz"))
+        theirs = run_aux_side(args.aux_python, __file__, work, job, args.threads)
         rows = compare(ours(job), theirs)
-    for key, row in rows.items():
-        print(f"{key:26s} " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    print_rows(rows, 26)
     maps = [r for k, r in rows.items() if k.endswith("/map")]
     print(json.dumps({"bench": "normal_bae_vs_controlnet_aux", "seed": args.seed,
                       "map_max_abs": max(r.get("max_abs", float("inf")) for r in maps),
