@@ -224,7 +224,7 @@ def write_inputs(work: Path, seed: int) -> dict:
     import torch
 
     from lorastudio.generation.preprocessors.depth_leres import network_input
-    from lorastudio.generation.preprocessors.line_detectors import pad_to_64
+    from lorastudio.generation.preprocessors.picture_steps import pad_to_64
     from lorastudio.testing.annotator_files import edge_picture, leres_state_dict
 
     folder = work / "models" / "ControlNetPreprocessor"
@@ -256,7 +256,7 @@ def ours(job: dict) -> dict:
     from lorastudio.generation.preprocessors import run_preprocessor
     from lorastudio.generation.preprocessors.annotator_weights import AnnotatorFiles
     from lorastudio.generation.preprocessors.depth_leres import leres_map, load_network, network_input
-    from lorastudio.generation.preprocessors.line_detectors import pad_to_64
+    from lorastudio.generation.preprocessors.picture_steps import pad_to_64
 
     files = AnnotatorFiles(Path(job["models_root"]), allow_pickle=True)
     net = load_network(Path(job["file"]), files)

@@ -212,7 +212,7 @@ def our_side(args) -> dict:
     sys.path.insert(0, str(ROOT / "src"))
     from lorastudio.generation.preprocessors import depth_midas
     from lorastudio.generation.preprocessors.annotator_weights import AnnotatorFiles
-    from lorastudio.generation.preprocessors.line_detectors import pad_to_64
+    from lorastudio.generation.preprocessors.picture_steps import pad_to_64
     from lorastudio.generation.preprocessors.midas_net import predict
 
     torch.set_num_threads(args.threads)

@@ -143,7 +143,7 @@ def aux_side(job: dict) -> dict:
 # The lorastudio side.
 
 def write_inputs(work: Path, seed: int) -> dict:
-    from lorastudio.generation.preprocessors.line_detectors import pad_to_64
+    from lorastudio.generation.preprocessors.picture_steps import pad_to_64
     from lorastudio.generation.preprocessors.mlsd import network_input
     from lorastudio.testing.annotator_files import edge_picture, mlsd_state_dict, write_annotator_file
 
@@ -170,7 +170,7 @@ def ours(job: dict) -> dict:
 
     from lorastudio.generation.preprocessors import run_preprocessor
     from lorastudio.generation.preprocessors.annotator_weights import AnnotatorFiles
-    from lorastudio.generation.preprocessors.line_detectors import pad_to_64
+    from lorastudio.generation.preprocessors.picture_steps import pad_to_64
     from lorastudio.generation.preprocessors.mlsd import decode_lines, mlsd_map, network_input
     from lorastudio.generation.preprocessors.mlsd_net import MlsdNet
 

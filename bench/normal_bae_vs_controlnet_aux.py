@@ -78,7 +78,7 @@ def aux_side(job: dict) -> dict:
 # The lorastudio side.
 
 def write_inputs(work: Path, seed: int) -> dict:
-    from lorastudio.generation.preprocessors.line_detectors import pad_to_64
+    from lorastudio.generation.preprocessors.picture_steps import pad_to_64
     from lorastudio.generation.preprocessors.normal_bae import network_input
     from lorastudio.testing.annotator_files import edge_picture, normal_bae_state_dict, write_annotator_file
 

@@ -111,7 +111,7 @@ def test_the_small_network_gives_controlnet_aux_map(pth_root):
     assert (g["picture"] == picture).all()
     from lorastudio.generation.preprocessors.annotator_weights import AnnotatorFiles
     from lorastudio.generation.preprocessors.depth_leres import load_network
-    from lorastudio.generation.preprocessors.line_detectors import pad_to_64
+    from lorastudio.generation.preprocessors.picture_steps import pad_to_64
 
     padded = pad_to_64(picture, 64)[0]
     assert (padded == g["padded"]).all()  # cv2's cubic resize of uint8 is fixed-point: the same picture

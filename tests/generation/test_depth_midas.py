@@ -178,7 +178,7 @@ def test_the_real_files_keys_load_strictly_into_the_hybrid_dpt():
 
 def test_the_tiny_hybrid_gives_the_extensions_map():
     from lorastudio.generation.preprocessors import depth_midas
-    from lorastudio.generation.preprocessors.line_detectors import pad_to_64
+    from lorastudio.generation.preprocessors.picture_steps import pad_to_64
     from lorastudio.generation.preprocessors.midas_net import build_from_original, predict
 
     g = np.load(GOLDEN)

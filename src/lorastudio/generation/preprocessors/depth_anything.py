@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from lorastudio.generation.preprocessors.annotator_weights import AnnotatorFiles
+from lorastudio.generation.preprocessors.picture_steps import gray_to_rgb, pad_to_64
 
 _SIZES = ("vitl", "vitb", "vits")
 _HF_SIZES = ("large", "base", "small")
@@ -34,19 +35,6 @@ VERSIONS = {
 # The Depth Anything transform: the short side to at least 518, both sides multiples of 14, ImageNet statistics.
 NET_SIZE, MULTIPLE = 518, 14
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-
-
-def resize_with_pad(image: np.ndarray, resolution: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """The extension's `resize_image_with_pad`: short side to `resolution` (cubic up, area down), then
-    edge-padded at the bottom/right to multiples of 64. Returns the padded picture and the unpadded (h, w)."""
-    import cv2
-
-    h, w = image.shape[:2]
-    k = float(resolution) / min(h, w)
-    th, tw = int(np.round(h * k)), int(np.round(w * k))
-    img = cv2.resize(image, (tw, th), interpolation=cv2.INTER_CUBIC if k > 1 else cv2.INTER_AREA)
-    ph, pw = int(np.ceil(th / 64.0) * 64 - th), int(np.ceil(tw / 64.0) * 64 - tw)
-    return np.pad(img, [[0, ph], [0, pw], [0, 0]], mode="edge"), (th, tw)
 
 
 def _multiple_of_14(x: float, minimum: int) -> int:
@@ -77,14 +65,14 @@ def depth_map(model, image: np.ndarray, resolution: int, device="cpu") -> np.nda
     import torch
     import torch.nn.functional as F
 
-    padded, (th, tw) = resize_with_pad(image, resolution)
+    padded, (th, tw) = pad_to_64(image, resolution)
     with torch.inference_mode():
         depth = model(pixel_values=network_input(padded).to(device)).predicted_depth
         depth = F.interpolate(depth[None], padded.shape[:2], mode="bilinear", align_corners=False)[0, 0]
         span = depth.max() - depth.min()
         depth = (depth - depth.min()) / (span if span > 0 else 1) * 255.0
     gray = depth.cpu().numpy().astype(np.uint8)[:th, :tw]
-    return np.repeat(gray[:, :, None], 3, axis=2)
+    return gray_to_rgb(gray)
 
 
 def missing_message(name: str, files: AnnotatorFiles) -> str:

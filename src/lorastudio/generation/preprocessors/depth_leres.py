@@ -70,7 +70,7 @@ def leres_map(image: np.ndarray, resolution: int, remove_near: float, remove_bac
     import cv2
     import torch
 
-    from lorastudio.generation.preprocessors.line_detectors import pad_to_64
+    from lorastudio.generation.preprocessors.picture_steps import gray_to_rgb, pad_to_64
 
     padded, (h, w) = pad_to_64(image, resolution)
     with torch.inference_mode():
@@ -78,7 +78,7 @@ def leres_map(image: np.ndarray, resolution: int, remove_near: float, remove_bac
     if depth.shape != padded.shape[:2]:  # the extension brings the prediction to the picture's size (cubic)
         depth = cv2.resize(depth, (padded.shape[1], padded.shape[0]), interpolation=cv2.INTER_CUBIC)
     gray = depth_to_map(depth, float(remove_near), float(remove_background))[:h, :w]
-    return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    return gray_to_rgb(gray)
 
 
 def missing_message(files: AnnotatorFiles) -> str:

@@ -38,7 +38,7 @@ def depth_map(model, image: np.ndarray, resolution: int, device="cpu") -> np.nda
     network and the 0..1 scaling run on `device`."""
     import torch
 
-    from lorastudio.generation.preprocessors.line_detectors import pad_to_64
+    from lorastudio.generation.preprocessors.picture_steps import gray_to_rgb, pad_to_64
     from lorastudio.generation.preprocessors.midas_net import predict
 
     padded, (th, tw) = pad_to_64(image, resolution)
@@ -49,7 +49,7 @@ def depth_map(model, image: np.ndarray, resolution: int, device="cpu") -> np.nda
         # a flat prediction is black (the extension divides 0 by 0 there and casts NaN to uint8)
         depth = depth / (top if top > 0 else 1)
     gray = (depth.cpu().numpy() * 255.0).clip(0, 255).astype(np.uint8)[:th, :tw]
-    return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    return gray_to_rgb(gray)
 
 
 def missing_message(files: AnnotatorFiles) -> str:

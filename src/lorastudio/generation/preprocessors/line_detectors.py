@@ -13,19 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from lorastudio.generation.preprocessors.annotator_weights import AnnotatorFiles
-from lorastudio.generation.preprocessors.model_free import resize_short_side
-
-
-def pad_to_64(image: np.ndarray, resolution: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """(the picture resized and edge-padded to multiples of 64, its size (h, w) before padding)."""
-    img = resize_short_side(image, resolution)
-    h, w = img.shape[:2]
-    ph, pw = -h % 64, -w % 64
-    return np.pad(img, [[0, ph], [0, pw], [0, 0]], mode="edge"), (h, w)
-
-
-def _rgb(gray: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+from lorastudio.generation.preprocessors.picture_steps import gray_to_rgb, pad_to_64
 
 
 def _tensor(img: np.ndarray, divisor: float):
@@ -87,27 +75,27 @@ def lineart_anime_map(img: np.ndarray, files: AnnotatorFiles) -> np.ndarray:
 
 def softedge_hed(image, resolution, a, b, *, files: AnnotatorFiles):
     padded, (h, w) = pad_to_64(image, resolution)
-    return _rgb(hed_map(padded, files, safe=False)[:h, :w])
+    return gray_to_rgb(hed_map(padded, files, safe=False)[:h, :w])
 
 
 def softedge_hedsafe(image, resolution, a, b, *, files: AnnotatorFiles):
     padded, (h, w) = pad_to_64(image, resolution)
-    return _rgb(hed_map(padded, files, safe=True)[:h, :w])
+    return gray_to_rgb(hed_map(padded, files, safe=True)[:h, :w])
 
 
 def lineart_realistic(image, resolution, a, b, *, files: AnnotatorFiles):
     padded, (h, w) = pad_to_64(image, resolution)
-    return _rgb(255 - lineart_map(padded, files, "sk_model.pth")[:h, :w])
+    return gray_to_rgb(255 - lineart_map(padded, files, "sk_model.pth")[:h, :w])
 
 
 def lineart_coarse(image, resolution, a, b, *, files: AnnotatorFiles):
     padded, (h, w) = pad_to_64(image, resolution)
-    return _rgb(255 - lineart_map(padded, files, "sk_model2.pth")[:h, :w])
+    return gray_to_rgb(255 - lineart_map(padded, files, "sk_model2.pth")[:h, :w])
 
 
 def lineart_anime(image, resolution, a, b, *, files: AnnotatorFiles):
     padded, (h, w) = pad_to_64(image, resolution)
-    return _rgb(255 - lineart_anime_map(padded, files)[:h, :w])
+    return gray_to_rgb(255 - lineart_anime_map(padded, files)[:h, :w])
 
 
 # name -> run(image, resolution, threshold_a, threshold_b, *, files); each has only the resolution slider

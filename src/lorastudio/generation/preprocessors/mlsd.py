@@ -98,7 +98,7 @@ def mlsd_map(image: np.ndarray, resolution: int, value_threshold: float, distanc
     run on `device` (the decoding runs on the CPU)."""
     import torch
 
-    from lorastudio.generation.preprocessors.line_detectors import pad_to_64
+    from lorastudio.generation.preprocessors.picture_steps import gray_to_rgb, pad_to_64
 
     padded, (h, w) = pad_to_64(image, resolution)
     with torch.inference_mode():
@@ -106,7 +106,7 @@ def mlsd_map(image: np.ndarray, resolution: int, value_threshold: float, distanc
     lines = decode_lines(tp_map, value_threshold, distance_threshold)
     # the network ran at the padded picture's own size, so the lines are already in its pixels
     gray = draw_lines(lines, *padded.shape[:2])[:h, :w]
-    return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    return gray_to_rgb(gray)
 
 
 def mlsd(image, resolution, value_threshold, distance_threshold, *, files: AnnotatorFiles) -> np.ndarray:

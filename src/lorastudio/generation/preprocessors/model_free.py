@@ -10,20 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-def resize_short_side(image: np.ndarray, resolution: int) -> np.ndarray:
-    import cv2
-
-    h, w = image.shape[:2]
-    k = float(resolution) / min(h, w)
-    size = (int(round(w * k)), int(round(h * k)))
-    if size == (w, h):
-        return image
-    return cv2.resize(image, size, interpolation=cv2.INTER_CUBIC if k > 1 else cv2.INTER_AREA)
-
-
-def _rgb(gray: np.ndarray) -> np.ndarray:
-    return np.repeat(gray[:, :, None], 3, axis=2)
+from lorastudio.generation.preprocessors.picture_steps import gray_to_rgb, resize_short_side
 
 
 def none(image, resolution, a, b):
@@ -33,7 +20,7 @@ def none(image, resolution, a, b):
 def canny(image, resolution, low, high):
     import cv2
 
-    return _rgb(cv2.Canny(resize_short_side(image, resolution), int(low), int(high)))
+    return gray_to_rgb(cv2.Canny(resize_short_side(image, resolution), int(low), int(high)))
 
 
 def invert(image, resolution, a, b):
@@ -43,7 +30,7 @@ def invert(image, resolution, a, b):
 def threshold(image, resolution, level, b):
     # Scribble by threshold: pixels brighter than `level` become white lines on black.
     gray = resize_short_side(image, resolution).astype(np.float32).mean(axis=2)
-    return _rgb(np.where(gray > level, 255, 0).astype(np.uint8))
+    return gray_to_rgb(np.where(gray > level, 255, 0).astype(np.uint8))
 
 
 def tile_resample(image, resolution, down_sampling_rate, b):

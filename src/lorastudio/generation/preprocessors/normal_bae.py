@@ -50,7 +50,7 @@ def normal_map(image: np.ndarray, resolution: int, net: Callable, device="cpu") 
     """HWC uint8 RGB -> the extension's normal_bae map (HWC uint8) with `net` as the network, run on `device`."""
     import torch
 
-    from lorastudio.generation.preprocessors.line_detectors import pad_to_64
+    from lorastudio.generation.preprocessors.picture_steps import pad_to_64
 
     padded, (h, w) = pad_to_64(image, resolution)
     with torch.inference_mode():

@@ -256,7 +256,7 @@ def openpose_map(image: np.ndarray, resolution: int, body, hand=None, face=None)
     multiples of 64, detected (hands and face too when their networks are given) and drawn at that
     size, and the padding is cut from the map (the JSON keeps the padded canvas size, as the
     extension's does)."""
-    from lorastudio.generation.preprocessors.model_free import resize_short_side
+    from lorastudio.generation.preprocessors.picture_steps import resize_short_side
 
     small = resize_short_side(image, resolution)
     h, w = small.shape[:2]

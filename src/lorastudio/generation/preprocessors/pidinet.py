@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from lorastudio.generation.preprocessors.annotator_weights import AnnotatorFiles
-from lorastudio.generation.preprocessors.line_detectors import pad_to_64
+from lorastudio.generation.preprocessors.picture_steps import gray_to_rgb, pad_to_64
 
 WEIGHTS = "table5_pidinet.pth"
 
@@ -58,28 +58,24 @@ def thin_lines(edges: np.ndarray, level: int = 127, sigma: float = 3.0) -> np.nd
     return np.where(kept > level, 255, 0).astype(np.uint8)
 
 
-def _rgb(gray: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
-
-
 def _edges(image, resolution, files: AnnotatorFiles, *, safe: bool) -> np.ndarray:
     padded, (h, w) = pad_to_64(image, resolution)
     return np.ascontiguousarray(pidinet_map(padded, files, safe=safe)[:h, :w])
 
 
 def softedge_pidinet(image, resolution, a, b, *, files: AnnotatorFiles):
-    return _rgb(_edges(image, resolution, files, safe=False))
+    return gray_to_rgb(_edges(image, resolution, files, safe=False))
 
 
 def softedge_pidisafe(image, resolution, a, b, *, files: AnnotatorFiles):
-    return _rgb(_edges(image, resolution, files, safe=True))
+    return gray_to_rgb(_edges(image, resolution, files, safe=True))
 
 
 def scribble_pidinet(image, resolution, a, b, *, files: AnnotatorFiles):
     import cv2
 
     lines = cv2.GaussianBlur(thin_lines(_edges(image, resolution, files, safe=False)), (0, 0), 3.0)
-    return _rgb(np.where(lines > 4, 255, 0).astype(np.uint8))
+    return gray_to_rgb(np.where(lines > 4, 255, 0).astype(np.uint8))
 
 
 # name -> run(image, resolution, threshold_a, threshold_b, *, files); each has only the resolution slider
