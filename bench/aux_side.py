@@ -34,6 +34,19 @@ def run_aux_side(aux_python: str, script: str, work: Path, job: dict, threads: i
     return dict(np.load(work / "aux.npz"))
 
 
+def extension_resize_with_pad(rgb: np.ndarray, resolution: int):
+    """The extension's resize_image_with_pad, written here as the reference the detector benches give the
+    controlnet_aux side: short side to `resolution` (cubic up, area down), edge padding to multiples of
+    64; returns the padded picture and the (w, h) before padding."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    k = resolution / min(h, w)
+    size = (int(np.round(w * k)), int(np.round(h * k)))
+    small = cv2.resize(rgb, size, interpolation=cv2.INTER_CUBIC if k > 1 else cv2.INTER_AREA)
+    return np.pad(small, ((0, -size[1] % 64), (0, -size[0] % 64), (0, 0)), mode="edge"), size
+
+
 def print_rows(rows: dict[str, dict], width: int) -> None:
     for key, row in rows.items():
         print(f"{key:{width}s} " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"

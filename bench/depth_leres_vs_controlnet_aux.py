@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aux_side import AUX_SIDE, aux_env, print_rows, run_aux_side
+from aux_side import AUX_SIDE, extension_resize_with_pad, aux_env, print_rows, run_aux_side
 # (height, width, detect resolution, (remove near %, remove background %) besides the defaults 0, 0)
 PICTURES = ((512, 512, 512, (20.0, 0.0)), (333, 517, 320, (0.0, 35.0)), (600, 450, 384, (12.5, 60.0)),
             (100, 70, 64, (50.0, 50.0)))
@@ -49,18 +49,6 @@ PICTURES = ((512, 512, 512, (20.0, 0.0)), (333, 517, 320, (0.0, 35.0)), (600, 45
 GOLDEN_SIZES = dict(stem=16, widths=(32, 64, 128, 256), groups=4, blocks=(1, 1, 2, 1), mids=(32, 32, 32, 64))
 GOLDEN_SLIDERS = ((0.0, 0.0), (20.0, 30.0))
 KNOWN_SLIDERS = ((0.0, 0.0), (20.0, 0.0), (0.0, 35.0), (33.3, 66.6), (100.0, 0.0))
-
-
-def _extension_resize_with_pad(rgb: np.ndarray, resolution: int):
-    """The extension's resize_image_with_pad: short side to `resolution` (cubic up, area down), edge
-    padding to multiples of 64; returns the padded picture and the (w, h) before padding."""
-    import cv2
-
-    h, w = rgb.shape[:2]
-    k = resolution / min(h, w)
-    size = (int(np.round(w * k)), int(np.round(h * k)))
-    small = cv2.resize(rgb, size, interpolation=cv2.INTER_CUBIC if k > 1 else cv2.INTER_AREA)
-    return np.pad(small, ((0, -size[1] % 64), (0, -size[0] % 64), (0, 0)), mode="edge"), size
 
 
 def known_predictions() -> dict:
@@ -109,7 +97,7 @@ def aux_side(job: dict) -> dict:
     det = LeresDetector(model, None)
     out: dict = {}
     for name, (path, res, sliders) in job["pictures"].items():
-        padded, (w, h) = _extension_resize_with_pad(np.load(path), res)
+        padded, (w, h) = extension_resize_with_pad(np.load(path), res)
         x = scale_torch(padded[:, :, ::-1].copy())[None]  # estimateleres's input
         out[f"{name}/input"] = x.numpy()
         with torch.no_grad():
@@ -186,7 +174,7 @@ def aux_golden(job: dict) -> dict:
     model.eval()
     det = LeresDetector(model, None)
     picture = np.load(job["picture"])
-    padded, (w, h) = _extension_resize_with_pad(picture, job["resolution"])
+    padded, (w, h) = extension_resize_with_pad(picture, job["resolution"])
     side = min(padded.shape[:2])
     out = {"picture": picture, "padded": padded}
     with torch.no_grad():

@@ -34,22 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from aux_side import AUX_SIDE, print_rows, run_aux_side
+from aux_side import AUX_SIDE, extension_resize_with_pad, print_rows, run_aux_side
 # (height, width, detect resolution): square and not, the default 512, sizes the extension pads
 PICTURES = ((512, 512, 512), (512, 768, 512), (333, 517, 500), (600, 450, 384), (100, 70, 64))
 THRESHOLDS = ((0.1, 0.1), (0.2, 5.0), (0.01, 20.0))
-
-
-def _extension_resize_with_pad(rgb: np.ndarray, resolution: int):
-    """The extension's resize_image_with_pad: short side to `resolution` (cubic up, area down), edge
-    padding to multiples of 64; returns the padded picture and the (w, h) before padding."""
-    import cv2
-
-    h, w = rgb.shape[:2]
-    k = resolution / min(h, w)
-    size = (int(np.round(w * k)), int(np.round(h * k)))
-    small = cv2.resize(rgb, size, interpolation=cv2.INTER_CUBIC if k > 1 else cv2.INTER_AREA)
-    return np.pad(small, ((0, -size[1] % 64), (0, -size[0] % 64), (0, 0)), mode="edge"), size
 
 
 def known_output(h: int, w: int) -> np.ndarray:
@@ -109,7 +97,7 @@ def aux_side(job: dict) -> dict:
     det = MLSDdetector.from_pretrained(job["folder"])  # controlnet_aux's own loading of the .pth
     out: dict = {}
     for name, (path, res) in job["pictures"].items():
-        padded, (w, h) = _extension_resize_with_pad(np.load(path), res)
+        padded, (w, h) = extension_resize_with_pad(np.load(path), res)
         with torch.no_grad():
             out[f"{name}/net"] = det.model(_nchw(np.load(job["inputs"][name]))).numpy()
         side = min(padded.shape[:2])  # controlnet_aux's own resize is then the identity

@@ -31,23 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from aux_side import AUX_SIDE, print_rows, run_aux_side
+from aux_side import AUX_SIDE, extension_resize_with_pad, print_rows, run_aux_side
 FILE = "scannet.pt"
 # (height, width, detect resolution): square and not, the default 512, sizes the extension pads
 PICTURES = ((512, 512, 512), (512, 768, 512), (333, 517, 500), (600, 450, 384), (100, 70, 64))
 SCALES = ("res8", "res4", "res2", "res1")
-
-
-def _extension_resize_with_pad(rgb: np.ndarray, resolution: int):
-    """The extension's resize_image_with_pad: short side to `resolution` (cubic up, area down), edge
-    padding to multiples of 64; returns the padded picture and the (w, h) before padding."""
-    import cv2
-
-    h, w = rgb.shape[:2]
-    k = resolution / min(h, w)
-    size = (int(np.round(w * k)), int(np.round(h * k)))
-    small = cv2.resize(rgb, size, interpolation=cv2.INTER_CUBIC if k > 1 else cv2.INTER_AREA)
-    return np.pad(small, ((0, -size[1] % 64), (0, -size[0] % 64), (0, 0)), mode="edge"), size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,7 +49,7 @@ def aux_side(job: dict) -> dict:
     det = NormalBaeDetector.from_pretrained(job["folder"])  # controlnet_aux's own loading of the pickle
     out: dict = {}
     for name, (path, res) in job["pictures"].items():
-        padded, (w, h) = _extension_resize_with_pad(np.load(path), res)
+        padded, (w, h) = extension_resize_with_pad(np.load(path), res)
         with torch.no_grad():
             preds = det.model(torch.from_numpy(np.load(job["inputs"][name])))[0]
         for scale, p in zip(SCALES, preds):

@@ -32,13 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
+from aux_side import AUX_SIDE, extension_resize_with_pad
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------------------------------------
 # The controlnet_aux side: this same file run by --aux-python with "--aux-side"; it imports only
 # controlnet_aux, torch, numpy.
 
-AUX_SIDE = "--aux-side"
 
 
 def aux_openpose(job: dict) -> dict:
@@ -59,7 +60,7 @@ def aux_openpose(job: dict) -> dict:
         out[f"{name}/paf"], out[f"{name}/heat"] = paf.numpy(), heat.numpy()
         out[f"{name}/keypoints"] = _aux_keypoints(det.detect_poses(rgb))
     for name, (path, res) in job["padded_pictures"].items():
-        padded, (w, h) = _extension_resize_with_pad(np.load(path), res)
+        padded, (w, h) = extension_resize_with_pad(np.load(path), res)
         side = min(padded.shape[:2])  # controlnet_aux's own resize is then the identity
         out[f"{name}/map"] = np.asarray(det(padded, detect_resolution=side, image_resolution=side,
                                             output_type="np"))[:h, :w]
@@ -71,18 +72,6 @@ def aux_openpose(job: dict) -> dict:
                                            image_resolution=job["resolution"], output_type="np"))
     out["known_pose/keypoints"] = _aux_keypoints(det.detect_poses(rgb))
     return out
-
-
-def _extension_resize_with_pad(rgb: np.ndarray, resolution: int):
-    """What the A1111 extension does around its detectors: the short side to `resolution` (cubic when
-    enlarging, area when shrinking), then edge padding to multiples of 64; the padding is cut off after."""
-    import cv2
-
-    h, w = rgb.shape[:2]
-    k = resolution / min(h, w)
-    size = (int(np.round(w * k)), int(np.round(h * k)))
-    small = cv2.resize(rgb, size, interpolation=cv2.INTER_CUBIC if k > 1 else cv2.INTER_AREA)
-    return np.pad(small, ((0, -size[1] % 64), (0, -size[0] % 64), (0, 0)), mode="edge"), size
 
 
 def _aux_keypoints(poses) -> np.ndarray:
