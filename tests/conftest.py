@@ -45,6 +45,23 @@ class NoNetwork:
         return False
 
 
+@pytest.fixture
+def studio_client(tmp_path):
+    """studio_client(models_root, allow_pickle=False) -> a TestClient (enter it with `with`) on a fresh app
+    over that models folder, the bundled base left out, on the CPU; outputs and projects in tmp_path."""
+    def make(models_root, allow_pickle: bool = False):
+        from fastapi.testclient import TestClient
+
+        from lorastudio.core.settings import StudioSettings
+        from lorastudio.interfaces.api.server import create_app
+
+        settings = StudioSettings(models_dir=models_root, outdir=tmp_path / "out", projects_dir=tmp_path / "p",
+                                  device="cpu", include_bundled=False, allow_pickle=allow_pickle)
+        return TestClient(create_app(settings, poll_interval_s=0.05), base_url="http://127.0.0.1:7860")
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def refuse_network():
     """`with refuse_network() as guard:` -- for session fixtures that load models offline."""

@@ -27,17 +27,6 @@ def root(tmp_path_factory):
     return root
 
 
-def client(root, tmp_path, allow_pickle: bool):
-    from fastapi.testclient import TestClient
-
-    from lorastudio.core.settings import StudioSettings
-    from lorastudio.interfaces.api.server import create_app
-
-    settings = StudioSettings(models_dir=root, outdir=tmp_path / "out", projects_dir=tmp_path / "p", device="cpu",
-                              include_bundled=False, allow_pickle=allow_pickle)
-    return TestClient(create_app(settings, poll_interval_s=0.05), base_url="http://127.0.0.1:7860")
-
-
 def b64(arr) -> str:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
@@ -48,12 +37,12 @@ def decode(data: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))))
 
 
-def test_detect_and_txt2img_unit(root, tmp_path):
+def test_detect_and_txt2img_unit(root, studio_client):
     from lorastudio.generation.preprocessors import run_preprocessor
 
     pic = edge_picture(64, 96)
     detect = {"controlnet_input_images": [b64(pic)], "controlnet_processor_res": 64}
-    with client(root, tmp_path, allow_pickle=False) as c:
+    with studio_client(root) as c:
         detail = c.get("/controlnet/module_list").json()["module_detail"]
         for m in ("lineart_realistic", "lineart_coarse", "lineart_anime", "softedge_hed", "softedge_hedsafe"):
             assert detail[m]["runs"] is True and detail[m]["sliders"][0]["name"] == "Resolution", m
@@ -64,7 +53,7 @@ def test_detect_and_txt2img_unit(root, tmp_path):
         assert (decode(r.json()["images"][0]) == want).all()  # the PNG carries the map unchanged
         refused = c.post("/controlnet/detect", json={"controlnet_module": "lineart_realistic", **detect})
         assert refused.status_code in (400, 422) and "sk_model.pth" in refused.text and "allow-pickle" in refused.text
-    with client(root, tmp_path, allow_pickle=True) as c:
+    with studio_client(root, allow_pickle=True) as c:
         r = c.post("/controlnet/detect", json={"controlnet_module": "lineart_realistic", **detect})
         lines = decode(r.json()["images"][0])
         assert lines.shape == (64, 96, 3) and lines.std() > 5

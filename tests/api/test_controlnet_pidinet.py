@@ -26,17 +26,6 @@ def root(tmp_path_factory):
     return root
 
 
-def client(root, tmp_path, allow_pickle: bool):
-    from fastapi.testclient import TestClient
-
-    from lorastudio.core.settings import StudioSettings
-    from lorastudio.interfaces.api.server import create_app
-
-    settings = StudioSettings(models_dir=root, outdir=tmp_path / "out", projects_dir=tmp_path / "p", device="cpu",
-                              include_bundled=False, allow_pickle=allow_pickle)
-    return TestClient(create_app(settings, poll_interval_s=0.05), base_url="http://127.0.0.1:7860")
-
-
 def b64(arr) -> str:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
@@ -47,12 +36,12 @@ def decode(data: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))))
 
 
-def test_detect_and_txt2img_unit(root, tmp_path):
+def test_detect_and_txt2img_unit(root, studio_client):
     from lorastudio.generation.preprocessors import run_preprocessor
 
     pic = edge_picture(64, 96)
     detect = {"controlnet_input_images": [b64(pic)], "controlnet_processor_res": 64}
-    with client(root, tmp_path, allow_pickle=False) as c:
+    with studio_client(root) as c:
         detail = c.get("/controlnet/module_list").json()["module_detail"]
         for m in ("softedge_pidinet", "softedge_pidisafe", "scribble_pidinet"):
             assert detail[m]["runs"] is True and detail[m]["weights"] == ["table5_pidinet.pth"], m
@@ -60,7 +49,7 @@ def test_detect_and_txt2img_unit(root, tmp_path):
         refused = c.post("/controlnet/detect", json={"controlnet_module": "softedge_pidinet", **detect})
         assert refused.status_code in (400, 422) and "table5_pidinet.pth" in refused.text
         assert "allow-pickle" in refused.text
-    with client(root, tmp_path, allow_pickle=True) as c:
+    with studio_client(root, allow_pickle=True) as c:
         for module in ("softedge_pidinet", "scribble_pidinet"):
             r = c.post("/controlnet/detect", json={"controlnet_module": module, **detect})
             assert r.status_code == 200, r.text

@@ -228,11 +228,7 @@ def test_pickle_policy_and_the_missing_file_message(tmp_path):
     assert table["depth_anything"].runs and not table["seg_ofade20k"].runs
 
 
-def test_detect_route_and_a_txt2img_unit_with_depth_anything(tmp_path):
-    from fastapi.testclient import TestClient
-
-    from lorastudio.core.settings import StudioSettings
-    from lorastudio.interfaces.api.server import create_app
+def test_detect_route_and_a_txt2img_unit_with_depth_anything(tmp_path, studio_client):
     from lorastudio.testing.tiny_controlnet import write_controlnet_models_root
 
     root = tmp_path / "models"
@@ -243,19 +239,14 @@ def test_detect_route_and_a_txt2img_unit_with_depth_anything(tmp_path):
     Image.fromarray(photo(64, 64)).save(pic, format="PNG")
     pic = base64.b64encode(pic.getvalue()).decode()
 
-    def client(allow_pickle):
-        settings = StudioSettings(models_dir=root, outdir=tmp_path / "out", projects_dir=tmp_path / "p", device="cpu",
-                                  include_bundled=False, allow_pickle=allow_pickle)
-        return TestClient(create_app(settings, poll_interval_s=0.05), base_url="http://127.0.0.1:7860")
-
     detect = {"controlnet_module": "depth_anything", "controlnet_input_images": [pic], "controlnet_processor_res": 64}
-    with client(False) as c:
+    with studio_client(root) as c:
         r = c.post("/controlnet/detect", json=detect)
         assert r.status_code >= 400 and "depth_anything_vits14.pth" in r.text and "allow-pickle" in r.text, r.text
         detail = c.get("/controlnet/module_list").json()["module_detail"]
         assert detail["depth_anything"]["runs"] and not detail["depth_anything"]["model_free"]
         assert not detail["seg_ofade20k"]["runs"] and detail["canny"]["runs"]
-    with client(True) as c:
+    with studio_client(root, allow_pickle=True) as c:
         r = c.post("/controlnet/detect", json=detect)
         assert r.status_code == 200, r.text
         got = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))))

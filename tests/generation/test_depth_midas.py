@@ -250,18 +250,11 @@ def test_module_finds_the_file_and_keeps_the_pickle_rule(tmp_path):
     assert (pre.resolution.value, pre.resolution.minimum, pre.resolution.maximum) == (512, 64, 2048)
 
 
-def test_detect_route_runs_depth_midas(tmp_path):
-    from fastapi.testclient import TestClient
-
-    from lorastudio.core.settings import StudioSettings
-    from lorastudio.interfaces.api.server import create_app
-
+def test_detect_route_runs_depth_midas(tmp_path, studio_client):
     root = models_with(tmp_path, formula_weights(original_layout(**TINY)))
     pic = io.BytesIO()
     Image.fromarray(photo(64, 64)).save(pic, format="PNG")
-    settings = StudioSettings(models_dir=root, outdir=tmp_path / "out", projects_dir=tmp_path / "p", device="cpu",
-                              include_bundled=False)
-    with TestClient(create_app(settings, poll_interval_s=0.05), base_url="http://127.0.0.1:7860") as c:
+    with studio_client(root) as c:
         detail = c.get("/controlnet/module_list").json()["module_detail"]
         assert detail["depth_midas"]["runs"] and not detail["depth_midas"]["model_free"]
         r = c.post("/controlnet/detect", json={"controlnet_module": "depth_midas", "controlnet_processor_res": 64,

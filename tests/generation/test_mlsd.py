@@ -263,17 +263,11 @@ def _b64(arr) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def test_detect_route_and_a_units_map(pth_root, tmp_path):
-    from fastapi.testclient import TestClient
-
-    from lorastudio.core.settings import StudioSettings
+def test_detect_route_and_a_units_map(pth_root, studio_client):
     from lorastudio.generation.controlnet_units import ControlNetUnit, control_map
-    from lorastudio.interfaces.api.server import create_app
 
     pic = edge_picture(64, 96)
-    settings = StudioSettings(models_dir=pth_root, outdir=tmp_path / "o", projects_dir=tmp_path / "p", device="cpu",
-                              include_bundled=False, allow_pickle=True)
-    with TestClient(create_app(settings, poll_interval_s=0.05), base_url="http://127.0.0.1:7860") as c:
+    with studio_client(pth_root, allow_pickle=True) as c:
         detail = c.get("/controlnet/module_list").json()["module_detail"]["mlsd"]
         assert detail["runs"] is True and detail["weights"] == [FILE]
         assert [s["name"] for s in detail["sliders"]] == ["Resolution", "MLSD Value Threshold",

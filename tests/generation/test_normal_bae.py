@@ -190,20 +190,14 @@ def _b64(arr) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def test_detect_route_and_a_txt2img_unit(roots, tmp_path):
-    from fastapi.testclient import TestClient
-
-    from lorastudio.core.settings import StudioSettings
-    from lorastudio.interfaces.api.server import create_app
+def test_detect_route_and_a_txt2img_unit(roots, studio_client):
     from lorastudio.testing.tiny_controlnet import write_controlnet_models_root
 
     _, st_root = roots
     root = st_root  # scannet.safetensors: no pickle permission needed
     write_controlnet_models_root(root, "control_tiny_normalbae")
     pic = edge_picture(64, 64, seed=3)
-    settings = StudioSettings(models_dir=root, outdir=tmp_path / "o", projects_dir=tmp_path / "p", device="cpu",
-                              include_bundled=False, allow_pickle=False)
-    with TestClient(create_app(settings, poll_interval_s=0.05), base_url="http://127.0.0.1:7860") as c:
+    with studio_client(root) as c:
         detail = c.get("/controlnet/module_list").json()["module_detail"]["normal_bae"]
         assert detail["runs"] is True and detail["weights"] == [FILE]
         assert [s["name"] for s in detail["sliders"]] == ["Resolution"]
