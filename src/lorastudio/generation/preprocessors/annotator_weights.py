@@ -136,15 +136,15 @@ class AnnotatorFiles:
         """`net` in float32 on this detector's device, in eval mode."""
         return net.float().to(self.device).eval()
 
-    def state_dict(self, filename: str) -> dict:
-        """The tensors of `filename` found in the preprocessor folders."""
+    def state_dict(self, filename: str, entry: str | None = None) -> dict:
+        """The tensors of `filename` found in the preprocessor folders (`entry`: as for `read`)."""
         from lorastudio.core.errors import ModelFileError
 
         path = self.find(filename)
         if path is None:
             raise ModelFileError(self.folder / filename, "file not found")
         # files saved from a DataParallel model (netG.pth among them) prefix every key with "module."
-        return {k.removeprefix("module."): v for k, v in self.read(path).items()}
+        return {k.removeprefix("module."): v for k, v in self.read(path, entry).items()}
 
     def _check_pickle_allowed(self, path: Path) -> None:
         from lorastudio.core.errors import PickleRefused
@@ -169,15 +169,15 @@ class AnnotatorFiles:
             raise ModelFileError(path, "the pickle does not hold a dict of tensors")
         return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
-    def network(self, filename: str, net_class):
-        """A `net_class()` holding the file's weights, loaded strictly (every key and shape), float32, eval mode,
-        on this detector's device.
+    def network(self, filename: str, net_class, entry: str | None = None):
+        """A `net_class()` holding the file's weights (`entry`: as for `read`), loaded strictly (every key and
+        shape), float32, eval mode, on this detector's device.
 
         Built on the meta device and given the file's tensors, so no time goes into an initialisation
         that the weights replace (netG.pth holds 54 M parameters)."""
         import torch
 
-        state = self.state_dict(filename)
+        state = self.state_dict(filename, entry)
         with torch.device("meta"):
             net = net_class()
         load_state_strictly(net, state, self.find(filename), assign=True)

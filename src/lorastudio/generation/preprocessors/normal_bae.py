@@ -61,22 +61,10 @@ def normal_map(image: np.ndarray, resolution: int, net: Callable, device="cpu") 
 
 def load_network(files: AnnotatorFiles):
     """NormalBaeNet with the file's weights, loaded strictly, float32, eval mode, on the detector's device;
-    another network's file is named."""
-    import torch
-
-    from lorastudio.core.errors import ModelFileError
-    from lorastudio.generation.preprocessors.annotator_weights import load_state_strictly
+    another network's file is named. The pickle keeps the network under "model" (its .safetensors twin flat)."""
     from lorastudio.generation.preprocessors.normal_bae_net import NormalBaeNet
 
-    path = files.find(WEIGHTS)
-    if path is None:
-        raise ModelFileError(files.folder / WEIGHTS, "file not found")
-    # the pickle keeps the network under "model" (its .safetensors twin flat), keys maybe with DataParallel's prefix
-    state = {k.removeprefix("module."): v for k, v in files.read(path, entry=ENTRY).items()}
-    with torch.device("meta"):  # no time spent initialising 72.6 M parameters that the file replaces
-        net = NormalBaeNet()
-    load_state_strictly(net, state, path, assign=True)
-    return files.place(net)
+    return files.network(WEIGHTS, NormalBaeNet, entry=ENTRY)
 
 
 def normal_bae(image, resolution, a=None, b=None, *, files: AnnotatorFiles) -> np.ndarray:
